@@ -1,0 +1,1 @@
+//! Sans-IO attestation consensus (see docs/architecture.md).

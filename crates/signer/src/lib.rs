@@ -1,0 +1,1 @@
+//! Threshold signing (see docs/architecture.md).

@@ -1,0 +1,1 @@
+//! Real test chains (see the crate description).
