@@ -1,0 +1,108 @@
+use btcfi_types::Sats;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// More confirmations for larger deposits: a deposit of at least `min_amount` waits
+/// for `confirmations` blocks (the largest matching tier wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationTier {
+    pub min_amount: Sats,
+    pub confirmations: u32,
+}
+
+/// Bounds on the fee rate used for releases, in sat/vB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeBounds {
+    pub floor_sat_per_vb: u64,
+    pub ceiling_sat_per_vb: u64,
+    /// `estimatesmartfee` confirmation target, in blocks.
+    pub conf_target: u16,
+}
+
+impl Default for FeeBounds {
+    fn default() -> Self {
+        Self { floor_sat_per_vb: 2, ceiling_sat_per_vb: 500, conf_target: 6 }
+    }
+}
+
+/// Settings of the Bitcoin adapter (the `[bitcoin]` table of the node's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitcoinConfig {
+    pub rpc_url: String,
+    #[serde(default)]
+    pub rpc_user: Option<String>,
+    #[serde(default)]
+    pub rpc_password: Option<String>,
+    /// Cookie file instead of user/password (bitcoind's `.cookie`).
+    #[serde(default)]
+    pub rpc_cookie_file: Option<PathBuf>,
+    /// `bitcoin`, `testnet`, `testnet4`, `signet` or `regtest`.
+    pub network: bitcoin::Network,
+    /// The vault's P2TR address (from the `btc` group key).
+    pub vault_address: String,
+    /// Depth at which a deposit is final: a block at height h counts as final once
+    /// the tip is at h + confirmations - 1.
+    pub confirmations: u32,
+    #[serde(default)]
+    pub tiers: Vec<ConfirmationTier>,
+    /// Vault outputs below this are rejected deposits (dust, fee griefing).
+    pub min_deposit: Sats,
+    #[serde(default)]
+    pub fees: FeeBounds,
+    /// Height to start scanning from when there is no checkpoint (the vault's birth).
+    #[serde(default)]
+    pub start_height: u64,
+    /// Blocks processed per poll, to bound the work of one call.
+    #[serde(default = "default_max_blocks")]
+    pub max_blocks_per_poll: u64,
+    /// Processed blocks remembered for reorg handling; must exceed the deepest tier.
+    #[serde(default = "default_window")]
+    pub reorg_window: usize,
+}
+
+fn default_max_blocks() -> u64 {
+    100
+}
+fn default_window() -> usize {
+    144
+}
+
+impl BitcoinConfig {
+    /// Confirmations a deposit of `amount` needs.
+    pub fn confirmations_for(&self, amount: Sats) -> u32 {
+        self.tiers.iter().filter(|t| amount >= t.min_amount).map(|t| t.confirmations).fold(self.confirmations, u32::max)
+    }
+
+    /// Checks what serde cannot: each problem named by its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if self.confirmations == 0 {
+            errs.push("bitcoin.confirmations: must be at least 1".to_owned());
+        }
+        let deepest = self.tiers.iter().map(|t| t.confirmations).max().unwrap_or(0).max(self.confirmations);
+        if (self.reorg_window as u64) <= u64::from(deepest) {
+            errs.push(format!(
+                "bitcoin.reorg_window: {} must exceed the deepest confirmation tier {deepest}",
+                self.reorg_window
+            ));
+        }
+        if self.fees.floor_sat_per_vb == 0 || self.fees.floor_sat_per_vb > self.fees.ceiling_sat_per_vb {
+            errs.push("bitcoin.fees: need 0 < floor_sat_per_vb <= ceiling_sat_per_vb".to_owned());
+        }
+        if self.max_blocks_per_poll == 0 {
+            errs.push("bitcoin.max_blocks_per_poll: must be at least 1".to_owned());
+        }
+        match self.vault_address.parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>() {
+            Ok(a) => match a.require_network(self.network) {
+                Ok(a) if a.address_type() == Some(bitcoin::AddressType::P2tr) => {}
+                Ok(_) => errs.push("bitcoin.vault_address: must be a P2TR (bc1p…) address".to_owned()),
+                Err(_) => errs.push(format!("bitcoin.vault_address: not an address of network {}", self.network)),
+            },
+            Err(e) => errs.push(format!("bitcoin.vault_address: {e}")),
+        }
+        if self.rpc_cookie_file.is_none() && (self.rpc_user.is_none() || self.rpc_password.is_none()) {
+            errs.push("bitcoin.rpc_user/rpc_password: set both, or bitcoin.rpc_cookie_file".to_owned());
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}

@@ -1,0 +1,433 @@
+//! Bitcoin adapter: Bitcoin Core JSON-RPC through `bitcoincore-rpc`.
+//!
+//! [`BitcoinSource`] follows the best chain from a durable cursor `(height, hash)`.
+//! It processes a block only once it is `confirmations` deep, so a deposit whose block
+//! is reorged out before that depth is never seen. Each processed block is checked to
+//! extend the cursor by hash; processed blocks are remembered (a bounded window) with
+//! what they reported and what they did to the vault's UTXO set, so that a reorg
+//! deeper than the configured depth is rewound exactly and every event it undid is
+//! surfaced as [`ChainEvent::Reorged`]. Deposits above a tier wait, held in the
+//! checkpoint, until they reach their deeper depth.
+//!
+//! `bitcoincore-rpc` is blocking: every call runs on tokio's blocking pool.
+//! The node needs `-txindex=1` for [`BitcoinSource::tx_confirmations`] on confirmed
+//! transactions that do not touch the vault.
+
+mod config;
+mod error;
+pub mod scan;
+
+pub use config::{BitcoinConfig, ConfirmationTier, FeeBounds};
+pub use error::BtcError;
+pub use scan::{RejectReason, VaultUtxo};
+
+use crate::{
+    AdapterError, BlockRef, ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, Observed, PollOutcome, Rejected,
+};
+use async_trait::async_trait;
+use bitcoin::{Address, Block, BlockHash, OutPoint, ScriptBuf, Transaction, Txid, hashes::Hash};
+use bitcoincore_rpc::{Auth, Client, RpcApi};
+use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, Sats};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    str::FromStr,
+    sync::Arc,
+};
+use tracing::{debug, info, warn};
+
+/// A processed block, remembered for rewinding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BlockRecord {
+    block: BlockRef,
+    reported: Vec<EventId>,
+    created: Vec<VaultUtxo>,
+    spent: Vec<VaultUtxo>,
+}
+
+/// A valid deposit waiting for its tier's deeper confirmation depth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Held {
+    observed: Observed,
+    confirmations: u32,
+}
+
+/// Adapter state persisted in [`Checkpoint::state`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    window: VecDeque<BlockRecord>,
+    held: Vec<Held>,
+    utxos: BTreeMap<OutPoint, VaultUtxo>,
+    /// True once the window dropped its oldest block: rewinding past the window's
+    /// bottom would then lose UTXO history, so it fails closed.
+    #[serde(default)]
+    trimmed: bool,
+}
+
+/// Where a fee-rate estimate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeeSource {
+    /// `estimatesmartfee`, clamped to the configured bounds.
+    Estimate,
+    /// No estimate available (young chain, regtest): the configured floor.
+    Floor,
+}
+
+/// A fee rate for releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeRate {
+    pub sat_per_vb: u64,
+    pub source: FeeSource,
+}
+
+/// Block hash in display order, as a [`BlockRef`] carries it.
+fn display_hash(h: &BlockHash) -> [u8; 32] {
+    let mut b = h.to_byte_array();
+    b.reverse();
+    b
+}
+
+fn block_hash_from_display(b: &[u8; 32]) -> BlockHash {
+    let mut internal = *b;
+    internal.reverse();
+    BlockHash::from_byte_array(internal)
+}
+
+/// A thin async wrapper over the blocking client.
+#[derive(Debug, Clone)]
+pub struct BtcRpc {
+    client: Arc<Client>,
+    url: String,
+}
+
+impl BtcRpc {
+    pub fn new(cfg: &BitcoinConfig) -> Result<Self, BtcError> {
+        let auth = match (&cfg.rpc_cookie_file, &cfg.rpc_user, &cfg.rpc_password) {
+            (Some(cookie), _, _) => Auth::CookieFile(cookie.clone()),
+            (None, Some(u), Some(p)) => Auth::UserPass(u.clone(), p.clone()),
+            _ => Auth::None,
+        };
+        let client = Client::new(&cfg.rpc_url, auth).map_err(|e| BtcError::Config(format!("bitcoin.rpc_url: {e}")))?;
+        Ok(Self { client: Arc::new(client), url: cfg.rpc_url.clone() })
+    }
+
+    /// Runs one blocking call on the blocking pool, mapping errors to [`BtcError`].
+    pub async fn call<T, F>(&self, method: &'static str, f: F) -> Result<T, BtcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Client) -> Result<T, bitcoincore_rpc::Error> + Send + 'static,
+    {
+        let client = self.client.clone();
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || f(&client).map_err(|e| BtcError::from_rpc(&url, method, e)))
+            .await
+            .map_err(|_| BtcError::Cancelled)?
+    }
+
+    pub async fn tip(&self) -> Result<u64, BtcError> {
+        self.call("getblockcount", |c| c.get_block_count()).await
+    }
+
+    /// Hash of the best-chain block at `height`, or `None` above the tip.
+    pub async fn hash_at(&self, height: u64) -> Result<Option<BlockHash>, BtcError> {
+        match self.call("getblockhash", move |c| c.get_block_hash(height)).await {
+            Ok(h) => Ok(Some(h)),
+            // -8: "Block height out of range"
+            Err(BtcError::Rpc { code: Some(-8), .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn block(&self, hash: BlockHash) -> Result<Block, BtcError> {
+        self.call("getblock", move |c| c.get_block(&hash)).await
+    }
+
+    /// Confirmations of a block: `None` when it is not in the best chain.
+    pub async fn block_confirmations(&self, hash: BlockHash) -> Result<Option<u64>, BtcError> {
+        let v: serde_json::Value = self
+            .call("getblockheader", move |c| {
+                c.call("getblockheader", &[serde_json::json!(hash.to_string()), true.into()])
+            })
+            .await?;
+        let conf = v.get("confirmations").and_then(serde_json::Value::as_i64).ok_or_else(|| BtcError::BadResponse {
+            method: "getblockheader",
+            detail: format!("no integer confirmations in {v}"),
+        })?;
+        Ok(u64::try_from(conf).ok().filter(|c| *c > 0))
+    }
+}
+
+/// Follows Bitcoin and reports vault deposits at depth.
+#[derive(Debug)]
+pub struct BitcoinSource {
+    cfg: BitcoinConfig,
+    rpc: BtcRpc,
+    vault: ScriptBuf,
+    cursor: BlockRef,
+    state: State,
+}
+
+impl BitcoinSource {
+    /// Builds the adapter from its config and the last persisted checkpoint. Without a
+    /// checkpoint, scanning starts at `start_height` (the cursor is the block below it,
+    /// read from the node).
+    pub async fn new(cfg: BitcoinConfig, checkpoint: Option<Checkpoint>) -> Result<Self, BtcError> {
+        cfg.validate().map_err(|e| BtcError::Config(e.join("; ")))?;
+        let vault = Address::from_str(&cfg.vault_address)
+            .map_err(|e| BtcError::Config(format!("bitcoin.vault_address: {e}")))?
+            .require_network(cfg.network)
+            .map_err(|e| BtcError::Config(format!("bitcoin.vault_address: {e}")))?
+            .script_pubkey();
+        let rpc = BtcRpc::new(&cfg)?;
+        let (cursor, state) = match checkpoint {
+            Some(cp) => {
+                let state = if cp.state.is_empty() {
+                    State::default()
+                } else {
+                    serde_json::from_slice(&cp.state).map_err(|e| BtcError::Checkpoint(e.to_string()))?
+                };
+                (cp.cursor, state)
+            }
+            None => {
+                let below = cfg.start_height.saturating_sub(1);
+                let hash = rpc.hash_at(below).await?.ok_or_else(|| {
+                    BtcError::Config(format!("bitcoin.start_height {} is above the node's tip", cfg.start_height))
+                })?;
+                (BlockRef { height: below, hash: display_hash(&hash) }, State::default())
+            }
+        };
+        Ok(Self { cfg, rpc, vault, cursor, state })
+    }
+
+    pub fn rpc(&self) -> &BtcRpc {
+        &self.rpc
+    }
+    pub fn config(&self) -> &BitcoinConfig {
+        &self.cfg
+    }
+
+    /// The checkpoint to persist: cursor plus window, held deposits and UTXO set.
+    pub fn checkpoint(&self) -> Result<Checkpoint, BtcError> {
+        let state = serde_json::to_vec(&self.state).map_err(|e| BtcError::Checkpoint(e.to_string()))?;
+        Ok(Checkpoint { cursor: self.cursor, state })
+    }
+
+    /// The vault's UTXOs as of the cursor (final blocks only).
+    pub fn vault_utxos(&self) -> Vec<VaultUtxo> {
+        self.state.utxos.values().copied().collect()
+    }
+
+    pub fn vault_balance(&self) -> Sats {
+        Sats(self.state.utxos.values().map(|u| u.amount.0).sum())
+    }
+
+    /// Rewinds processed blocks that left the best chain. Returns the `Reorged` events.
+    async fn rewind(&mut self) -> Result<Vec<ChainEvent>, BtcError> {
+        let mut events = Vec::new();
+        loop {
+            let canonical = self.rpc.hash_at(self.cursor.height).await?;
+            if canonical.map(|h| display_hash(&h)) == Some(self.cursor.hash) {
+                return Ok(events);
+            }
+            let parent_of = match self.state.window.pop_back() {
+                Some(rec) if rec.block == self.cursor => {
+                    warn!(target: "chain::btc", height = rec.block.height, reported = rec.reported.len(), "processed block left the best chain: rewinding");
+                    scan::undo_block(&rec.created, &rec.spent, &mut self.state.utxos);
+                    for id in rec.reported {
+                        events.push(ChainEvent::Reorged { id, block: rec.block });
+                    }
+                    self.state.held.retain(|h| h.observed.block != rec.block);
+                    rec.block
+                }
+                Some(rec) => {
+                    return Err(BtcError::Checkpoint(format!(
+                        "window top {} does not match cursor {}",
+                        rec.block.height, self.cursor.height
+                    )));
+                }
+                // Nothing processed at the cursor (a fresh start): nothing to undo.
+                None if !self.state.trimmed => self.cursor,
+                None => return Err(BtcError::DeepReorg { height: self.cursor.height, window: self.cfg.reorg_window }),
+            };
+            self.cursor = match self.state.window.back() {
+                Some(r) => r.block,
+                None => {
+                    // bitcoind keeps stale blocks: step to the parent.
+                    let stale = self.rpc.block(block_hash_from_display(&parent_of.hash)).await?;
+                    BlockRef {
+                        height: parent_of.height.saturating_sub(1),
+                        hash: display_hash(&stale.header.prev_blockhash),
+                    }
+                }
+            };
+        }
+    }
+
+    fn to_event(&self, p: scan::VaultPayment, block: BlockRef) -> (ChainEvent, Option<u32>) {
+        let id = EventId::new(ChainId::BITCOIN, p.txid, p.vout);
+        match p.memo {
+            Ok(memo) => {
+                let attestation = Attestation {
+                    event: id,
+                    kind: AttestationKind::PegIn {
+                        dest_chain: memo.dest_chain,
+                        recipient: memo.recipient,
+                        amount: p.amount,
+                    },
+                };
+                (ChainEvent::Observed(Observed { attestation, block }), Some(self.cfg.confirmations_for(p.amount)))
+            }
+            Err(reason) => {
+                (ChainEvent::Rejected(Rejected { id, block, amount: Some(p.amount), reason: reason.to_string() }), None)
+            }
+        }
+    }
+
+    /// Processes the block at `cursor + 1`. Returns false if it does not extend the
+    /// cursor (a reorg under way: the next poll rewinds).
+    async fn process_next(&mut self, events: &mut Vec<ChainEvent>) -> Result<bool, BtcError> {
+        let height = self.cursor.height.saturating_add(1);
+        let Some(hash) = self.rpc.hash_at(height).await? else { return Ok(false) };
+        let block = self.rpc.block(hash).await?;
+        if block.block_hash() != hash {
+            return Err(BtcError::BadResponse {
+                method: "getblock",
+                detail: format!("block for {hash} hashes differently"),
+            });
+        }
+        if display_hash(&block.header.prev_blockhash) != self.cursor.hash {
+            return Ok(false);
+        }
+        let bref = BlockRef { height, hash: display_hash(&hash) };
+        let effect = scan::scan_block(&block, height, &self.vault, self.cfg.min_deposit, &mut self.state.utxos);
+        let mut reported = Vec::new();
+        for p in effect.payments {
+            let (ev, needs) = self.to_event(p, bref);
+            match (ev, needs) {
+                (ChainEvent::Observed(o), Some(n)) if n > self.cfg.confirmations => {
+                    debug!(target: "chain::btc", event = %o.attestation.event, confirmations = n, "deposit held for its tier");
+                    self.state.held.push(Held { observed: o, confirmations: n });
+                }
+                (ev, _) => {
+                    reported.push(ev.id());
+                    events.push(ev);
+                }
+            }
+        }
+        self.state.window.push_back(BlockRecord {
+            block: bref,
+            reported,
+            created: effect.created,
+            spent: effect.spent,
+        });
+        while self.state.window.len() > self.cfg.reorg_window {
+            self.state.window.pop_front();
+            self.state.trimmed = true;
+        }
+        self.cursor = bref;
+        Ok(true)
+    }
+
+    /// Releases held deposits that reached their tier's depth.
+    fn release_held(&mut self, tip: u64, events: &mut Vec<ChainEvent>) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.state.held)
+            .into_iter()
+            .partition(|h| h.observed.block.height.saturating_add(u64::from(h.confirmations)) <= tip.saturating_add(1));
+        self.state.held = waiting;
+        for h in ready {
+            let id = h.observed.attestation.event;
+            if let Some(rec) = self.state.window.iter_mut().find(|r| r.block == h.observed.block) {
+                rec.reported.push(id);
+            }
+            events.push(ChainEvent::Observed(h.observed));
+        }
+    }
+
+    /// Fee rate for a release: `estimatesmartfee` clamped to the configured bounds,
+    /// or the floor when the node has no estimate.
+    pub async fn estimate_fee_rate(&self) -> Result<FeeRate, BtcError> {
+        let target = self.cfg.fees.conf_target;
+        let est = self.rpc.call("estimatesmartfee", move |c| c.estimate_smart_fee(target, None)).await?;
+        let bounds = self.cfg.fees;
+        Ok(match est.fee_rate {
+            Some(per_kvb) => {
+                let sat_per_vb = per_kvb.to_sat().div_ceil(1000);
+                FeeRate {
+                    sat_per_vb: sat_per_vb.clamp(bounds.floor_sat_per_vb, bounds.ceiling_sat_per_vb),
+                    source: FeeSource::Estimate,
+                }
+            }
+            None => FeeRate { sat_per_vb: bounds.floor_sat_per_vb, source: FeeSource::Floor },
+        })
+    }
+
+    /// Broadcasts a signed transaction. Idempotent: a transaction the node already
+    /// has is not an error.
+    pub async fn broadcast(&self, tx: Transaction) -> Result<Txid, BtcError> {
+        let txid = tx.compute_txid();
+        match self.rpc.call("sendrawtransaction", move |c| c.send_raw_transaction(&tx)).await {
+            Ok(t) => Ok(t),
+            Err(BtcError::Rpc { detail, .. })
+                if detail.contains("already in block chain")
+                    || detail.contains("txn-already-known")
+                    || detail.contains("txn-already-in-mempool")
+                    || detail.contains("Transaction outputs already in utxo set") =>
+            {
+                Ok(txid)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Confirmations of a transaction: `Some(0)` in the mempool, `None` when the node
+    /// does not know it (never broadcast, evicted, or reorged out and dropped).
+    pub async fn tx_confirmations(&self, txid: Txid) -> Result<Option<u64>, BtcError> {
+        let r = self
+            .rpc
+            .call("getrawtransaction", move |c| {
+                c.call::<serde_json::Value>("getrawtransaction", &[serde_json::json!(txid.to_string()), true.into()])
+            })
+            .await;
+        match r {
+            Ok(v) => Ok(Some(v.get("confirmations").and_then(serde_json::Value::as_u64).unwrap_or(0))),
+            Err(BtcError::Rpc { code: Some(-5), .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl ChainSource for BitcoinSource {
+    fn chain(&self) -> ChainId {
+        ChainId::BITCOIN
+    }
+
+    async fn heads(&mut self) -> Result<ChainHeads, AdapterError> {
+        let tip = self.rpc.tip().await?;
+        Ok(ChainHeads { head: tip, finalized: (tip + 1).saturating_sub(u64::from(self.cfg.confirmations)) })
+    }
+
+    async fn poll(&mut self) -> Result<PollOutcome, AdapterError> {
+        let mut events = self.rewind().await?;
+        let tip = self.rpc.tip().await?;
+        let final_height = (tip + 1).saturating_sub(u64::from(self.cfg.confirmations));
+        let mut budget = self.cfg.max_blocks_per_poll;
+        while self.cursor.height < final_height && budget > 0 {
+            if !self.process_next(&mut events).await? {
+                info!(target: "chain::btc", height = self.cursor.height + 1, "next block does not extend the cursor: reorg under way");
+                break;
+            }
+            budget -= 1;
+        }
+        self.release_held(tip, &mut events);
+        Ok(PollOutcome { events, checkpoint: self.checkpoint()? })
+    }
+
+    async fn recheck(&mut self, observed: &Observed) -> Result<Inclusion, AdapterError> {
+        let hash = block_hash_from_display(&observed.block.hash);
+        Ok(match self.rpc.block_confirmations(hash).await? {
+            Some(confirmations) => Inclusion::Included { confirmations },
+            None => Inclusion::NotCanonical,
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! Pure block scanning: what a block does to the vault. No RPC here, so every rule is
+//! unit-tested on hand-built blocks.
+
+use bitcoin::{Block, OutPoint, ScriptBuf, Transaction, script::Instruction};
+use btcfi_types::{DepositMemo, MemoError, Sats, TxHash};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An unspent output of the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultUtxo {
+    pub outpoint: OutPoint,
+    pub amount: Sats,
+    pub height: u64,
+}
+
+/// Why a vault output is not a valid deposit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    BelowMinimum { minimum: Sats },
+    MissingMemo,
+    MultipleMemos,
+    MalformedMemo(MemoError),
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::BelowMinimum { minimum } => write!(f, "below the minimum deposit of {minimum}"),
+            RejectReason::MissingMemo => f.write_str("no OP_RETURN memo"),
+            RejectReason::MultipleMemos => f.write_str("more than one OP_RETURN output"),
+            RejectReason::MalformedMemo(e) => write!(f, "malformed memo: {e}"),
+        }
+    }
+}
+
+/// A payment to the vault found in a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultPayment {
+    pub txid: TxHash,
+    pub vout: u32,
+    pub amount: Sats,
+    pub memo: Result<DepositMemo, RejectReason>,
+}
+
+/// Everything one block does to the vault.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockEffect {
+    /// Payments from outside (deposit candidates), in block order.
+    pub payments: Vec<VaultPayment>,
+    pub created: Vec<VaultUtxo>,
+    pub spent: Vec<VaultUtxo>,
+}
+
+/// Txid in display byte order (what explorers and `bitcoin-cli` print).
+pub fn display_txid(txid: &bitcoin::Txid) -> TxHash {
+    let mut b = bitcoin::hashes::Hash::to_byte_array(*txid);
+    b.reverse();
+    TxHash(b)
+}
+
+/// The single memo of a transaction, or why there is none.
+fn memo_of(tx: &Transaction) -> Result<DepositMemo, RejectReason> {
+    let mut found = None;
+    for out in tx.output.iter().filter(|o| o.script_pubkey.is_op_return()) {
+        if found.is_some() {
+            return Err(RejectReason::MultipleMemos);
+        }
+        let mut data = Vec::new();
+        for ins in out.script_pubkey.instructions().skip(1) {
+            match ins {
+                Ok(Instruction::PushBytes(p)) => data.extend_from_slice(p.as_bytes()),
+                _ => return Err(RejectReason::MalformedMemo(MemoError::BadMagic)),
+            }
+        }
+        found = Some(DepositMemo::parse(&data).map_err(RejectReason::MalformedMemo));
+    }
+    found.unwrap_or(Err(RejectReason::MissingMemo))
+}
+
+/// Applies `block` (at `height`) to the vault's UTXO set and returns what changed.
+///
+/// A transaction that spends a vault UTXO is the vault's own (a release): its outputs
+/// back to the vault are change, not deposits.
+pub fn scan_block(
+    block: &Block,
+    height: u64,
+    vault: &ScriptBuf,
+    min_deposit: Sats,
+    utxos: &mut BTreeMap<OutPoint, VaultUtxo>,
+) -> BlockEffect {
+    let mut effect = BlockEffect::default();
+    for tx in &block.txdata {
+        let mut own = false;
+        for input in &tx.input {
+            if let Some(u) = utxos.remove(&input.previous_output) {
+                own = true;
+                effect.spent.push(u);
+            }
+        }
+        let txid = tx.compute_txid();
+        let mut memo = None;
+        for (vout, out) in tx.output.iter().enumerate() {
+            if out.script_pubkey != *vault {
+                continue;
+            }
+            let Ok(vout) = u32::try_from(vout) else { continue };
+            let amount = Sats(out.value.to_sat());
+            let utxo = VaultUtxo { outpoint: OutPoint { txid, vout }, amount, height };
+            utxos.insert(utxo.outpoint, utxo);
+            effect.created.push(utxo);
+            if own {
+                continue;
+            }
+            let memo = memo.get_or_insert_with(|| memo_of(tx)).clone();
+            let memo =
+                if amount < min_deposit { Err(RejectReason::BelowMinimum { minimum: min_deposit }) } else { memo };
+            effect.payments.push(VaultPayment { txid: display_txid(&txid), vout, amount, memo });
+        }
+    }
+    effect
+}
+
+/// Reverts [`scan_block`]'s effect on the UTXO set (a block left the best chain).
+pub fn undo_block(created: &[VaultUtxo], spent: &[VaultUtxo], utxos: &mut BTreeMap<OutPoint, VaultUtxo>) {
+    for u in created {
+        utxos.remove(&u.outpoint);
+    }
+    for u in spent {
+        utxos.insert(u.outpoint, *u);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::{
+        Amount, TxIn, TxOut, absolute::LockTime, block::Header, hashes::Hash, script::PushBytesBuf,
+        transaction::Version,
+    };
+    use btcfi_types::{ChainId, EvmAddress};
+
+    fn vault() -> ScriptBuf {
+        // The generator's x coordinate: a valid key nobody uses.
+        let gx = hex::decode("79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").unwrap();
+        let x = bitcoin::XOnlyPublicKey::from_slice(&gx).unwrap();
+        ScriptBuf::new_p2tr_tweaked(bitcoin::key::TweakedPublicKey::dangerous_assume_tweaked(x))
+    }
+
+    fn op_return(data: &[u8]) -> TxOut {
+        let push = PushBytesBuf::try_from(data.to_vec()).unwrap();
+        TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::new_op_return(push) }
+    }
+
+    fn tx(inputs: Vec<OutPoint>, outputs: Vec<TxOut>) -> Transaction {
+        Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: inputs.into_iter().map(|p| TxIn { previous_output: p, ..Default::default() }).collect(),
+            output: outputs,
+        }
+    }
+
+    fn block(txdata: Vec<Transaction>) -> Block {
+        Block {
+            header: Header {
+                version: bitcoin::block::Version::TWO,
+                prev_blockhash: bitcoin::BlockHash::all_zeros(),
+                merkle_root: bitcoin::TxMerkleNode::all_zeros(),
+                time: 0,
+                bits: bitcoin::CompactTarget::from_consensus(0),
+                nonce: 0,
+            },
+            txdata,
+        }
+    }
+
+    fn memo() -> DepositMemo {
+        DepositMemo { dest_chain: ChainId(137), recipient: EvmAddress([9; 20]) }
+    }
+
+    #[test]
+    fn deposit_change_and_rejections() {
+        let v = vault();
+        let mut utxos = BTreeMap::new();
+        let pay = |sat| TxOut { value: Amount::from_sat(sat), script_pubkey: v.clone() };
+        let good = tx(vec![], vec![pay(50_000), op_return(&memo().encode())]);
+        let dust = tx(vec![], vec![op_return(&memo().encode()), pay(500)]);
+        let none = tx(vec![], vec![pay(60_000)]);
+        let bad = tx(vec![], vec![pay(60_000), op_return(b"BTCFI\x02")]);
+        let two = tx(vec![], vec![pay(60_000), op_return(&memo().encode()), op_return(&memo().encode())]);
+        let b = block(vec![good.clone(), dust, none, bad, two]);
+        let e = scan_block(&b, 10, &v, Sats(1_000), &mut utxos);
+        assert_eq!(e.payments.len(), 5);
+        assert_eq!(e.payments[0].memo, Ok(memo()));
+        assert_eq!(e.payments[0].amount, Sats(50_000));
+        assert_eq!(e.payments[1].vout, 1);
+        assert_eq!(e.payments[1].memo, Err(RejectReason::BelowMinimum { minimum: Sats(1_000) }));
+        assert_eq!(e.payments[2].memo, Err(RejectReason::MissingMemo));
+        assert_eq!(e.payments[3].memo, Err(RejectReason::MalformedMemo(MemoError::UnsupportedVersion(2))));
+        assert_eq!(e.payments[4].memo, Err(RejectReason::MultipleMemos));
+        assert_eq!(utxos.len(), 5, "every vault output is the vault's, valid deposit or not");
+
+        // A release spends a vault UTXO and pays change back: not a deposit.
+        let spent = OutPoint { txid: good.compute_txid(), vout: 0 };
+        let release = tx(
+            vec![spent],
+            vec![TxOut { value: Amount::from_sat(40_000), script_pubkey: ScriptBuf::new() }, pay(9_000)],
+        );
+        let e2 = scan_block(&block(vec![release]), 11, &v, Sats(1_000), &mut utxos);
+        assert!(e2.payments.is_empty());
+        assert_eq!(e2.spent.len(), 1);
+        assert_eq!(e2.created.len(), 1);
+        assert_eq!(utxos.len(), 5);
+        undo_block(&e2.created, &e2.spent, &mut utxos);
+        assert!(utxos.contains_key(&spent));
+        assert_eq!(utxos.len(), 5);
+    }
+}

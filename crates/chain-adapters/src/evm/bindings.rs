@@ -1,0 +1,72 @@
+//! The bridge contract's interface, as compiled from `contracts/` (see
+//! `scripts/contracts/build.sh`). The Solidity sources must match these signatures;
+//! `tests/tests/bridge_contract.rs` checks every selector against the compiled ABI.
+
+alloy::sol! {
+    /// Wrapped BTC: a standard ERC-20 with 8 decimals (1 unit = 1 satoshi), minted and
+    /// burned only by its bridge.
+    #[sol(rpc)]
+    #[derive(Debug, PartialEq, Eq)]
+    interface IWrappedBTC {
+        event Transfer(address indexed from, address indexed to, uint256 value);
+        event Approval(address indexed owner, address indexed spender, uint256 value);
+        function name() external view returns (string memory);
+        function symbol() external view returns (string memory);
+        function decimals() external view returns (uint8);
+        function totalSupply() external view returns (uint256);
+        function balanceOf(address account) external view returns (uint256);
+        function transfer(address to, uint256 value) external returns (bool);
+        function approve(address spender, uint256 value) external returns (bool);
+        function allowance(address owner, address spender) external view returns (uint256);
+        function transferFrom(address from, address to, uint256 value) external returns (bool);
+        function bridge() external view returns (address);
+    }
+
+    /// The bridge: mints on a FROST(secp256k1, SHA-256) signature by the group key,
+    /// burns towards Bitcoin or another chain.
+    #[sol(rpc)]
+    #[derive(Debug, PartialEq, Eq)]
+    interface IBridge {
+        event Minted(bytes32 indexed eventId, address indexed recipient, uint64 amountSats);
+        event BurnToBitcoin(uint64 indexed nonce, address indexed from, uint64 amountSats, bytes btcScriptPubKey);
+        event BurnToChain(uint64 indexed nonce, address indexed from, uint64 destChainId, address recipient, uint64 amountSats);
+        event KeyRotated(uint256 px, uint256 py, uint64 rotationNonce);
+        event Paused(address guardian);
+        event Unpaused(address guardian);
+
+        error NotGuardian();
+        error NotDeployer();
+        error KeyAlreadySet();
+        error KeyNotSet();
+        error BridgePaused();
+        error AlreadyConsumed(bytes32 eventId);
+        error InvalidSignature();
+        error InvalidKey();
+        error InvalidAmount();
+        error InvalidScript();
+        error InvalidRecipient();
+        error InvalidChain();
+
+        function token() external view returns (address);
+        function guardian() external view returns (address);
+        function paused() external view returns (bool);
+        function groupKey() external view returns (uint256 px, uint256 py);
+        function burnNonce() external view returns (uint64);
+        function rotationNonce() external view returns (uint64);
+        function consumed(bytes32 eventId) external view returns (bool);
+
+        function setInitialKey(uint256 px, uint256 py) external;
+        function mint(bytes32 eventId, address recipient, uint64 amountSats, uint256 rx, uint256 ry, uint256 z) external;
+        function rotateKey(uint256 newPx, uint256 newPy, uint256 rx, uint256 ry, uint256 z) external;
+        function burnToBitcoin(uint64 amountSats, bytes calldata btcScriptPubKey) external returns (uint64 nonce);
+        function burnToChain(uint64 destChainId, address recipient, uint64 amountSats) external returns (uint64 nonce);
+        function pause() external;
+        function unpause() external;
+
+        /// View helpers: the exact 32-byte messages the group key signs.
+        function mintMessage(bytes32 eventId, address recipient, uint64 amountSats) external view returns (bytes32);
+        function rotateMessage(uint256 newPx, uint256 newPy) external view returns (bytes32);
+        /// Pure verification, for gas measurement and off-chain checks.
+        function verify(bytes32 message, uint256 px, uint256 py, uint256 rx, uint256 ry, uint256 z) external view returns (bool);
+    }
+}

@@ -1,0 +1,326 @@
+//! The Bitcoin adapter against a real bitcoind in regtest.
+
+use bitcoin::{Address, Amount, Network};
+use bitcoincore_rpc::RpcApi;
+use btcfi_chain_adapters::{
+    ChainEvent, ChainSource, Inclusion,
+    bitcoin::{BitcoinConfig, BitcoinSource, BtcError, BtcRpc, ConfirmationTier, FeeBounds, FeeSource},
+};
+use btcfi_testkit::Bitcoind;
+use btcfi_types::{AttestationKind, ChainId, DepositMemo, EventId, EvmAddress, Sats, TxHash};
+use serde_json::json;
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    str::FromStr,
+};
+
+const MEMO_RECIPIENT: [u8; 20] = [0xab; 20];
+
+fn memo(chain: u64) -> Vec<u8> {
+    DepositMemo { dest_chain: ChainId(chain), recipient: EvmAddress(MEMO_RECIPIENT) }.encode().to_vec()
+}
+
+/// A P2TR vault address held by a wallet of its own, so that the paying wallet never
+/// spends vault outputs as its own coins.
+async fn vault_address(btc: &Bitcoind) -> eyre::Result<Address> {
+    let vault = btc.create_wallet("vault").await?;
+    let s: String =
+        tokio::task::spawn_blocking(move || vault.call("getnewaddress", &[json!(""), json!("bech32m")])).await??;
+    Ok(Address::from_str(&s)?.require_network(Network::Regtest)?)
+}
+
+async fn config(btc: &Bitcoind, vault: &Address, confirmations: u32) -> eyre::Result<BitcoinConfig> {
+    Ok(BitcoinConfig {
+        rpc_url: btc.rpc_url(),
+        rpc_user: Some(btc.rpc_user().into()),
+        rpc_password: Some(btc.rpc_password().into()),
+        rpc_cookie_file: None,
+        network: Network::Regtest,
+        vault_address: vault.to_string(),
+        confirmations,
+        tiers: vec![],
+        min_deposit: Sats(10_000),
+        fees: FeeBounds { floor_sat_per_vb: 3, ceiling_sat_per_vb: 100, conf_target: 6 },
+        start_height: btc.block_count().await? + 1,
+        max_blocks_per_poll: 50,
+        reorg_window: 20,
+    })
+}
+
+fn event_id(txid: bitcoin::Txid, vout: u32) -> EventId {
+    EventId::new(ChainId::BITCOIN, TxHash::from_str(&txid.to_string()).unwrap(), vout)
+}
+
+async fn poll(src: &mut BitcoinSource) -> Vec<ChainEvent> {
+    src.poll().await.expect("poll").events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_are_reported_once_at_depth_and_bad_ones_rejected() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let cfg = config(&btc, &vault, 3).await?;
+    let mut src = BitcoinSource::new(cfg.clone(), None).await?;
+
+    let good = btc.send_deposit(&vault, Amount::from_sat(50_000_000), Some(&memo(137))).await?;
+    let bad = btc.send_deposit(&vault, Amount::from_sat(20_000), Some(b"BTCFI\x01short")).await?;
+    let dust = btc.send_deposit(&vault, Amount::from_sat(5_000), Some(&memo(1))).await?;
+    let none = btc.send_deposit(&vault, Amount::from_sat(30_000), None).await?;
+    btc.mine(1).await?;
+    assert!(poll(&mut src).await.is_empty(), "1 confirmation of 3: nothing yet");
+    btc.mine(1).await?;
+    assert!(poll(&mut src).await.is_empty(), "2 confirmations of 3: nothing yet");
+    btc.mine(1).await?;
+    let events = poll(&mut src).await;
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let find = |id: EventId| events.iter().find(|e| e.id() == id).unwrap_or_else(|| panic!("{id} missing"));
+    match find(event_id(good.txid, good.vout)) {
+        ChainEvent::Observed(o) => {
+            assert_eq!(
+                o.attestation.kind,
+                AttestationKind::PegIn {
+                    dest_chain: ChainId(137),
+                    recipient: EvmAddress(MEMO_RECIPIENT),
+                    amount: Sats(50_000_000)
+                }
+            );
+        }
+        other => panic!("good deposit reported as {other:?}"),
+    }
+    for (d, needle, amount) in
+        [(&bad, "malformed memo", 20_000), (&dust, "below the minimum", 5_000), (&none, "no OP_RETURN", 30_000)]
+    {
+        match find(event_id(d.txid, d.vout)) {
+            ChainEvent::Rejected(r) => {
+                assert!(r.reason.contains(needle), "{}", r.reason);
+                assert_eq!(r.amount, Some(Sats(amount)));
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+    // The vault holds every output paid to it, valid or not.
+    assert_eq!(src.vault_utxos().len(), 4);
+    assert_eq!(src.vault_balance(), Sats(50_000_000 + 20_000 + 5_000 + 30_000));
+
+    // Nothing is reported twice, neither by this adapter nor by one restarted from its checkpoint.
+    btc.mine(3).await?;
+    assert!(poll(&mut src).await.is_empty());
+    let mut restarted = BitcoinSource::new(cfg, Some(src.checkpoint()?)).await?;
+    btc.mine(2).await?;
+    assert!(poll(&mut restarted).await.is_empty());
+    assert_eq!(restarted.vault_utxos().len(), 4);
+
+    // Regtest has no fee estimate: the configured floor is used.
+    let fee = restarted.estimate_fee_rate().await?;
+    assert_eq!((fee.sat_per_vb, fee.source), (3, FeeSource::Floor));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_reorged_out_before_depth_is_never_reported() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let mut src = BitcoinSource::new(config(&btc, &vault, 3).await?, None).await?;
+
+    let dep = btc.send_deposit(&vault, Amount::from_sat(1_000_000), Some(&memo(1))).await?;
+    let mined_at = btc.block_count().await? + 1;
+    btc.mine(2).await?;
+    assert!(poll(&mut src).await.is_empty());
+    // Replace both blocks with empty ones (the deposit drops back to the mempool) and
+    // build well past the depth.
+    btc.reorg_from(mined_at, 6).await?;
+    for _ in 0..3 {
+        btc.mine_empty(1).await?;
+        let events = poll(&mut src).await;
+        assert!(events.iter().all(|e| e.id() != event_id(dep.txid, dep.vout)), "{events:?}");
+    }
+    assert!(src.vault_utxos().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_deposit_reorged_out_is_surfaced() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let mut src = BitcoinSource::new(config(&btc, &vault, 2).await?, None).await?;
+
+    let dep = btc.send_deposit(&vault, Amount::from_sat(2_000_000), Some(&memo(56))).await?;
+    let id = event_id(dep.txid, dep.vout);
+    let mined_at = btc.block_count().await? + 1;
+    btc.mine(2).await?;
+    let events = poll(&mut src).await;
+    let observed = match events.as_slice() {
+        [ChainEvent::Observed(o)] if o.attestation.event == id => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(src.recheck(&observed).await?, Inclusion::Included { confirmations: 2 }));
+
+    // A reorg deeper than the configured depth takes the deposit's block away.
+    btc.reorg_from(mined_at, 4).await?;
+    let events = poll(&mut src).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ChainEvent::Reorged { id: r, block } if *r == id && *block == observed.block)),
+        "{events:?}"
+    );
+    assert_eq!(src.recheck(&observed).await?, Inclusion::NotCanonical);
+    assert!(src.vault_utxos().is_empty(), "the rewound block's vault output is gone");
+
+    // The transaction went back to the mempool; mined again, it is final again, in a new block.
+    btc.mine(2).await?;
+    let events = poll(&mut src).await;
+    match events.as_slice() {
+        [ChainEvent::Observed(o)] => {
+            assert_eq!(o.attestation.event, id);
+            assert_ne!(o.block, observed.block);
+        }
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_deposits_wait_for_their_tier_even_across_a_restart() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let mut cfg = config(&btc, &vault, 2).await?;
+    cfg.tiers = vec![ConfirmationTier { min_amount: Sats(100_000_000), confirmations: 5 }];
+    let mut src = BitcoinSource::new(cfg.clone(), None).await?;
+
+    let small = btc.send_deposit(&vault, Amount::from_sat(1_000_000), Some(&memo(1))).await?;
+    let big = btc.send_deposit(&vault, Amount::from_sat(150_000_000), Some(&memo(1))).await?;
+    btc.mine(2).await?;
+    let ids: Vec<_> = poll(&mut src).await.iter().map(ChainEvent::id).collect();
+    assert_eq!(ids, vec![event_id(small.txid, small.vout)]);
+    btc.mine(2).await?;
+    assert!(poll(&mut src).await.is_empty(), "4 confirmations of 5");
+    let mut src = BitcoinSource::new(cfg, Some(src.checkpoint()?)).await?;
+    btc.mine(1).await?;
+    let ids: Vec<_> = poll(&mut src).await.iter().map(ChainEvent::id).collect();
+    assert_eq!(ids, vec![event_id(big.txid, big.vout)]);
+    btc.mine(3).await?;
+    assert!(poll(&mut src).await.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_spends_update_the_utxo_set_and_broadcast_is_followed() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let mut src = BitcoinSource::new(config(&btc, &vault, 1).await?, None).await?;
+    let dep = btc.send_deposit(&vault, Amount::from_sat(10_000_000), Some(&memo(1))).await?;
+    btc.mine(1).await?;
+    assert_eq!(poll(&mut src).await.len(), 1);
+
+    // Spend the vault output: 6M to a user, change back to the vault (the wallet holds
+    // the vault key in this test, standing in for the signer set).
+    let user = btc.new_address().await?;
+    let inputs = json!([{ "txid": dep.txid.to_string(), "vout": dep.vout }]);
+    let outputs = json!([{ user.to_string(): 0.06 }, { vault.to_string(): 0.0399 }]);
+    let raw: String = btc.rpc(move |c| c.call("createrawtransaction", &[inputs, outputs])).await?;
+    let vault_wallet = btc.wallet("vault")?;
+    let signed: serde_json::Value =
+        tokio::task::spawn_blocking(move || vault_wallet.call("signrawtransactionwithwallet", &[json!(raw)])).await??;
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(signed["hex"].as_str().unwrap())?;
+    let txid = src.broadcast(tx.clone()).await?;
+    assert_eq!(src.broadcast(tx).await?, txid, "re-broadcast is idempotent");
+    assert_eq!(src.tx_confirmations(txid).await?, Some(0));
+    btc.mine(2).await?;
+    assert_eq!(src.tx_confirmations(txid).await?, Some(2));
+    let events = poll(&mut src).await;
+    assert!(events.is_empty(), "change to the vault is not a deposit: {events:?}");
+    let utxos = src.vault_utxos();
+    assert_eq!(utxos.len(), 1);
+    assert_eq!(utxos[0].outpoint.txid, txid);
+    assert_eq!(utxos[0].amount, Sats(3_990_000));
+    let unknown = bitcoin::Txid::from_str(&"11".repeat(32))?;
+    assert_eq!(src.tx_confirmations(unknown).await?, None);
+    Ok(())
+}
+
+/// A loopback HTTP server that answers every JSON-RPC request with `body(id)`.
+fn bad_node(body: fn(&serde_json::Value) -> String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = vec![0u8; 65536];
+            let mut got = 0;
+            // Read headers and the body announced by Content-Length.
+            let request = loop {
+                let Ok(n) = s.read(&mut buf[got..]) else { break None };
+                if n == 0 {
+                    break None;
+                }
+                got += n;
+                let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                if let Some(pos) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if got >= pos + 4 + len {
+                        break Some(text[pos + 4..pos + 4 + len].to_owned());
+                    }
+                }
+            };
+            let Some(req) = request else { continue };
+            let req: serde_json::Value = serde_json::from_str(&req).unwrap_or_default();
+            let payload = body(&req["id"]);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                payload.len(),
+                payload
+            );
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_answers_from_the_node_are_typed_errors() -> eyre::Result<()> {
+    let vault = "bcrt1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqc8gma6";
+    let cfg_for = |url: String| BitcoinConfig {
+        rpc_url: url,
+        rpc_user: Some("u".into()),
+        rpc_password: Some("p".into()),
+        rpc_cookie_file: None,
+        network: Network::Regtest,
+        vault_address: vault.into(),
+        confirmations: 1,
+        tiers: vec![],
+        min_deposit: Sats(1),
+        fees: FeeBounds::default(),
+        start_height: 0,
+        max_blocks_per_poll: 1,
+        reorg_window: 10,
+    };
+    let truncated = bad_node(|id| format!("{{\"result\": 12, \"error\": null, \"id\": {id}"));
+    let wrong_type = bad_node(|id| format!("{{\"result\": \"twelve\", \"error\": null, \"id\": {id}}}"));
+    let bad_block = bad_node(|id| format!("{{\"result\": \"00ff\", \"error\": null, \"id\": {id}}}"));
+    for url in [truncated, wrong_type] {
+        let rpc = BtcRpc::new(&cfg_for(url))?;
+        match rpc.tip().await {
+            Err(BtcError::BadResponse { method: "getblockcount", .. }) => {}
+            other => panic!("expected BadResponse, got {other:?}"),
+        }
+    }
+    let rpc = BtcRpc::new(&cfg_for(bad_block))?;
+    let hash = bitcoin::BlockHash::from_str(&"00".repeat(32))?;
+    assert!(matches!(rpc.block(hash).await, Err(BtcError::BadResponse { method: "getblock", .. })));
+    // An unreachable node is a retryable transport error.
+    let dead = format!("http://127.0.0.1:{}", btcfi_testkit::free_port());
+    let err = BtcRpc::new(&cfg_for(dead))?.tip().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // An adapter over a broken node fails to start with a typed error, not a panic.
+    let e = BitcoinSource::new(cfg_for(bad_node(|id| format!("{{\"id\": {id}, \"result\": [1,2"))), None).await;
+    assert!(matches!(e, Err(BtcError::BadResponse { .. })), "{e:?}");
+    Ok(())
+}
