@@ -1,1 +1,137 @@
-//! Contract deployment helpers.
+//! The bridge contracts for tests: compiled artifacts (built on demand by
+//! `scripts/contracts/build.sh`) and a deployer.
+
+use crate::process::repo_root;
+use alloy::{
+    network::TransactionBuilder,
+    primitives::Address,
+    providers::{Provider, ProviderBuilder},
+    rpc::types::TransactionRequest,
+    signers::local::PrivateKeySigner,
+    sol_types::SolValue,
+};
+use btcfi_chain_adapters::evm::bindings::IBridge;
+use eyre::{WrapErr, bail, eyre};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, PoisonError},
+    time::SystemTime,
+};
+
+/// Artifacts that `build.sh` writes to `contracts/out/`.
+const ARTIFACTS: [&str; 4] = ["Bridge.bin", "Bridge.abi", "WrappedBTC.bin", "WrappedBTC.abi"];
+
+/// Serializes builds within one test process (build.sh itself is safe across processes).
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// A freshly deployed bridge and the wrapped BTC token its constructor created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deployed {
+    pub bridge: Address,
+    pub token: Address,
+}
+
+/// `contracts/out` of the repository, compiled first (`scripts/contracts/build.sh`) if an
+/// artifact is missing or older than a Solidity source or the build script.
+///
+/// # Panics
+/// If the contracts do not compile (test infrastructure: the message says why); use
+/// [`try_artifacts_dir`] to handle that instead.
+pub fn artifacts_dir() -> PathBuf {
+    match try_artifacts_dir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("bridge contract artifacts unavailable: {e:#}"),
+    }
+}
+
+/// [`artifacts_dir`] without the panic.
+pub fn try_artifacts_dir() -> eyre::Result<PathBuf> {
+    let root = repo_root();
+    let out = root.join("contracts/out");
+    let _guard = BUILD.lock().unwrap_or_else(PoisonError::into_inner);
+    if is_stale(&root, &out)? {
+        let script = root.join("scripts/contracts/build.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .current_dir(&root)
+            .output()
+            .wrap_err_with(|| format!("running {}", script.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} failed ({}):\n{}{}",
+                script.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        if is_stale(&root, &out)? {
+            bail!("{} succeeded but {} is still incomplete or stale", script.display(), out.display());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether any artifact is missing or older than the newest input.
+fn is_stale(root: &Path, out: &Path) -> eyre::Result<bool> {
+    let mut newest_input = mtime(&root.join("scripts/contracts/build.sh"))?;
+    let sources = root.join("contracts");
+    for entry in std::fs::read_dir(&sources).wrap_err_with(|| format!("reading {}", sources.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "sol") {
+            newest_input = newest_input.max(mtime(&path)?);
+        }
+    }
+    for name in ARTIFACTS {
+        match std::fs::metadata(out.join(name)).and_then(|m| m.modified()) {
+            Ok(t) if t >= newest_input => {}
+            _ => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
+fn mtime(path: &Path) -> eyre::Result<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).wrap_err_with(|| format!("reading mtime of {}", path.display()))
+}
+
+/// Creation bytecode of `contract` ("Bridge", "WrappedBTC") from the artifacts.
+pub fn bytecode(contract: &str) -> eyre::Result<Vec<u8>> {
+    let path = try_artifacts_dir()?.join(format!("{contract}.bin"));
+    let text = std::fs::read_to_string(&path).wrap_err_with(|| format!("reading {}", path.display()))?;
+    hex::decode(text.trim().trim_start_matches("0x")).wrap_err_with(|| format!("{} is not hex", path.display()))
+}
+
+/// JSON ABI of `contract` ("Bridge", "WrappedBTC") from the artifacts.
+pub fn abi_json(contract: &str) -> eyre::Result<serde_json::Value> {
+    let path = try_artifacts_dir()?.join(format!("{contract}.abi"));
+    let text = std::fs::read(&path).wrap_err_with(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text).wrap_err_with(|| format!("{} is not JSON", path.display()))
+}
+
+/// Deploys `Bridge(guardian)` from `deployer_private_key_hex` (0x-hex) through
+/// `rpc_url`; the deployer is the only account that may call `setInitialKey`.
+pub async fn deploy_bridge(rpc_url: &str, deployer_private_key_hex: &str, guardian: Address) -> eyre::Result<Deployed> {
+    let signer: PrivateKeySigner = deployer_private_key_hex
+        .parse()
+        .map_err(|e| eyre!("deployer private key is not a 0x-hex secp256k1 key: {e}"))?;
+    let provider = ProviderBuilder::new().wallet(signer).connect_http(rpc_url.parse().wrap_err("rpc url")?);
+
+    let mut code = tokio::task::spawn_blocking(|| bytecode("Bridge")).await??;
+    code.extend_from_slice(&guardian.abi_encode());
+    let tx = TransactionRequest::default().with_deploy_code(code);
+    let receipt = provider
+        .send_transaction(tx)
+        .await
+        .wrap_err("sending the Bridge deployment")?
+        .get_receipt()
+        .await
+        .wrap_err("waiting for the Bridge deployment receipt")?;
+    if !receipt.status() {
+        bail!("Bridge deployment reverted (tx {})", receipt.transaction_hash);
+    }
+    let bridge = receipt.contract_address.ok_or_else(|| eyre!("Bridge deployment receipt has no contract address"))?;
+    let token = IBridge::new(bridge, &provider).token().call().await.wrap_err("reading Bridge.token()")?;
+    Ok(Deployed { bridge, token })
+}
