@@ -17,9 +17,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod bitcoin;
+mod config;
 mod error;
 pub mod evm;
 
+pub use config::ChainsConfig;
 pub use error::AdapterError;
 
 use async_trait::async_trait;
