@@ -33,7 +33,10 @@ pub enum Cf {
     Meta,
     /// Chain checkpoints, by chain id.
     Cursors,
-    /// Events this node observed itself (and rejected deposits), by event id.
+    /// Chain events as the adapters reported them (observed, rejected, reorged), by
+    /// event id: written with the adapter's checkpoint, so none is lost on a crash.
+    Events,
+    /// This validator's own vote for each event it observed, by event id.
     Observations,
     /// Signed votes, by (event id, validator).
     Votes,
@@ -54,9 +57,10 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Cursors,
+        Cf::Events,
         Cf::Observations,
         Cf::Votes,
         Cf::Attestations,
@@ -72,6 +76,7 @@ impl Cf {
         match self {
             Cf::Meta => "meta",
             Cf::Cursors => "cursors",
+            Cf::Events => "events",
             Cf::Observations => "observations",
             Cf::Votes => "votes",
             Cf::Attestations => "attestations",

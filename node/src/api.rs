@@ -1,0 +1,391 @@
+//! The HTTP API: `/health`, `/ready`, `/metrics`, `/v1/status`, `/v1/attestations`,
+//! `/v1/attestations/{id}`, `/v1/deposits/{txid}:{vout}`, `/v1/openapi.json`.
+//! Errors are JSON `{"error": "..."}` with a 4xx/5xx code.
+
+use crate::{config::NodeConfig, metrics::Metrics, state};
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use btcfi_chain_adapters::ChainEvent;
+use btcfi_consensus::{ValidatorIndex, persist::PeerVoteRecord, quorum};
+use btcfi_p2p::NetworkHandle;
+use btcfi_store::{Cf, Store};
+use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, TxHash};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainStatus {
+    pub chain_id: u64,
+    pub head: u64,
+    pub finalized: u64,
+    pub cursor: u64,
+    pub last_progress_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl ChainStatus {
+    pub fn new(chain_id: u64) -> Self {
+        Self { chain_id, head: 0, finalized: 0, cursor: 0, last_progress_ms: 0, last_error: None }
+    }
+}
+
+/// What the loop publishes for the API, refreshed every second.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    pub name: String,
+    pub peer_id: String,
+    pub version: &'static str,
+    pub epoch: u64,
+    pub validators: u16,
+    pub quorum: usize,
+    pub peers_connected: usize,
+    pub own_votes: u64,
+    pub certified: u64,
+    pub chains: BTreeMap<String, ChainStatus>,
+    #[serde(skip)]
+    expected_chains: usize,
+    #[serde(skip)]
+    stall_ms: u64,
+}
+
+impl StatusSnapshot {
+    pub fn new(cfg: &NodeConfig, me: PeerId, n: u16, quorum: usize) -> Self {
+        Self {
+            name: cfg.node.name.clone(),
+            peer_id: me.to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+            epoch: cfg.node.epoch,
+            validators: n,
+            quorum,
+            peers_connected: 0,
+            own_votes: 0,
+            certified: 0,
+            chains: BTreeMap::new(),
+            expected_chains: 1 + cfg.evm.len(),
+            // A chain that has not been polled successfully for this long stalls readiness.
+            stall_ms: 10 * cfg.node.bitcoin_poll_ms.max(cfg.evm.iter().map(|c| c.poll_interval_ms).max().unwrap_or(0)),
+        }
+    }
+
+    /// Why the node is not ready, if it is not.
+    fn not_ready(&self, now_ms: u64) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.chains.len() < self.expected_chains {
+            why.push(format!("{} of {} chains polled so far", self.chains.len(), self.expected_chains));
+        }
+        for (name, c) in &self.chains {
+            if now_ms.saturating_sub(c.last_progress_ms) > self.stall_ms {
+                why.push(format!(
+                    "chain {name} stalled: {}",
+                    c.last_error.clone().unwrap_or_else(|| "no progress".into())
+                ));
+            }
+        }
+        // q validators including this one.
+        if self.peers_connected + 1 < self.quorum {
+            why.push(format!("{} validators connected, quorum needs {}", self.peers_connected + 1, self.quorum));
+        }
+        why
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub status: Arc<RwLock<StatusSnapshot>>,
+    pub net: NetworkHandle,
+    pub peers: Vec<PeerId>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").field("peers", &self.peers.len()).finish_non_exhaustive()
+    }
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<btcfi_store::StoreError> for ApiError {
+    fn from(e: btcfi_store::StoreError) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/attestations", get(list_attestations))
+        .route("/v1/attestations/{id}", get(get_attestation))
+        .route("/v1/deposits/{outpoint}", get(get_deposit))
+        .route("/v1/openapi.json", get(|| async { Json(openapi()) }))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json".into()) })
+        .with_state(state)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn snapshot(s: &ApiState) -> Result<StatusSnapshot, ApiError> {
+    s.status.read().map(|g| g.clone()).map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "status lock".into()))
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    match snapshot(&s) {
+        Ok(snap) => {
+            let why = snap.not_ready(now_ms());
+            let code = if why.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (code, Json(json!({ "ready": why.is_empty(), "reasons": why }))).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+async fn status(State(s): State<ApiState>) -> ApiResult {
+    let snap = snapshot(&s)?;
+    let mut v = serde_json::to_value(&snap).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    v["ready"] = json!(snap.not_ready(now_ms()).is_empty());
+    v["connected_peers"] = json!(s.net.connected_validators().iter().map(|p| p.to_string()).collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+fn kind_json(a: &Attestation) -> Value {
+    match &a.kind {
+        AttestationKind::PegIn { dest_chain, recipient, amount } => {
+            json!({"type": "peg_in", "destination_chain": dest_chain.0, "recipient": recipient.to_string(), "amount_sats": amount.0})
+        }
+        AttestationKind::PegOut { nonce, amount, script_pubkey } => {
+            json!({"type": "peg_out", "nonce": nonce, "amount_sats": amount.0, "script_pubkey": hex::encode(script_pubkey)})
+        }
+        AttestationKind::EvmToEvm { nonce, dest_chain, recipient, amount } => {
+            json!({"type": "evm_to_evm", "nonce": nonce, "destination_chain": dest_chain.0, "recipient": recipient.to_string(), "amount_sats": amount.0})
+        }
+    }
+}
+
+/// Everything known about one event, as the API shows it.
+fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<Value>, ApiError> {
+    let stored = state::get_event(&s.store, id)?;
+    let certified = state::get_certified(&s.store, id)?;
+    let Some(stored) = stored else {
+        return Ok(certified.map(
+            |c| json!({"id": id.to_string(), "status": "certified", "digest": c.certificate.digest.to_string()}),
+        ));
+    };
+    let mut v = json!({
+        "id": id.to_string(),
+        "source_chain": id.chain.0,
+    });
+    match &stored.event {
+        ChainEvent::Observed(o) => {
+            v["block"] = json!({"height": o.block.height, "hash": hex::encode(o.block.hash)});
+            v["digest"] = json!(o.attestation.digest().to_string());
+            v["destination_chain"] = json!(o.attestation.destination().0);
+            v["amount_sats"] = json!(o.attestation.amount().0);
+            v["attestation"] = kind_json(&o.attestation);
+            v["message"] = json!(hex::encode(o.attestation.encode()));
+            v["contract_event_id"] = json!(format!("0x{}", hex::encode(id.contract_id())));
+        }
+        ChainEvent::Rejected(r) => {
+            v["block"] = json!({"height": r.block.height, "hash": hex::encode(r.block.hash)});
+            v["amount_sats"] = json!(r.amount.map(|a| a.0));
+            v["reason"] = json!(r.reason);
+        }
+        ChainEvent::Reorged { .. } => {}
+    }
+    let status = if stored.reorged.is_some() {
+        "reorged"
+    } else if matches!(stored.event, ChainEvent::Rejected(_)) {
+        "rejected"
+    } else if certified.is_some() {
+        "certified"
+    } else {
+        "observed"
+    };
+    v["status"] = json!(status);
+    // Voters: own vote plus peer votes of the same digest.
+    let mut voters: Vec<u16> = Vec::new();
+    if let Some(own) = s.store.get_json::<btcfi_consensus::persist::OwnVoteRecord>(Cf::Observations, id.to_bytes())? {
+        voters.push(own.vote.validator.0);
+        for (_, raw) in s.store.scan_prefix(Cf::Votes, &id.to_bytes())? {
+            if let Ok(r) = serde_json::from_slice::<PeerVoteRecord>(&raw)
+                && r.vote.digest == own.vote.digest
+            {
+                voters.push(r.vote.validator.0);
+            }
+        }
+    }
+    if let Some(c) = &certified {
+        voters = c.certificate.signers().map(|i: ValidatorIndex| i.0).collect();
+        v["certified_at_ms"] = json!(c.certified_at);
+        if detail {
+            v["certificate"] = json!({
+                "epoch": c.certificate.epoch.0,
+                "digest": c.certificate.digest.to_string(),
+                "signatures": c.certificate.signatures.iter().map(|sig| json!({
+                    "validator": sig.validator.0,
+                    "peer_id": s.peers.get(usize::from(sig.validator.0)).map(|p| p.to_string()),
+                    "signature": hex::encode(&sig.signature.0),
+                })).collect::<Vec<_>>(),
+                "encoded": hex::encode(c.certificate.encode()),
+            });
+        }
+    }
+    voters.sort_unstable();
+    voters.dedup();
+    v["signers"] =
+        json!(voters.iter().filter_map(|i| s.peers.get(usize::from(*i)).map(|p| p.to_string())).collect::<Vec<_>>());
+    // Threshold signing of certified attestations is not in this version.
+    v["signature"] = Value::Null;
+    Ok(Some(v))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    source: Option<u64>,
+    destination: Option<u64>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn list_attestations(
+    State(s): State<ApiState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if let Some(st) = &q.status
+        && !["observed", "certified", "rejected", "reorged"].contains(&st.as_str())
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("status {st:?}: one of observed, certified, rejected, reorged"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "limit: 1..=1000".into()));
+    }
+    let mut items = Vec::new();
+    let mut total = 0usize;
+    for (k, _) in s.store.scan_prefix(Cf::Events, b"")? {
+        let Ok(id) = EventId::from_bytes(&k) else { continue };
+        if q.source.is_some_and(|c| c != id.chain.0) {
+            continue;
+        }
+        let Some(v) = event_view(&s, &id, false)? else { continue };
+        if q.status.as_deref().is_some_and(|st| v["status"] != st) {
+            continue;
+        }
+        if q.destination.is_some_and(|d| v["destination_chain"] != d) {
+            continue;
+        }
+        if total >= q.offset && items.len() < limit {
+            items.push(v);
+        }
+        total += 1;
+    }
+    Ok(Json(json!({ "total": total, "offset": q.offset, "limit": limit, "items": items })))
+}
+
+async fn get_attestation(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    let id: EventId = id.parse().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    event_view(&s, &id, true)?.map(Json).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no event {id}")))
+}
+
+async fn get_deposit(State(s): State<ApiState>, Path(outpoint): Path<String>) -> ApiResult {
+    let bad = || ApiError(StatusCode::BAD_REQUEST, format!("{outpoint:?}: expected <txid>:<vout>"));
+    let (txid, vout) = outpoint.split_once(':').ok_or_else(bad)?;
+    let tx: TxHash = txid.parse().map_err(|_| bad())?;
+    let vout: u32 = vout.parse().map_err(|_| bad())?;
+    let id = EventId::new(ChainId::BITCOIN, tx, vout);
+    let snap = snapshot(&s)?;
+    let Some(mut v) = event_view(&s, &id, true)? else {
+        let btc = snap.chains.get("bitcoin");
+        return Ok(Json(json!({
+            "id": id.to_string(),
+            "status": "unknown",
+            "gate": "depth",
+            "detail": "not seen at the confirmation depth yet (or not a payment to the vault)",
+            "bitcoin_cursor_height": btc.map(|c| c.cursor),
+            "bitcoin_head_height": btc.map(|c| c.head),
+        })));
+    };
+    let gate = match v["status"].as_str() {
+        Some("observed") => {
+            let signed: Vec<String> = v["signers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect();
+            let missing: Vec<String> = s.peers.iter().map(|p| p.to_string()).filter(|p| !signed.contains(p)).collect();
+            v["votes"] = json!(signed.len());
+            v["quorum"] = json!(quorum(u16::try_from(s.peers.len()).unwrap_or(u16::MAX)));
+            v["missing_signers"] = json!(missing);
+            "quorum"
+        }
+        Some("certified") => "signing",
+        Some("rejected") => "rejected",
+        Some("reorged") => "reorged",
+        _ => "depth",
+    };
+    v["gate"] = json!(gate);
+    Ok(Json(v))
+}
+
+fn openapi() -> Value {
+    let get = |summary: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "400": {"description": "bad parameter"}, "404": {"description": "not found"}}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "btcfi-node API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/health": get("Liveness: the process answers."),
+            "/ready": get("Readiness: chains advancing and a quorum of validators connected (503 with reasons otherwise)."),
+            "/metrics": get("Prometheus metrics (btcfi_ prefix)."),
+            "/v1/status": get("Node summary: identity, epoch, quorum, peers, chains."),
+            "/v1/attestations": {"get": {"summary": "Events and attestations, filtered and paged.", "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["observed", "certified", "rejected", "reorged"]}},
+                {"name": "source", "in": "query", "schema": {"type": "integer"}},
+                {"name": "destination", "in": "query", "schema": {"type": "integer"}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+            ], "responses": {"200": {"description": "OK"}, "400": {"description": "bad parameter"}}}},
+            "/v1/attestations/{id}": {"get": {"summary": "One event: message, digest, certificate, signers.", "parameters": [
+                {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "<chain id>:<tx hash>:<index>"}
+            ], "responses": {"200": {"description": "OK"}, "400": {"description": "bad id"}, "404": {"description": "unknown"}}}},
+            "/v1/deposits/{outpoint}": {"get": {"summary": "Where a deposit stands and which gate holds it.", "parameters": [
+                {"name": "outpoint", "in": "path", "required": true, "schema": {"type": "string"}, "description": "<txid>:<vout>"}
+            ], "responses": {"200": {"description": "OK"}, "400": {"description": "bad outpoint"}}}},
+            "/v1/openapi.json": get("This document.")
+        }
+    })
+}

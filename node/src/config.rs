@@ -1,0 +1,308 @@
+//! The node's configuration: `HOME/config.toml`, overridden by `BTCFI_`-prefixed
+//! environment variables (`__` for nesting: `BTCFI_API__LISTEN=127.0.0.1:9090`).
+//!
+//! Parsing is two-step: serde reads the raw shape (unknown keys are errors), then
+//! [`NodeConfig::validate`] checks what serde cannot and reports *every* problem with its
+//! key path, so an operator fixes a broken file in one go.
+
+use btcfi_chain_adapters::{ChainsConfig, bitcoin::BitcoinConfig, evm::EvmChainConfig};
+use serde::{Deserialize, Serialize};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This validator's name, as in the `validators` list.
+    pub name: String,
+    /// The validator-set epoch.
+    #[serde(default = "one")]
+    pub epoch: u64,
+    /// How often the Bitcoin adapter polls bitcoind, in milliseconds.
+    #[serde(default = "default_btc_poll")]
+    pub bitcoin_poll_ms: u64,
+}
+
+fn default_btc_poll() -> u64 {
+    5_000
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pSection {
+    /// libp2p listen address, e.g. `/ip4/0.0.0.0/tcp/9000`.
+    pub listen: String,
+}
+
+/// One validator of the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    pub name: String,
+    /// libp2p peer id (printed by `btcfi-node init`).
+    pub peer_id: String,
+    /// Where to dial it, e.g. `/ip4/10.0.0.2/tcp/9000`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// HTTP address for /health, /ready, /metrics and /v1/*.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// tracing filter, e.g. `info,chain::btc=debug`.
+    #[serde(default = "default_filter")]
+    pub filter: String,
+}
+
+fn default_filter() -> String {
+    "info".into()
+}
+
+/// Timing of the consensus core; unset keys keep the core's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusSection {
+    /// First rebroadcast of an own vote that has not certified yet (doubles each time).
+    pub rebroadcast_interval_ms: Option<u64>,
+    /// Upper bound of the rebroadcast interval.
+    pub rebroadcast_max_interval_ms: Option<u64>,
+    /// After this long without a certificate, ask peers for it (catch-up).
+    pub catch_up_after_ms: Option<u64>,
+    /// Votes on events this node never observes are forgotten after this long.
+    pub vote_expiry_ms: Option<u64>,
+}
+
+impl ConsensusSection {
+    pub fn apply(&self, c: &mut btcfi_consensus::Config) {
+        if let Some(v) = self.rebroadcast_interval_ms {
+            c.rebroadcast_interval_ms = v;
+        }
+        if let Some(v) = self.rebroadcast_max_interval_ms {
+            c.rebroadcast_max_interval_ms = v;
+        }
+        if let Some(v) = self.catch_up_after_ms {
+            c.catch_up_after_ms = v;
+        }
+        if let Some(v) = self.vote_expiry_ms {
+            c.vote_expiry_ms = v;
+        }
+    }
+}
+
+/// Everything the node reads at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub p2p: P2pSection,
+    pub validators: Vec<ValidatorEntry>,
+    pub api: ApiSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub consensus: ConsensusSection,
+    pub bitcoin: BitcoinConfig,
+    #[serde(default)]
+    pub evm: Vec<EvmChainConfig>,
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("{path}: invalid configuration:\n  - {}", .problems.join("\n  - "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl NodeConfig {
+    /// Loads `home/config.toml` with `BTCFI_*` environment overrides from `env`.
+    pub fn load(home: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let path = home.join("config.toml");
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                path,
+                detail: "no such file: run `btcfi-node init --home DIR` first, or pass the right --home".into(),
+            });
+        }
+        // Every top-level key is a table, so an override always nests (`BTCFI_A__B`);
+        // other BTCFI_ variables (BTCFI_HOME, BTCFI_LOG, BTCFI_DEPS) are not config keys.
+        let env: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("BTCFI_") && k.contains("__")).collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("BTCFI")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| ConfigError::Parse { path: path.clone(), detail: e.to_string() })?;
+        let cfg: NodeConfig =
+            raw.try_deserialize().map_err(|e| ConfigError::Parse { path: path.clone(), detail: e.to_string() })?;
+        cfg.validate().map_err(|problems| ConfigError::Invalid { path, problems })?;
+        Ok(cfg)
+    }
+
+    pub fn bitcoin_poll_ms(&self) -> u64 {
+        self.node.bitcoin_poll_ms
+    }
+
+    pub fn chains(&self) -> ChainsConfig {
+        ChainsConfig { bitcoin: self.bitcoin.clone(), evm: self.evm.clone() }
+    }
+
+    /// Every problem, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = self.chains().validate().err().unwrap_or_default();
+        if self.node.bitcoin_poll_ms == 0 {
+            errs.push("node.bitcoin_poll_ms: must be positive".into());
+        }
+        if self.node.name.trim().is_empty() {
+            errs.push("node.name: must not be empty".into());
+        }
+        if self.validators.is_empty() {
+            errs.push("validators: the epoch's validator set is empty".into());
+        }
+        if !self.validators.iter().any(|v| v.name == self.node.name) {
+            errs.push(format!("node.name: {:?} is not in the validators list", self.node.name));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, v) in self.validators.iter().enumerate() {
+            if v.peer_id.parse::<libp2p::PeerId>().is_err() {
+                errs.push(format!("validators[{i}].peer_id: {:?} is not a libp2p peer id", v.peer_id));
+            }
+            if v.address.parse::<libp2p::Multiaddr>().is_err() {
+                errs.push(format!("validators[{i}].address: {:?} is not a multiaddr", v.address));
+            }
+            if !seen.insert(v.peer_id.clone()) {
+                errs.push(format!("validators[{i}].peer_id: appears twice"));
+            }
+        }
+        if self.p2p.listen.parse::<libp2p::Multiaddr>().is_err() {
+            errs.push(format!("p2p.listen: {:?} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/9000)", self.p2p.listen));
+        }
+        let mut core = btcfi_consensus::Config::new(
+            btcfi_consensus::Epoch(self.node.epoch),
+            u16::try_from(self.validators.len().max(1)).unwrap_or(u16::MAX),
+            btcfi_consensus::ValidatorIndex(0),
+        );
+        self.consensus.apply(&mut core);
+        if let Err(e) = core.validate() {
+            errs.push(format!("consensus: {e}"));
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// The configuration as TOML with secrets masked (`config check`).
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.bitcoin.rpc_password.is_some() {
+            c.bitcoin.rpc_password = Some("***".into());
+        }
+        for e in &mut c.evm {
+            for url in &mut e.endpoints {
+                if let Ok(u) = url::Url::parse(url) {
+                    *url = btcfi_chain_adapters::evm::redact_url(&u);
+                }
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+
+    fn home_with(cfg: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
+        dir
+    }
+
+    fn good() -> String {
+        format!(
+            r#"[node]
+name = "v0"
+[p2p]
+listen = "/ip4/127.0.0.1/tcp/9000"
+[[validators]]
+name = "v0"
+peer_id = "{PEER}"
+address = "/ip4/127.0.0.1/tcp/9000"
+[api]
+listen = "127.0.0.1:8080"
+[bitcoin]
+rpc_url = "http://127.0.0.1:18443"
+rpc_user = "u"
+rpc_password = "secret"
+network = "regtest"
+vault_address = "bcrt1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqc8gma6"
+confirmations = 2
+min_deposit = 10000
+"#
+        )
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn env_overrides_reach_nested_keys_and_other_vars_are_ignored() {
+        let home = home_with(&good());
+        let cfg = NodeConfig::load(
+            home.path(),
+            env(&[("BTCFI_API__LISTEN", "127.0.0.1:9999"), ("BTCFI_BITCOIN__CONFIRMATIONS", "7"), ("BTCFI_DEPS", "/x")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.api.listen.port(), 9999);
+        assert_eq!(cfg.bitcoin.confirmations, 7);
+        assert!(cfg.redacted_toml().contains("\"***\"") && !cfg.redacted_toml().contains("secret"));
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        let home = home_with(&good().replace("confirmations = 2", "confirmations = 0").replace(PEER, "not-a-peer"));
+        let err = NodeConfig::load(home.path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("bitcoin.confirmations"), "{err}");
+        assert!(err.contains("validators[0].peer_id"), "{err}");
+        let typo = home_with(&good().replace("[api]", "[apii]"));
+        let err = NodeConfig::load(typo.path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("apii"), "{err}");
+        let bad_env = NodeConfig::load(home_with(&good()).path(), env(&[("BTCFI_API__LISTEN", "nowhere")]));
+        assert!(bad_env.unwrap_err().to_string().contains("api"));
+    }
+}

@@ -1,0 +1,17 @@
+//! `btcfi-node`: the validator daemon of the btcfi bridge.
+//!
+//! `main.rs` parses the command line and calls into here; [`run::run`] is the daemon,
+//! which tests also start in-process. The daemon owns all I/O: chain adapters
+//! (`btcfi-chain-adapters`), the p2p network (`btcfi-p2p`), the store (`btcfi-store`),
+//! the HTTP API and metrics; it feeds the sans-IO consensus core (`btcfi-consensus`) and
+//! carries out its actions, persisting first.
+
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod identity;
+pub mod metrics;
+pub mod run;
+pub mod state;
+
+pub use config::{LogFormat, NodeConfig};

@@ -1,0 +1,92 @@
+//! The node's Prometheus metrics (`btcfi_` prefix). One registry, made here and passed
+//! to each subsystem (the p2p crate registers its own `btcfi_p2p_*`).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub chain_head: IntGaugeVec,
+    pub chain_finalized: IntGaugeVec,
+    pub chain_cursor: IntGaugeVec,
+    pub chain_poll_errors: IntCounterVec,
+    pub chain_events: IntCounterVec,
+    pub observations: IntCounter,
+    pub votes: IntCounterVec,
+    pub certified: IntCounter,
+    pub evidence: IntCounter,
+    pub alerts: IntCounterVec,
+    pub reobservations: IntCounter,
+    pub peers_connected: IntGauge,
+    pub vault_balance_sats: IntGauge,
+    pub vault_utxos: IntGauge,
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> eyre::Result<IntGaugeVec> {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> eyre::Result<IntCounterVec> {
+    let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+fn counter(r: &Registry, name: &str, help: &str) -> eyre::Result<IntCounter> {
+    let m = IntCounter::new(name, help)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+fn gauge(r: &Registry, name: &str, help: &str) -> eyre::Result<IntGauge> {
+    let m = IntGauge::new(name, help)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl Metrics {
+    pub fn new() -> eyre::Result<Self> {
+        let r = Registry::new();
+        Ok(Self {
+            chain_head: gauge_vec(
+                &r,
+                "btcfi_chain_head_height",
+                "Head height reported by the chain's node.",
+                &["chain"],
+            )?,
+            chain_finalized: gauge_vec(&r, "btcfi_chain_finalized_height", "Height considered final.", &["chain"])?,
+            chain_cursor: gauge_vec(
+                &r,
+                "btcfi_chain_cursor_height",
+                "Last block whose events were all processed.",
+                &["chain"],
+            )?,
+            chain_poll_errors: counter_vec(
+                &r,
+                "btcfi_chain_poll_errors_total",
+                "Failed polls of a chain.",
+                &["chain"],
+            )?,
+            chain_events: counter_vec(
+                &r,
+                "btcfi_chain_events_total",
+                "Chain events reported, by kind.",
+                &["chain", "kind"],
+            )?,
+            observations: counter(&r, "btcfi_consensus_observations_total", "Own observations fed to consensus.")?,
+            votes: counter_vec(&r, "btcfi_consensus_votes_total", "Peer votes received, by outcome.", &["outcome"])?,
+            certified: counter(&r, "btcfi_consensus_certified_attestations_total", "Attestations certified here.")?,
+            evidence: counter(&r, "btcfi_consensus_evidence_total", "Equivocation evidence recorded.")?,
+            alerts: counter_vec(&r, "btcfi_consensus_alerts_total", "Conditions for an operator, by kind.", &["kind"])?,
+            reobservations: counter(&r, "btcfi_consensus_reobservations_total", "Re-observation requests.")?,
+            peers_connected: gauge(&r, "btcfi_peers_connected", "Validators of the epoch connected now.")?,
+            vault_balance_sats: gauge(&r, "btcfi_vault_balance_sats", "Sum of the vault's final UTXOs.")?,
+            vault_utxos: gauge(&r, "btcfi_vault_utxos", "Number of the vault's final UTXOs.")?,
+            registry: r,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let enc = prometheus::TextEncoder::new();
+        enc.encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,443 @@
+//! The daemon: adapters → consensus ↔ p2p, with every transition in the store first.
+//!
+//! One `select!` loop owns the consensus core. Chain adapters run as their own tasks and
+//! send what became final together with their checkpoint; the loop writes both in one
+//! batch before the core sees the events, so a crash never loses an event (a restart
+//! re-feeds stored observations; the core ignores what it already voted on).
+
+use crate::{
+    api::{self, ApiState, ChainStatus, StatusSnapshot},
+    config::NodeConfig,
+    crypto::{IdentitySigner, SetVerifier},
+    identity,
+    metrics::Metrics,
+    state::{self, StoredEvent},
+};
+use btcfi_chain_adapters::{
+    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, bitcoin::BitcoinSource, evm::EvmSource,
+};
+use btcfi_consensus::{Action, Alert, Config as CoreConfig, Consensus, Epoch, Input, Message, ValidatorIndex};
+use btcfi_p2p::{ChainHeights, MessageKind, NetworkConfig, NetworkEvent, NetworkHandle, NetworkService, ValidatorPeer};
+use btcfi_store::{Batch, Cf, Store};
+use btcfi_types::ChainId;
+use eyre::{WrapErr, eyre};
+use libp2p::{Multiaddr, PeerId};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// What a chain task hands the loop after one poll.
+#[derive(Debug)]
+struct ChainUpdate {
+    chain: ChainId,
+    name: String,
+    heads: Option<ChainHeads>,
+    events: Vec<ChainEvent>,
+    checkpoint: Option<Checkpoint>,
+    vault: Option<(u64, usize)>,
+    error: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn cursor_key(chain: ChainId) -> [u8; 8] {
+    chain.0.to_be_bytes()
+}
+
+/// Polls one chain forever, sending each non-empty result (and heads for metrics).
+async fn chain_task<S: ChainSource>(
+    mut src: S,
+    name: String,
+    interval: Duration,
+    tx: mpsc::Sender<ChainUpdate>,
+    vault: impl Fn(&S) -> Option<(u64, usize)> + Send,
+) {
+    let chain = src.chain();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let heads = src.heads().await.ok();
+        let mut update = ChainUpdate {
+            chain,
+            name: name.clone(),
+            heads,
+            events: vec![],
+            checkpoint: None,
+            vault: None,
+            error: None,
+        };
+        match src.poll().await {
+            Ok(outcome) => {
+                // Re-check each observed event against the canonical chain right before
+                // it goes to consensus; one that moved is reported later as Reorged.
+                for ev in outcome.events {
+                    if let ChainEvent::Observed(o) = &ev {
+                        match src.recheck(o).await {
+                            Ok(Inclusion::Included { .. }) => {}
+                            Ok(Inclusion::NotCanonical) => {
+                                warn!(target: "chain::recheck", chain = %name, event = %o.attestation.event, "observed event no longer canonical at re-check: not attested");
+                                continue;
+                            }
+                            Err(e) => {
+                                update.error = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    update.events.push(ev);
+                }
+                if update.error.is_none() {
+                    update.checkpoint = Some(outcome.checkpoint);
+                } else {
+                    // Do not advance past events we could not re-check.
+                    update.events.clear();
+                }
+                update.vault = vault(&src);
+            }
+            Err(e) => update.error = Some(e.to_string()),
+        }
+        if tx.send(update).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn kind_of(m: &Message) -> MessageKind {
+    match m {
+        Message::Vote(_) => MessageKind::Observation,
+        Message::Certificate(_) => MessageKind::Certificate,
+        Message::CertificateRequest(_) => MessageKind::CatchUpRequest,
+        Message::CertificateResponse(_) => MessageKind::CatchUpResponse,
+    }
+}
+
+struct Ctx {
+    store: Arc<Store>,
+    metrics: Metrics,
+    net: NetworkHandle,
+    peers: Vec<PeerId>,
+    index_of: BTreeMap<PeerId, ValidatorIndex>,
+    pending_responses: BTreeMap<ValidatorIndex, btcfi_p2p::ResponseChannel>,
+    catch_up_tx: mpsc::Sender<Input>,
+    next_peer: usize,
+}
+
+type Core = Consensus<IdentitySigner, SetVerifier>;
+
+impl Ctx {
+    /// Runs the core on `input` and carries out its actions, persist first.
+    async fn feed(&mut self, core: &mut Core, input: Input) -> eyre::Result<()> {
+        let actions = core.handle(input, now_ms());
+        for action in actions {
+            match action {
+                Action::Persist(delta) => {
+                    let mut batch = Batch::new();
+                    state::add_delta(&self.store, &mut batch, &delta)?;
+                    // A failed write stops the node: nothing may leave before it is durable.
+                    self.store.commit(batch).wrap_err("persisting a consensus transition")?;
+                }
+                Action::Broadcast(m) => {
+                    if let Err(e) = self.net.publish(kind_of(&m), m.encode()).await {
+                        warn!(target: "p2p::gossip", error = %e, "publish failed (peers will get it on rebroadcast)");
+                    }
+                }
+                Action::SendTo { to, message } => {
+                    if let Some(ch) = self.pending_responses.remove(&to) {
+                        let _ = self.net.respond(ch, kind_of(&message), message.encode()).await;
+                    }
+                }
+                Action::RequestCertificates(req) => {
+                    let connected = self.net.connected_validators();
+                    if connected.is_empty() {
+                        continue;
+                    }
+                    let peer = connected[self.next_peer % connected.len()];
+                    self.next_peer = self.next_peer.wrapping_add(1);
+                    let net = self.net.clone();
+                    let tx = self.catch_up_tx.clone();
+                    let bytes = Message::CertificateRequest(req).encode();
+                    tokio::spawn(async move {
+                        match net.request(peer, MessageKind::CatchUpRequest, bytes).await {
+                            Ok(env) => match Message::decode(&env.payload) {
+                                Ok(Message::CertificateResponse(r)) => {
+                                    let _ = tx.send(Input::CertificateResponse(r)).await;
+                                }
+                                Ok(_) | Err(_) => warn!(target: "p2p::catchup", %peer, "malformed catch-up response"),
+                            },
+                            Err(e) => warn!(target: "p2p::catchup", %peer, error = %e, "catch-up request failed"),
+                        }
+                    });
+                }
+                Action::Certified { attestation, certificate } => {
+                    self.metrics.certified.inc();
+                    info!(target: "consensus::quorum", event = %attestation.event, digest = %certificate.digest, signers = certificate.signatures.len(), "attestation certified");
+                }
+                Action::Equivocation(e) => {
+                    self.metrics.evidence.inc();
+                    warn!(target: "consensus::evidence", event = %e.event(), validator = %e.validator(), "equivocation recorded");
+                }
+                Action::Reobserve { event, reason } => {
+                    self.metrics.reobservations.inc();
+                    info!(target: "consensus::reobserve", %event, ?reason, "peers vouched for an event this node has not observed; its adapters re-scan from their checkpoints");
+                }
+                Action::Alert(a) => {
+                    let kind = match &a {
+                        Alert::ConflictingObservation { .. } => "conflicting_observation",
+                        Alert::NetworkCertifiedOtherDigest { .. } => "network_certified_other_digest",
+                        Alert::ConflictingCertificates { .. } => "conflicting_certificates",
+                        Alert::OwnKeyEquivocated { .. } => "own_key_equivocated",
+                    };
+                    self.metrics.alerts.with_label_values(&[kind]).inc();
+                    error!(target: "consensus::alert", alert = ?a, "operator attention needed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_network(&mut self, core: &mut Core, ev: NetworkEvent) -> eyre::Result<()> {
+        match ev {
+            NetworkEvent::Gossip { from, payload, .. } => {
+                let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
+                match Message::decode(&payload) {
+                    Ok(m) => self.feed(core, Input::from_message(idx, m)).await?,
+                    Err(e) => warn!(target: "p2p::gossip", %from, error = %e, "undecodable consensus message dropped"),
+                }
+            }
+            NetworkEvent::Request { from, payload, channel, .. } => {
+                let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
+                match Message::decode(&payload) {
+                    Ok(m @ Message::CertificateRequest(_)) => {
+                        self.pending_responses.insert(idx, channel);
+                        self.feed(core, Input::from_message(idx, m)).await?;
+                        self.pending_responses.remove(&idx);
+                    }
+                    _ => warn!(target: "p2p::catchup", %from, "unexpected request dropped"),
+                }
+            }
+            NetworkEvent::PeerRefused { peer } => {
+                warn!(target: "p2p::conn", %peer, "refused a peer outside the validator set");
+            }
+            _ => {}
+        }
+        self.metrics.peers_connected.set(self.net.connected_validators().len() as i64);
+        Ok(())
+    }
+}
+
+fn load_checkpoint(store: &Store, chain: ChainId) -> eyre::Result<Option<Checkpoint>> {
+    Ok(store.get_json(Cf::Cursors, cursor_key(chain))?)
+}
+
+/// Runs the validator until `shutdown` resolves or a critical task fails.
+pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()>) -> eyre::Result<()> {
+    let metrics = Metrics::new()?;
+    let store = Arc::new(Store::open(home.join("data"))?);
+    let keypair = identity::load(&identity::key_path(home))?;
+    let me = keypair.public().to_peer_id();
+
+    let mut peers = Vec::new();
+    let mut validator_peers = Vec::new();
+    for v in &cfg.validators {
+        let p: PeerId = v.peer_id.parse().map_err(|e| eyre!("validators: peer id {}: {e}", v.peer_id))?;
+        let a: Multiaddr = v.address.parse().map_err(|e| eyre!("validators: address {}: {e}", v.address))?;
+        peers.push(p);
+        validator_peers.push(ValidatorPeer::new(p, vec![a]));
+    }
+    let own = peers.iter().position(|p| *p == me).ok_or_else(|| {
+        eyre!(
+            "this node's identity {me} is not in the validators list: add it, or point --home at the right identity.key"
+        )
+    })?;
+    let own_index = ValidatorIndex(u16::try_from(own)?);
+    let n = u16::try_from(peers.len())?;
+    let index_of: BTreeMap<PeerId, ValidatorIndex> =
+        peers.iter().enumerate().filter_map(|(i, p)| u16::try_from(i).ok().map(|i| (*p, ValidatorIndex(i)))).collect();
+
+    let mut core_cfg = CoreConfig::new(Epoch(cfg.node.epoch), n, own_index);
+    cfg.consensus.apply(&mut core_cfg);
+    let persisted = state::load_consensus(&store)?;
+    let mut core =
+        Consensus::restore(core_cfg, IdentitySigner(keypair.clone()), SetVerifier::new(&peers)?, &persisted)?;
+    info!(target: "node", peer_id = %me, index = own_index.0, validators = n, quorum = core.quorum(), "consensus restored");
+
+    let mut net_cfg = NetworkConfig::new(keypair, vec![cfg.p2p.listen.parse()?], validator_peers);
+    net_cfg.topic_prefix = format!("btcfi/epoch-{}", cfg.node.epoch);
+    net_cfg.node_version = concat!("btcfi-node/", env!("CARGO_PKG_VERSION")).to_owned();
+    net_cfg.heartbeat_interval = Duration::from_secs(5);
+    net_cfg.redial_interval = Duration::from_secs(1);
+    let mut network = NetworkService::start(net_cfg, &metrics.registry).await?;
+    let net = network.handle();
+
+    // Chains.
+    let (chain_tx, mut chain_rx) = mpsc::channel::<ChainUpdate>(64);
+    let btc_cp = load_checkpoint(&store, ChainId::BITCOIN)?;
+    let btc = BitcoinSource::new(cfg.bitcoin.clone(), btc_cp).await.wrap_err("starting the Bitcoin adapter")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(chain_task(
+        btc,
+        "bitcoin".into(),
+        Duration::from_millis(cfg.bitcoin_poll_ms()),
+        chain_tx.clone(),
+        |s| Some((s.vault_balance().0, s.vault_utxos().len())),
+    ));
+    for c in &cfg.evm {
+        let cp = load_checkpoint(&store, c.chain_id)?;
+        let src = EvmSource::new(c.clone(), cp, 0).wrap_err_with(|| format!("starting the {} adapter", c.name))?;
+        tasks.spawn(chain_task(src, c.name.clone(), c.poll_interval(), chain_tx.clone(), |_| None));
+    }
+    drop(chain_tx);
+
+    let (catch_up_tx, mut catch_up_rx) = mpsc::channel::<Input>(64);
+    let snapshot = Arc::new(RwLock::new(StatusSnapshot::new(&cfg, me, n, core.quorum())));
+    let api_state = ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        status: snapshot.clone(),
+        net: net.clone(),
+        peers: peers.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .wrap_err_with(|| format!("api.listen {}: address in use or not allowed; choose another", cfg.api.listen))?;
+    info!(target: "node", api = %listener.local_addr()?, "HTTP API listening");
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, api::router(api_state)).await {
+            error!(target: "node", error = %e, "HTTP API stopped");
+        }
+    });
+
+    let mut ctx = Ctx {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        net,
+        peers,
+        index_of,
+        pending_responses: BTreeMap::new(),
+        catch_up_tx,
+        next_peer: 0,
+    };
+
+    // Re-feed stored observations: after a crash between storing an event and voting.
+    for rec in state::load_events(&store)? {
+        if let (ChainEvent::Observed(o), None) = (&rec.event, rec.reorged) {
+            ctx.feed(&mut core, Input::Observed(o.attestation.clone())).await?;
+        }
+    }
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    let result: eyre::Result<()> = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => {
+                if let Err(e) = ctx.feed(&mut core, Input::Tick).await { break Err(e) }
+                let connected = ctx.net.connected_validators().len();
+                ctx.metrics.peers_connected.set(connected as i64);
+                if let Ok(mut s) = snapshot.write() {
+                    s.peers_connected = connected;
+                    s.certified = core.stats().certified;
+                    s.own_votes = core.stats().observations;
+                }
+                let heights: Vec<ChainHeights> = snapshot.read().map(|s| s.chains.values().map(|c| ChainHeights { chain_id: c.chain_id, head: c.head, finalized: c.finalized }).collect()).unwrap_or_default();
+                ctx.net.set_chain_heights(heights);
+            }
+            Some(update) = chain_rx.recv() => {
+                if let Err(e) = on_chain(&mut ctx, &mut core, &snapshot, update).await { break Err(e) }
+            }
+            Some(input) = catch_up_rx.recv() => {
+                if let Err(e) = ctx.feed(&mut core, input).await { break Err(e) }
+            }
+            ev = network.next_event() => match ev {
+                Some(ev) => if let Err(e) = ctx.on_network(&mut core, ev).await { break Err(e) },
+                None => break Err(eyre!("the p2p network task stopped")),
+            },
+            Some(done) = tasks.join_next() => {
+                break Err(eyre!("a critical task exited: {done:?}"));
+            }
+        }
+    };
+    tasks.abort_all();
+    network.shutdown().await;
+    let _ = &ctx.peers;
+    result
+}
+
+async fn on_chain(
+    ctx: &mut Ctx,
+    core: &mut Core,
+    snapshot: &Arc<RwLock<StatusSnapshot>>,
+    u: ChainUpdate,
+) -> eyre::Result<()> {
+    let label = [u.name.as_str()];
+    if let Some(h) = u.heads {
+        ctx.metrics.chain_head.with_label_values(&label).set(h.head as i64);
+        ctx.metrics.chain_finalized.with_label_values(&label).set(h.finalized as i64);
+    }
+    if let Some(e) = &u.error {
+        ctx.metrics.chain_poll_errors.with_label_values(&label).inc();
+        warn!(target: "chain::poll", chain = %u.name, error = %e, "poll failed; retrying");
+    }
+    if let Some((bal, n)) = u.vault {
+        ctx.metrics.vault_balance_sats.set(bal as i64);
+        ctx.metrics.vault_utxos.set(n as i64);
+    }
+    if let Ok(mut s) = snapshot.write() {
+        let entry = s.chains.entry(u.name.clone()).or_insert_with(|| ChainStatus::new(u.chain.0));
+        if let Some(h) = u.heads {
+            entry.head = h.head;
+            entry.finalized = h.finalized;
+        }
+        if let Some(cp) = &u.checkpoint {
+            entry.cursor = cp.cursor.height;
+        }
+        if u.error.is_none() {
+            entry.last_progress_ms = now_ms();
+        }
+        entry.last_error = u.error.clone();
+    }
+    let Some(cp) = u.checkpoint else { return Ok(()) };
+    ctx.metrics.chain_cursor.with_label_values(&label).set(cp.cursor.height as i64);
+    // Events and the checkpoint after them: one atomic write.
+    let mut batch = Batch::new();
+    for ev in &u.events {
+        let kind = match ev {
+            ChainEvent::Observed(_) => "observed",
+            ChainEvent::Rejected(_) => "rejected",
+            ChainEvent::Reorged { .. } => "reorged",
+        };
+        ctx.metrics.chain_events.with_label_values(&[u.name.as_str(), kind]).inc();
+        let rec = match ev {
+            ChainEvent::Reorged { id, block } => {
+                error!(target: "chain::reorg", chain = %u.name, event = %id, height = block.height, "an event reported final left the canonical chain");
+                match state::get_event(&ctx.store, id)? {
+                    Some(mut r) => {
+                        r.reorged = Some(*block);
+                        r
+                    }
+                    None => continue,
+                }
+            }
+            other => StoredEvent { event: other.clone(), reorged: None },
+        };
+        batch.put_json(Cf::Events, ev.id().to_bytes(), &rec)?;
+    }
+    batch.put_json(Cf::Cursors, cursor_key(u.chain), &cp)?;
+    ctx.store.commit(batch).wrap_err("persisting chain events")?;
+    for ev in u.events {
+        if let ChainEvent::Observed(o) = ev {
+            ctx.metrics.observations.inc();
+            ctx.feed(core, Input::Observed(o.attestation)).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The node's records in the store: consensus deltas as batches, and the state the
+//! consensus core is restored from.
+
+use btcfi_chain_adapters::{BlockRef, ChainEvent};
+use btcfi_consensus::{
+    PersistedState, StateDelta, ValidatorIndex,
+    persist::{CertifiedRecord, Change, NetworkCertificateRecord, OwnVoteRecord, PeerVoteRecord},
+};
+use btcfi_store::{Batch, Cf, Store, StoreError};
+use btcfi_types::EventId;
+use serde::{Deserialize, Serialize};
+
+fn vote_key(event: &EventId, v: ValidatorIndex) -> Vec<u8> {
+    let mut k = event.to_bytes().to_vec();
+    k.extend_from_slice(&v.0.to_be_bytes());
+    k
+}
+
+/// Adds a consensus delta to `batch`, following [`PersistedState::apply`].
+pub fn add_delta(store: &Store, batch: &mut Batch, delta: &StateDelta) -> Result<(), StoreError> {
+    for change in &delta.changes {
+        match change {
+            Change::OwnVote(r) => {
+                let key = r.vote.event.to_bytes();
+                // Never overwrite: the first own vote is what forbids a second digest.
+                if store.get(Cf::Observations, key)?.is_none() {
+                    batch.put_json(Cf::Observations, key, r)?;
+                }
+            }
+            Change::PeerVote(r) => {
+                batch.put_json(Cf::Votes, vote_key(&r.vote.event, r.vote.validator), r)?;
+            }
+            Change::Evidence(e) => {
+                let mut key = b"eq/".to_vec();
+                key.extend(vote_key(&e.event(), e.validator()));
+                batch.put_json(Cf::Evidence, key, e)?;
+            }
+            Change::Certified(r) => {
+                batch.put_json(Cf::Attestations, r.certificate.event.to_bytes(), r)?;
+            }
+            Change::NetworkCertificate(r) => {
+                batch.put_json(Cf::NetworkCertificates, r.certificate.event.to_bytes(), r)?;
+            }
+            Change::ForgetEvent { event } => {
+                for (k, _) in store.scan_prefix(Cf::Votes, &event.to_bytes())? {
+                    batch.delete(Cf::Votes, k);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn all<T: serde::de::DeserializeOwned>(store: &Store, cf: Cf, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+    store
+        .scan_prefix(cf, prefix)?
+        .into_iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt { cf: cf.name(), detail: e.to_string() })
+        })
+        .collect()
+}
+
+/// Reads back everything the consensus core persisted.
+pub fn load_consensus(store: &Store) -> Result<PersistedState, StoreError> {
+    let mut s = PersistedState::default();
+    for r in all::<OwnVoteRecord>(store, Cf::Observations, b"")? {
+        s.own_votes.insert(r.vote.event, r);
+    }
+    for r in all::<PeerVoteRecord>(store, Cf::Votes, b"")? {
+        s.peer_votes.insert((r.vote.event, r.vote.validator), r);
+    }
+    for e in all::<btcfi_consensus::Equivocation>(store, Cf::Evidence, b"eq/")? {
+        s.evidence.insert((e.event(), e.validator()), e);
+    }
+    for r in all::<CertifiedRecord>(store, Cf::Attestations, b"")? {
+        s.certified.insert(r.certificate.event, r);
+    }
+    for r in all::<NetworkCertificateRecord>(store, Cf::NetworkCertificates, b"")? {
+        s.network_certificates.insert(r.certificate.event, r);
+    }
+    Ok(s)
+}
+
+/// A chain event as stored with its adapter's checkpoint; `reorged` is set when its
+/// block later left the canonical chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: ChainEvent,
+    pub reorged: Option<BlockRef>,
+}
+
+/// Chain events the adapters reported, as stored with their checkpoints.
+pub fn load_events(store: &Store) -> Result<Vec<StoredEvent>, StoreError> {
+    all(store, Cf::Events, b"")
+}
+
+pub fn get_certified(store: &Store, id: &EventId) -> Result<Option<CertifiedRecord>, StoreError> {
+    store.get_json(Cf::Attestations, id.to_bytes())
+}
+
+pub fn get_event(store: &Store, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
+    store.get_json(Cf::Events, id.to_bytes())
+}
+
+pub fn all_certified(store: &Store) -> Result<Vec<CertifiedRecord>, StoreError> {
+    all(store, Cf::Attestations, b"")
+}
