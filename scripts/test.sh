@@ -29,4 +29,6 @@ step "cargo nextest"
 cargo nextest run --workspace --locked --profile ci
 step "doctests"
 cargo test --workspace --doc --locked
+step "fuzz corpus replay (every peer-bytes decoder, on stable)"
+bash scripts/fuzz.sh --replay
 step "all checks passed"
