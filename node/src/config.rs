@@ -285,7 +285,11 @@ min_deposit = 10000
         let home = home_with(&good());
         let cfg = NodeConfig::load(
             home.path(),
-            env(&[("BTCFI_API__LISTEN", "127.0.0.1:9999"), ("BTCFI_BITCOIN__CONFIRMATIONS", "7"), ("BTCFI_DEPS", "/x")]),
+            env(&[
+                ("BTCFI_API__LISTEN", "127.0.0.1:9999"),
+                ("BTCFI_BITCOIN__CONFIRMATIONS", "7"),
+                ("BTCFI_DEPS", "/x"),
+            ]),
         )
         .unwrap();
         assert_eq!(cfg.api.listen.port(), 9999);
