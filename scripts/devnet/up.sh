@@ -99,4 +99,6 @@ echo
 echo "devnet up in $(( $(date +%s) - t0 )) s; description in $DEV/devnet.json:"
 cat "$DEV/devnet.json"
 echo
+echo "validators: $VALIDATORS requested; none started — they need the vault key from the"
+echo "threshold-key DKG, which is not in this version (see README, Status)."
 echo "stop it with scripts/devnet/down.sh"
