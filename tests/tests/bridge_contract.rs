@@ -8,7 +8,7 @@
 use alloy::{
     json_abi::JsonAbi,
     network::TransactionBuilder,
-    primitives::{Address, B256, Bytes, U256, hex, keccak256},
+    primitives::{Address, B256, Bytes, U256, hex},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::{TransactionReceipt, TransactionRequest},
     sol_types::{SolCall, SolEvent, SolEventInterface},
@@ -17,98 +17,18 @@ use btcfi_chain_adapters::evm::bindings::{
     IBridge::{self, IBridgeErrors, IBridgeInstance},
     IWrappedBTC::{self, IWrappedBTCInstance},
 };
-use btcfi_signer::{
-    evm::{EvmSignature, group_key_xy, mint_message, rotate_message},
-    frost_secp256k1::{
-        self as frost, Identifier,
-        keys::{IdentifierList, KeyPackage, PublicKeyPackage},
-        rand_core::{CryptoRng, RngCore, impls},
-    },
-};
+use btcfi_signer::evm::{EvmSignature, mint_message, rotate_message};
 use btcfi_testkit::{
     Anvil,
     contracts::{Deployed, abi_json, deploy_bridge},
+    frost::{DealerKey, TestRng},
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 const CHAIN_ID: u64 = 1_337_001;
 /// The secp256k1 base field prime p and group order n.
 const P: U256 = U256::from_be_bytes(hex!("fffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f"));
 const N: U256 = U256::from_be_bytes(hex!("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"));
-
-// ------------------------------------------------------------------ FROST keys
-
-/// Deterministic test randomness (keccak256 in counter mode), so failures replay.
-struct TestRng {
-    seed: [u8; 32],
-    counter: u64,
-}
-
-impl TestRng {
-    fn new(seed: u64) -> Self {
-        Self { seed: keccak256(seed.to_be_bytes()).0, counter: 0 }
-    }
-}
-
-impl RngCore for TestRng {
-    fn next_u32(&mut self) -> u32 {
-        impls::next_u32_via_fill(self)
-    }
-    fn next_u64(&mut self) -> u64 {
-        impls::next_u64_via_fill(self)
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(32) {
-            self.counter += 1;
-            let block = keccak256([&self.seed[..], &self.counter.to_be_bytes()].concat());
-            chunk.copy_from_slice(&block[..chunk.len()]);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), frost::rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl CryptoRng for TestRng {}
-
-/// A 3-of-4 group key from a trusted dealer; signs with the first three shares.
-struct GroupKey {
-    signers: BTreeMap<Identifier, KeyPackage>,
-    public: PublicKeyPackage,
-    px: U256,
-    py: U256,
-}
-
-impl GroupKey {
-    fn generate(rng: &mut TestRng) -> Self {
-        let (shares, public) = frost::keys::generate_with_dealer(4, 3, IdentifierList::Default, &mut *rng).unwrap();
-        let signers =
-            shares.into_iter().take(3).map(|(id, share)| (id, KeyPackage::try_from(share).unwrap())).collect();
-        let (px, py) = group_key_xy(public.verifying_key()).unwrap();
-        Self { signers, public, px, py }
-    }
-
-    /// Round 1 (commit), round 2 (sign) by three signers, aggregate.
-    fn sign(&self, rng: &mut TestRng, message: [u8; 32]) -> EvmSignature {
-        let mut nonces = BTreeMap::new();
-        let mut commitments = BTreeMap::new();
-        for (id, package) in &self.signers {
-            let (nonce, commitment) = frost::round1::commit(package.signing_share(), rng);
-            nonces.insert(*id, nonce);
-            commitments.insert(*id, commitment);
-        }
-        let signing_package = frost::SigningPackage::new(commitments, &message);
-        let shares = self
-            .signers
-            .iter()
-            .map(|(id, package)| (*id, frost::round2::sign(&signing_package, &nonces[id], package).unwrap()))
-            .collect();
-        let signature = frost::aggregate(&signing_package, &shares, &self.public).unwrap();
-        self.public.verifying_key().verify(&message, &signature).unwrap();
-        EvmSignature::from_frost(&signature).unwrap()
-    }
-}
 
 // ------------------------------------------------------------------ fixture
 
@@ -120,7 +40,7 @@ const RELAYER: usize = 3;
 struct Fixture {
     anvil: Anvil,
     deployed: Deployed,
-    key: GroupKey,
+    key: DealerKey,
     rng: TestRng,
 }
 
@@ -129,7 +49,7 @@ impl Fixture {
     /// a group key installed with `setInitialKey`.
     async fn new(seed: u64) -> Self {
         let mut rng = TestRng::new(seed);
-        let key = GroupKey::generate(&mut rng);
+        let key = DealerKey::generate(&mut rng, 4, 3);
         let anvil = Anvil::start(CHAIN_ID).await.unwrap();
         let deployed =
             deploy_bridge(&anvil.url(), &anvil.dev_key(DEPLOYER), anvil.dev_address(GUARDIAN)).await.unwrap();
@@ -312,7 +232,7 @@ async fn mint_rejects_every_signature_that_is_not_for_exactly_this_mint() {
     let good = f.sign(message);
 
     // Another group key signing the right message.
-    let other_key = GroupKey::generate(&mut f.rng);
+    let other_key = DealerKey::generate(&mut f.rng, 4, 3);
     let foreign = other_key.sign(&mut f.rng, message);
     reverts(bridge.mint(event_id, recipient, amount, foreign.rx, foreign.ry, foreign.z), invalid_signature()).await;
 
@@ -373,7 +293,7 @@ async fn mint_rejects_every_signature_that_is_not_for_exactly_this_mint() {
 #[tokio::test]
 async fn the_initial_key_is_set_once_by_the_deployer_and_must_be_a_usable_point() {
     let mut rng = TestRng::new(4);
-    let key = GroupKey::generate(&mut rng);
+    let key = DealerKey::generate(&mut rng, 4, 3);
     let anvil = Anvil::start(CHAIN_ID).await.unwrap();
     let deployed = deploy_bridge(&anvil.url(), &anvil.dev_key(DEPLOYER), anvil.dev_address(GUARDIAN)).await.unwrap();
     let as_deployer = IBridge::new(deployed.bridge, wallet(&anvil, DEPLOYER));
@@ -410,7 +330,7 @@ async fn the_initial_key_is_set_once_by_the_deployer_and_must_be_a_usable_point(
 async fn rotation_needs_the_current_key_and_retires_it() {
     let mut f = Fixture::new(5).await;
     let bridge = f.bridge(RELAYER);
-    let new_key = GroupKey::generate(&mut f.rng);
+    let new_key = DealerKey::generate(&mut f.rng, 4, 3);
 
     // Signed by a key that is not the current one (the new key itself).
     let message = rotate_message(CHAIN_ID, f.deployed.bridge, 0, new_key.px, new_key.py);

@@ -19,7 +19,7 @@
 
 use alloy::{
     network::TransactionBuilder,
-    primitives::{Address, B256, Bytes, U256, keccak256},
+    primitives::{Address, B256, Bytes, U256},
     providers::Provider,
     rpc::types::{TransactionReceipt, TransactionRequest},
     sol_types::SolEvent,
@@ -32,19 +32,17 @@ use btcfi_chain_adapters::{
         MintSubmission, TxStatus, bindings::IBridge,
     },
 };
-use btcfi_signer::{
-    evm::{EvmSignature, group_key_xy, mint_message},
-    frost_secp256k1::{
-        self as frost, Identifier,
-        keys::{IdentifierList, KeyPackage, PublicKeyPackage},
-        rand_core::{CryptoRng, RngCore, impls},
-    },
+use btcfi_signer::evm::mint_message;
+use btcfi_testkit::{
+    Anvil,
+    contracts::deploy_bridge,
+    frost::{DealerKey, TestRng},
+    wait_until,
 };
-use btcfi_testkit::{Anvil, contracts::deploy_bridge, wait_until};
 use btcfi_types::{AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
 use serde_json::{Value, json};
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     future::Future,
     pin::Pin,
     sync::{
@@ -65,97 +63,20 @@ const USER: usize = 2;
 const RELAYER: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
 
-// ------------------------------------------------------------------ FROST keys
-
-/// Deterministic test randomness (keccak256 in counter mode), so failures replay.
-struct TestRng {
-    seed: [u8; 32],
-    counter: u64,
-}
-
-impl TestRng {
-    fn new(seed: u64) -> Self {
-        Self { seed: keccak256(seed.to_be_bytes()).0, counter: 0 }
-    }
-    fn bytes32(&mut self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        self.fill_bytes(&mut out);
-        out
-    }
-}
-
-impl RngCore for TestRng {
-    fn next_u32(&mut self) -> u32 {
-        impls::next_u32_via_fill(self)
-    }
-    fn next_u64(&mut self) -> u64 {
-        impls::next_u64_via_fill(self)
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(32) {
-            self.counter += 1;
-            let block = keccak256([&self.seed[..], &self.counter.to_be_bytes()].concat());
-            chunk.copy_from_slice(&block[..chunk.len()]);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), frost::rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl CryptoRng for TestRng {}
-
-/// A 2-of-3 group key from a trusted dealer (enough to mint test funds).
-struct GroupKey {
-    signers: BTreeMap<Identifier, KeyPackage>,
-    public: PublicKeyPackage,
-    px: U256,
-    py: U256,
-}
-
-impl GroupKey {
-    fn generate(rng: &mut TestRng) -> Self {
-        let (shares, public) = frost::keys::generate_with_dealer(3, 2, IdentifierList::Default, &mut *rng).unwrap();
-        let signers =
-            shares.into_iter().take(2).map(|(id, share)| (id, KeyPackage::try_from(share).unwrap())).collect();
-        let (px, py) = group_key_xy(public.verifying_key()).unwrap();
-        Self { signers, public, px, py }
-    }
-
-    fn sign(&self, rng: &mut TestRng, message: [u8; 32]) -> EvmSignature {
-        let mut nonces = BTreeMap::new();
-        let mut commitments = BTreeMap::new();
-        for (id, package) in &self.signers {
-            let (nonce, commitment) = frost::round1::commit(package.signing_share(), rng);
-            nonces.insert(*id, nonce);
-            commitments.insert(*id, commitment);
-        }
-        let signing_package = frost::SigningPackage::new(commitments, &message);
-        let shares = self
-            .signers
-            .iter()
-            .map(|(id, package)| (*id, frost::round2::sign(&signing_package, &nonces[id], package).unwrap()))
-            .collect();
-        let signature = frost::aggregate(&signing_package, &shares, &self.public).unwrap();
-        EvmSignature::from_frost(&signature).unwrap()
-    }
-}
-
 // ------------------------------------------------------------------ one chain
 
 /// A real anvil with the bridge deployed and its group key installed.
 struct Chain {
     anvil: Anvil,
     bridge: Address,
-    key: GroupKey,
+    key: DealerKey,
     rng: TestRng,
 }
 
 impl Chain {
     async fn start(chain_id: u64) -> Self {
         let mut rng = TestRng::new(chain_id);
-        let key = GroupKey::generate(&mut rng);
+        let key = DealerKey::generate(&mut rng, 3, 2);
         let anvil = Anvil::start(chain_id).await.unwrap();
         let deployed =
             deploy_bridge(&anvil.url(), &anvil.dev_key(DEPLOYER), anvil.dev_address(GUARDIAN)).await.unwrap();

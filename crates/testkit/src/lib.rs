@@ -10,6 +10,7 @@
 mod anvil;
 mod bitcoind;
 pub mod contracts;
+pub mod frost;
 mod process;
 
 pub use anvil::Anvil;
