@@ -20,6 +20,11 @@ pub struct Metrics {
     pub peers_connected: IntGauge,
     pub vault_balance_sats: IntGauge,
     pub vault_utxos: IntGauge,
+    pub rpc_healthy: IntGaugeVec,
+    pub rpc_requests: IntCounterVec,
+    pub rpc_errors: IntCounterVec,
+    pub rpc_latency: prometheus::GaugeVec,
+    pub rpc_head: IntGaugeVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> eyre::Result<IntGaugeVec> {
@@ -81,8 +86,59 @@ impl Metrics {
             peers_connected: gauge(&r, "btcfi_peers_connected", "Validators of the epoch connected now.")?,
             vault_balance_sats: gauge(&r, "btcfi_vault_balance_sats", "Sum of the vault's final UTXOs.")?,
             vault_utxos: gauge(&r, "btcfi_vault_utxos", "Number of the vault's final UTXOs.")?,
+            rpc_healthy: gauge_vec(
+                &r,
+                "btcfi_rpc_endpoint_healthy",
+                "1 while an RPC endpoint serves calls.",
+                &["chain", "endpoint"],
+            )?,
+            rpc_requests: counter_vec(
+                &r,
+                "btcfi_rpc_requests_total",
+                "Requests sent to an RPC endpoint.",
+                &["chain", "endpoint"],
+            )?,
+            rpc_errors: counter_vec(
+                &r,
+                "btcfi_rpc_errors_total",
+                "Failed requests to an RPC endpoint.",
+                &["chain", "endpoint"],
+            )?,
+            rpc_latency: {
+                let m = prometheus::GaugeVec::new(
+                    Opts::new("btcfi_rpc_last_latency_seconds", "Latency of the endpoint's last successful request."),
+                    &["chain", "endpoint"],
+                )?;
+                r.register(Box::new(m.clone()))?;
+                m
+            },
+            rpc_head: gauge_vec(
+                &r,
+                "btcfi_rpc_endpoint_head_height",
+                "Head height an RPC endpoint last reported.",
+                &["chain", "endpoint"],
+            )?,
             registry: r,
         })
+    }
+
+    /// Publishes an EVM chain's endpoint health. Counters advance by the difference to
+    /// the adapter's running totals (which restart at zero with the adapter).
+    pub fn observe_endpoints(&self, chain: &str, health: &[btcfi_chain_adapters::evm::EndpointHealth]) {
+        for h in health {
+            let labels = [chain, h.url.as_str()];
+            self.rpc_healthy.with_label_values(&labels).set(i64::from(h.healthy));
+            let req = self.rpc_requests.with_label_values(&labels);
+            req.inc_by(h.requests.saturating_sub(req.get()));
+            let err = self.rpc_errors.with_label_values(&labels);
+            err.inc_by(h.errors.saturating_sub(err.get()));
+            if let Some(l) = h.last_latency {
+                self.rpc_latency.with_label_values(&labels).set(l.as_secs_f64());
+            }
+            if let Some(head) = h.last_head {
+                self.rpc_head.with_label_values(&labels).set(i64::try_from(head).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     pub fn render(&self) -> String {

@@ -40,8 +40,15 @@ struct ChainUpdate {
     heads: Option<ChainHeads>,
     events: Vec<ChainEvent>,
     checkpoint: Option<Checkpoint>,
-    vault: Option<(u64, usize)>,
+    extra: Extra,
     error: Option<String>,
+}
+
+/// What a chain task reads off its adapter after each poll, for metrics.
+#[derive(Debug, Default)]
+struct Extra {
+    vault: Option<(u64, usize)>,
+    endpoints: Vec<btcfi_chain_adapters::evm::EndpointHealth>,
 }
 
 fn now_ms() -> u64 {
@@ -58,7 +65,7 @@ async fn chain_task<S: ChainSource>(
     name: String,
     interval: Duration,
     tx: mpsc::Sender<ChainUpdate>,
-    vault: impl Fn(&S) -> Option<(u64, usize)> + Send,
+    extra: impl Fn(&S) -> Extra + Send,
 ) {
     let chain = src.chain();
     let mut ticker = tokio::time::interval(interval);
@@ -72,7 +79,7 @@ async fn chain_task<S: ChainSource>(
             heads,
             events: vec![],
             checkpoint: None,
-            vault: None,
+            extra: Extra::default(),
             error: None,
         };
         match src.poll().await {
@@ -101,10 +108,10 @@ async fn chain_task<S: ChainSource>(
                     // Do not advance past events we could not re-check.
                     update.events.clear();
                 }
-                update.vault = vault(&src);
             }
             Err(e) => update.error = Some(e.to_string()),
         }
+        update.extra = extra(&src);
         if tx.send(update).await.is_err() {
             return;
         }
@@ -288,12 +295,15 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
         "bitcoin".into(),
         Duration::from_millis(cfg.bitcoin_poll_ms()),
         chain_tx.clone(),
-        |s| Some((s.vault_balance().0, s.vault_utxos().len())),
+        |s| Extra { vault: Some((s.vault_balance().0, s.vault_utxos().len())), endpoints: vec![] },
     ));
     for c in &cfg.evm {
         let cp = load_checkpoint(&store, c.chain_id)?;
         let src = EvmSource::new(c.clone(), cp, 0).wrap_err_with(|| format!("starting the {} adapter", c.name))?;
-        tasks.spawn(chain_task(src, c.name.clone(), c.poll_interval(), chain_tx.clone(), |_| None));
+        tasks.spawn(chain_task(src, c.name.clone(), c.poll_interval(), chain_tx.clone(), |s| Extra {
+            vault: None,
+            endpoints: s.endpoint_health(),
+        }));
     }
     drop(chain_tx);
 
@@ -387,10 +397,11 @@ async fn on_chain(
         ctx.metrics.chain_poll_errors.with_label_values(&label).inc();
         warn!(target: "chain::poll", chain = %u.name, error = %e, "poll failed; retrying");
     }
-    if let Some((bal, n)) = u.vault {
+    if let Some((bal, n)) = u.extra.vault {
         ctx.metrics.vault_balance_sats.set(bal as i64);
         ctx.metrics.vault_utxos.set(n as i64);
     }
+    ctx.metrics.observe_endpoints(&u.name, &u.extra.endpoints);
     if let Ok(mut s) = snapshot.write() {
         let entry = s.chains.entry(u.name.clone()).or_insert_with(|| ChainStatus::new(u.chain.0));
         if let Some(h) = u.heads {

@@ -1,10 +1,20 @@
 //! Four real `btcfi-node` validator processes over libp2p on loopback, watching one
-//! real bitcoind: they certify the same attestations; one killed with SIGKILL and
-//! restarted catches up; a fifth node whose key is not in the set is refused.
+//! real bitcoind and one real anvil with the bridge deployed: they certify the same
+//! attestations (a BTC deposit, an EVM burn); one killed with SIGKILL and restarted
+//! catches up; a fifth node whose key is not in the set is refused.
 //!
 
+use alloy::primitives::B256;
+use bitcoin::hashes::Hash;
 use bitcoin::{Address, Amount, Network};
 use bitcoincore_rpc::RpcApi;
+use btcfi_chain_adapters::evm::bindings::IBridge;
+use btcfi_signer::evm::mint_message;
+use btcfi_testkit::{
+    Anvil,
+    contracts::{Deployed, deploy_bridge},
+    frost::{DealerKey, TestRng},
+};
 use btcfi_testkit::{Bitcoind, free_port, wait_until};
 use btcfi_types::{ChainId, DepositMemo, EvmAddress};
 use serde_json::{Value, json};
@@ -54,7 +64,7 @@ impl Validator {
         )
     }
 
-    fn write_config(&self, set: &[&Validator], btc: &Bitcoind, vault: &Address, start_height: u64) {
+    fn write_config(&self, set: &[&Validator], btc: &Bitcoind, vault: &Address, start_height: u64, evm: &Evm) {
         let validators: String = set.iter().map(|v| v.entry()).collect();
         let cfg = format!(
             r#"[node]
@@ -88,7 +98,18 @@ confirmations = 2
 min_deposit = 10000
 reorg_window = 20
 start_height = {start_height}
+
+[[evm]]
+name = "ethereum"
+chain_id = {chain_id}
+endpoints = ["{evm_url}"]
+bridge = "{bridge}"
+finality = 2
+poll_interval_ms = 300
 "#,
+            chain_id = evm.anvil.chain_id(),
+            evm_url = evm.anvil.url(),
+            bridge = evm.deployed.bridge,
             name = self.name,
             p2p = self.p2p_port,
             api = self.api_port,
@@ -165,6 +186,49 @@ fn tail(s: &str) -> String {
     s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
+/// A real anvil with the bridge deployed under a dealer group key.
+struct Evm {
+    anvil: Anvil,
+    deployed: Deployed,
+    key: DealerKey,
+    rng: TestRng,
+}
+
+impl Evm {
+    async fn start() -> Self {
+        let anvil = Anvil::start(31337).await.unwrap();
+        let deployed = deploy_bridge(&anvil.url(), &anvil.dev_key(0), anvil.dev_address(0)).await.unwrap();
+        let mut rng = TestRng::new(7);
+        let key = DealerKey::generate(&mut rng, 4, 3);
+        let bridge = IBridge::new(deployed.bridge, anvil.wallet_provider(0));
+        bridge.setInitialKey(key.px, key.py).send().await.unwrap().get_receipt().await.unwrap();
+        Self { anvil, deployed, key, rng }
+    }
+
+    /// Mints `sats` to dev account `user` (signed by the group key), then the user burns
+    /// them towards Bitcoin. Returns the burn's event id `chain:tx:log index`.
+    async fn mint_and_burn(&mut self, user: usize, sats: u64) -> String {
+        let to = self.anvil.dev_address(user);
+        let event_id = self.rng.bytes32();
+        let msg = mint_message(self.anvil.chain_id(), self.deployed.bridge, event_id, to, sats);
+        let sig = self.key.sign(&mut self.rng, msg);
+        let bridge = IBridge::new(self.deployed.bridge, self.anvil.wallet_provider(0));
+        let r = bridge.mint(B256::from(event_id), to, sats, sig.rx, sig.ry, sig.z).send().await.unwrap();
+        assert!(r.get_receipt().await.unwrap().status());
+        let as_user = IBridge::new(self.deployed.bridge, self.anvil.wallet_provider(user));
+        let script = bitcoin::ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([9; 20]));
+        let receipt =
+            as_user.burnToBitcoin(sats, script.to_bytes().into()).send().await.unwrap().get_receipt().await.unwrap();
+        assert!(receipt.status());
+        let log = receipt.inner.logs().iter().find(|l| l.address() == self.deployed.bridge).expect("burn log");
+        format!("{}:{}:{}", self.anvil.chain_id(), hex_str(receipt.transaction_hash.0), log.log_index.unwrap())
+    }
+}
+
+fn hex_str(b: [u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 async fn deposit(btc: &Bitcoind, vault: &Address, sats: u64) -> String {
     let memo = DepositMemo { dest_chain: ChainId(31337), recipient: EvmAddress([0x42; 20]) }.encode();
     let d = btc.send_deposit(vault, Amount::from_sat(sats), Some(&memo)).await.unwrap();
@@ -183,12 +247,13 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     .unwrap();
     let vault = Address::from_str(&vault).unwrap().require_network(Network::Regtest).unwrap();
     let start = btc.block_count().await.unwrap() + 1;
+    let mut evm = Evm::start().await;
 
     let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
     {
         let set: Vec<&Validator> = nodes.iter().collect();
         for n in &nodes {
-            n.write_config(&set, &btc, &vault, start);
+            n.write_config(&set, &btc, &vault, start, &evm);
         }
     }
     // `config check` accepts what we wrote.
@@ -219,6 +284,21 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     let dep = nodes[1].get(&format!("/v1/deposits/{}", &first[2..])).unwrap();
     assert_eq!(dep["status"], "certified", "{dep}");
 
+    // A burn on the EVM chain: reported at depth 2 by every node's EVM adapter, certified.
+    let burn = evm.mint_and_burn(2, 70_000).await;
+    evm.anvil.mine(2).await.unwrap();
+    wait_certified(&nodes.iter().collect::<Vec<_>>(), &burn).await;
+    let b = nodes[2].get(&format!("/v1/attestations/{burn}")).unwrap();
+    assert_eq!(b["attestation"]["type"], "peg_out", "{b}");
+    assert_eq!(b["attestation"]["amount_sats"], 70_000);
+    let metrics = nodes[0].get("/metrics").unwrap();
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("btcfi_rpc_endpoint_healthy{chain=\"ethereum\"") && l.ends_with(" 1")),
+        "endpoint health exported"
+    );
+    assert!(metrics.contains("btcfi_chain_events_total{chain=\"ethereum\",kind=\"observed\"} 1"));
+
     // Kill one validator; the other three (= q) still certify the next deposit.
     nodes[3].kill();
     let second = deposit(&btc, &vault, 2_000_000).await;
@@ -235,7 +315,7 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     {
         let mut set: Vec<&Validator> = nodes.iter().collect();
         set.push(&stranger);
-        stranger.write_config(&set, &btc, &vault, start);
+        stranger.write_config(&set, &btc, &vault, start, &evm);
     }
     let mut stranger = stranger;
     stranger.start();
