@@ -64,7 +64,7 @@ const devnet = {
     rpc_url: env("DEVNET_BTC_RPC"),
     rpc_user: env("DEVNET_RPC_USER"),
     rpc_password: env("DEVNET_RPC_PASSWORD"),
-    // Set once the validators' DKG has produced the btc group key.
+    // Filled in by up.sh once the validators are set up.
     vault_address: null,
     confirmations: Number(env("DEVNET_CONFIRMATIONS")),
   },
