@@ -222,12 +222,11 @@ impl BitcoinSource {
     }
 
     /// Rewinds processed blocks that left the best chain. Returns the `Reorged` events.
-    async fn rewind(&mut self) -> Result<Vec<ChainEvent>, BtcError> {
-        let mut events = Vec::new();
+    async fn rewind(&mut self, events: &mut Vec<ChainEvent>) -> Result<(), BtcError> {
         loop {
             let canonical = self.rpc.hash_at(self.cursor.height).await?;
             if canonical.map(|h| display_hash(&h)) == Some(self.cursor.hash) {
-                return Ok(events);
+                return Ok(());
             }
             let parent_of = match self.state.window.pop_back() {
                 Some(rec) if rec.block == self.cursor => {
@@ -343,6 +342,24 @@ impl BitcoinSource {
         }
     }
 
+    /// Rewinds what left the best chain, then processes final blocks (bounded per call)
+    /// and releases held deposits that reached their depth.
+    async fn advance(&mut self, events: &mut Vec<ChainEvent>) -> Result<(), BtcError> {
+        self.rewind(events).await?;
+        let tip = self.rpc.tip().await?;
+        let final_height = (tip + 1).saturating_sub(u64::from(self.cfg.confirmations));
+        let mut budget = self.cfg.max_blocks_per_poll;
+        while self.cursor.height < final_height && budget > 0 {
+            if !self.process_next(events).await? {
+                info!(target: "chain::btc", height = self.cursor.height + 1, "next block does not extend the cursor: reorg under way");
+                break;
+            }
+            budget -= 1;
+        }
+        self.release_held(tip, events);
+        Ok(())
+    }
+
     /// Fee rate for a release: `estimatesmartfee` clamped to the configured bounds,
     /// or the floor when the node has no estimate.
     pub async fn estimate_fee_rate(&self) -> Result<FeeRate, BtcError> {
@@ -407,19 +424,18 @@ impl ChainSource for BitcoinSource {
         Ok(ChainHeads { head: tip, finalized: (tip + 1).saturating_sub(u64::from(self.cfg.confirmations)) })
     }
 
+    /// A failure after some progress still returns what was done (events and the
+    /// checkpoint after them): the in-memory cursor has moved past those blocks, so
+    /// dropping their events would skip them. The error recurs on the next poll.
     async fn poll(&mut self) -> Result<PollOutcome, AdapterError> {
-        let mut events = self.rewind().await?;
-        let tip = self.rpc.tip().await?;
-        let final_height = (tip + 1).saturating_sub(u64::from(self.cfg.confirmations));
-        let mut budget = self.cfg.max_blocks_per_poll;
-        while self.cursor.height < final_height && budget > 0 {
-            if !self.process_next(&mut events).await? {
-                info!(target: "chain::btc", height = self.cursor.height + 1, "next block does not extend the cursor: reorg under way");
-                break;
+        let start = self.cursor;
+        let mut events = Vec::new();
+        if let Err(e) = self.advance(&mut events).await {
+            if self.cursor == start && events.is_empty() {
+                return Err(e.into());
             }
-            budget -= 1;
+            warn!(target: "chain::btc", error = %e, height = self.cursor.height, "poll stopped early; returning the progress made");
         }
-        self.release_held(tip, &mut events);
         Ok(PollOutcome { events, checkpoint: self.checkpoint()? })
     }
 
