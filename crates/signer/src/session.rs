@@ -1,0 +1,1032 @@
+//! Robust FROST signing sessions as a sans-IO state machine (ROAST-style retries).
+//!
+//! A [`Session`] is one validator's view of one signing session: one message, one
+//! epoch, one signer set, any number of *attempts*. It is fed [`Input`]s (its own
+//! node's `Start`, authenticated peer [`Message`]s, clock ticks) together with the
+//! current time in milliseconds, and answers with [`Action`]s for the node to execute
+//! **in order**. It owns no clock, no socket, no database and no thread, so a test can
+//! run many validators in one process under a seeded fault schedule.
+//!
+//! # Protocol
+//!
+//! * Session id = `SHA-256(SESSION_TAG, epoch, signer set, message)` ([`SessionId::derive`]);
+//!   an attempt is named by `(session id, attempt)` ([`CommitmentIssued`]): together they
+//!   are the design's `hash(message set, epoch, attempt)`.
+//! * Attempt `a` has a candidate set (the signer set minus everyone excluded so far) and
+//!   one coordinator picked deterministically from `(session id, a)` among the candidates
+//!   ([`coordinator`]).
+//! * Each candidate draws fresh nonces, emits [`Action::Persist`] of
+//!   `CommitmentIssued { session, attempt }` and **then** sends its commitment to the
+//!   coordinator. The node must make the record durable before executing any later
+//!   action of the same batch: this is what makes "no pre-crash attempt is ever answered"
+//!   enforceable after a restart (see [`Session::new`]).
+//! * The coordinator takes the first `t` commitments that arrive, sends the signing
+//!   package to those `t`, verifies each share on arrival
+//!   (`frost_core::verify_signature_share`), aggregates, verifies the group signature and
+//!   broadcasts it.
+//! * A signer signs a package only if it comes from the attempt's coordinator, for the
+//!   current attempt, over exactly the message its own node started, and only with the
+//!   in-memory nonces of that attempt, once. Nonces of an attempt are dropped when the
+//!   attempt ends.
+//! * Robustness: a share that fails verification makes its sender a culprit
+//!   ([`Action::Culprit`], from `Error::culprits()`); the coordinator ends the attempt at
+//!   once. Signers that did not answer by `timeout_ms` are excluded when the coordinator
+//!   ends the attempt. Both are announced with [`Message::NewAttempt`]. If the coordinator
+//!   itself says nothing for `2 * timeout_ms`, every other node excludes it and moves to
+//!   the next attempt on its own. Each failed attempt excludes at least one signer, so
+//!   with `t` honest responsive signers a signature arrives within `n - t + 1` attempts.
+//!
+//! # Trust notes
+//!
+//! Exclusions for unresponsiveness are taken on the coordinator's word (as in ROAST, the
+//! coordinator decides whom it waits for); invalid-share evidence is carried in
+//! [`Action::Culprit`] for the node to record, but receivers of `NewAttempt` do not
+//! re-verify it yet. A group signature is accepted from anyone only after it verifies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use frost_core::{
+    Ciphersuite, Identifier, Signature, SigningPackage,
+    keys::{KeyPackage, PublicKeyPackage},
+    round1::{self, SigningCommitments, SigningNonces},
+    round2::{self, SignatureShare},
+};
+use frost_secp256k1::rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
+
+/// Domain tag of session ids.
+pub const SESSION_TAG: &[u8] = b"BTCFI-SIGN-SESSION-v1";
+/// Domain tag of the coordinator choice.
+pub const COORDINATOR_TAG: &[u8] = b"BTCFI-SIGN-COORDINATOR-v1";
+/// Shortest message a session signs: a digest or sighash is 32 bytes; anything shorter is
+/// certainly not something this node derived itself.
+pub const MIN_MESSAGE_LEN: usize = 32;
+/// Version byte that opens every encoded [`Message`].
+pub const WIRE_VERSION: u8 = 1;
+/// Largest length-prefixed field a decoder accepts (a signing package of a few hundred
+/// signers is far below this).
+pub const MAX_FIELD_LEN: usize = 64 * 1024;
+
+/// Identifier of a signing session: SHA-256 over the domain tag, epoch, signer set and
+/// message. Equal on every honest node that started the same message in the same epoch.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub [u8; 32]);
+
+impl SessionId {
+    /// The id of a session signing `message` in `epoch` with `signers`.
+    pub fn derive<C: Ciphersuite>(message: &[u8], epoch: u64, signers: &BTreeSet<Identifier<C>>) -> Self {
+        let mut h = Sha256::new();
+        h.update((SESSION_TAG.len() as u64).to_be_bytes());
+        h.update(SESSION_TAG);
+        h.update(epoch.to_be_bytes());
+        h.update((signers.len() as u64).to_be_bytes());
+        for s in signers {
+            let bytes = s.serialize();
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(&bytes);
+        }
+        h.update((message.len() as u64).to_be_bytes());
+        h.update(message);
+        SessionId(h.finalize().into())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId(")?;
+        for b in self.0.iter().take(8) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+/// Number of an attempt within a session, from 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(pub u32);
+
+impl Attempt {
+    fn next(self) -> Option<Attempt> {
+        self.0.checked_add(1).map(Attempt)
+    }
+}
+
+/// Durable record "this node issued a commitment for (session, attempt)". Written (via
+/// [`Action::Persist`]) before the commitment leaves the node; handed back to
+/// [`Session::new`] after a restart so that those attempts are never answered again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitmentIssued {
+    /// The session.
+    pub session: SessionId,
+    /// The attempt whose nonces were drawn.
+    pub attempt: Attempt,
+}
+
+/// The coordinator of `attempt` of `session` among `candidates`: the candidate at index
+/// `SHA-256(COORDINATOR_TAG, session, attempt) mod |candidates|` in identifier order.
+/// `None` if there are no candidates.
+pub fn coordinator<C: Ciphersuite>(
+    session: &SessionId,
+    attempt: Attempt,
+    candidates: &BTreeSet<Identifier<C>>,
+) -> Option<Identifier<C>> {
+    let len = u64::try_from(candidates.len()).ok().filter(|l| *l > 0)?;
+    let mut h = Sha256::new();
+    h.update(COORDINATOR_TAG);
+    h.update(session.0);
+    h.update(attempt.0.to_be_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8)?);
+    let index = usize::try_from(u64::from_be_bytes(first) % len).ok()?;
+    candidates.iter().nth(index).copied()
+}
+
+/// Why a session refused an input or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A peer message arrived before this node's own `Start`: the node did not ask to sign
+    /// anything, so nothing is answered.
+    #[error("no session started: this node signs only what it started itself")]
+    NotStarted,
+    /// `Start` was given twice to one session.
+    #[error("session already started")]
+    AlreadyStarted,
+    /// The message to sign is shorter than [`MIN_MESSAGE_LEN`].
+    #[error("message is {len} bytes, at least {MIN_MESSAGE_LEN} expected (a digest or sighash)")]
+    MessageTooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// This node's key identifier is not in the signer set it was started with.
+    #[error("this node is not in the session's signer set: check the epoch's validator set")]
+    NotInSignerSet,
+    /// The signer set is smaller than the threshold, or contains identifiers without a
+    /// verifying share in the public key package.
+    #[error("signer set of {signers} (all with verifying shares) cannot reach threshold {threshold}")]
+    SignerSetTooSmall {
+        /// Usable signers.
+        signers: usize,
+        /// Threshold t.
+        threshold: usize,
+    },
+    /// The message belongs to another session (another message, epoch or signer set).
+    #[error("message for a session this node did not start")]
+    UnknownSession,
+    /// The sender is not a signer (or not a candidate) of the current attempt.
+    #[error("sender is not a candidate of this attempt")]
+    NotACandidate,
+    /// The message is for an attempt other than the current one.
+    #[error("message for attempt {attempt:?}, current is {current:?}")]
+    StaleAttempt {
+        /// The message's attempt.
+        attempt: Attempt,
+        /// This node's current attempt.
+        current: Attempt,
+    },
+    /// A signing package or attempt change did not come from the attempt's coordinator.
+    #[error("sender is not the coordinator of attempt {attempt:?}")]
+    WrongCoordinator {
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// A commitment or share was sent to a node that does not coordinate the attempt.
+    #[error("this node does not coordinate attempt {attempt:?}")]
+    NotCoordinator {
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// A signing package asks to sign a message this node did not start.
+    #[error("signing package for a message this node did not start")]
+    UnexpectedMessage,
+    /// The attempt's commitment was issued before a restart: its nonces are gone and the
+    /// attempt is never answered.
+    #[error("commitment of attempt {attempt:?} was issued before a restart; never answered")]
+    NoncesNotHeld {
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// The attempt's nonces were already used for a share: a second package is refused.
+    #[error("nonces of attempt {attempt:?} already consumed")]
+    NoncesConsumed {
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// This node holds no nonces for the attempt (it was not a candidate).
+    #[error("no commitment issued for attempt {attempt:?}")]
+    NotSelected {
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// A signing package is malformed for this attempt (wrong size, non-candidates).
+    #[error("invalid signing package for attempt {attempt:?}: {reason}")]
+    InvalidPackage {
+        /// The attempt.
+        attempt: Attempt,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The same peer sent the same kind of message twice in one attempt.
+    #[error("duplicate message")]
+    Duplicate,
+    /// A broadcast group signature does not verify.
+    #[error("group signature does not verify")]
+    InvalidSignature,
+    /// FROST refused an operation.
+    #[error("FROST: {0}")]
+    Frost(String),
+    /// Too few signers are left to reach the threshold: the session failed. Start a new
+    /// session once validators are back; the culprits are in the evidence.
+    #[error("attempt {attempt:?} has {candidates} candidates, threshold is {threshold}: session failed")]
+    TooFewSigners {
+        /// The attempt that could not start.
+        attempt: Attempt,
+        /// Candidates left.
+        candidates: usize,
+        /// Threshold t.
+        threshold: usize,
+    },
+    /// The session is over (signed or failed).
+    #[error("session finished")]
+    Finished,
+}
+
+impl<C: Ciphersuite> From<frost_core::Error<C>> for SessionError {
+    fn from(e: frost_core::Error<C>) -> Self {
+        SessionError::Frost(e.to_string())
+    }
+}
+
+/// What a node feeds its session.
+#[derive(Debug, Clone)]
+pub enum Input<C: Ciphersuite> {
+    /// The node's own decision to sign `message` (a digest or sighash it derived itself)
+    /// in `epoch` with `signers`. Only a started message is ever signed.
+    Start {
+        /// The bytes to sign (at least [`MIN_MESSAGE_LEN`]).
+        message: Vec<u8>,
+        /// The epoch of the key.
+        epoch: u64,
+        /// The epoch's signer set.
+        signers: BTreeSet<Identifier<C>>,
+    },
+    /// A message from an authenticated peer (the transport vouches for `from`).
+    Message {
+        /// The sender.
+        from: Identifier<C>,
+        /// The message.
+        message: Message<C>,
+    },
+    /// Time passed.
+    Tick,
+}
+
+/// Session messages between validators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<C: Ciphersuite> {
+    /// Round 1: a candidate's commitment, to the coordinator.
+    Commitment {
+        /// Session.
+        session: SessionId,
+        /// Attempt.
+        attempt: Attempt,
+        /// The commitment.
+        commitments: SigningCommitments<C>,
+    },
+    /// The coordinator's signing package, to each chosen signer.
+    SigningPackage {
+        /// Session.
+        session: SessionId,
+        /// Attempt.
+        attempt: Attempt,
+        /// The package.
+        package: SigningPackage<C>,
+    },
+    /// Round 2: a signature share, to the coordinator.
+    Share {
+        /// Session.
+        session: SessionId,
+        /// Attempt.
+        attempt: Attempt,
+        /// The share.
+        share: SignatureShare<C>,
+    },
+    /// The coordinator ended attempt `ended`; the next attempt excludes `excluded`
+    /// (cumulative).
+    NewAttempt {
+        /// Session.
+        session: SessionId,
+        /// The attempt that ended.
+        ended: Attempt,
+        /// Every signer excluded from now on.
+        excluded: BTreeSet<Identifier<C>>,
+    },
+    /// The verified group signature.
+    Signature {
+        /// Session.
+        session: SessionId,
+        /// Attempt that produced it.
+        attempt: Attempt,
+        /// The signature.
+        signature: Signature<C>,
+    },
+}
+
+/// Proof that `culprit` sent a signature share that does not verify for `package`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence<C: Ciphersuite> {
+    /// Session.
+    pub session: SessionId,
+    /// Attempt.
+    pub attempt: Attempt,
+    /// The misbehaving signer.
+    pub culprit: Identifier<C>,
+    /// The signing package the share was for.
+    pub package: SigningPackage<C>,
+    /// The invalid share.
+    pub share: SignatureShare<C>,
+}
+
+/// What the node must do, in the order given.
+#[derive(Debug, Clone)]
+pub enum Action<C: Ciphersuite> {
+    /// Write this record durably **before executing any later action of the batch**
+    /// (it always precedes the commitment it covers).
+    Persist(CommitmentIssued),
+    /// Send `message` to one signer.
+    Send {
+        /// Recipient.
+        to: Identifier<C>,
+        /// Message.
+        message: Message<C>,
+    },
+    /// Send `message` to every other signer of the session.
+    Broadcast(Message<C>),
+    /// A new attempt begins.
+    NewAttempt {
+        /// Its number.
+        attempt: Attempt,
+        /// Its coordinator.
+        coordinator: Identifier<C>,
+        /// Its candidates.
+        candidates: BTreeSet<Identifier<C>>,
+    },
+    /// Record this misbehaviour as evidence.
+    Culprit(Evidence<C>),
+    /// The session produced this verified group signature.
+    Done(Signature<C>),
+    /// An input was refused (logged by the node; nothing was signed).
+    Refused {
+        /// The sender, or this node for its own inputs.
+        from: Identifier<C>,
+        /// Why.
+        error: SessionError,
+    },
+    /// The session failed for good.
+    Failed(SessionError),
+}
+
+/// Keys and policy of one node's session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig<C: Ciphersuite> {
+    /// This node's key package (its identifier, secret share and the threshold).
+    pub key_package: KeyPackage<C>,
+    /// The group's public key package (verifying shares of every signer).
+    pub public_key_package: PublicKeyPackage<C>,
+    /// How long the coordinator waits for commitments and shares before it ends an
+    /// attempt; others wait twice as long for the coordinator.
+    pub timeout_ms: u64,
+}
+
+/// The coordinator's bookkeeping for the current attempt.
+struct Coordinating<C: Ciphersuite> {
+    arrived: BTreeMap<Identifier<C>, SigningCommitments<C>>,
+    package: Option<SigningPackage<C>>,
+    shares: BTreeMap<Identifier<C>, SignatureShare<C>>,
+}
+
+struct Running<C: Ciphersuite> {
+    session: SessionId,
+    message: Vec<u8>,
+    signers: BTreeSet<Identifier<C>>,
+    attempt: Attempt,
+    started_ms: u64,
+    excluded: BTreeSet<Identifier<C>>,
+    candidates: BTreeSet<Identifier<C>>,
+    coordinator: Identifier<C>,
+    /// Nonces of the current attempt only; dropped (zeroized) when it ends or is used.
+    nonces: Option<(Attempt, SigningNonces<C>)>,
+    consumed: BTreeSet<Attempt>,
+    coordinating: Option<Coordinating<C>>,
+}
+
+enum State<C: Ciphersuite> {
+    Idle,
+    Running(Box<Running<C>>),
+    Done(Signature<C>),
+    Failed,
+}
+
+struct Ctx<C: Ciphersuite> {
+    me: Identifier<C>,
+    threshold: usize,
+    config: SessionConfig<C>,
+    rng: Box<dyn CryptoRngCore + Send>,
+    /// Attempts whose commitments were issued before the last restart: refused forever.
+    pre_restart: BTreeSet<CommitmentIssued>,
+}
+
+/// One node's state machine for one signing session. See the [module docs](self).
+pub struct Session<C: Ciphersuite> {
+    ctx: Ctx<C>,
+    state: State<C>,
+}
+
+impl<C: Ciphersuite> fmt::Debug for Session<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print nonces or the key share.
+        let state = match &self.state {
+            State::Idle => "idle".to_string(),
+            State::Running(r) => format!("running {:?} attempt {:?}", r.session, r.attempt),
+            State::Done(_) => "done".to_string(),
+            State::Failed => "failed".to_string(),
+        };
+        f.debug_struct("Session").field("me", &self.ctx.me).field("state", &state).finish_non_exhaustive()
+    }
+}
+
+type Out<C> = Vec<Action<C>>;
+
+impl<C: Ciphersuite> Session<C> {
+    /// A session for the node owning `config.key_package`, drawing nonces from `rng`.
+    ///
+    /// `issued` are the [`CommitmentIssued`] records this node persisted before (empty on
+    /// a fresh start). Their nonces died with the previous process, so those attempts
+    /// are never answered and never committed to again.
+    pub fn new(
+        config: SessionConfig<C>,
+        rng: Box<dyn CryptoRngCore + Send>,
+        issued: impl IntoIterator<Item = CommitmentIssued>,
+    ) -> Self {
+        let me = *config.key_package.identifier();
+        let threshold = usize::from(*config.key_package.min_signers());
+        Session {
+            ctx: Ctx { me, threshold, config, rng, pre_restart: issued.into_iter().collect() },
+            state: State::Idle,
+        }
+    }
+
+    /// The session id, once started.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match &self.state {
+            State::Running(r) => Some(r.session),
+            _ => None,
+        }
+    }
+
+    /// The current attempt, while running.
+    pub fn attempt(&self) -> Option<Attempt> {
+        match &self.state {
+            State::Running(r) => Some(r.attempt),
+            _ => None,
+        }
+    }
+
+    /// The signature, once done.
+    pub fn signature(&self) -> Option<&Signature<C>> {
+        match &self.state {
+            State::Done(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Feed one input at time `now_ms`; execute the returned actions in order.
+    pub fn handle(&mut self, input: Input<C>, now_ms: u64) -> Vec<Action<C>> {
+        let mut out = Vec::new();
+        let me = self.ctx.me;
+        let result = match input {
+            Input::Start { message, epoch, signers } => self.start(message, epoch, signers, now_ms, &mut out),
+            Input::Message { from, message } => match self.on_message(from, message, now_ms, &mut out) {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    out.push(Action::Refused { from, error });
+                    Ok(())
+                }
+            },
+            Input::Tick => {
+                self.on_tick(now_ms, &mut out);
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            out.push(Action::Refused { from: me, error });
+        }
+        out
+    }
+
+    fn start(
+        &mut self,
+        message: Vec<u8>,
+        epoch: u64,
+        signers: BTreeSet<Identifier<C>>,
+        now_ms: u64,
+        out: &mut Out<C>,
+    ) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Idle) {
+            return Err(SessionError::AlreadyStarted);
+        }
+        if message.len() < MIN_MESSAGE_LEN {
+            return Err(SessionError::MessageTooShort { len: message.len() });
+        }
+        if !signers.contains(&self.ctx.me) {
+            return Err(SessionError::NotInSignerSet);
+        }
+        let shares = self.ctx.config.public_key_package.verifying_shares();
+        if signers.len() < self.ctx.threshold || signers.iter().any(|s| !shares.contains_key(s)) {
+            return Err(SessionError::SignerSetTooSmall { signers: signers.len(), threshold: self.ctx.threshold });
+        }
+        let session = SessionId::derive(&message, epoch, &signers);
+        let running = Running {
+            session,
+            message,
+            signers,
+            attempt: Attempt(0),
+            started_ms: now_ms,
+            excluded: BTreeSet::new(),
+            candidates: BTreeSet::new(),
+            coordinator: self.ctx.me,
+            nonces: None,
+            consumed: BTreeSet::new(),
+            coordinating: None,
+        };
+        self.state = State::Running(Box::new(running));
+        self.begin_attempt(Attempt(0), BTreeSet::new(), now_ms, out);
+        Ok(())
+    }
+
+    /// Start `attempt` without `excluded`: pick the coordinator, commit if a candidate.
+    fn begin_attempt(&mut self, attempt: Attempt, excluded: BTreeSet<Identifier<C>>, now_ms: u64, out: &mut Out<C>) {
+        let Session { ctx, state } = self;
+        let State::Running(run) = state else { return };
+        run.attempt = attempt;
+        run.started_ms = now_ms;
+        run.candidates = run.signers.difference(&excluded).copied().collect();
+        run.excluded = excluded;
+        run.nonces = None;
+        run.coordinating = None;
+        let picked = coordinator(&run.session, attempt, &run.candidates);
+        let Some(coord) = picked.filter(|_| run.candidates.len() >= ctx.threshold) else {
+            out.push(Action::Failed(SessionError::TooFewSigners {
+                attempt,
+                candidates: run.candidates.len(),
+                threshold: ctx.threshold,
+            }));
+            self.state = State::Failed;
+            return;
+        };
+        run.coordinator = coord;
+        out.push(Action::NewAttempt { attempt, coordinator: coord, candidates: run.candidates.clone() });
+        if coord == ctx.me {
+            run.coordinating = Some(Coordinating { arrived: BTreeMap::new(), package: None, shares: BTreeMap::new() });
+        }
+        let record = CommitmentIssued { session: run.session, attempt };
+        if !run.candidates.contains(&ctx.me) || ctx.pre_restart.contains(&record) {
+            return;
+        }
+        let (nonces, commitments) = round1::commit(ctx.config.key_package.signing_share(), &mut ctx.rng);
+        run.nonces = Some((attempt, nonces));
+        // Durable before the commitment leaves (or, for the coordinator, is used).
+        out.push(Action::Persist(record));
+        if coord == ctx.me {
+            let me = ctx.me;
+            self.add_commitment(me, commitments, now_ms, out);
+        } else {
+            out.push(Action::Send {
+                to: coord,
+                message: Message::Commitment { session: run.session, attempt, commitments },
+            });
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        from: Identifier<C>,
+        message: Message<C>,
+        now_ms: u64,
+        out: &mut Out<C>,
+    ) -> Result<(), SessionError> {
+        let run = match &mut self.state {
+            State::Idle => return Err(SessionError::NotStarted),
+            State::Done(_) | State::Failed => return Err(SessionError::Finished),
+            State::Running(run) => run,
+        };
+        let (session, attempt) = match &message {
+            Message::Commitment { session, attempt, .. }
+            | Message::SigningPackage { session, attempt, .. }
+            | Message::Share { session, attempt, .. }
+            | Message::Signature { session, attempt, .. } => (*session, *attempt),
+            Message::NewAttempt { session, ended, .. } => (*session, *ended),
+        };
+        if session != run.session {
+            return Err(SessionError::UnknownSession);
+        }
+        if !run.signers.contains(&from) {
+            return Err(SessionError::NotACandidate);
+        }
+        match message {
+            Message::Signature { signature, .. } => {
+                self.ctx
+                    .config
+                    .public_key_package
+                    .verifying_key()
+                    .verify(&run.message, &signature)
+                    .map_err(|_| SessionError::InvalidSignature)?;
+                out.push(Action::Done(signature));
+                self.state = State::Done(signature);
+                Ok(())
+            }
+            Message::SigningPackage { package, .. } => self.on_package(from, attempt, package, now_ms, out),
+            Message::Commitment { commitments, .. } => {
+                if attempt != run.attempt {
+                    return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
+                }
+                let Some(coord) = run.coordinating.as_ref() else {
+                    return Err(SessionError::NotCoordinator { attempt });
+                };
+                if !run.candidates.contains(&from) {
+                    return Err(SessionError::NotACandidate);
+                }
+                if coord.arrived.contains_key(&from) {
+                    return Err(SessionError::Duplicate);
+                }
+                if coord.package.is_some() {
+                    // Late but honest: the first t were taken already.
+                    return Ok(());
+                }
+                self.add_commitment(from, commitments, now_ms, out);
+                Ok(())
+            }
+            Message::Share { share, .. } => {
+                if attempt != run.attempt {
+                    return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
+                }
+                if run.coordinating.is_none() {
+                    return Err(SessionError::NotCoordinator { attempt });
+                }
+                self.add_share(from, share, now_ms, out)
+            }
+            Message::NewAttempt { excluded, .. } => {
+                if attempt != run.attempt {
+                    return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
+                }
+                if from != run.coordinator || from == self.ctx.me {
+                    return Err(SessionError::WrongCoordinator { attempt });
+                }
+                if !run.excluded.is_subset(&excluded) || !excluded.is_subset(&run.signers) {
+                    return Err(SessionError::InvalidPackage { attempt, reason: "exclusions must only grow" });
+                }
+                let next = attempt.next().ok_or(SessionError::Finished)?;
+                self.begin_attempt(next, excluded, now_ms, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Signer side: answer the coordinator's package with a share, at most once.
+    fn on_package(
+        &mut self,
+        from: Identifier<C>,
+        attempt: Attempt,
+        package: SigningPackage<C>,
+        now_ms: u64,
+        out: &mut Out<C>,
+    ) -> Result<(), SessionError> {
+        let Session { ctx, state } = self;
+        let State::Running(run) = state else { return Err(SessionError::NotStarted) };
+        if ctx.pre_restart.contains(&CommitmentIssued { session: run.session, attempt }) {
+            return Err(SessionError::NoncesNotHeld { attempt });
+        }
+        if attempt != run.attempt {
+            return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
+        }
+        if from != run.coordinator {
+            return Err(SessionError::WrongCoordinator { attempt });
+        }
+        if run.consumed.contains(&attempt) {
+            return Err(SessionError::NoncesConsumed { attempt });
+        }
+        if package.message().as_slice() != run.message.as_slice() {
+            return Err(SessionError::UnexpectedMessage);
+        }
+        let chosen = package.signing_commitments();
+        if chosen.len() != ctx.threshold {
+            return Err(SessionError::InvalidPackage { attempt, reason: "not exactly t commitments" });
+        }
+        if chosen.keys().any(|id| !run.candidates.contains(id)) {
+            return Err(SessionError::InvalidPackage { attempt, reason: "commitment of a non-candidate" });
+        }
+        if !chosen.contains_key(&ctx.me) {
+            return Err(SessionError::NotSelected { attempt });
+        }
+        let nonces = match run.nonces.take() {
+            Some((a, n)) if a == attempt => n,
+            _ => return Err(SessionError::NotSelected { attempt }),
+        };
+        // The nonces are gone from memory now, whatever happens below.
+        run.consumed.insert(attempt);
+        let share = round2::sign(&package, &nonces, &ctx.config.key_package)?;
+        drop(nonces);
+        if from == ctx.me {
+            let me = ctx.me;
+            return self.add_share(me, share, now_ms, out);
+        }
+        out.push(Action::Send { to: from, message: Message::Share { session: run.session, attempt, share } });
+        Ok(())
+    }
+
+    /// Coordinator side: take a commitment; with t of them, send the signing package.
+    fn add_commitment(
+        &mut self,
+        from: Identifier<C>,
+        commitments: SigningCommitments<C>,
+        now_ms: u64,
+        out: &mut Out<C>,
+    ) {
+        let Session { ctx, state } = self;
+        let State::Running(run) = state else { return };
+        let Some(coord) = run.coordinating.as_mut() else { return };
+        coord.arrived.insert(from, commitments);
+        if coord.arrived.len() < ctx.threshold || coord.package.is_some() {
+            return;
+        }
+        let package = SigningPackage::new(coord.arrived.clone(), &run.message);
+        coord.package = Some(package.clone());
+        let (session, attempt, me) = (run.session, run.attempt, ctx.me);
+        let chosen: Vec<Identifier<C>> = coord.arrived.keys().copied().collect();
+        for id in chosen {
+            if id == me {
+                if let Err(error) = self.on_package(me, attempt, package.clone(), now_ms, out) {
+                    out.push(Action::Refused { from: me, error });
+                }
+            } else {
+                out.push(Action::Send {
+                    to: id,
+                    message: Message::SigningPackage { session, attempt, package: package.clone() },
+                });
+            }
+        }
+    }
+
+    /// Coordinator side: verify a share on arrival; aggregate when all t are in.
+    fn add_share(
+        &mut self,
+        from: Identifier<C>,
+        share: SignatureShare<C>,
+        now_ms: u64,
+        out: &mut Out<C>,
+    ) -> Result<(), SessionError> {
+        let Session { ctx, state } = self;
+        let State::Running(run) = state else { return Err(SessionError::NotStarted) };
+        let attempt = run.attempt;
+        let Some(coord) = run.coordinating.as_mut() else { return Err(SessionError::NotCoordinator { attempt }) };
+        let Some(package) = coord.package.as_ref() else {
+            return Err(SessionError::InvalidPackage { attempt, reason: "share before any signing package" });
+        };
+        if !package.signing_commitments().contains_key(&from) {
+            return Err(SessionError::NotACandidate);
+        }
+        if coord.shares.contains_key(&from) {
+            return Err(SessionError::Duplicate);
+        }
+        let public = &ctx.config.public_key_package;
+        let Some(verifying_share) = public.verifying_shares().get(&from) else {
+            return Err(SessionError::NotACandidate);
+        };
+        if let Err(e) =
+            frost_core::verify_signature_share(from, verifying_share, &share, package, public.verifying_key())
+        {
+            let mut culprits = e.culprits();
+            if culprits.is_empty() {
+                culprits.push(from);
+            }
+            for culprit in &culprits {
+                out.push(Action::Culprit(Evidence {
+                    session: run.session,
+                    attempt,
+                    culprit: *culprit,
+                    package: package.clone(),
+                    share,
+                }));
+            }
+            let mut excluded = run.excluded.clone();
+            excluded.extend(culprits);
+            self.end_attempt(excluded, now_ms, out);
+            return Ok(());
+        }
+        coord.shares.insert(from, share);
+        if coord.shares.len() < package.signing_commitments().len() {
+            return Ok(());
+        }
+        let signature = frost_core::aggregate(package, &coord.shares, public)?;
+        // Canonical wire form (BIP340 keeps only R's x coordinate): every node then holds
+        // byte-for-byte what goes on chain, and it is that form that is verified.
+        let signature = Signature::deserialize(&signature.serialize()?)?;
+        public.verifying_key().verify(&run.message, &signature).map_err(|_| SessionError::InvalidSignature)?;
+        out.push(Action::Broadcast(Message::Signature { session: run.session, attempt, signature }));
+        out.push(Action::Done(signature));
+        self.state = State::Done(signature);
+        Ok(())
+    }
+
+    /// Coordinator side: announce the exclusions and move to the next attempt.
+    fn end_attempt(&mut self, excluded: BTreeSet<Identifier<C>>, now_ms: u64, out: &mut Out<C>) {
+        let State::Running(run) = &self.state else { return };
+        let (session, ended) = (run.session, run.attempt);
+        out.push(Action::Broadcast(Message::NewAttempt { session, ended, excluded: excluded.clone() }));
+        match ended.next() {
+            Some(next) => self.begin_attempt(next, excluded, now_ms, out),
+            None => {
+                out.push(Action::Failed(SessionError::Finished));
+                self.state = State::Failed;
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Out<C>) {
+        let State::Running(run) = &self.state else { return };
+        let waited = now_ms.saturating_sub(run.started_ms);
+        let timeout = self.ctx.config.timeout_ms;
+        if let Some(coord) = run.coordinating.as_ref() {
+            if waited < timeout {
+                return;
+            }
+            // Whoever we still wait for is unresponsive.
+            let silent: Vec<Identifier<C>> = match coord.package.as_ref() {
+                None => run.candidates.iter().filter(|id| !coord.arrived.contains_key(id)).copied().collect(),
+                Some(p) => {
+                    p.signing_commitments().keys().filter(|id| !coord.shares.contains_key(id)).copied().collect()
+                }
+            };
+            let mut excluded = run.excluded.clone();
+            excluded.extend(silent);
+            self.end_attempt(excluded, now_ms, out);
+        } else if waited >= timeout.saturating_mul(2) {
+            // The coordinator stalled: replace it.
+            let mut excluded = run.excluded.clone();
+            excluded.insert(run.coordinator);
+            match run.attempt.next() {
+                Some(next) => self.begin_attempt(next, excluded, now_ms, out),
+                None => {
+                    out.push(Action::Failed(SessionError::Finished));
+                    self.state = State::Failed;
+                }
+            }
+        }
+    }
+}
+
+/// Why bytes did not decode to a [`Message`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The version byte is not [`WIRE_VERSION`]: the peer runs another release.
+    #[error("wire version {0} unsupported (this node speaks {WIRE_VERSION}): upgrade the older node")]
+    UnsupportedVersion(u8),
+    /// Unknown message kind.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The bytes end early.
+    #[error("message truncated")]
+    Truncated,
+    /// Bytes after the end of the message.
+    #[error("{0} trailing bytes")]
+    TrailingBytes(usize),
+    /// A field is longer than [`MAX_FIELD_LEN`].
+    #[error("field of {0} bytes exceeds the limit")]
+    TooLong(usize),
+    /// An identifier list is not strictly increasing.
+    #[error("identifiers not strictly increasing")]
+    Unsorted,
+    /// FROST refused to (de)serialize a field.
+    #[error("FROST encoding: {0}")]
+    Frost(String),
+}
+
+impl<C: Ciphersuite> From<frost_core::Error<C>> for WireError {
+    fn from(e: frost_core::Error<C>) -> Self {
+        WireError::Frost(e.to_string())
+    }
+}
+
+const KIND_COMMITMENT: u8 = 1;
+const KIND_PACKAGE: u8 = 2;
+const KIND_SHARE: u8 = 3;
+const KIND_NEW_ATTEMPT: u8 = 4;
+const KIND_SIGNATURE: u8 = 5;
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
+    if bytes.len() > MAX_FIELD_LEN {
+        return Err(WireError::TooLong(bytes.len()));
+    }
+    let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLong(bytes.len()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(WireError::Truncated)?;
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let len = usize::try_from(u32::from_be_bytes(self.array()?)).map_err(|_| WireError::Truncated)?;
+        if len > MAX_FIELD_LEN {
+            return Err(WireError::TooLong(len));
+        }
+        self.take(len)
+    }
+}
+
+impl<C: Ciphersuite> Message<C> {
+    /// `version | kind | session (32) | attempt (u32 BE) | body`, where FROST types are
+    /// in FROST's own serialization, each prefixed by its u32 BE length, and an identifier
+    /// set is a u16 BE count of length-prefixed, strictly increasing identifiers.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![WIRE_VERSION];
+        let (kind, session, attempt) = match self {
+            Message::Commitment { session, attempt, .. } => (KIND_COMMITMENT, session, attempt),
+            Message::SigningPackage { session, attempt, .. } => (KIND_PACKAGE, session, attempt),
+            Message::Share { session, attempt, .. } => (KIND_SHARE, session, attempt),
+            Message::NewAttempt { session, ended, .. } => (KIND_NEW_ATTEMPT, session, ended),
+            Message::Signature { session, attempt, .. } => (KIND_SIGNATURE, session, attempt),
+        };
+        out.push(kind);
+        out.extend_from_slice(&session.0);
+        out.extend_from_slice(&attempt.0.to_be_bytes());
+        match self {
+            Message::Commitment { commitments, .. } => put_bytes(&mut out, &commitments.serialize()?)?,
+            Message::SigningPackage { package, .. } => put_bytes(&mut out, &package.serialize()?)?,
+            Message::Share { share, .. } => put_bytes(&mut out, &share.serialize())?,
+            Message::Signature { signature, .. } => put_bytes(&mut out, &signature.serialize()?)?,
+            Message::NewAttempt { excluded, .. } => {
+                let count = u16::try_from(excluded.len()).map_err(|_| WireError::TooLong(excluded.len()))?;
+                out.extend_from_slice(&count.to_be_bytes());
+                for id in excluded {
+                    put_bytes(&mut out, &id.serialize())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decode [`Message::encode`]'s output. Never panics; refuses trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        let [version, kind] = r.array::<2>()?;
+        if version != WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let session = SessionId(r.array()?);
+        let attempt = Attempt(u32::from_be_bytes(r.array()?));
+        let message = match kind {
+            KIND_COMMITMENT => {
+                Message::Commitment { session, attempt, commitments: SigningCommitments::deserialize(r.bytes()?)? }
+            }
+            KIND_PACKAGE => {
+                Message::SigningPackage { session, attempt, package: SigningPackage::deserialize(r.bytes()?)? }
+            }
+            KIND_SHARE => Message::Share { session, attempt, share: SignatureShare::deserialize(r.bytes()?)? },
+            KIND_SIGNATURE => Message::Signature { session, attempt, signature: Signature::deserialize(r.bytes()?)? },
+            KIND_NEW_ATTEMPT => {
+                let count = u16::from_be_bytes(r.array()?);
+                let mut excluded = BTreeSet::new();
+                let mut last: Option<Identifier<C>> = None;
+                for _ in 0..count {
+                    let id = Identifier::deserialize(r.bytes()?)?;
+                    if last.is_some_and(|l| l >= id) {
+                        return Err(WireError::Unsorted);
+                    }
+                    last = Some(id);
+                    excluded.insert(id);
+                }
+                Message::NewAttempt { session, ended: attempt, excluded }
+            }
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::TrailingBytes(r.0.len()));
+        }
+        Ok(message)
+    }
+}
