@@ -206,6 +206,19 @@ impl EvmChainConfig {
         Duration::from_millis(self.probe_interval_ms)
     }
 
+    /// The validated endpoint set these settings describe, with their health policy.
+    pub fn endpoint_set(&self) -> Result<super::EndpointSet, EvmError> {
+        let urls = self.validate()?;
+        let policy = super::EndpointPolicy {
+            request_timeout: self.request_timeout(),
+            stale_threshold: self.stale_threshold_blocks,
+            probe_interval: self.probe_interval(),
+            retry_backoff: Duration::from_millis(self.retry_backoff_ms),
+            max_retry_backoff: Duration::from_millis(self.max_retry_backoff_ms.max(self.retry_backoff_ms)),
+        };
+        super::EndpointSet::new(&urls, self.chain_id.0, policy)
+    }
+
     /// Checks every setting and parses the endpoint URLs; errors name the key.
     pub fn validate(&self) -> Result<Vec<Url>, EvmError> {
         let bad = |key: &str, reason: String| EvmError::Config { key: format!("{}.{key}", self.name), reason };

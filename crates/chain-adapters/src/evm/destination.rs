@@ -15,7 +15,7 @@ use super::{
     EvmError,
     bindings::IBridge,
     config::EvmChainConfig,
-    endpoints::{EndpointHealth, EndpointPolicy, EndpointSet},
+    endpoints::{EndpointHealth, EndpointSet},
 };
 use crate::BlockRef;
 use alloy::{
@@ -101,15 +101,7 @@ fn is_already_known(err: &EvmError) -> bool {
 impl EvmDestination {
     /// A destination that signs with `signer` (the relayer key; it pays gas).
     pub fn new(config: EvmChainConfig, signer: PrivateKeySigner) -> Result<Self, EvmError> {
-        let urls = config.validate()?;
-        let policy = EndpointPolicy {
-            request_timeout: config.request_timeout(),
-            stale_threshold: config.stale_threshold_blocks,
-            probe_interval: config.probe_interval(),
-            retry_backoff: Duration::from_millis(config.retry_backoff_ms),
-            max_retry_backoff: Duration::from_millis(config.max_retry_backoff_ms.max(config.retry_backoff_ms)),
-        };
-        let endpoints = EndpointSet::new(&urls, config.chain_id.0, policy)?;
+        let endpoints = config.endpoint_set()?;
         let from = signer.address();
         Ok(Self { config, endpoints, wallet: EthereumWallet::from(signer), from, next_nonce: None })
     }

@@ -22,7 +22,7 @@ use super::{
     EvmError,
     config::{EvmChainConfig, Finality},
     decode::{burn_topics, decode_burn},
-    endpoints::{EndpointHealth, EndpointPolicy, EndpointSet},
+    endpoints::{EndpointHealth, EndpointSet},
     range::LogRange,
 };
 use crate::{
@@ -37,10 +37,7 @@ use alloy::{
 use async_trait::async_trait;
 use btcfi_types::{Attestation, ChainId, EventId, TxHash};
 use serde::{Deserialize, Serialize};
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashMap};
 use tracing::{debug, error, info, instrument, warn};
 
 /// Recent cursors kept for walking back after a reorg below finality.
@@ -226,15 +223,7 @@ impl EvmSource {
     /// A source that resumes from `checkpoint`, or (without one) starts scanning at
     /// `start_block` (typically the bridge's deployment block). No I/O happens here.
     pub fn new(config: EvmChainConfig, checkpoint: Option<Checkpoint>, start_block: u64) -> Result<Self, EvmError> {
-        let urls = config.validate()?;
-        let policy = EndpointPolicy {
-            request_timeout: config.request_timeout(),
-            stale_threshold: config.stale_threshold_blocks,
-            probe_interval: config.probe_interval(),
-            retry_backoff: Duration::from_millis(config.retry_backoff_ms),
-            max_retry_backoff: Duration::from_millis(config.max_retry_backoff_ms.max(config.retry_backoff_ms)),
-        };
-        let endpoints = EndpointSet::new(&urls, config.chain_id.0, policy)?;
+        let endpoints = config.endpoint_set()?;
         let (cursor, state) = match checkpoint {
             Some(cp) => (Some(cp.cursor), ScanState::decode(config.chain_id, cp.cursor, &cp.state)?),
             None => (None, ScanState::default()),
