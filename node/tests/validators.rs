@@ -12,7 +12,7 @@ use btcfi_chain_adapters::evm::bindings::IBridge;
 use btcfi_signer::evm::mint_message;
 use btcfi_testkit::{
     Anvil,
-    contracts::{Deployed, deploy_bridge},
+    contracts::{Deployed, KeyedBridge},
     frost::{DealerKey, TestRng},
 };
 use btcfi_testkit::{Bitcoind, free_port, wait_until};
@@ -196,12 +196,7 @@ struct Evm {
 
 impl Evm {
     async fn start() -> Self {
-        let anvil = Anvil::start(31337).await.unwrap();
-        let deployed = deploy_bridge(&anvil.url(), &anvil.dev_key(0), anvil.dev_address(0)).await.unwrap();
-        let mut rng = TestRng::new(7);
-        let key = DealerKey::generate(&mut rng, 4, 3);
-        let bridge = IBridge::new(deployed.bridge, anvil.wallet_provider(0));
-        bridge.setInitialKey(key.px, key.py).send().await.unwrap().get_receipt().await.unwrap();
+        let KeyedBridge { anvil, deployed, key, rng } = KeyedBridge::start(31337, 7, 4, 3).await.unwrap();
         Self { anvil, deployed, key, rng }
     }
 

@@ -20,7 +20,7 @@ use btcfi_chain_adapters::evm::bindings::{
 use btcfi_signer::evm::{EvmSignature, mint_message, rotate_message};
 use btcfi_testkit::{
     Anvil,
-    contracts::{Deployed, abi_json, deploy_bridge},
+    contracts::{Deployed, KeyedBridge, abi_json, deploy_bridge},
     frost::{DealerKey, TestRng},
 };
 use std::collections::BTreeSet;
@@ -34,6 +34,8 @@ const N: U256 = U256::from_be_bytes(hex!("fffffffffffffffffffffffffffffffebaaedc
 
 const DEPLOYER: usize = 0;
 const GUARDIAN: usize = 1;
+// KeyedBridge deploys from dev account 0 with dev account 1 as guardian.
+const _: () = assert!(DEPLOYER == 0 && GUARDIAN == 1);
 const USER: usize = 2;
 const RELAYER: usize = 3;
 
@@ -48,15 +50,8 @@ impl Fixture {
     /// anvil, a bridge deployed by dev account 0 with dev account 1 as guardian, and
     /// a group key installed with `setInitialKey`.
     async fn new(seed: u64) -> Self {
-        let mut rng = TestRng::new(seed);
-        let key = DealerKey::generate(&mut rng, 4, 3);
-        let anvil = Anvil::start(CHAIN_ID).await.unwrap();
-        let deployed =
-            deploy_bridge(&anvil.url(), &anvil.dev_key(DEPLOYER), anvil.dev_address(GUARDIAN)).await.unwrap();
-        let fixture = Self { anvil, deployed, key, rng };
-        let receipt = fixture.bridge(DEPLOYER).setInitialKey(fixture.key.px, fixture.key.py).send().await.unwrap();
-        assert!(receipt.get_receipt().await.unwrap().status());
-        fixture
+        let KeyedBridge { anvil, deployed, key, rng } = KeyedBridge::start(CHAIN_ID, seed, 4, 3).await.unwrap();
+        Self { anvil, deployed, key, rng }
     }
 
     /// The bridge, as seen by dev account `i`.

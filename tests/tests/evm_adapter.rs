@@ -35,7 +35,7 @@ use btcfi_chain_adapters::{
 use btcfi_signer::evm::mint_message;
 use btcfi_testkit::{
     Anvil,
-    contracts::deploy_bridge,
+    contracts::KeyedBridge,
     frost::{DealerKey, TestRng},
     wait_until,
 };
@@ -58,7 +58,6 @@ use tokio::{
 };
 
 const DEPLOYER: usize = 0;
-const GUARDIAN: usize = 1;
 const USER: usize = 2;
 const RELAYER: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -75,14 +74,7 @@ struct Chain {
 
 impl Chain {
     async fn start(chain_id: u64) -> Self {
-        let mut rng = TestRng::new(chain_id);
-        let key = DealerKey::generate(&mut rng, 3, 2);
-        let anvil = Anvil::start(chain_id).await.unwrap();
-        let deployed =
-            deploy_bridge(&anvil.url(), &anvil.dev_key(DEPLOYER), anvil.dev_address(GUARDIAN)).await.unwrap();
-        let bridge = IBridge::new(deployed.bridge, anvil.wallet_provider(DEPLOYER));
-        let pending = bridge.setInitialKey(key.px, key.py).send().await.unwrap();
-        assert!(pending.get_receipt().await.unwrap().status());
+        let KeyedBridge { anvil, deployed, key, rng } = KeyedBridge::start(chain_id, chain_id, 3, 2).await.unwrap();
         Self { anvil, bridge: deployed.bridge, key, rng }
     }
 

@@ -135,3 +135,29 @@ pub async fn deploy_bridge(rpc_url: &str, deployer_private_key_hex: &str, guardi
     let token = IBridge::new(bridge, &provider).token().call().await.wrap_err("reading Bridge.token()")?;
     Ok(Deployed { bridge, token })
 }
+
+/// A real anvil with the bridge deployed (dev account 0 deploys, dev account 1 is the
+/// guardian) and a trusted-dealer group key installed with `setInitialKey`.
+#[derive(Debug)]
+pub struct KeyedBridge {
+    pub anvil: crate::Anvil,
+    pub deployed: Deployed,
+    pub key: crate::frost::DealerKey,
+    pub rng: crate::frost::TestRng,
+}
+
+impl KeyedBridge {
+    /// `max_signers`/`min_signers` shape the dealer key; `seed` makes it replayable.
+    pub async fn start(chain_id: u64, seed: u64, max_signers: u16, min_signers: u16) -> eyre::Result<Self> {
+        let mut rng = crate::frost::TestRng::new(seed);
+        let key = crate::frost::DealerKey::generate(&mut rng, max_signers, min_signers);
+        let anvil = crate::Anvil::start(chain_id).await?;
+        let deployed = deploy_bridge(&anvil.url(), &anvil.dev_key(0), anvil.dev_address(1)).await?;
+        let bridge = IBridge::new(deployed.bridge, anvil.wallet_provider(0));
+        let receipt = bridge.setInitialKey(key.px, key.py).send().await?.get_receipt().await?;
+        if !receipt.status() {
+            bail!("setInitialKey reverted on chain {chain_id}");
+        }
+        Ok(Self { anvil, deployed, key, rng })
+    }
+}
