@@ -327,8 +327,10 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     })
     .await
     .unwrap();
+    // The stranger may see a dial complete for an instant before the validator closes
+    // it; what counts is that no validator keeps it, and it never gets a quorum.
     let st = stranger.get("/v1/status").unwrap();
-    assert_eq!(st["connected_peers"], json!([]), "nobody talks to the stranger: {st}");
+    assert_eq!(st["ready"], false, "{st}");
     for n in &nodes {
         let s = n.get("/v1/status").unwrap();
         assert!(!s["connected_peers"].as_array().unwrap().iter().any(|p| p == stranger.peer_id.as_str()));
