@@ -297,6 +297,40 @@ min_deposit = 10000
         assert!(cfg.redacted_toml().contains("\"***\"") && !cfg.redacted_toml().contains("secret"));
     }
 
+    /// The annotated examples in configs/node/ parse and validate once their
+    /// placeholders are filled, and refuse to as shipped.
+    #[test]
+    fn shipped_examples_validate_once_filled() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node");
+        let mainnet_vault = "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr";
+        let script = mainnet_vault
+            .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
+            .unwrap()
+            .assume_checked()
+            .script_pubkey();
+        let testnet_vault = bitcoin::Address::from_script(&script, bitcoin::Network::Testnet4).unwrap().to_string();
+        for (file, vault) in [
+            ("mainnet.toml", mainnet_vault),
+            ("testnet.toml", testnet_vault.as_str()),
+            ("devnet.toml", "bcrt1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqc8gma6"),
+        ] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            let shipped = home_with(&text);
+            assert!(NodeConfig::load(shipped.path(), env(&[])).is_err(), "{file}: placeholders must not validate");
+            let filled = text
+                .replace("REPLACE-WITH-THIS-VALIDATOR-NAME", "a")
+                .replace("REPLACE-WITH-PEER-ID", PEER)
+                .replace("REPLACE-WITH-VAULT-ADDRESS-FROM-DKG", vault)
+                .replace("REPLACE-WITH-RPC-URL", "https://rpc-a.example")
+                .replace("REPLACE-WITH-SECOND-RPC-URL", "https://rpc-b.example")
+                .replace("REPLACE-WITH-BRIDGE-ADDRESS", "0x00000000000000000000000000000000000000b1");
+            let home = home_with(&filled);
+            let cfg = NodeConfig::load(home.path(), env(&[])).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(cfg.evm.len(), 4, "{file}");
+            assert!(cfg.bitcoin.confirmations >= 2, "{file}");
+        }
+    }
+
     #[test]
     fn bad_values_name_their_keys() {
         let home = home_with(&good().replace("confirmations = 2", "confirmations = 0").replace(PEER, "not-a-peer"));
