@@ -146,3 +146,54 @@ impl Metrics {
         enc.encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btcfi_p2p::{DropReason, MessageKind};
+    use std::collections::BTreeSet;
+
+    /// Every `btcfi_*` series the shipped dashboard and alert rules query is one the node
+    /// (or its p2p service, on the same registry) actually exports.
+    #[test]
+    fn dashboard_and_alerts_only_query_real_metrics() {
+        let m = Metrics::new().unwrap();
+        let p2p = btcfi_p2p::Metrics::new(&m.registry).unwrap();
+        // Labelled families are gathered once they have a child.
+        for v in [&m.chain_head, &m.chain_finalized, &m.chain_cursor] {
+            v.with_label_values(&["c"]);
+        }
+        m.chain_poll_errors.with_label_values(&["c"]);
+        m.chain_events.with_label_values(&["c", "k"]);
+        m.votes.with_label_values(&["o"]);
+        m.alerts.with_label_values(&["k"]);
+        for v in [&m.rpc_healthy, &m.rpc_head] {
+            v.with_label_values(&["c", "e"]);
+        }
+        for v in [&m.rpc_requests, &m.rpc_errors] {
+            v.with_label_values(&["c", "e"]);
+        }
+        m.rpc_latency.with_label_values(&["c", "e"]);
+        // Reading a labelled p2p counter creates its child.
+        p2p.received(MessageKind::Observation);
+        p2p.sent(MessageKind::Observation);
+        p2p.dropped(DropReason::Oversize);
+        let known: BTreeSet<String> = m.registry.gather().iter().map(|f| f.name().to_owned()).collect();
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/monitoring");
+        for file in ["grafana-dashboard.json", "alerts.yml"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            if file.ends_with(".json") {
+                serde_json::from_str::<serde_json::Value>(&text).expect("the dashboard is JSON");
+            }
+            let used: BTreeSet<&str> = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("btcfi_"))
+                .collect();
+            assert!(used.len() > 5, "{file} queries btcfi metrics");
+            for name in used {
+                assert!(known.contains(name), "{file} queries {name}, which the node does not export");
+            }
+        }
+    }
+}
