@@ -17,7 +17,6 @@ pub struct Metrics {
     pub evidence: IntCounter,
     pub alerts: IntCounterVec,
     pub reobservations: IntCounter,
-    pub peers_connected: IntGauge,
     pub vault_balance_sats: IntGauge,
     pub vault_utxos: IntGauge,
     pub rpc_healthy: IntGaugeVec,
@@ -83,7 +82,6 @@ impl Metrics {
             evidence: counter(&r, "btcfi_consensus_evidence_total", "Equivocation evidence recorded.")?,
             alerts: counter_vec(&r, "btcfi_consensus_alerts_total", "Conditions for an operator, by kind.", &["kind"])?,
             reobservations: counter(&r, "btcfi_consensus_reobservations_total", "Re-observation requests.")?,
-            peers_connected: gauge(&r, "btcfi_peers_connected", "Validators of the epoch connected now.")?,
             vault_balance_sats: gauge(&r, "btcfi_vault_balance_sats", "Sum of the vault's final UTXOs.")?,
             vault_utxos: gauge(&r, "btcfi_vault_utxos", "Number of the vault's final UTXOs.")?,
             rpc_healthy: gauge_vec(

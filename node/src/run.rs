@@ -131,7 +131,6 @@ struct Ctx {
     store: Arc<Store>,
     metrics: Metrics,
     net: NetworkHandle,
-    peers: Vec<PeerId>,
     index_of: BTreeMap<PeerId, ValidatorIndex>,
     pending_responses: BTreeMap<ValidatorIndex, btcfi_p2p::ResponseChannel>,
     catch_up_tx: mpsc::Sender<Input>,
@@ -236,7 +235,6 @@ impl Ctx {
             }
             _ => {}
         }
-        self.metrics.peers_connected.set(self.net.connected_validators().len() as i64);
         Ok(())
     }
 }
@@ -309,13 +307,8 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
 
     let (catch_up_tx, mut catch_up_rx) = mpsc::channel::<Input>(64);
     let snapshot = Arc::new(RwLock::new(StatusSnapshot::new(&cfg, me, n, core.quorum())));
-    let api_state = ApiState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        status: snapshot.clone(),
-        net: net.clone(),
-        peers: peers.clone(),
-    };
+    let api_state =
+        ApiState { store: store.clone(), metrics: metrics.clone(), status: snapshot.clone(), net: net.clone(), peers };
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .wrap_err_with(|| format!("api.listen {}: address in use or not allowed; choose another", cfg.api.listen))?;
@@ -330,7 +323,6 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
         store: store.clone(),
         metrics: metrics.clone(),
         net,
-        peers,
         index_of,
         pending_responses: BTreeMap::new(),
         catch_up_tx,
@@ -352,7 +344,6 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
             _ = tick.tick() => {
                 if let Err(e) = ctx.feed(&mut core, Input::Tick).await { break Err(e) }
                 let connected = ctx.net.connected_validators().len();
-                ctx.metrics.peers_connected.set(connected as i64);
                 if let Ok(mut s) = snapshot.write() {
                     s.peers_connected = connected;
                     s.certified = core.stats().certified;
@@ -378,7 +369,6 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
     };
     tasks.abort_all();
     network.shutdown().await;
-    let _ = &ctx.peers;
     result
 }
 
