@@ -9,7 +9,9 @@
 pub mod api;
 pub mod config;
 pub mod crypto;
+pub mod dkg;
 pub mod identity;
+pub mod keys;
 pub mod metrics;
 pub mod run;
 pub mod state;

@@ -67,10 +67,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run the distributed key generation with the other validators.
+    /// Generate this epoch's two group keys (evm, btc) with the other validators.
+    ///
+    /// Start it on every validator of the set (in any order, within --timeout-secs).
+    /// The key shares are stored sealed under the passphrase in BTCFI_KEY_PASSPHRASE
+    /// (or the file named by BTCFI_KEY_PASSPHRASE_FILE); `run` needs the same one.
+    /// Prints the public result as JSON: the EVM group key (x, y) to register in every
+    /// bridge contract, and the vault's P2TR address.
     Dkg {
         #[command(flatten)]
         home: HomeArg,
+        /// Give up if the other validators have not all finished by then.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        /// Testing only: misbehave on purpose (swap-round2-shares).
+        #[arg(long, hide = true)]
+        test_fault: Option<String>,
     },
 }
 
@@ -242,8 +254,42 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
             println!("backup written to {}", out.display());
             Ok(())
         }
-        Command::Dkg { .. } => {
-            bail!("dkg is not available in this version: threshold keys (FROST DKG) are not implemented yet")
+        Command::Dkg { home, timeout_secs, test_fault } => {
+            let cfg = load(&home.home)?;
+            init_tracing(cli.log_format.unwrap_or(cfg.log.format), &cfg.log.filter);
+            let fault = match test_fault.as_deref() {
+                None => None,
+                Some("swap-round2-shares") => Some(btcfi_node::dkg::DkgFault::SwapRound2Shares),
+                Some(other) => bail!("--test-fault {other}: unknown fault"),
+            };
+            let passphrase = btcfi_node::keys::passphrase_from_env()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let records = rt.block_on(btcfi_node::dkg::run(
+                &cfg,
+                &home.home,
+                &passphrase,
+                std::time::Duration::from_secs(timeout_secs),
+                fault,
+            ))?;
+            let mut out = serde_json::Map::new();
+            out.insert("epoch".into(), cfg.node.epoch.into());
+            for r in &records {
+                let mut v = serde_json::json!({ "group_key": r.group_key });
+                if let Some((x, y)) = &r.evm_xy {
+                    v["x"] = x.clone().into();
+                    v["y"] = y.clone().into();
+                }
+                if let Some(a) = &r.vault_address {
+                    v["vault_address"] = a.clone().into();
+                }
+                out.insert(r.kind.as_str().into(), v);
+            }
+            println!("{}", serde_json::Value::Object(out));
+            eprintln!(
+                "keys stored sealed in {}; start the node with `btcfi-node run`",
+                home.home.join("data").display()
+            );
+            Ok(())
         }
     }
 }

@@ -239,6 +239,66 @@ impl Ctx {
     }
 }
 
+/// The epoch's validator set from the config, and where this node sits in it.
+#[derive(Debug, Clone)]
+pub(crate) struct ValidatorSet {
+    /// Peer ids in config order; a validator's index is its position here.
+    pub peers: Vec<PeerId>,
+    /// Names, in the same order.
+    pub names: Vec<String>,
+    /// This node's index.
+    pub own: usize,
+    addrs: Vec<ValidatorPeer>,
+}
+
+impl ValidatorSet {
+    pub fn from_config(cfg: &NodeConfig, me: PeerId) -> eyre::Result<Self> {
+        let mut peers = Vec::new();
+        let mut addrs = Vec::new();
+        for v in &cfg.validators {
+            let p: PeerId = v.peer_id.parse().map_err(|e| eyre!("validators: peer id {}: {e}", v.peer_id))?;
+            let a: Multiaddr = v.address.parse().map_err(|e| eyre!("validators: address {}: {e}", v.address))?;
+            peers.push(p);
+            addrs.push(ValidatorPeer::new(p, vec![a]));
+        }
+        let own = peers.iter().position(|p| *p == me).ok_or_else(|| {
+            eyre!(
+                "this node's identity {me} is not in the validators list: add it, or point --home at the right identity.key"
+            )
+        })?;
+        let names = cfg.validators.iter().map(|v| v.name.clone()).collect();
+        Ok(Self { peers, names, own, addrs })
+    }
+
+    /// Quorum and FROST threshold: floor(2n/3) + 1.
+    pub fn threshold(&self) -> u16 {
+        u16::try_from(self.peers.len() * 2 / 3 + 1).unwrap_or(u16::MAX)
+    }
+
+    /// `name (peer id)` of validator `i`, for messages an operator reads.
+    pub fn describe(&self, i: usize) -> String {
+        match (self.names.get(i), self.peers.get(i)) {
+            (Some(n), Some(p)) => format!("{n} ({p})"),
+            _ => format!("validator #{i}"),
+        }
+    }
+
+    /// Starts the p2p service of this epoch.
+    pub async fn start_network(
+        &self,
+        cfg: &NodeConfig,
+        keypair: libp2p::identity::Keypair,
+        registry: &prometheus::Registry,
+    ) -> eyre::Result<NetworkService> {
+        let mut net_cfg = NetworkConfig::new(keypair, vec![cfg.p2p.listen.parse()?], self.addrs.clone());
+        net_cfg.topic_prefix = format!("btcfi/epoch-{}", cfg.node.epoch);
+        net_cfg.node_version = concat!("btcfi-node/", env!("CARGO_PKG_VERSION")).to_owned();
+        net_cfg.heartbeat_interval = Duration::from_secs(5);
+        net_cfg.redial_interval = Duration::from_secs(1);
+        Ok(NetworkService::start(net_cfg, registry).await?)
+    }
+}
+
 fn load_checkpoint(store: &Store, chain: ChainId) -> eyre::Result<Option<Checkpoint>> {
     Ok(store.get_json(Cf::Cursors, cursor_key(chain))?)
 }
@@ -250,19 +310,8 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
     let keypair = identity::load(&identity::key_path(home))?;
     let me = keypair.public().to_peer_id();
 
-    let mut peers = Vec::new();
-    let mut validator_peers = Vec::new();
-    for v in &cfg.validators {
-        let p: PeerId = v.peer_id.parse().map_err(|e| eyre!("validators: peer id {}: {e}", v.peer_id))?;
-        let a: Multiaddr = v.address.parse().map_err(|e| eyre!("validators: address {}: {e}", v.address))?;
-        peers.push(p);
-        validator_peers.push(ValidatorPeer::new(p, vec![a]));
-    }
-    let own = peers.iter().position(|p| *p == me).ok_or_else(|| {
-        eyre!(
-            "this node's identity {me} is not in the validators list: add it, or point --home at the right identity.key"
-        )
-    })?;
+    let set = ValidatorSet::from_config(&cfg, me)?;
+    let (peers, own) = (set.peers.clone(), set.own);
     let own_index = ValidatorIndex(u16::try_from(own)?);
     let n = u16::try_from(peers.len())?;
     let index_of: BTreeMap<PeerId, ValidatorIndex> =
@@ -275,12 +324,7 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
         Consensus::restore(core_cfg, IdentitySigner(keypair.clone()), SetVerifier::new(&peers)?, &persisted)?;
     info!(target: "node", peer_id = %me, index = own_index.0, validators = n, quorum = core.quorum(), "consensus restored");
 
-    let mut net_cfg = NetworkConfig::new(keypair, vec![cfg.p2p.listen.parse()?], validator_peers);
-    net_cfg.topic_prefix = format!("btcfi/epoch-{}", cfg.node.epoch);
-    net_cfg.node_version = concat!("btcfi-node/", env!("CARGO_PKG_VERSION")).to_owned();
-    net_cfg.heartbeat_interval = Duration::from_secs(5);
-    net_cfg.redial_interval = Duration::from_secs(1);
-    let mut network = NetworkService::start(net_cfg, &metrics.registry).await?;
+    let mut network = set.start_network(&cfg, keypair.clone(), &metrics.registry).await?;
     let net = network.handle();
 
     // Chains.

@@ -24,6 +24,8 @@ use frost_secp256k1::rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::session::{Reader, WIRE_VERSION, WireError, put_bytes};
+
 /// Domain tag of the round-1 echo hash.
 pub const ECHO_DOMAIN: &[u8] = b"BTCFI-DKG-ECHO-v1";
 
@@ -262,5 +264,51 @@ impl<C: Ciphersuite> Dkg<C> {
                 }
             }
         }
+    }
+}
+
+const DKG_ROUND1: u8 = 1;
+const DKG_ECHO: u8 = 2;
+const DKG_ROUND2: u8 = 3;
+
+impl<C: Ciphersuite> DkgMessage<C> {
+    /// `version | kind | body`: a round-1 or round-2 package in FROST's serialization,
+    /// prefixed by its u32 BE length, or the 32-byte echo hash.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![WIRE_VERSION];
+        match self {
+            DkgMessage::Round1(p) => {
+                out.push(DKG_ROUND1);
+                put_bytes(&mut out, &p.serialize()?)?;
+            }
+            DkgMessage::Echo(h) => {
+                out.push(DKG_ECHO);
+                out.extend_from_slice(h);
+            }
+            DkgMessage::Round2(p) => {
+                out.push(DKG_ROUND2);
+                put_bytes(&mut out, &p.serialize()?)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decode [`DkgMessage::encode`]'s output. Never panics; refuses trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        let [version, kind] = r.array::<2>()?;
+        if version != WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let m = match kind {
+            DKG_ROUND1 => DkgMessage::Round1(Box::new(round1::Package::deserialize(r.bytes()?)?)),
+            DKG_ECHO => DkgMessage::Echo(r.array()?),
+            DKG_ROUND2 => DkgMessage::Round2(Box::new(round2::Package::deserialize(r.bytes()?)?)),
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::TrailingBytes(r.0.len()));
+        }
+        Ok(m)
     }
 }

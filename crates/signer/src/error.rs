@@ -23,4 +23,7 @@ pub enum SignerError {
     /// An EVM signature failed verification against the given key and message.
     #[error("signature does not verify under the group key")]
     InvalidSignature,
+    /// The Taproot (`btc`) key or signature did not serialize.
+    #[error("taproot encoding: {0}")]
+    Taproot(String),
 }

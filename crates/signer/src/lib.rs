@@ -13,6 +13,7 @@
 //! [`SignerError`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod btc;
 pub mod dkg;
 mod error;
 pub mod evm;
@@ -22,3 +23,5 @@ pub use error::SignerError;
 /// The FROST ciphersuite of the `evm` group key, re-exported so that callers use the
 /// exact version whose types [`evm`] accepts.
 pub use frost_secp256k1;
+/// The FROST ciphersuite of the `btc` (Taproot vault) group key.
+pub use frost_secp256k1_tr;

@@ -926,7 +926,7 @@ const KIND_SHARE: u8 = 3;
 const KIND_NEW_ATTEMPT: u8 = 4;
 const KIND_SIGNATURE: u8 = 5;
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
     if bytes.len() > MAX_FIELD_LEN {
         return Err(WireError::TooLong(bytes.len()));
     }
@@ -936,20 +936,20 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let (head, rest) = self.0.split_at_checked(n).ok_or(WireError::Truncated)?;
         self.0 = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
-    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let len = usize::try_from(u32::from_be_bytes(self.array()?)).map_err(|_| WireError::Truncated)?;
         if len > MAX_FIELD_LEN {
             return Err(WireError::TooLong(len));

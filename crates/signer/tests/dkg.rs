@@ -1,7 +1,10 @@
 //! DKG among in-memory participants (the sans-IO core, routed by a test loop).
 
 use btcfi_signer::dkg::{Dkg, DkgAction, DkgFailure, DkgMessage, round1_echo};
-use frost_core::{Ciphersuite, Identifier, keys::PublicKeyPackage};
+use frost_core::{
+    Ciphersuite, Identifier,
+    keys::{KeyPackage, PublicKeyPackage},
+};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -10,6 +13,7 @@ type Tamper<'a, C> = dyn FnMut(Identifier<C>, Identifier<C>, &mut DkgMessage<C>,
 
 struct Outcome<C: Ciphersuite> {
     keys: BTreeMap<Identifier<C>, PublicKeyPackage<C>>,
+    key_packages: BTreeMap<Identifier<C>, KeyPackage<C>>,
     failures: BTreeMap<Identifier<C>, DkgFailure<C>>,
 }
 
@@ -19,7 +23,7 @@ fn run<C: Ciphersuite>(n: u16, t: u16, seed: u64, tamper: &mut Tamper<'_, C>) ->
     let mut nodes: BTreeMap<_, _> = ids.iter().map(|id| (*id, Dkg::<C>::new(*id, ids.clone(), t).unwrap())).collect();
     let mut queue: VecDeque<(Identifier<C>, Identifier<C>, DkgMessage<C>)> = VecDeque::new();
     let mut sent = BTreeMap::new();
-    let mut outcome = Outcome { keys: BTreeMap::new(), failures: BTreeMap::new() };
+    let mut outcome = Outcome { keys: BTreeMap::new(), key_packages: BTreeMap::new(), failures: BTreeMap::new() };
     let mut route = |from: Identifier<C>,
                      actions: Vec<DkgAction<C>>,
                      queue: &mut VecDeque<_>,
@@ -31,6 +35,8 @@ fn run<C: Ciphersuite>(n: u16, t: u16, seed: u64, tamper: &mut Tamper<'_, C>) ->
                     for to in ids.iter().filter(|i| **i != from) {
                         let mut m = m.clone();
                         tamper(from, *to, &mut m, sent);
+                        // Every message crosses the wire encoding, as it does between nodes.
+                        let m = DkgMessage::decode(&m.encode().unwrap()).unwrap();
                         sent.insert((from, *to), m.clone());
                         queue.push_back((from, *to, m));
                     }
@@ -38,11 +44,13 @@ fn run<C: Ciphersuite>(n: u16, t: u16, seed: u64, tamper: &mut Tamper<'_, C>) ->
                 DkgAction::SendTo { to, message } => {
                     let mut m = message;
                     tamper(from, to, &mut m, sent);
+                    let m = DkgMessage::decode(&m.encode().unwrap()).unwrap();
                     sent.insert((from, to), m.clone());
                     queue.push_back((from, to, m));
                 }
-                DkgAction::Done { public_key_package, .. } => {
+                DkgAction::Done { public_key_package, key_package } => {
                     outcome.keys.insert(from, *public_key_package);
+                    outcome.key_packages.insert(from, *key_package);
                 }
                 DkgAction::Failed(f) => {
                     outcome.failures.insert(from, f);
@@ -76,6 +84,43 @@ fn four_and_seven_agree_on_one_group_key() {
     honest::<frost_secp256k1::Secp256K1Sha256>(7, 5);
     honest::<frost_secp256k1_tr::Secp256K1Sha256TR>(4, 3);
     honest::<frost_secp256k1_tr::Secp256K1Sha256TR>(7, 5);
+}
+
+/// The `btc` DKG output is the vault's output key: a plain FROST signature over a sighash
+/// verifies as a BIP340 key-path signature under the P2TR address's key.
+#[test]
+fn the_btc_key_signs_taproot_key_path_spends() {
+    use btcfi_signer::btc;
+    use frost_secp256k1_tr as tr;
+    let out = run::<tr::Secp256K1Sha256TR>(4, 3, 7, &mut |_, _, _, _| {});
+    let pubkey = out.keys.values().next().unwrap().clone();
+    let address = btc::vault_address(pubkey.verifying_key(), bitcoin::Network::Regtest).unwrap();
+    assert!(address.to_string().starts_with("bcrt1p"), "{address}");
+    assert_eq!(
+        address.script_pubkey().as_bytes()[2..],
+        btc::output_key(pubkey.verifying_key()).unwrap().serialize(),
+        "the address pays to the group key itself"
+    );
+    let sighash = [0x5a_u8; 32];
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let signers: Vec<_> = out.key_packages.values().take(3).collect();
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in &signers {
+        let (n, c) = tr::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let package = tr::SigningPackage::new(commitments, &sighash);
+    let mut shares = BTreeMap::new();
+    for kp in &signers {
+        shares.insert(*kp.identifier(), tr::round2::sign(&package, &nonces[kp.identifier()], kp).unwrap());
+    }
+    let signature = tr::aggregate(&package, &shares, &pubkey).unwrap();
+    btc::verify_key_path(&sighash, pubkey.verifying_key(), &signature).unwrap();
+    let mut other = sighash;
+    other[0] ^= 1;
+    assert!(btc::verify_key_path(&other, pubkey.verifying_key(), &signature).is_err());
 }
 
 #[test]

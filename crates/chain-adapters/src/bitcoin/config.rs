@@ -38,7 +38,9 @@ pub struct BitcoinConfig {
     pub rpc_cookie_file: Option<PathBuf>,
     /// `bitcoin`, `testnet`, `testnet4`, `signet` or `regtest`.
     pub network: bitcoin::Network,
-    /// The vault's P2TR address (from the `btc` group key).
+    /// The vault's P2TR address (from the `btc` group key). Empty: the node takes it
+    /// from its own DKG key; set, it must equal that key's address.
+    #[serde(default)]
     pub vault_address: String,
     /// Depth at which a deposit is final: a block at height h counts as final once
     /// the tip is at h + confirmations - 1.
@@ -49,6 +51,13 @@ pub struct BitcoinConfig {
     pub min_deposit: Sats,
     #[serde(default)]
     pub fees: FeeBounds,
+    /// The flat fee kept from each peg-out: the user receives the burned amount minus
+    /// this; the vault pays the network fee of a release from its change.
+    #[serde(default = "default_peg_out_fee")]
+    pub peg_out_fee: Sats,
+    /// A release unconfirmed for this long is replaced (RBF) at a higher fee rate.
+    #[serde(default = "default_rbf_after_secs")]
+    pub rbf_after_secs: u64,
     /// Height to start scanning from when there is no checkpoint (the vault's birth).
     #[serde(default)]
     pub start_height: u64,
@@ -60,6 +69,12 @@ pub struct BitcoinConfig {
     pub reorg_window: usize,
 }
 
+fn default_peg_out_fee() -> Sats {
+    Sats(2_000)
+}
+fn default_rbf_after_secs() -> u64 {
+    1_800
+}
 fn default_max_blocks() -> u64 {
     100
 }
@@ -89,10 +104,14 @@ impl BitcoinConfig {
         if self.fees.floor_sat_per_vb == 0 || self.fees.floor_sat_per_vb > self.fees.ceiling_sat_per_vb {
             errs.push("bitcoin.fees: need 0 < floor_sat_per_vb <= ceiling_sat_per_vb".to_owned());
         }
+        if self.rbf_after_secs == 0 {
+            errs.push("bitcoin.rbf_after_secs: must be at least 1".to_owned());
+        }
         if self.max_blocks_per_poll == 0 {
             errs.push("bitcoin.max_blocks_per_poll: must be at least 1".to_owned());
         }
         match self.vault_address.parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>() {
+            _ if self.vault_address.is_empty() => {}
             Ok(a) => match a.require_network(self.network) {
                 Ok(a) if a.address_type() == Some(bitcoin::AddressType::P2tr) => {}
                 Ok(_) => errs.push("bitcoin.vault_address: must be a P2TR (bc1p…) address".to_owned()),

@@ -199,6 +199,23 @@ impl BitcoinSource {
         Ok(Self { cfg, rpc, vault, cursor, state })
     }
 
+    /// An instance that never scans: for fee estimates, broadcasts and following
+    /// transactions (the release path) beside the polling one.
+    pub fn for_submission(cfg: BitcoinConfig) -> Result<Self, BtcError> {
+        let vault = Address::from_str(&cfg.vault_address)
+            .map_err(|e| BtcError::Config(format!("bitcoin.vault_address: {e}")))?
+            .require_network(cfg.network)
+            .map_err(|e| BtcError::Config(format!("bitcoin.vault_address: {e}")))?
+            .script_pubkey();
+        let rpc = BtcRpc::new(&cfg)?;
+        Ok(Self { cfg, rpc, vault, cursor: BlockRef { height: 0, hash: [0; 32] }, state: State::default() })
+    }
+
+    /// The vault's script (P2TR output).
+    pub fn vault_script(&self) -> &ScriptBuf {
+        &self.vault
+    }
+
     pub fn rpc(&self) -> &BtcRpc {
         &self.rpc
     }
