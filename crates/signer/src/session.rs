@@ -14,14 +14,19 @@
 //!   are the design's `hash(message set, epoch, attempt)`.
 //! * Attempt `a` has a candidate set (the signer set minus everyone excluded so far) and
 //!   one coordinator picked deterministically from `(session id, a)` among the candidates
-//!   ([`coordinator`]).
+//!   ([`coordinator`]), never the coordinator of attempt `a - 1` (so that no coordinator
+//!   keeps itself in charge through its choice of exclusions).
 //! * Each candidate draws fresh nonces, emits [`Action::Persist`] of
 //!   `CommitmentIssued { session, attempt }` and **then** sends its commitment to the
 //!   coordinator. The node must make the record durable before executing any later
 //!   action of the same batch: this is what makes "no pre-crash attempt is ever answered"
 //!   enforceable after a restart (see [`Session::new`]).
-//! * The coordinator takes the first `t` commitments that arrive, sends the signing
-//!   package to those `t`, verifies each share on arrival
+//! * The coordinator waits for every candidate's commitment, or for a short grace
+//!   period (`timeout_ms / 5`) once `t` have arrived, and sends the signing package to
+//!   all whose commitments it holds (at least `t`: FROST signs with any set of `t` or
+//!   more). Waiting for everyone responsive means a signer that returns bad shares is
+//!   included, caught and excluded rather than silently skipped; the grace period
+//!   bounds what an unresponsive candidate costs. It verifies each share on arrival
 //!   (`frost_core::verify_signature_share`), aggregates, verifies the group signature and
 //!   broadcasts it.
 //! * A signer signs a package only if it comes from the attempt's coordinator, for the
@@ -35,6 +40,13 @@
 //!   itself says nothing for `2 * timeout_ms`, every other node excludes it and moves to
 //!   the next attempt on its own. Each failed attempt excludes at least one signer, so
 //!   with `t` honest responsive signers a signature arrives within `n - t + 1` attempts.
+//!   Exclusions for silence are forgiven when they would leave fewer than `t`
+//!   candidates (a slow signer is not a malicious one); proven culprits stay excluded.
+//! * Messages for a later attempt than the node's own (a peer saw the attempt end
+//!   first) are kept, bounded ([`MAX_EARLY_MESSAGES`], [`MAX_EARLY_PER_SENDER`], at most
+//!   [`EARLY_WINDOW`] attempts ahead), and replayed when the node gets there.
+//! * A session fails after [`MAX_ATTEMPTS`] attempts; a `NewAttempt` whose exclusions
+//!   would leave fewer than `t` candidates is refused.
 //!
 //! # Trust notes
 //!
@@ -251,6 +263,12 @@ pub enum SessionError {
     /// The session is over (signed or failed).
     #[error("session finished")]
     Finished,
+    /// The session ran [`MAX_ATTEMPTS`] attempts without a signature: it failed.
+    #[error("no signature after {attempts} attempts: session failed (see the culprits and the peers' health)")]
+    TooManyAttempts {
+        /// The bound.
+        attempts: u32,
+    },
 }
 
 impl<C: Ciphersuite> From<frost_core::Error<C>> for SessionError {
@@ -403,6 +421,8 @@ pub struct SessionConfig<C: Ciphersuite> {
 /// The coordinator's bookkeeping for the current attempt.
 struct Coordinating<C: Ciphersuite> {
     arrived: BTreeMap<Identifier<C>, SigningCommitments<C>>,
+    /// When the t-th commitment arrived (the grace period for the rest starts).
+    quorum_ms: Option<u64>,
     package: Option<SigningPackage<C>>,
     shares: BTreeMap<Identifier<C>, SignatureShare<C>>,
 }
@@ -420,7 +440,26 @@ struct Running<C: Ciphersuite> {
     nonces: Option<(Attempt, SigningNonces<C>)>,
     consumed: BTreeSet<Attempt>,
     coordinating: Option<Coordinating<C>>,
+    /// Signers this node proved to have sent invalid shares (never re-included).
+    culprits: BTreeSet<Identifier<C>>,
+    /// Messages for a later attempt than ours (a peer moved on first): replayed when
+    /// this node reaches that attempt. Bounded by [`MAX_EARLY_MESSAGES`].
+    early: Vec<(Identifier<C>, Message<C>)>,
 }
+
+/// Most messages for later attempts a session keeps.
+pub const MAX_EARLY_MESSAGES: usize = 256;
+/// Most messages for later attempts a session keeps from one sender (so that one
+/// peer cannot crowd out the others).
+pub const MAX_EARLY_PER_SENDER: usize = 8;
+/// How far ahead of this node's attempt a kept message may be: a peer is ahead by one
+/// attempt when it saw the current one end first; more than a few means it is lying.
+pub const EARLY_WINDOW: u32 = 2;
+/// Most attempts a session runs before it fails. With `t` honest responsive signers
+/// a signature arrives within `n - t + 1` attempts; forgiven silence can add a few
+/// rounds; this bound keeps a misbehaving coordinator from restarting attempts (each
+/// a durable write and fresh nonces on every signer) forever.
+pub const MAX_ATTEMPTS: u32 = 64;
 
 enum State<C: Ciphersuite> {
     Idle,
@@ -523,7 +562,20 @@ impl<C: Ciphersuite> Session<C> {
         if let Err(error) = result {
             out.push(Action::Refused { from: me, error });
         }
+        // Messages that arrived ahead of this node, for the attempt it is now in.
+        while let Some((from, message)) = self.take_early() {
+            if let Err(error) = self.on_message(from, message, now_ms, &mut out) {
+                out.push(Action::Refused { from, error });
+            }
+        }
         out
+    }
+
+    fn take_early(&mut self) -> Option<(Identifier<C>, Message<C>)> {
+        let State::Running(run) = &mut self.state else { return None };
+        let current = run.attempt;
+        let i = run.early.iter().position(|(_, m)| attempt_of(m) <= current)?;
+        Some(run.early.remove(i))
     }
 
     fn start(
@@ -560,6 +612,8 @@ impl<C: Ciphersuite> Session<C> {
             nonces: None,
             consumed: BTreeSet::new(),
             coordinating: None,
+            culprits: BTreeSet::new(),
+            early: Vec::new(),
         };
         self.state = State::Running(Box::new(running));
         self.begin_attempt(Attempt(0), BTreeSet::new(), now_ms, out);
@@ -570,13 +624,25 @@ impl<C: Ciphersuite> Session<C> {
     fn begin_attempt(&mut self, attempt: Attempt, excluded: BTreeSet<Identifier<C>>, now_ms: u64, out: &mut Out<C>) {
         let Session { ctx, state } = self;
         let State::Running(run) = state else { return };
+        if attempt.0 >= MAX_ATTEMPTS {
+            out.push(Action::Failed(SessionError::TooManyAttempts { attempts: MAX_ATTEMPTS }));
+            self.state = State::Failed;
+            return;
+        }
         run.attempt = attempt;
         run.started_ms = now_ms;
         run.candidates = run.signers.difference(&excluded).copied().collect();
         run.excluded = excluded;
         run.nonces = None;
         run.coordinating = None;
-        let picked = coordinator(&run.session, attempt, &run.candidates);
+        // Whoever ended (or stalled) the previous attempt never coordinates the next
+        // one: a coordinator cannot keep itself in charge by its choice of exclusions.
+        let previous = (attempt.0 > 0).then_some(run.coordinator);
+        let eligible: BTreeSet<Identifier<C>> = match previous {
+            Some(p) if run.candidates.len() > 1 => run.candidates.iter().filter(|c| **c != p).copied().collect(),
+            _ => run.candidates.clone(),
+        };
+        let picked = coordinator(&run.session, attempt, &eligible);
         let Some(coord) = picked.filter(|_| run.candidates.len() >= ctx.threshold) else {
             out.push(Action::Failed(SessionError::TooFewSigners {
                 attempt,
@@ -589,7 +655,12 @@ impl<C: Ciphersuite> Session<C> {
         run.coordinator = coord;
         out.push(Action::NewAttempt { attempt, coordinator: coord, candidates: run.candidates.clone() });
         if coord == ctx.me {
-            run.coordinating = Some(Coordinating { arrived: BTreeMap::new(), package: None, shares: BTreeMap::new() });
+            run.coordinating = Some(Coordinating {
+                arrived: BTreeMap::new(),
+                quorum_ms: None,
+                package: None,
+                shares: BTreeMap::new(),
+            });
         }
         let record = CommitmentIssued { session: run.session, attempt };
         if !run.candidates.contains(&ctx.me) || ctx.pre_restart.contains(&record) {
@@ -635,6 +706,19 @@ impl<C: Ciphersuite> Session<C> {
         if !run.signers.contains(&from) {
             return Err(SessionError::NotACandidate);
         }
+        if attempt > run.attempt && !matches!(message, Message::Signature { .. }) {
+            // A peer is ahead of us (we have not seen the attempt end yet): keep it,
+            // bounded per sender and in how far ahead it may be.
+            let from_sender = run.early.iter().filter(|(f, _)| *f == from).count();
+            if attempt.0 > run.attempt.0.saturating_add(EARLY_WINDOW)
+                || run.early.len() >= MAX_EARLY_MESSAGES
+                || from_sender >= MAX_EARLY_PER_SENDER
+            {
+                return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
+            }
+            run.early.push((from, message));
+            return Ok(());
+        }
         match message {
             Message::Signature { signature, .. } => {
                 self.ctx
@@ -662,7 +746,7 @@ impl<C: Ciphersuite> Session<C> {
                     return Err(SessionError::Duplicate);
                 }
                 if coord.package.is_some() {
-                    // Late but honest: the first t were taken already.
+                    // Late but honest: the package went out already.
                     return Ok(());
                 }
                 self.add_commitment(from, commitments, now_ms, out);
@@ -684,8 +768,11 @@ impl<C: Ciphersuite> Session<C> {
                 if from != run.coordinator || from == self.ctx.me {
                     return Err(SessionError::WrongCoordinator { attempt });
                 }
-                if !run.excluded.is_subset(&excluded) || !excluded.is_subset(&run.signers) {
-                    return Err(SessionError::InvalidPackage { attempt, reason: "exclusions must only grow" });
+                if !excluded.is_subset(&run.signers) {
+                    return Err(SessionError::InvalidPackage { attempt, reason: "exclusion of a non-signer" });
+                }
+                if run.signers.difference(&excluded).count() < self.ctx.threshold {
+                    return Err(SessionError::InvalidPackage { attempt, reason: "exclusions leave fewer than t" });
                 }
                 let next = attempt.next().ok_or(SessionError::Finished)?;
                 self.begin_attempt(next, excluded, now_ms, out);
@@ -721,8 +808,8 @@ impl<C: Ciphersuite> Session<C> {
             return Err(SessionError::UnexpectedMessage);
         }
         let chosen = package.signing_commitments();
-        if chosen.len() != ctx.threshold {
-            return Err(SessionError::InvalidPackage { attempt, reason: "not exactly t commitments" });
+        if chosen.len() < ctx.threshold {
+            return Err(SessionError::InvalidPackage { attempt, reason: "fewer than t commitments" });
         }
         if chosen.keys().any(|id| !run.candidates.contains(id)) {
             return Err(SessionError::InvalidPackage { attempt, reason: "commitment of a non-candidate" });
@@ -746,7 +833,8 @@ impl<C: Ciphersuite> Session<C> {
         Ok(())
     }
 
-    /// Coordinator side: take a commitment; with t of them, send the signing package.
+    /// Coordinator side: take a commitment; with every candidate's, send the package
+    /// (with t of them, the grace period starts; [`Session::on_tick`] ends it).
     fn add_commitment(
         &mut self,
         from: Identifier<C>,
@@ -759,6 +847,20 @@ impl<C: Ciphersuite> Session<C> {
         let Some(coord) = run.coordinating.as_mut() else { return };
         coord.arrived.insert(from, commitments);
         if coord.arrived.len() < ctx.threshold || coord.package.is_some() {
+            return;
+        }
+        coord.quorum_ms.get_or_insert(now_ms);
+        if coord.arrived.len() == run.candidates.len() {
+            self.send_package(now_ms, out);
+        }
+    }
+
+    /// Coordinator side: the signing package over every commitment held, to each signer.
+    fn send_package(&mut self, now_ms: u64, out: &mut Out<C>) {
+        let Session { ctx, state } = self;
+        let State::Running(run) = state else { return };
+        let Some(coord) = run.coordinating.as_mut() else { return };
+        if coord.package.is_some() || coord.arrived.len() < ctx.threshold {
             return;
         }
         let package = SigningPackage::new(coord.arrived.clone(), &run.message);
@@ -820,6 +922,7 @@ impl<C: Ciphersuite> Session<C> {
                     share,
                 }));
             }
+            run.culprits.extend(culprits.iter().copied());
             let mut excluded = run.excluded.clone();
             excluded.extend(culprits);
             self.end_attempt(excluded, now_ms, out);
@@ -843,6 +946,7 @@ impl<C: Ciphersuite> Session<C> {
     /// Coordinator side: announce the exclusions and move to the next attempt.
     fn end_attempt(&mut self, excluded: BTreeSet<Identifier<C>>, now_ms: u64, out: &mut Out<C>) {
         let State::Running(run) = &self.state else { return };
+        let excluded = forgive_silence(excluded, run, self.ctx.threshold);
         let (session, ended) = (run.session, run.attempt);
         out.push(Action::Broadcast(Message::NewAttempt { session, ended, excluded: excluded.clone() }));
         match ended.next() {
@@ -859,6 +963,11 @@ impl<C: Ciphersuite> Session<C> {
         let waited = now_ms.saturating_sub(run.started_ms);
         let timeout = self.ctx.config.timeout_ms;
         if let Some(coord) = run.coordinating.as_ref() {
+            let grace = timeout / 5;
+            if coord.package.is_none() && coord.quorum_ms.is_some_and(|q| now_ms.saturating_sub(q) >= grace) {
+                self.send_package(now_ms, out);
+                return;
+            }
             if waited < timeout {
                 return;
             }
@@ -876,6 +985,7 @@ impl<C: Ciphersuite> Session<C> {
             // The coordinator stalled: replace it.
             let mut excluded = run.excluded.clone();
             excluded.insert(run.coordinator);
+            let excluded = forgive_silence(excluded, run, self.ctx.threshold);
             match run.attempt.next() {
                 Some(next) => self.begin_attempt(next, excluded, now_ms, out),
                 None => {
@@ -885,6 +995,26 @@ impl<C: Ciphersuite> Session<C> {
             }
         }
     }
+}
+
+fn attempt_of<C: Ciphersuite>(m: &Message<C>) -> Attempt {
+    match m {
+        Message::Commitment { attempt, .. }
+        | Message::SigningPackage { attempt, .. }
+        | Message::Share { attempt, .. }
+        | Message::Signature { attempt, .. } => *attempt,
+        Message::NewAttempt { ended, .. } => *ended,
+    }
+}
+
+/// Exclusions for silence are forgiven once they would leave fewer than `t`
+/// candidates (a signer may have been slow, not absent); proven culprits stay out.
+fn forgive_silence<C: Ciphersuite>(
+    excluded: BTreeSet<Identifier<C>>,
+    run: &Running<C>,
+    threshold: usize,
+) -> BTreeSet<Identifier<C>> {
+    if run.signers.difference(&excluded).count() >= threshold { excluded } else { run.culprits.clone() }
 }
 
 /// Why bytes did not decode to a [`Message`].

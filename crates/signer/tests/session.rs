@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use btcfi_signer::session::{
-    Action, Attempt, CommitmentIssued, Input, Message, Session, SessionConfig, SessionError, SessionId, coordinator,
+    Action, Attempt, CommitmentIssued, EARLY_WINDOW, Input, MAX_ATTEMPTS, MAX_EARLY_PER_SENDER, Message, Session,
+    SessionConfig, SessionError, SessionId, coordinator,
 };
 use frost_core::{
     Ciphersuite, Identifier, Signature, SigningPackage,
@@ -352,7 +353,13 @@ fn second_package_refused<C: Ciphersuite>(t: u16, n: u16) {
     net.run(60_000);
     net.check_signed();
     let consumed = net.refusals.iter().filter(|(_, _, e)| matches!(e, SessionError::NoncesConsumed { .. })).count();
-    assert_eq!(consumed, usize::from(t) - 1, "every replayed package refused: {:?}", net.refusals);
+    // The package goes to every candidate that committed (t..=n of them, the coordinator
+    // included); each one refuses the replayed copy.
+    assert!(
+        (usize::from(t) - 1..=usize::from(n) - 1).contains(&consumed),
+        "every replayed package refused: {consumed} {:?}",
+        net.refusals
+    );
 }
 
 fn forged_message_refused<C: Ciphersuite>(t: u16, n: u16) {
@@ -365,7 +372,8 @@ fn forged_message_refused<C: Ciphersuite>(t: u16, n: u16) {
         net.feed(to, Input::Message { from, message });
     }
     let unexpected = net.refusals.iter().filter(|(_, _, e)| *e == SessionError::UnexpectedMessage).count();
-    assert_eq!(unexpected, usize::from(t) - 1, "{:?}", net.refusals);
+    // Every candidate committed at once, so the package went to all of them.
+    assert_eq!(unexpected, usize::from(n) - 1, "{:?}", net.refusals);
     assert!(net.nodes.values().all(|n| n.done.is_none()));
 }
 
@@ -553,5 +561,104 @@ fn start_persists_before_the_commitment_leaves() {
         }
         assert_eq!(node.session_id(), Some(session));
         assert_eq!(node.attempt(), Some(Attempt(0)));
+    }
+}
+
+/// The `NewAttempt` of the attempt-0 coordinator, as `other` receives it, with `excluded`.
+fn new_attempt_at(excluded: &BTreeSet<Identifier<Evm>>) -> (Identifier<Evm>, Vec<Action<Evm>>) {
+    let mut net = Net::<Evm>::new(3, 4, 13);
+    net.start_all();
+    let coord = net.coordinator_of_attempt0();
+    let other = *net.ids().iter().find(|id| **id != coord).expect("other");
+    let message = Message::NewAttempt { session: net.session_id(), ended: Attempt(0), excluded: excluded.clone() };
+    let node = net.nodes.get_mut(&other).expect("other");
+    (coord, node.session.handle(Input::Message { from: coord, message }, 10))
+}
+
+#[test]
+fn a_coordinator_never_keeps_itself_in_charge_and_never_leaves_fewer_than_t() {
+    let ids: Vec<Identifier<Evm>> = Net::<Evm>::new(3, 4, 13).ids().into_iter().collect();
+    // Every exclusion set a coordinator may announce: none makes it coordinate again.
+    let mut tried = 0;
+    for mask in 0u32..16 {
+        let excluded: BTreeSet<_> =
+            ids.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, id)| *id).collect();
+        let (coord, actions) = new_attempt_at(&excluded);
+        if ids.len() - excluded.len() < 3 {
+            assert!(
+                actions.iter().any(|a| matches!(a, Action::Refused { error: SessionError::InvalidPackage { .. }, .. })),
+                "exclusions {excluded:?} leave fewer than t: {actions:?}"
+            );
+            assert!(!actions.iter().any(|a| matches!(a, Action::NewAttempt { .. })));
+            continue;
+        }
+        let next = actions.iter().find_map(|a| match a {
+            Action::NewAttempt { attempt, coordinator, .. } => Some((*attempt, *coordinator)),
+            _ => None,
+        });
+        let (attempt, next_coord) = next.unwrap_or_else(|| panic!("no new attempt for {excluded:?}: {actions:?}"));
+        assert_eq!(attempt, Attempt(1));
+        assert_ne!(next_coord, coord, "the coordinator of attempt 0 chose {excluded:?} and stays in charge");
+        tried += 1;
+    }
+    assert_eq!(tried, 5, "the full set and each single exclusion");
+}
+
+#[test]
+fn messages_far_ahead_or_a_flood_from_one_peer_are_not_kept() {
+    let mut net = Net::<Evm>::new(3, 4, 14);
+    net.start_all();
+    let session = net.session_id();
+    // A real commitment (from the queue), re-labelled for later attempts.
+    let (sender, commitments) = net
+        .queue
+        .iter()
+        .find_map(|(from, _, b)| match Message::<Evm>::decode(b).expect("decode") {
+            Message::Commitment { commitments, .. } => Some((*from, commitments)),
+            _ => None,
+        })
+        .expect("a commitment");
+    let receiver = *net.ids().iter().find(|id| **id != sender).expect("receiver");
+    let commit = |attempt: u32| Message::Commitment { session, attempt: Attempt(attempt), commitments };
+    let node = net.nodes.get_mut(&receiver).expect("receiver");
+    let refused = |actions: &[Action<Evm>]| {
+        actions.iter().any(|a| matches!(a, Action::Refused { error: SessionError::StaleAttempt { .. }, .. }))
+    };
+    let far = node.session.handle(Input::Message { from: sender, message: commit(1 + EARLY_WINDOW) }, 10);
+    assert!(refused(&far), "an attempt beyond the window is not kept: {far:?}");
+    for i in 0..MAX_EARLY_PER_SENDER {
+        let kept = node.session.handle(Input::Message { from: sender, message: commit(1) }, 10);
+        assert!(!refused(&kept), "message {i} within the per-sender bound: {kept:?}");
+    }
+    let flood = node.session.handle(Input::Message { from: sender, message: commit(1) }, 10);
+    assert!(refused(&flood), "one sender cannot fill the buffer: {flood:?}");
+}
+
+#[test]
+fn a_session_without_enough_signers_gives_up_after_max_attempts() {
+    let (packages, public) = keys::<Evm>(3, 4, 15);
+    let signers: BTreeSet<_> = packages.keys().copied().collect();
+    let (_, key_package) = packages.into_iter().next().expect("one");
+    let config = SessionConfig { key_package, public_key_package: public, timeout_ms: TIMEOUT_MS };
+    let mut session = Session::new(config, Box::new(ChaCha20Rng::seed_from_u64(2)), []);
+    // Alone: nobody else ever answers.
+    let mut actions = session.handle(Input::Start { message: vec![9; 32], epoch: EPOCH, signers }, 0);
+    let mut now = 0;
+    let mut attempts = 0u32;
+    loop {
+        for a in &actions {
+            match a {
+                Action::NewAttempt { .. } => attempts += 1,
+                Action::Failed(e) => {
+                    assert!(matches!(e, SessionError::TooManyAttempts { attempts: MAX_ATTEMPTS }), "{e}");
+                    assert_eq!(attempts, MAX_ATTEMPTS);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        now += TICK_MS;
+        assert!(now < 10_000 * TIMEOUT_MS, "still running after {attempts} attempts");
+        actions = session.handle(Input::Tick, now);
     }
 }
