@@ -52,6 +52,8 @@ pub struct StatusSnapshot {
     pub own_votes: u64,
     pub certified: u64,
     pub chains: BTreeMap<String, ChainStatus>,
+    /// Why the group keys cannot sign yet (missing, or test signature pending).
+    pub key_issues: Vec<String>,
     #[serde(skip)]
     expected_chains: usize,
     #[serde(skip)]
@@ -71,6 +73,7 @@ impl StatusSnapshot {
             own_votes: 0,
             certified: 0,
             chains: BTreeMap::new(),
+            key_issues: Vec::new(),
             expected_chains: 1 + cfg.evm.len(),
             // A chain that has not been polled successfully for this long stalls readiness.
             stall_ms: 10 * cfg.node.bitcoin_poll_ms.max(cfg.evm.iter().map(|c| c.poll_interval_ms).max().unwrap_or(0)),
@@ -91,6 +94,7 @@ impl StatusSnapshot {
                 ));
             }
         }
+        why.extend(self.key_issues.iter().cloned());
         // q validators including this one.
         if self.peers_connected + 1 < self.quorum {
             why.push(format!("{} validators connected, quorum needs {}", self.peers_connected + 1, self.quorum));
@@ -261,10 +265,58 @@ fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<Value>,
     voters.dedup();
     v["signers"] =
         json!(voters.iter().filter_map(|i| s.peers.get(usize::from(*i)).map(|p| p.to_string())).collect::<Vec<_>>());
-    // Threshold signing of certified attestations is not in this version.
+    // The threshold signature (mints) and what this node did with it.
     v["signature"] = Value::Null;
+    if let Some(sig) =
+        s.store.get_json::<crate::threshold::SignedRecord>(Cf::SigningAttempts, crate::threshold::signed_key(id))?
+    {
+        v["status"] = json!("signed");
+        v["signature"] = json!({"rx": sig.rx, "ry": sig.ry, "z": sig.z});
+        v["mint"] = json!({
+            "chain_id": sig.chain_id,
+            "bridge": sig.bridge,
+            "event_id": sig.contract_event_id,
+            "recipient": sig.recipient,
+            "amount_sats": sig.amount_sats,
+            "message": sig.message,
+            "signers": sig.signers,
+            "attempt": sig.attempt,
+            "signed_at_ms": sig.signed_at_ms,
+        });
+        if let Some(r) =
+            s.store.get_json::<crate::relay::RelayRecord>(Cf::SigningAttempts, crate::relay::relay_key(id))?
+        {
+            v["relay"] = json!(r);
+        }
+    }
+    if let Some(u) = s.store.get_json::<Value>(Cf::Releases, crate::threshold::unpayable_key(id))? {
+        v["status"] = json!("unpayable");
+        v["unpayable_reason"] = u["reason"].clone();
+    }
+    if let Ok(Some(r)) = crate::threshold::Threshold::release_of(&s.store, id) {
+        if r.status == crate::threshold::ReleaseStatus::Confirmed {
+            v["status"] = json!("paid");
+        } else {
+            v["status"] = json!("releasing");
+        }
+        let amount = v["amount_sats"].as_u64().unwrap_or(0);
+        v["release"] = json!({
+            "txid": r.txid,
+            "status": r.status,
+            "peg_out_fee_sats": r.peg_out_fee_sats,
+            "paid_sats": amount.saturating_sub(r.peg_out_fee_sats),
+            "network_fee_sats": r.fee_sats,
+            "fee_rate_sat_per_vb": r.fee_rate_sat_per_vb,
+            "confirmations": r.confirmations,
+            "replaces": r.replaces,
+        });
+    }
     Ok(Some(v))
 }
+
+/// Where an event stands: seen, voted, signed (mints), being paid or paid (peg-outs).
+const STATUSES: [&str; 8] =
+    ["observed", "certified", "signed", "releasing", "paid", "unpayable", "rejected", "reorged"];
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
@@ -282,12 +334,9 @@ async fn list_attestations(
 ) -> ApiResult {
     let Query(q) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     if let Some(st) = &q.status
-        && !["observed", "certified", "rejected", "reorged"].contains(&st.as_str())
+        && !STATUSES.contains(&st.as_str())
     {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("status {st:?}: one of observed, certified, rejected, reorged"),
-        ));
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("status {st:?}: one of {}", STATUSES.join(", "))));
     }
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
@@ -354,6 +403,10 @@ async fn get_deposit(State(s): State<ApiState>, Path(outpoint): Path<String>) ->
             "quorum"
         }
         Some("certified") => "signing",
+        Some("signed") => match v["relay"]["outcome"].as_str() {
+            Some("mined" | "already_consumed" | "reverted") => "done",
+            _ => "submission",
+        },
         Some("rejected") => "rejected",
         Some("reorged") => "reorged",
         _ => "depth",
@@ -373,7 +426,7 @@ fn openapi() -> Value {
             "/metrics": get("Prometheus metrics (btcfi_ prefix)."),
             "/v1/status": get("Node summary: identity, epoch, quorum, peers, chains."),
             "/v1/attestations": {"get": {"summary": "Events and attestations, filtered and paged.", "parameters": [
-                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["observed", "certified", "rejected", "reorged"]}},
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUSES}},
                 {"name": "source", "in": "query", "schema": {"type": "integer"}},
                 {"name": "destination", "in": "query", "schema": {"type": "integer"}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},

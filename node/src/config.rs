@@ -114,6 +114,50 @@ impl ConsensusSection {
     }
 }
 
+/// Threshold signing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// How long a coordinator waits for commitments and shares before it ends an
+    /// attempt (others wait twice as long for the coordinator).
+    #[serde(default = "default_sign_timeout")]
+    pub timeout_ms: u64,
+    /// A validator proposing releases (and relaying mints) waits this long per rank
+    /// before taking over from the one ranked before it.
+    #[serde(default = "default_takeover")]
+    pub takeover_ms: u64,
+}
+
+impl Default for SigningSection {
+    fn default() -> Self {
+        Self { timeout_ms: default_sign_timeout(), takeover_ms: default_takeover() }
+    }
+}
+
+fn default_sign_timeout() -> u64 {
+    5_000
+}
+fn default_takeover() -> u64 {
+    30_000
+}
+
+/// The account this validator submits `mint` transactions with (it pays their gas on
+/// every EVM chain). Without it the node signs but leaves relaying to others.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayerSection {
+    /// Hex secp256k1 private key (`0x…`). Prefer the environment:
+    /// `BTCFI_RELAYER__PRIVATE_KEY`.
+    #[serde(default)]
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for RelayerSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayerSection").field("private_key", &self.private_key.as_ref().map(|_| "***")).finish()
+    }
+}
+
 /// Everything the node reads at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +173,10 @@ pub struct NodeConfig {
     pub bitcoin: BitcoinConfig,
     #[serde(default)]
     pub evm: Vec<EvmChainConfig>,
+    #[serde(default)]
+    pub signing: SigningSection,
+    #[serde(default)]
+    pub relayer: RelayerSection,
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -220,7 +268,23 @@ impl NodeConfig {
         if let Err(e) = core.validate() {
             errs.push(format!("consensus: {e}"));
         }
+        if self.signing.timeout_ms < 100 {
+            errs.push("signing.timeout_ms: at least 100".into());
+        }
+        if self.signing.takeover_ms == 0 {
+            errs.push("signing.takeover_ms: must be positive".into());
+        }
+        if let Some(k) = &self.relayer.private_key
+            && k.parse::<alloy::signers::local::PrivateKeySigner>().is_err()
+        {
+            errs.push("relayer.private_key: not a hex secp256k1 private key".into());
+        }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// The relayer's signer, if configured (validated at load).
+    pub fn relayer_signer(&self) -> Option<alloy::signers::local::PrivateKeySigner> {
+        self.relayer.private_key.as_ref().and_then(|k| k.parse().ok())
     }
 
     /// The configuration as TOML with secrets masked (`config check`).
@@ -228,6 +292,9 @@ impl NodeConfig {
         let mut c = self.clone();
         if c.bitcoin.rpc_password.is_some() {
             c.bitcoin.rpc_password = Some("***".into());
+        }
+        if c.relayer.private_key.is_some() {
+            c.relayer.private_key = Some("***".into());
         }
         for e in &mut c.evm {
             for url in &mut e.endpoints {

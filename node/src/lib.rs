@@ -13,7 +13,11 @@ pub mod dkg;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod relay;
+pub mod release;
 pub mod run;
+pub mod signing;
 pub mod state;
+pub mod threshold;
 
 pub use config::{LogFormat, NodeConfig};

@@ -44,9 +44,16 @@ enum Command {
         api_listen: String,
     },
     /// Run the validator until SIGINT/SIGTERM.
+    ///
+    /// Signing needs the passphrase the keys were sealed with at `dkg`, in
+    /// BTCFI_KEY_PASSPHRASE (or a file named by BTCFI_KEY_PASSPHRASE_FILE).
     Run {
         #[command(flatten)]
         home: HomeArg,
+        /// Testing only: misbehave on purpose (invalid-signature-shares,
+        /// withhold-signature-shares).
+        #[arg(long, hide = true)]
+        test_fault: Option<String>,
     },
     /// Print a summary of a running node (from its HTTP API).
     Status {
@@ -200,8 +207,15 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
             eprintln!("config ok");
             Ok(())
         }
-        Command::Run { home } => {
+        Command::Run { home, test_fault } => {
             let cfg = load(&home.home)?;
+            let signing = match test_fault.as_deref() {
+                None => None,
+                Some("invalid-signature-shares") => Some(btcfi_node::signing::SigningFault::InvalidShares),
+                Some("withhold-signature-shares") => Some(btcfi_node::signing::SigningFault::WithholdShares),
+                Some(other) => bail!("--test-fault {other}: unknown fault"),
+            };
+            let faults = btcfi_node::threshold::Faults { signing };
             init_tracing(cli.log_format.unwrap_or(cfg.log.format), &cfg.log.filter);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {
@@ -213,7 +227,7 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
                     }
                     tracing::info!(target: "node", "shutting down");
                 };
-                btcfi_node::run::run(cfg, &home.home, shutdown).await
+                btcfi_node::run::run_with(cfg, &home.home, shutdown, faults).await
             })
         }
         Command::Status { home } => {

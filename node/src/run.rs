@@ -10,8 +10,10 @@ use crate::{
     config::NodeConfig,
     crypto::{IdentitySigner, SetVerifier},
     identity,
+    keys::{self, KeyKind},
     metrics::Metrics,
     state::{self, StoredEvent},
+    threshold::{Faults, Threshold},
 };
 use btcfi_chain_adapters::{
     ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, bitcoin::BitcoinSource, evm::EvmSource,
@@ -48,6 +50,7 @@ struct ChainUpdate {
 #[derive(Debug, Default)]
 struct Extra {
     vault: Option<(u64, usize)>,
+    utxos: Option<Vec<btcfi_chain_adapters::bitcoin::VaultUtxo>>,
     endpoints: Vec<btcfi_chain_adapters::evm::EndpointHealth>,
 }
 
@@ -135,6 +138,7 @@ struct Ctx {
     pending_responses: BTreeMap<ValidatorIndex, btcfi_p2p::ResponseChannel>,
     catch_up_tx: mpsc::Sender<Input>,
     next_peer: usize,
+    threshold: Threshold,
 }
 
 type Core = Consensus<IdentitySigner, SetVerifier>;
@@ -186,6 +190,7 @@ impl Ctx {
                 Action::Certified { attestation, certificate } => {
                     self.metrics.certified.inc();
                     info!(target: "consensus::quorum", event = %attestation.event, digest = %certificate.digest, signers = certificate.signatures.len(), "attestation certified");
+                    self.threshold.on_certified(&attestation)?;
                 }
                 Action::Equivocation(e) => {
                     self.metrics.evidence.inc();
@@ -218,6 +223,11 @@ impl Ctx {
                     Ok(m) => self.feed(core, Input::from_message(idx, m)).await?,
                     Err(e) => warn!(target: "p2p::gossip", %from, error = %e, "undecodable consensus message dropped"),
                 }
+            }
+            NetworkEvent::Request { from, kind: MessageKind::Signing, payload, channel } => {
+                let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
+                let _ = self.net.respond(channel, MessageKind::Signing, Vec::new()).await;
+                self.threshold.on_request(usize::from(idx.0), &payload)?;
             }
             NetworkEvent::Request { from, payload, channel, .. } => {
                 let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
@@ -305,8 +315,41 @@ fn load_checkpoint(store: &Store, chain: ChainId) -> eyre::Result<Option<Checkpo
 
 /// Runs the validator until `shutdown` resolves or a critical task fails.
 pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()>) -> eyre::Result<()> {
+    run_with(cfg, home, shutdown, Faults::default()).await
+}
+
+/// The vault address of the epoch's `btc` key, checked against (or filling) the config.
+fn vault_from_key(cfg: &mut NodeConfig, store: &Store) -> eyre::Result<()> {
+    let key = keys::load(store, KeyKind::Btc, cfg.node.epoch)?;
+    match (key.and_then(|k| k.vault_address), cfg.bitcoin.vault_address.is_empty()) {
+        (Some(a), true) => cfg.bitcoin.vault_address = a,
+        (Some(a), false) if a != cfg.bitcoin.vault_address => {
+            return Err(eyre!(
+                "bitcoin.vault_address {} is not the vault of this epoch's btc key ({a}): set it to {a}, or leave it empty",
+                cfg.bitcoin.vault_address
+            ));
+        }
+        (None, true) => {
+            return Err(eyre!(
+                "bitcoin.vault_address is empty and there is no btc key for epoch {}: run `btcfi-node dkg` first (or set the address)",
+                cfg.node.epoch
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// [`run`], with deliberate misbehaviour for tests.
+pub async fn run_with(
+    mut cfg: NodeConfig,
+    home: &Path,
+    shutdown: impl Future<Output = ()>,
+    faults: Faults,
+) -> eyre::Result<()> {
     let metrics = Metrics::new()?;
     let store = Arc::new(Store::open(home.join("data"))?);
+    vault_from_key(&mut cfg, &store)?;
     let keypair = identity::load(&identity::key_path(home))?;
     let me = keypair.public().to_peer_id();
 
@@ -337,13 +380,18 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
         "bitcoin".into(),
         Duration::from_millis(cfg.bitcoin_poll_ms()),
         chain_tx.clone(),
-        |s| Extra { vault: Some((s.vault_balance().0, s.vault_utxos().len())), endpoints: vec![] },
+        |s| Extra {
+            vault: Some((s.vault_balance().0, s.vault_utxos().len())),
+            utxos: Some(s.vault_utxos()),
+            endpoints: vec![],
+        },
     ));
     for c in &cfg.evm {
         let cp = load_checkpoint(&store, c.chain_id)?;
         let src = EvmSource::new(c.clone(), cp, 0).wrap_err_with(|| format!("starting the {} adapter", c.name))?;
         tasks.spawn(chain_task(src, c.name.clone(), c.poll_interval(), chain_tx.clone(), |s| Extra {
             vault: None,
+            utxos: None,
             endpoints: s.endpoint_health(),
         }));
     }
@@ -363,6 +411,17 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
         }
     });
 
+    let passphrase = keys::passphrase_from_env().ok();
+    let threshold = Threshold::new(
+        &cfg,
+        store.clone(),
+        metrics.clone(),
+        net.clone(),
+        set.peers.clone(),
+        own,
+        passphrase.as_deref(),
+        faults,
+    )?;
     let mut ctx = Ctx {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -371,7 +430,9 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
         pending_responses: BTreeMap::new(),
         catch_up_tx,
         next_peer: 0,
+        threshold,
     };
+    ctx.threshold.resume()?;
 
     // Re-feed stored observations: after a crash between storing an event and voting.
     for rec in state::load_events(&store)? {
@@ -387,6 +448,11 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 if let Err(e) = ctx.feed(&mut core, Input::Tick).await { break Err(e) }
+                if let Err(e) = ctx.threshold.tick().await { break Err(e) }
+                let key_issues = ctx.threshold.not_ready();
+                if let Ok(mut s) = snapshot.write() {
+                    s.key_issues = key_issues;
+                }
                 let connected = ctx.net.connected_validators().len();
                 if let Ok(mut s) = snapshot.write() {
                     s.peers_connected = connected;
@@ -430,6 +496,9 @@ async fn on_chain(
     if let Some(e) = &u.error {
         ctx.metrics.chain_poll_errors.with_label_values(&label).inc();
         warn!(target: "chain::poll", chain = %u.name, error = %e, "poll failed; retrying");
+    }
+    if let Some(utxos) = &u.extra.utxos {
+        ctx.threshold.set_utxos(utxos);
     }
     if let Some((bal, n)) = u.extra.vault {
         ctx.metrics.vault_balance_sats.set(bal as i64);
@@ -481,6 +550,7 @@ async fn on_chain(
     for ev in u.events {
         if let ChainEvent::Observed(o) = ev {
             ctx.metrics.observations.inc();
+            ctx.threshold.on_final(o.attestation.event);
             ctx.feed(core, Input::Observed(o.attestation)).await?;
         }
     }

@@ -1,0 +1,165 @@
+//! Relaying signed mints to their destination bridges.
+//!
+//! For each signed attestation one validator is the relayer: index
+//! `u64(contract_id[0..8]) mod n`. Validator `me` waits `rank × takeover` (rank = its
+//! distance after the relayer) and then submits unless the contract already consumed
+//! the event id, so a silent relayer is replaced and a duplicate is harmless: the
+//! contract refuses replays, and the node counts them
+//! (`btcfi_relay_submissions_total{outcome="already_consumed"|"reverted"}`).
+
+use crate::metrics::Metrics;
+use btcfi_chain_adapters::evm::{EvmChainConfig, EvmDestination, MintRequest, MintSubmission, TxStatus};
+use btcfi_store::{Batch, Cf, Store};
+use btcfi_types::{ChainId, EventId};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use tokio::sync::{Mutex, mpsc};
+use tracing::{info, warn};
+
+/// The relayer of an event among `n` validators.
+pub fn relayer_index(event: &EventId, n: usize) -> usize {
+    let id = event.contract_id();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id[..8]);
+    (u64::from_be_bytes(first) % n.max(1) as u64) as usize
+}
+
+/// How far after the relayer validator `me` stands (0 = it is the relayer).
+pub fn rank(event: &EventId, me: usize, n: usize) -> usize {
+    (me + n - relayer_index(event, n)) % n.max(1)
+}
+
+/// What this node did with a mint, as stored under `relay/` + event id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayRecord {
+    pub chain_id: u64,
+    /// `submitted`, `already_consumed`, `reverted`, `failed`, `mined`.
+    pub outcome: String,
+    pub tx_hash: Option<String>,
+    pub detail: Option<String>,
+    pub at_ms: u64,
+}
+
+pub fn relay_key(event: &EventId) -> Vec<u8> {
+    let mut k = b"relay/".to_vec();
+    k.extend_from_slice(&event.to_bytes());
+    k
+}
+
+/// A mint to submit after `delay`.
+#[derive(Debug, Clone)]
+pub struct MintJob {
+    pub dest: ChainId,
+    pub request: MintRequest,
+    pub delay: Duration,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Starts the relayer: one destination per configured chain, signing with `signer`.
+pub fn spawn(
+    chains: &[EvmChainConfig],
+    signer: alloy::signers::local::PrivateKeySigner,
+    store: Arc<Store>,
+    metrics: Metrics,
+) -> eyre::Result<mpsc::Sender<MintJob>> {
+    let mut dests: BTreeMap<u64, (String, Arc<Mutex<EvmDestination>>)> = BTreeMap::new();
+    for c in chains {
+        let d = EvmDestination::new(c.clone(), signer.clone())?;
+        dests.insert(c.chain_id.0, (c.name.clone(), Arc::new(Mutex::new(d))));
+    }
+    info!(target: "relay", account = %signer.address(), chains = dests.len(), "relayer ready");
+    let (tx, mut rx) = mpsc::channel::<MintJob>(1024);
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            let Some((name, dest)) = dests.get(&job.dest.0).cloned() else {
+                warn!(target: "relay", chain = job.dest.0, event = %job.request.event, "destination chain not configured here: not relaying");
+                continue;
+            };
+            tokio::spawn(relay_one(job, name, dest, store.clone(), metrics.clone()));
+        }
+    });
+    Ok(tx)
+}
+
+/// Submissions of one mint before this node gives up on it (others take over).
+const MAX_TRIES: u32 = 5;
+/// How long a submitted mint is followed before it is submitted again.
+const MINE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Submits one mint after its delay, unless the bridge consumed the event already;
+/// retries failed submissions with backoff; follows the transaction until mined. The
+/// destination is locked only for each RPC exchange, so mints to one chain overlap.
+async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>, store: Arc<Store>, metrics: Metrics) {
+    tokio::time::sleep(job.delay).await;
+    let event = job.request.event;
+    let record = |outcome: &str, tx_hash: Option<[u8; 32]>, detail: Option<String>| RelayRecord {
+        chain_id: job.dest.0,
+        outcome: outcome.to_owned(),
+        tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
+        detail,
+        at_ms: now_ms(),
+    };
+    let save = |r: &RelayRecord| {
+        let mut b = Batch::new();
+        if b.put_json(Cf::SigningAttempts, relay_key(&event), r).is_ok()
+            && let Err(e) = store.commit(b)
+        {
+            warn!(target: "relay", error = %e, "cannot store the relay record");
+        }
+    };
+    let count = |outcome: &str| metrics.relay_submissions.with_label_values(&[name.as_str(), outcome]).inc();
+    for attempt in 0..MAX_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(5u64 << attempt.min(4))).await;
+        }
+        let submitted = dest.lock().await.submit_mint(&job.request).await;
+        let tx_hash = match submitted {
+            Ok(MintSubmission::AlreadyConsumed) => {
+                count("already_consumed");
+                // Keep the record of our own successful submission if we made one.
+                let ours = store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(&event));
+                if !matches!(ours, Ok(Some(r)) if r.outcome == "mined") {
+                    save(&record("already_consumed", None, None));
+                }
+                return;
+            }
+            Ok(MintSubmission::Submitted { tx_hash, .. }) => {
+                count("submitted");
+                save(&record("submitted", Some(tx_hash), None));
+                tx_hash
+            }
+            Err(e) => {
+                count("failed");
+                warn!(target: "relay", chain = %name, %event, error = %e, attempt, "mint submission failed; retrying");
+                save(&record("failed", None, Some(e.to_string())));
+                continue;
+            }
+        };
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < MINE_TIMEOUT {
+            let status = dest.lock().await.status(tx_hash).await;
+            match status {
+                Ok(TxStatus::Confirmed { success: true, .. }) => {
+                    info!(target: "relay", chain = %name, %event, tx = %hex::encode(tx_hash), "mint mined");
+                    save(&record("mined", Some(tx_hash), None));
+                    return;
+                }
+                Ok(TxStatus::Confirmed { revert_reason, .. }) => {
+                    // Another validator's mint came first: the contract refused the replay.
+                    count("reverted");
+                    info!(target: "relay", chain = %name, %event, reason = ?revert_reason, "mint reverted (duplicate)");
+                    save(&record("reverted", Some(tx_hash), revert_reason));
+                    return;
+                }
+                Ok(TxStatus::Submitted { .. }) => {}
+                Err(e) => warn!(target: "relay", chain = %name, %event, error = %e, "cannot read the mint's receipt"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        warn!(target: "relay", chain = %name, %event, tx = %hex::encode(tx_hash), "mint not mined in time; submitting again");
+    }
+    warn!(target: "relay", chain = %name, %event, tries = MAX_TRIES, "giving up on this mint; other validators take over");
+}

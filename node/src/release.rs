@@ -1,0 +1,659 @@
+//! Bitcoin releases: certified peg-outs paid from the vault in one Taproot transaction.
+//!
+//! A *proposal* is an unsigned transaction plus the outputs it spends and the peg-outs
+//! it pays. One validator proposes (the one ranked first for the oldest unpaid peg-out,
+//! with the others taking over after `rank × takeover`); every signer validates the
+//! proposal against its own view before it signs anything ([`validate`]):
+//!
+//! - every input is a vault UTXO this node sees at depth, spent with its exact amount
+//!   and script, and not already spent by another release this node signs;
+//! - the outputs are exactly the payouts, in event-id order, each paying the attested
+//!   script `amount - peg_out_fee`, plus at most one change output to the vault;
+//! - every payout is a peg-out this node certified, not paid or promised elsewhere
+//!   (a replacement must spend the very same inputs, so at most one can confirm);
+//! - the fee rate lies within the configured bounds.
+//!
+//! Then one `btc` signing session per input signs its BIP341 key-path sighash
+//! (SIGHASH_DEFAULT). With every signature in, any validator assembles the witnesses,
+//! checks them, and broadcasts (idempotent). The release is followed to the configured
+//! depth, and replaced (RBF, same inputs and payouts, higher fee from the change) when
+//! it stays unconfirmed past `rbf_after_secs`.
+
+use bitcoin::{
+    Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+    absolute::LockTime,
+    consensus::{deserialize, serialize},
+    secp256k1::schnorr,
+    sighash::{Prevouts, SighashCache, TapSighashType},
+    transaction::Version,
+};
+use btcfi_types::{EventId, Sats};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Payload tag of a release proposal (beside the session tags of [`crate::signing`]).
+pub const TAG_RELEASE: u8 = 3;
+/// Version byte of an encoded [`Proposal`].
+pub const PROPOSAL_VERSION: u8 = 1;
+/// Smallest output the release creates (P2TR dust limit).
+pub const DUST: u64 = 330;
+/// Most payouts in one release.
+pub const MAX_PAYOUTS: usize = 200;
+/// Most inputs in one release.
+pub const MAX_INPUTS: usize = 200;
+
+/// One certified peg-out to pay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payout {
+    pub event: EventId,
+    pub amount: Sats,
+    pub script: ScriptBuf,
+}
+
+/// What a release must respect.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub vault_script: ScriptBuf,
+    pub peg_out_fee: Sats,
+    pub floor_sat_per_vb: u64,
+    pub ceiling_sat_per_vb: u64,
+}
+
+/// An unsigned release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub tx: Transaction,
+    /// The outputs spent, in input order.
+    pub prevouts: Vec<TxOut>,
+    /// The peg-outs paid, in output order.
+    pub payouts: Vec<EventId>,
+}
+
+/// Why a proposal cannot be built or signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("malformed proposal: {0}")]
+    Malformed(&'static str),
+    #[error("input {0} is not a vault UTXO this node holds at depth (or its amount/script differ)")]
+    UnknownInput(OutPoint),
+    #[error("input {0} is already spent by another release this node signs")]
+    InputLocked(OutPoint),
+    #[error("payout {0} is not a peg-out this node certified")]
+    UnknownPayout(EventId),
+    #[error("payout {0} is already paid or promised to another release")]
+    PayoutLocked(EventId),
+    #[error("output {index} does not pay exactly what peg-out {event} attests (minus the peg-out fee)")]
+    WrongOutput { index: usize, event: EventId },
+    #[error("output {0} is neither a payout nor change to the vault")]
+    ForeignOutput(usize),
+    #[error("peg-out {0} is too small to pay after the peg-out fee")]
+    TooSmall(EventId),
+    #[error("peg-out {0} pays a non-standard script that Bitcoin nodes would not relay")]
+    NonStandard(EventId),
+    #[error("fee rate {rate} sat/vB outside [{floor}, {ceiling}]")]
+    FeeOutOfBounds { rate: u64, floor: u64, ceiling: u64 },
+    #[error("the vault holds {have} sat spendable, the release needs {need}")]
+    InsufficientFunds { have: u64, need: u64 },
+    #[error("sighash: {0}")]
+    Sighash(String),
+}
+
+/// Whether Bitcoin nodes relay an output to `script` (standard single-key/hash forms).
+pub fn is_standard_payout(script: &ScriptBuf) -> bool {
+    script.is_p2pkh() || script.is_p2sh() || script.is_p2wpkh() || script.is_p2wsh() || script.is_p2tr()
+}
+
+/// Virtual size of `tx` once every input carries a 64-byte key-path signature.
+pub fn signed_vsize(tx: &Transaction) -> u64 {
+    let mut stripped = tx.clone();
+    for i in &mut stripped.input {
+        i.witness = Witness::new();
+    }
+    let base = serialize(&stripped).len() as u64;
+    // Witness: marker + flag, then per input: item count (1) + length (1) + 64 bytes.
+    let weight = base * 4 + 2 + 66 * tx.input.len() as u64;
+    weight.div_ceil(4)
+}
+
+fn payout_value(p: &Payout, policy: &Policy) -> Option<u64> {
+    p.amount.0.checked_sub(policy.peg_out_fee.0).filter(|v| *v >= DUST)
+}
+
+/// Why a certified peg-out can never be paid (its amount does not cover the peg-out
+/// fee plus dust, or its script is not relayed by Bitcoin nodes), if it cannot. Such a
+/// payout is left out of every release, so that it never holds up the others.
+pub fn unpayable(p: &Payout, policy: &Policy) -> Option<ReleaseError> {
+    if payout_value(p, policy).is_none() {
+        Some(ReleaseError::TooSmall(p.event))
+    } else if !is_standard_payout(&p.script) {
+        Some(ReleaseError::NonStandard(p.event))
+    } else {
+        None
+    }
+}
+
+/// Builds a release paying `payouts` from `utxos` at `fee_rate` sat/vB: largest UTXOs
+/// first, change (if above dust) to the vault.
+pub fn build(
+    utxos: &[(OutPoint, Sats)],
+    payouts: &[Payout],
+    fee_rate: u64,
+    policy: &Policy,
+) -> Result<Proposal, ReleaseError> {
+    let mut payouts = payouts.to_vec();
+    payouts.sort_by_key(|p| p.event.to_bytes());
+    payouts.truncate(MAX_PAYOUTS);
+    if payouts.is_empty() {
+        return Err(ReleaseError::Malformed("no payouts"));
+    }
+    let mut outputs = Vec::new();
+    for p in &payouts {
+        let v = payout_value(p, policy).ok_or(ReleaseError::TooSmall(p.event))?;
+        if !is_standard_payout(&p.script) {
+            return Err(ReleaseError::NonStandard(p.event));
+        }
+        outputs.push(TxOut { value: Amount::from_sat(v), script_pubkey: p.script.clone() });
+    }
+    let pay: u64 = outputs.iter().map(|o| o.value.to_sat()).sum();
+    let mut sorted = utxos.to_vec();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut tx = Transaction { version: Version::TWO, lock_time: LockTime::ZERO, input: vec![], output: outputs };
+    let mut prevouts = Vec::new();
+    let mut have = 0u64;
+    let change = TxOut { value: Amount::ZERO, script_pubkey: policy.vault_script.clone() };
+    for (op, amount) in sorted.into_iter().take(MAX_INPUTS) {
+        tx.input.push(TxIn {
+            previous_output: op,
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            witness: Witness::new(),
+        });
+        prevouts.push(TxOut { value: Amount::from_sat(amount.0), script_pubkey: policy.vault_script.clone() });
+        have += amount.0;
+        let mut with_change = tx.clone();
+        with_change.output.push(change.clone());
+        let fee = signed_vsize(&with_change) * fee_rate;
+        if have >= pay + fee + DUST {
+            let mut out = with_change;
+            if let Some(c) = out.output.last_mut() {
+                c.value = Amount::from_sat(have - pay - fee);
+            }
+            return Ok(Proposal { tx: out, prevouts, payouts: payouts.iter().map(|p| p.event).collect() });
+        }
+        let fee_no_change = signed_vsize(&tx) * fee_rate;
+        if have >= pay + fee_no_change {
+            // The remainder (below dust plus a change output's cost) goes to the fee.
+            return Ok(Proposal { tx, prevouts, payouts: payouts.iter().map(|p| p.event).collect() });
+        }
+    }
+    let need = pay + signed_vsize(&tx) * fee_rate;
+    Err(ReleaseError::InsufficientFunds { have, need })
+}
+
+/// The replacement of `old` at `fee_rate`: same inputs and payouts, the higher fee
+/// taken from the change. `None` if there is no change to take it from.
+pub fn bump(old: &Proposal, fee_rate: u64, policy: &Policy) -> Option<Proposal> {
+    let mut tx = old.tx.clone();
+    let have: u64 = old.prevouts.iter().map(|o| o.value.to_sat()).sum();
+    let fee = signed_vsize(&tx) * fee_rate;
+    let change = tx.output.last_mut().filter(|o| o.script_pubkey == policy.vault_script)?;
+    let others: u64 = old.tx.output.iter().map(|o| o.value.to_sat()).sum::<u64>() - change.value.to_sat();
+    let new_change = have.checked_sub(others)?.checked_sub(fee)?;
+    if new_change < DUST || new_change >= change.value.to_sat() {
+        return None;
+    }
+    change.value = Amount::from_sat(new_change);
+    Some(Proposal { tx, prevouts: old.prevouts.clone(), payouts: old.payouts.clone() })
+}
+
+/// BIP341 key-path sighashes (SIGHASH_DEFAULT) of every input.
+pub fn sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>, ReleaseError> {
+    let mut cache = SighashCache::new(tx);
+    (0..tx.input.len())
+        .map(|i| {
+            cache
+                .taproot_key_spend_signature_hash(i, &Prevouts::All(prevouts), TapSighashType::Default)
+                .map(|h| *h.as_ref())
+                .map_err(|e| ReleaseError::Sighash(e.to_string()))
+        })
+        .collect()
+}
+
+/// What a validator checks a proposal against.
+#[derive(Debug)]
+pub struct View<'a> {
+    /// Vault UTXOs at depth.
+    pub utxos: &'a BTreeMap<OutPoint, Sats>,
+    /// Inputs spent by releases this node signs, with the release spending them.
+    pub locked_inputs: &'a BTreeMap<OutPoint, Txid>,
+    /// Payouts promised to a release (or paid), with that release.
+    pub locked_payouts: &'a BTreeMap<EventId, Txid>,
+    /// Certified peg-outs.
+    pub certified: &'a BTreeMap<EventId, Payout>,
+    /// The inputs of each release this node knows.
+    pub release_inputs: &'a BTreeMap<Txid, BTreeSet<OutPoint>>,
+}
+
+/// Validates `p` against this node's own view; returns the sighashes to sign.
+pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u8; 32]>, ReleaseError> {
+    let tx = &p.tx;
+    if tx.version != Version::TWO || tx.lock_time != LockTime::ZERO {
+        return Err(ReleaseError::Malformed("version 2, lock time 0 expected"));
+    }
+    if tx.input.is_empty() || tx.input.len() > MAX_INPUTS || p.prevouts.len() != tx.input.len() {
+        return Err(ReleaseError::Malformed("inputs"));
+    }
+    if p.payouts.is_empty() || p.payouts.len() > MAX_PAYOUTS {
+        return Err(ReleaseError::Malformed("payouts"));
+    }
+    if !p.payouts.windows(2).all(|w| w[0].to_bytes() < w[1].to_bytes()) {
+        return Err(ReleaseError::Malformed("payouts not in strictly increasing event-id order"));
+    }
+    let inputs: BTreeSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+    if inputs.len() != tx.input.len() {
+        return Err(ReleaseError::Malformed("an input appears twice"));
+    }
+    // A replacement spends exactly the inputs of the release it replaces.
+    let replaces: BTreeSet<Txid> = p.payouts.iter().filter_map(|e| view.locked_payouts.get(e).copied()).collect();
+    for (txin, prev) in tx.input.iter().zip(&p.prevouts) {
+        let op = txin.previous_output;
+        if !txin.witness.is_empty() || !txin.script_sig.is_empty() {
+            return Err(ReleaseError::Malformed("inputs must be unsigned"));
+        }
+        // No relative time lock (it could hold the release, and its payouts, for a year).
+        if txin.sequence != Sequence::ENABLE_RBF_NO_LOCKTIME {
+            return Err(ReleaseError::Malformed("input sequence must be 0xfffffffd (RBF, no time lock)"));
+        }
+        match view.utxos.get(&op) {
+            Some(a) if a.0 == prev.value.to_sat() && prev.script_pubkey == policy.vault_script => {}
+            _ => return Err(ReleaseError::UnknownInput(op)),
+        }
+        if let Some(owner) = view.locked_inputs.get(&op)
+            && !replaces.contains(owner)
+        {
+            return Err(ReleaseError::InputLocked(op));
+        }
+    }
+    // A replacement spends exactly the inputs of the one release it replaces (so at
+    // most one of them confirms) and pays exactly the same peg-outs (so none is left
+    // promised to a release that can no longer confirm).
+    if replaces.len() > 1 {
+        return Err(ReleaseError::Malformed("a replacement replaces exactly one release"));
+    }
+    for owner in &replaces {
+        let same_inputs = view.release_inputs.get(owner).is_some_and(|old| *old == inputs);
+        let promised: BTreeSet<&EventId> =
+            view.locked_payouts.iter().filter(|(_, t)| *t == owner).map(|(e, _)| e).collect();
+        let same_payouts = promised == p.payouts.iter().collect::<BTreeSet<_>>();
+        if !same_inputs || !same_payouts {
+            let e = p.payouts.iter().find(|e| view.locked_payouts.get(e) == Some(owner)).copied();
+            return Err(ReleaseError::PayoutLocked(
+                e.or(p.payouts.first().copied()).ok_or(ReleaseError::Malformed("payouts"))?,
+            ));
+        }
+    }
+    if tx.output.len() != p.payouts.len() && tx.output.len() != p.payouts.len() + 1 {
+        return Err(ReleaseError::Malformed("outputs: one per payout plus at most one change"));
+    }
+    for (index, e) in p.payouts.iter().enumerate() {
+        let payout = view.certified.get(e).ok_or(ReleaseError::UnknownPayout(*e))?;
+        let value = payout_value(payout, policy).ok_or(ReleaseError::TooSmall(*e))?;
+        if !is_standard_payout(&payout.script) {
+            return Err(ReleaseError::NonStandard(*e));
+        }
+        let out = tx.output.get(index).ok_or(ReleaseError::Malformed("outputs"))?;
+        if out.value.to_sat() != value || out.script_pubkey != payout.script {
+            return Err(ReleaseError::WrongOutput { index, event: *e });
+        }
+    }
+    if let Some(change) = tx.output.get(p.payouts.len())
+        && (change.script_pubkey != policy.vault_script || change.value.to_sat() < DUST)
+    {
+        return Err(ReleaseError::ForeignOutput(p.payouts.len()));
+    }
+    let (inp, out) = (total(&p.prevouts)?, total(&tx.output)?);
+    let fee = inp.checked_sub(out).ok_or(ReleaseError::Malformed("outputs exceed inputs"))?;
+    let vsize = signed_vsize(tx);
+    let rate = fee / vsize.max(1);
+    // Without change, up to dust plus a change output's cost may go to the fee.
+    let slack = if tx.output.len() == p.payouts.len() { DUST + 43 * policy.ceiling_sat_per_vb } else { 0 };
+    if rate < policy.floor_sat_per_vb || fee > policy.ceiling_sat_per_vb * vsize + slack {
+        return Err(ReleaseError::FeeOutOfBounds {
+            rate,
+            floor: policy.floor_sat_per_vb,
+            ceiling: policy.ceiling_sat_per_vb,
+        });
+    }
+    sighashes(tx, &p.prevouts)
+}
+
+/// The sum of `outputs`' values; refuses any value above 21 M BTC and any overflow
+/// (values come from a peer's proposal).
+fn total(outputs: &[TxOut]) -> Result<u64, ReleaseError> {
+    outputs.iter().try_fold(0u64, |sum, o| {
+        let v = o.value.to_sat();
+        if v > Amount::MAX_MONEY.to_sat() {
+            return Err(ReleaseError::Malformed("an amount above 21 million BTC"));
+        }
+        sum.checked_add(v).ok_or(ReleaseError::Malformed("amounts overflow"))
+    })
+}
+
+/// Puts the signatures (one per input, in order) into the witnesses.
+pub fn finalize(tx: &Transaction, signatures: &[schnorr::Signature]) -> Transaction {
+    let mut tx = tx.clone();
+    for (input, sig) in tx.input.iter_mut().zip(signatures) {
+        input.witness = Witness::from_slice(&[sig.serialize().to_vec()]);
+    }
+    tx
+}
+
+impl Proposal {
+    /// `version | tx | prevouts | payouts`, each length-prefixed (u32 BE) or counted (u16 BE).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROPOSAL_VERSION];
+        let tx = serialize(&self.tx);
+        out.extend_from_slice(&(tx.len() as u32).to_be_bytes());
+        out.extend(tx);
+        out.extend_from_slice(&(self.prevouts.len() as u16).to_be_bytes());
+        for p in &self.prevouts {
+            let b = serialize(p);
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend(b);
+        }
+        out.extend_from_slice(&(self.payouts.len() as u16).to_be_bytes());
+        for e in &self.payouts {
+            out.extend_from_slice(&e.to_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`Proposal::encode`]'s output; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ReleaseError> {
+        let bad = ReleaseError::Malformed;
+        let mut r = bytes;
+        let mut take = |n: usize| -> Result<&[u8], ReleaseError> {
+            let (h, t) = r.split_at_checked(n).ok_or(bad("truncated"))?;
+            r = t;
+            Ok(h)
+        };
+        if take(1)? != [PROPOSAL_VERSION] {
+            return Err(bad("unsupported version"));
+        }
+        let len = |b: &[u8]| -> usize { b.iter().fold(0usize, |a, x| (a << 8) | usize::from(*x)) };
+        let n = len(take(4)?);
+        if n > 400_000 {
+            return Err(bad("transaction too large"));
+        }
+        let tx: Transaction = deserialize(take(n)?).map_err(|_| bad("transaction"))?;
+        let count = len(take(2)?);
+        if count > MAX_INPUTS {
+            return Err(bad("too many prevouts"));
+        }
+        let mut prevouts = Vec::with_capacity(count);
+        for _ in 0..count {
+            let n = len(take(4)?);
+            if n > 20_000 {
+                return Err(bad("prevout too large"));
+            }
+            prevouts.push(deserialize::<TxOut>(take(n)?).map_err(|_| bad("prevout"))?);
+        }
+        let count = len(take(2)?);
+        if count > MAX_PAYOUTS {
+            return Err(bad("too many payouts"));
+        }
+        let mut payouts = Vec::with_capacity(count);
+        for _ in 0..count {
+            payouts.push(EventId::from_bytes(take(EventId::ENCODED_LEN)?).map_err(|_| bad("event id"))?);
+        }
+        if !r.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Proposal { tx, prevouts, payouts })
+    }
+
+    pub fn txid(&self) -> Txid {
+        self.tx.compute_txid()
+    }
+
+    /// Fee paid (inputs minus outputs).
+    pub fn fee(&self) -> u64 {
+        match (total(&self.prevouts), total(&self.tx.output)) {
+            (Ok(inp), Ok(out)) => inp.saturating_sub(out),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+    use btcfi_types::{ChainId, TxHash};
+
+    fn vault() -> ScriptBuf {
+        let mut s = vec![0x51, 0x20];
+        s.extend([7u8; 32]);
+        ScriptBuf::from(s)
+    }
+
+    fn p2wpkh(b: u8) -> ScriptBuf {
+        let mut s = vec![0x00, 0x14];
+        s.extend([b; 20]);
+        ScriptBuf::from(s)
+    }
+
+    fn policy() -> Policy {
+        Policy { vault_script: vault(), peg_out_fee: Sats(2_000), floor_sat_per_vb: 1, ceiling_sat_per_vb: 100 }
+    }
+
+    fn event(i: u8) -> EventId {
+        EventId::new(ChainId(31337), TxHash([i; 32]), u32::from(i))
+    }
+
+    fn outpoint(i: u8) -> OutPoint {
+        OutPoint { txid: Txid::from_byte_array([i; 32]), vout: u32::from(i) }
+    }
+
+    struct Fixture {
+        utxos: BTreeMap<OutPoint, Sats>,
+        certified: BTreeMap<EventId, Payout>,
+        locked_inputs: BTreeMap<OutPoint, Txid>,
+        locked_payouts: BTreeMap<EventId, Txid>,
+        release_inputs: BTreeMap<Txid, BTreeSet<OutPoint>>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let utxos = [(outpoint(1), Sats(1_000_000)), (outpoint(2), Sats(500_000)), (outpoint(3), Sats(80_000))]
+                .into_iter()
+                .collect();
+            let certified = [(event(1), 300_000, 0xa1), (event(2), 150_000, 0xa2)]
+                .into_iter()
+                .map(|(e, a, s)| (e, Payout { event: e, amount: Sats(a), script: p2wpkh(s) }))
+                .collect();
+            Self {
+                utxos,
+                certified,
+                locked_inputs: BTreeMap::new(),
+                locked_payouts: BTreeMap::new(),
+                release_inputs: BTreeMap::new(),
+            }
+        }
+
+        fn view(&self) -> View<'_> {
+            View {
+                utxos: &self.utxos,
+                locked_inputs: &self.locked_inputs,
+                locked_payouts: &self.locked_payouts,
+                certified: &self.certified,
+                release_inputs: &self.release_inputs,
+            }
+        }
+
+        fn build(&self, rate: u64) -> Proposal {
+            let utxos: Vec<_> = self.utxos.iter().map(|(o, a)| (*o, *a)).collect();
+            let payouts: Vec<_> = self.certified.values().cloned().collect();
+            build(&utxos, &payouts, rate, &policy()).expect("build")
+        }
+
+        /// Records `p` as accepted (its inputs and payouts locked), as the node does.
+        fn lock(&mut self, p: &Proposal) {
+            let txid = p.txid();
+            for i in &p.tx.input {
+                self.locked_inputs.insert(i.previous_output, txid);
+            }
+            for e in &p.payouts {
+                self.locked_payouts.insert(*e, txid);
+            }
+            self.release_inputs.insert(txid, p.tx.input.iter().map(|i| i.previous_output).collect());
+        }
+    }
+
+    #[test]
+    fn a_built_release_validates_and_pays_exactly_the_attested_amounts_minus_the_fee() {
+        let f = Fixture::new();
+        let p = f.build(5);
+        let hashes = validate(&p, &f.view(), &policy()).expect("valid");
+        assert_eq!(hashes.len(), p.tx.input.len());
+        assert_eq!(p.payouts, vec![event(1), event(2)]);
+        assert_eq!(p.tx.output[0].value.to_sat(), 300_000 - 2_000);
+        assert_eq!(p.tx.output[0].script_pubkey, p2wpkh(0xa1));
+        assert_eq!(p.tx.output[1].value.to_sat(), 150_000 - 2_000);
+        let change = &p.tx.output[2];
+        assert_eq!(change.script_pubkey, vault());
+        // Largest UTXO first: one input covers both payouts.
+        assert_eq!(p.tx.input.len(), 1);
+        assert_eq!(p.tx.input[0].previous_output, outpoint(1));
+        let rate = p.fee() / signed_vsize(&p.tx);
+        assert_eq!(rate, 5, "fee {} for {} vB", p.fee(), signed_vsize(&p.tx));
+        assert_eq!(1_000_000 - 298_000 - 148_000 - p.fee(), change.value.to_sat());
+    }
+
+    #[test]
+    fn every_deviation_from_the_attested_payouts_is_refused() {
+        let f = Fixture::new();
+        let good = f.build(5);
+        let check = |mutate: &dyn Fn(&mut Proposal)| {
+            let mut p = good.clone();
+            mutate(&mut p);
+            validate(&p, &f.view(), &policy()).expect_err("must be refused")
+        };
+        // One sat more to a payee.
+        let e = check(&|p| p.tx.output[0].value = Amount::from_sat(298_001));
+        assert!(matches!(e, ReleaseError::WrongOutput { index: 0, .. }), "{e}");
+        // Another script.
+        let e = check(&|p| p.tx.output[1].script_pubkey = p2wpkh(0xee));
+        assert!(matches!(e, ReleaseError::WrongOutput { index: 1, .. }), "{e}");
+        // Change not to the vault.
+        let e = check(&|p| p.tx.output[2].script_pubkey = p2wpkh(0xee));
+        assert!(matches!(e, ReleaseError::ForeignOutput(2)), "{e}");
+        // An extra output.
+        let e = check(&|p| p.tx.output.push(TxOut { value: Amount::from_sat(1_000), script_pubkey: vault() }));
+        assert!(matches!(e, ReleaseError::Malformed(_)), "{e}");
+        // A payout it does not pay in its outputs but claims to.
+        let e = check(&|p| p.payouts.push(event(9)));
+        assert!(matches!(e, ReleaseError::Malformed(_) | ReleaseError::UnknownPayout(_)), "{e}");
+        // An input that is not a vault UTXO, or with another amount.
+        let e = check(&|p| p.tx.input[0].previous_output = outpoint(9));
+        assert!(matches!(e, ReleaseError::UnknownInput(_)), "{e}");
+        let e = check(&|p| p.prevouts[0].value = Amount::from_sat(2_000_000));
+        assert!(matches!(e, ReleaseError::UnknownInput(_)), "{e}");
+        // A relative time lock.
+        let e = check(&|p| p.tx.input[0].sequence = Sequence(0x0000_ffff));
+        assert!(matches!(e, ReleaseError::Malformed(_)), "{e}");
+        // Fee far above the ceiling (the change given to the miners).
+        let e = check(&|p| p.tx.output[2].value = Amount::from_sat(1_000));
+        assert!(matches!(e, ReleaseError::FeeOutOfBounds { .. }), "{e}");
+        // Below the floor.
+        let e = check(&|p| {
+            let v = p.tx.output[2].value.to_sat();
+            p.tx.output[2].value = Amount::from_sat(v + p.fee() - 10);
+        });
+        assert!(matches!(e, ReleaseError::FeeOutOfBounds { .. }), "{e}");
+        // Amounts that would overflow a u64 sum: refused, no panic.
+        let e = check(&|p| p.tx.output[2].value = Amount::from_sat(u64::MAX - 100));
+        assert!(matches!(e, ReleaseError::Malformed(_)), "{e}");
+        // Signed already.
+        let e = check(&|p| p.tx.input[0].witness = Witness::from_slice(&[[1u8; 64]]));
+        assert!(matches!(e, ReleaseError::Malformed(_)), "{e}");
+    }
+
+    #[test]
+    fn a_payout_is_promised_to_one_release_or_to_its_exact_replacement() {
+        let mut f = Fixture::new();
+        let first = f.build(5);
+        validate(&first, &f.view(), &policy()).expect("valid");
+        f.lock(&first);
+        // The same payouts from other inputs: two releases could both confirm. Refused.
+        f.utxos.remove(&outpoint(1));
+        f.utxos.insert(outpoint(4), Sats(2_000_000));
+        let other = f.build(5);
+        assert_ne!(other.tx.input[0].previous_output, first.tx.input[0].previous_output);
+        let e = validate(&other, &f.view(), &policy()).expect_err("double payment");
+        assert!(matches!(e, ReleaseError::PayoutLocked(_)), "{e}");
+        f.utxos.insert(outpoint(1), Sats(1_000_000));
+        // The RBF replacement (same inputs, same payouts, higher fee): accepted.
+        let bumped = bump(&first, 10, &policy()).expect("bump");
+        assert!(bumped.fee() > first.fee());
+        assert_eq!(bumped.payouts, first.payouts);
+        validate(&bumped, &f.view(), &policy()).expect("replacement");
+        // A "replacement" that drops a payout would leave it promised to a dead release.
+        let mut partial = bumped.clone();
+        partial.payouts.remove(1);
+        partial.tx.output.remove(1);
+        let e = validate(&partial, &f.view(), &policy()).expect_err("drops a payout");
+        assert!(matches!(e, ReleaseError::PayoutLocked(_)), "{e}");
+        // Any other release spending a locked input: refused.
+        let mut f2 = Fixture::new();
+        f2.lock(&first);
+        f2.certified.insert(event(3), Payout { event: event(3), amount: Sats(50_000), script: p2wpkh(0xa3) });
+        let utxos = vec![(outpoint(1), Sats(1_000_000))];
+        let third = build(&utxos, &[f2.certified[&event(3)].clone()], 5, &policy()).expect("build");
+        let e = validate(&third, &f2.view(), &policy()).expect_err("input spent by another release");
+        assert!(matches!(e, ReleaseError::InputLocked(_)), "{e}");
+    }
+
+    #[test]
+    fn unpayable_peg_outs_are_named() {
+        let pol = policy();
+        let small = Payout { event: event(1), amount: Sats(2_000 + DUST - 1), script: p2wpkh(1) };
+        assert!(matches!(unpayable(&small, &pol), Some(ReleaseError::TooSmall(_))));
+        let odd = Payout { event: event(2), amount: Sats(100_000), script: ScriptBuf::from(vec![0x51]) };
+        assert!(matches!(unpayable(&odd, &pol), Some(ReleaseError::NonStandard(_))));
+        let fine = Payout { event: event(3), amount: Sats(2_000 + DUST), script: p2wpkh(3) };
+        assert!(unpayable(&fine, &pol).is_none());
+    }
+
+    #[test]
+    fn not_enough_in_the_vault_is_a_clear_error() {
+        let utxos = vec![(outpoint(1), Sats(100_000))];
+        let payout = Payout { event: event(1), amount: Sats(200_000), script: p2wpkh(1) };
+        let e = build(&utxos, &[payout], 5, &policy()).expect_err("too little");
+        assert!(matches!(e, ReleaseError::InsufficientFunds { have: 100_000, .. }), "{e}");
+    }
+
+    #[test]
+    fn proposals_round_trip_and_never_panic_on_bad_bytes() {
+        let p = Fixture::new().build(5);
+        let bytes = p.encode();
+        assert_eq!(Proposal::decode(&bytes).expect("decodes"), p);
+        for cut in 0..bytes.len() {
+            assert!(Proposal::decode(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Proposal::decode(&extra).is_err());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2_000 {
+            let mut b = bytes.clone();
+            for _ in 0..4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = (seed as usize) % b.len();
+                b[i] = (seed >> 32) as u8;
+            }
+            let _ = Proposal::decode(&b);
+        }
+    }
+}

@@ -1,0 +1,937 @@
+//! What happens after certification: signing with the epoch's group keys, relaying
+//! mints, and paying peg-outs from the vault.
+//!
+//! [`Threshold`] lives in the run loop. It owns the two signing [`Suite`]s, checks a
+//! fresh key with a test signature before using it, turns certified peg-ins and
+//! EVM-to-EVM attestations into mint signatures (stored, served by the API, handed to
+//! the relayer), and drives Bitcoin releases ([`crate::release`]).
+
+use crate::{
+    config::NodeConfig,
+    keys::{self, KeyKind},
+    metrics::Metrics,
+    relay::{self, MintJob},
+    release::{self, Payout, Policy, Proposal, ReleaseError, TAG_RELEASE},
+    signing::{Effect, Purpose, SigningFault, Suite, TAG_BTC, TAG_EVM},
+};
+use alloy::primitives::Address;
+use bitcoin::{OutPoint, ScriptBuf, Txid};
+use btcfi_chain_adapters::{
+    bitcoin::{BitcoinSource, VaultUtxo},
+    evm::{MintRequest, MintSignature},
+};
+use btcfi_p2p::{MessageKind, NetworkHandle, PeerId};
+use btcfi_signer::{
+    btc as btcsig,
+    evm::{EvmSignature, mint_message},
+    frost_secp256k1::Secp256K1Sha256 as Evm,
+    frost_secp256k1_tr::Secp256K1Sha256TR as Btc,
+    session::SessionConfig,
+};
+use btcfi_store::{Batch, Cf, Store};
+use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// A signed mint, stored under `sig/` + event id and served by the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedRecord {
+    pub chain_id: u64,
+    pub bridge: String,
+    pub contract_event_id: String,
+    pub recipient: String,
+    pub amount_sats: u64,
+    /// The 32-byte message the contract verifies (`mintMessage`).
+    pub message: String,
+    pub rx: String,
+    pub ry: String,
+    pub z: String,
+    /// Validators eligible in the attempt that produced the signature.
+    pub signers: Vec<String>,
+    pub attempt: u32,
+    pub signed_at_ms: u64,
+}
+
+pub fn signed_key(event: &EventId) -> Vec<u8> {
+    let mut k = b"sig/".to_vec();
+    k.extend_from_slice(&event.to_bytes());
+    k
+}
+
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    Signing,
+    Broadcast,
+    Replaced,
+    Confirmed,
+}
+
+/// A release this node validated, under `rel/` + txid in the `releases` column family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub txid: String,
+    /// The encoded proposal (hex).
+    pub proposal: String,
+    pub payouts: Vec<EventId>,
+    pub status: ReleaseStatus,
+    /// FROST signature per input (hex), once signed.
+    pub signatures: Vec<Option<String>>,
+    pub fee_sats: u64,
+    pub fee_rate_sat_per_vb: u64,
+    pub peg_out_fee_sats: u64,
+    pub proposer: usize,
+    pub created_ms: u64,
+    pub broadcast_ms: Option<u64>,
+    pub confirmations: u64,
+    /// The release this one replaced (RBF).
+    pub replaces: Option<String>,
+}
+
+/// Key of the record of a certified peg-out that can never be paid (`{"reason"}`).
+pub fn unpayable_key(event: &EventId) -> Vec<u8> {
+    let mut k = b"unpayable/".to_vec();
+    k.extend_from_slice(&event.to_bytes());
+    k
+}
+
+fn release_key(txid: &Txid) -> Vec<u8> {
+    let mut k = b"rel/".to_vec();
+    k.extend_from_slice(txid.to_string().as_bytes());
+    k
+}
+
+/// A `0x`-prefixed 32-byte hex word, as [`SignedRecord`] stores them.
+fn hex32(s: &str) -> eyre::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
+        .map_err(|e| eyre::eyre!("stored signature word {s}: {e}"))?;
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What the releases this node knows hold: each input with the release spending it,
+/// each payout with the release paying it (the newest), each release's inputs.
+struct Locks {
+    inputs: BTreeMap<OutPoint, Txid>,
+    payouts: BTreeMap<EventId, Txid>,
+    by_release: BTreeMap<Txid, BTreeSet<OutPoint>>,
+}
+
+/// Deliberate misbehaviour, testing only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub signing: Option<SigningFault>,
+}
+
+/// Signing, relaying and releases of one node.
+pub struct Threshold {
+    store: Arc<Store>,
+    metrics: Metrics,
+    net: NetworkHandle,
+    peers: Vec<PeerId>,
+    me: usize,
+    n: usize,
+    epoch: u64,
+    takeover: Duration,
+    evm: Option<Suite<Evm>>,
+    btc: Option<Suite<Btc>>,
+    group_keys: BTreeMap<KeyKind, String>,
+    usable: BTreeSet<KeyKind>,
+    deferred: Vec<(KeyKind, Vec<u8>, Purpose)>,
+    bridges: BTreeMap<u64, Address>,
+    relay: Option<mpsc::Sender<MintJob>>,
+    finalized_at: BTreeMap<EventId, Instant>,
+    // Releases.
+    policy: Policy,
+    confirmations: u64,
+    rbf_after: Duration,
+    bitcoin: Option<BitcoinSource>,
+    utxos: BTreeMap<OutPoint, Sats>,
+    pegouts: BTreeMap<EventId, Payout>,
+    pegout_seen: BTreeMap<EventId, Instant>,
+    releases: BTreeMap<Txid, (ReleaseRecord, Proposal)>,
+    waiting: Vec<(usize, Proposal, Instant)>,
+    last_release_check: Instant,
+    last_proposal: Option<Instant>,
+    key_checks_started: bool,
+}
+
+impl std::fmt::Debug for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Threshold").field("usable", &self.usable).finish_non_exhaustive()
+    }
+}
+
+impl Threshold {
+    /// Opens the epoch's keys (if any) with `passphrase` and prepares signing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &NodeConfig,
+        store: Arc<Store>,
+        metrics: Metrics,
+        net: NetworkHandle,
+        peers: Vec<PeerId>,
+        me: usize,
+        passphrase: Option<&str>,
+        faults: Faults,
+    ) -> eyre::Result<Self> {
+        let epoch = cfg.node.epoch;
+        let n = peers.len();
+        let timeout_ms = cfg.signing.timeout_ms;
+        let mut group_keys = BTreeMap::new();
+        let mut evm = None;
+        let mut btc = None;
+        for kind in [KeyKind::Evm, KeyKind::Btc] {
+            if keys::load(&store, kind, epoch)?.is_none() {
+                warn!(target: "signing", key = %kind, epoch, "no key for this epoch: signing disabled until `btcfi-node dkg` has run");
+                continue;
+            }
+            let passphrase = passphrase.ok_or(keys::KeyError::NoPassphrase)?;
+            match kind {
+                KeyKind::Evm => {
+                    let k = keys::open_key::<Evm>(&store, kind, epoch, passphrase)?;
+                    group_keys.insert(kind, k.record.group_key.clone());
+                    let config = SessionConfig {
+                        key_package: k.key_package,
+                        public_key_package: k.public_key_package,
+                        timeout_ms,
+                    };
+                    evm = Some(Suite::new(kind, epoch, n, me, config, &store, faults.signing, metrics.clone())?);
+                }
+                KeyKind::Btc => {
+                    let k = keys::open_key::<Btc>(&store, kind, epoch, passphrase)?;
+                    group_keys.insert(kind, k.record.group_key.clone());
+                    let config = SessionConfig {
+                        key_package: k.key_package,
+                        public_key_package: k.public_key_package,
+                        timeout_ms,
+                    };
+                    btc = Some(Suite::new(kind, epoch, n, me, config, &store, faults.signing, metrics.clone())?);
+                }
+            }
+        }
+        let mut usable = BTreeSet::new();
+        for kind in group_keys.keys() {
+            if keys::check(&store, *kind, epoch)?.is_some() {
+                usable.insert(*kind);
+                metrics.key_usable.with_label_values(&[kind.as_str()]).set(1);
+            }
+        }
+        let relay = match cfg.relayer_signer() {
+            Some(s) if !cfg.evm.is_empty() => Some(relay::spawn(&cfg.evm, s, store.clone(), metrics.clone())?),
+            _ => {
+                info!(target: "relay", "no relayer key configured: this node signs mints but leaves submitting them to others");
+                None
+            }
+        };
+        let bridges = cfg.evm.iter().map(|c| (c.chain_id.0, c.bridge)).collect();
+        let vault_script = if cfg.bitcoin.vault_address.is_empty() {
+            ScriptBuf::new()
+        } else {
+            cfg.bitcoin
+                .vault_address
+                .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()?
+                .require_network(cfg.bitcoin.network)?
+                .script_pubkey()
+        };
+        let bitcoin = BitcoinSource::for_submission(cfg.bitcoin.clone()).ok();
+        let mut releases = BTreeMap::new();
+        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
+            let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
+            let p = Proposal::decode(&hex::decode(&rec.proposal)?).map_err(|e| eyre::eyre!("stored release: {e}"))?;
+            releases.insert(p.txid(), (rec, p));
+        }
+        let t = Self {
+            store,
+            metrics,
+            net,
+            peers,
+            me,
+            n,
+            epoch,
+            takeover: Duration::from_millis(cfg.signing.takeover_ms),
+            evm,
+            btc,
+            group_keys,
+            usable,
+            deferred: Vec::new(),
+            bridges,
+            relay,
+            finalized_at: BTreeMap::new(),
+            policy: Policy {
+                vault_script,
+                peg_out_fee: cfg.bitcoin.peg_out_fee,
+                floor_sat_per_vb: cfg.bitcoin.fees.floor_sat_per_vb,
+                ceiling_sat_per_vb: cfg.bitcoin.fees.ceiling_sat_per_vb,
+            },
+            confirmations: u64::from(cfg.bitcoin.confirmations),
+            rbf_after: Duration::from_secs(cfg.bitcoin.rbf_after_secs),
+            bitcoin,
+            utxos: BTreeMap::new(),
+            pegouts: BTreeMap::new(),
+            pegout_seen: BTreeMap::new(),
+            releases,
+            waiting: Vec::new(),
+            last_release_check: Instant::now(),
+            last_proposal: None,
+            key_checks_started: false,
+        };
+        t.update_pending_gauge();
+        Ok(t)
+    }
+
+    /// Which keys are missing or not yet verified (for `/ready`).
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        for kind in [KeyKind::Evm, KeyKind::Btc] {
+            if !self.group_keys.contains_key(&kind) {
+                why.push(format!("no {kind} key for epoch {}: run `btcfi-node dkg`", self.epoch));
+            } else if !self.usable.contains(&kind) {
+                why.push(format!("{kind} key not verified yet (test signature pending)"));
+            }
+        }
+        why
+    }
+
+    /// Starts the test signatures of unverified keys once a threshold of validators is
+    /// connected (before that, the session would only time out).
+    fn start_key_checks(&mut self) -> eyre::Result<()> {
+        if self.key_checks_started {
+            return Ok(());
+        }
+        let threshold = self.n * 2 / 3 + 1;
+        if self.net.connected_validators().len() + 1 < threshold {
+            return Ok(());
+        }
+        self.key_checks_started = true;
+        for kind in [KeyKind::Evm, KeyKind::Btc] {
+            if let Some(gk) = self.group_keys.get(&kind).cloned()
+                && !self.usable.contains(&kind)
+            {
+                let m = keys::test_message(kind, self.epoch, &gk);
+                self.start_now(kind, m, Purpose::KeyCheck)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes work left by a restart: unsigned certified attestations, releases.
+    pub fn resume(&mut self) -> eyre::Result<()> {
+        for rec in crate::state::all_certified(&self.store)? {
+            self.on_certified(&rec.attestation)?;
+        }
+        // Releases still being signed: sign their remaining inputs.
+        let signing: Vec<Txid> =
+            self.releases.iter().filter(|(_, (r, _))| r.status == ReleaseStatus::Signing).map(|(t, _)| *t).collect();
+        for txid in signing {
+            self.start_release_sessions(txid)?;
+        }
+        Ok(())
+    }
+
+    /// An event became final on its chain (for the finality-to-signature histogram).
+    pub fn on_final(&mut self, event: EventId) {
+        if self.finalized_at.len() < 100_000 {
+            self.finalized_at.insert(event, Instant::now());
+        }
+    }
+
+    /// The vault's UTXOs at depth, from the Bitcoin adapter.
+    pub fn set_utxos(&mut self, utxos: &[VaultUtxo]) {
+        self.utxos = utxos.iter().map(|u| (u.outpoint, u.amount)).collect();
+    }
+
+    /// Sends a signing request, retrying for a few seconds (a peer may be redialling);
+    /// the sessions tolerate duplicates and losses beyond that.
+    fn send(&self, to: usize, payload: Vec<u8>) {
+        let Some(peer) = self.peers.get(to).copied() else { return };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            for delay in [0u64, 250, 500, 1000, 2000, 4000] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                if net.request(peer, MessageKind::Signing, payload.clone()).await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn start_now(&mut self, kind: KeyKind, message: Vec<u8>, purpose: Purpose) -> eyre::Result<()> {
+        let effects = match kind {
+            KeyKind::Evm => match self.evm.as_mut() {
+                Some(s) => s.start(&self.store, message, purpose, now_ms())?,
+                None => return Ok(()),
+            },
+            KeyKind::Btc => match self.btc.as_mut() {
+                Some(s) => s.start(&self.store, message, purpose, now_ms())?,
+                None => return Ok(()),
+            },
+        };
+        self.apply(effects)
+    }
+
+    /// Starts a session now if the key is verified, else after its test signature.
+    fn start(&mut self, kind: KeyKind, message: Vec<u8>, purpose: Purpose) -> eyre::Result<()> {
+        if !self.group_keys.contains_key(&kind) {
+            return Ok(());
+        }
+        if self.usable.contains(&kind) {
+            self.start_now(kind, message, purpose)
+        } else {
+            self.deferred.push((kind, message, purpose));
+            Ok(())
+        }
+    }
+
+    /// A certified attestation: sign its mint, or queue its payout.
+    pub fn on_certified(&mut self, att: &Attestation) -> eyre::Result<()> {
+        match &att.kind {
+            AttestationKind::PegIn { dest_chain, recipient, amount }
+            | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
+                if let Some(signed) =
+                    self.store.get_json::<SignedRecord>(Cf::SigningAttempts, signed_key(&att.event))?
+                {
+                    // Signed before a restart: relay it again unless that is done.
+                    let relayed =
+                        self.store.get_json::<relay::RelayRecord>(Cf::SigningAttempts, relay::relay_key(&att.event))?;
+                    if !relayed.is_some_and(|r| matches!(r.outcome.as_str(), "mined" | "already_consumed" | "reverted"))
+                    {
+                        let sig =
+                            MintSignature { rx: hex32(&signed.rx)?, ry: hex32(&signed.ry)?, z: hex32(&signed.z)? };
+                        self.queue_mint(att.event, *dest_chain, *recipient, *amount, sig);
+                    }
+                    return Ok(());
+                }
+                let Some(bridge) = self.bridges.get(&dest_chain.0).copied() else {
+                    error!(target: "signing", event = %att.event, chain = dest_chain.0, "certified for a destination chain this node has no bridge for: not signed");
+                    return Ok(());
+                };
+                let message =
+                    mint_message(dest_chain.0, bridge, att.event.contract_id(), Address::from(recipient.0), amount.0);
+                self.start(KeyKind::Evm, message.to_vec(), Purpose::Mint { event: att.event })
+            }
+            AttestationKind::PegOut { amount, script_pubkey, .. } => {
+                let payout =
+                    Payout { event: att.event, amount: *amount, script: ScriptBuf::from(script_pubkey.clone()) };
+                if let Some(why) = release::unpayable(&payout, &self.policy) {
+                    // Certified, but no release can ever pay it: keep it out of every
+                    // batch (it would hold up the others) and say so.
+                    if self.store.get(Cf::Releases, unpayable_key(&att.event))?.is_none() {
+                        error!(target: "release", event = %att.event, reason = %why, "certified peg-out can never be paid: left out of every release");
+                        self.metrics.releases.with_label_values(&["unpayable"]).inc();
+                        let mut b = Batch::new();
+                        b.put_json(
+                            Cf::Releases,
+                            unpayable_key(&att.event),
+                            &serde_json::json!({ "reason": why.to_string() }),
+                        )?;
+                        self.store.commit(b)?;
+                    }
+                    return Ok(());
+                }
+                self.pegouts.insert(att.event, payout);
+                self.pegout_seen.entry(att.event).or_insert_with(Instant::now);
+                self.update_pending_gauge();
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands a signed mint to the relayer, after this node's turn (rank × takeover).
+    fn queue_mint(&self, event: EventId, dest: ChainId, recipient: EvmAddress, amount: Sats, signature: MintSignature) {
+        let Some(relay) = &self.relay else { return };
+        let rank = relay::rank(&event, self.me, self.n);
+        let request = MintRequest { event, recipient, amount, signature };
+        let job = MintJob { dest, request, delay: self.takeover * rank as u32 };
+        if relay.try_send(job).is_err() {
+            warn!(target: "relay", %event, "relay queue full: mint left to other validators");
+        }
+    }
+
+    /// A `MessageKind::Signing` request from validator `from`.
+    pub fn on_request(&mut self, from: usize, payload: &[u8]) -> eyre::Result<()> {
+        let Some((&tag, body)) = payload.split_first() else { return Ok(()) };
+        let effects = match tag {
+            TAG_EVM => match self.evm.as_mut() {
+                Some(s) => s.on_message(&self.store, from, body, now_ms())?,
+                None => vec![],
+            },
+            TAG_BTC => match self.btc.as_mut() {
+                Some(s) => s.on_message(&self.store, from, body, now_ms())?,
+                None => vec![],
+            },
+            TAG_RELEASE => {
+                match Proposal::decode(body) {
+                    Ok(p) => self.on_proposal(from, p)?,
+                    Err(e) => warn!(target: "release", from, error = %e, "undecodable release proposal dropped"),
+                }
+                vec![]
+            }
+            _ => vec![],
+        };
+        self.apply(effects)
+    }
+
+    /// Once a second: session timeouts, release proposals and follow-up.
+    pub async fn tick(&mut self) -> eyre::Result<()> {
+        self.start_key_checks()?;
+        let mut effects = Vec::new();
+        if let Some(s) = self.evm.as_mut() {
+            effects.extend(s.tick(&self.store, now_ms())?);
+        }
+        if let Some(s) = self.btc.as_mut() {
+            effects.extend(s.tick(&self.store, now_ms())?);
+        }
+        self.apply(effects)?;
+        if self.usable.contains(&KeyKind::Btc) {
+            self.retry_waiting()?;
+            self.maybe_propose().await?;
+            if self.last_release_check.elapsed() >= Duration::from_secs(2) {
+                self.last_release_check = Instant::now();
+                self.follow_releases().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>) -> eyre::Result<()> {
+        for e in effects {
+            match e {
+                Effect::Send { to, payload } => self.send(to, payload),
+                Effect::Signed { kind, purpose, message, signature, signers, attempt, .. } => {
+                    self.on_signed(kind, purpose, &message, &signature, signers, attempt)?;
+                }
+                Effect::Failed { kind, purpose, error } => {
+                    error!(target: "signing", key = %kind, ?purpose, %error, "signing failed: fewer than t responsive honest signers");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_signed(
+        &mut self,
+        kind: KeyKind,
+        purpose: Purpose,
+        message: &[u8],
+        signature: &[u8],
+        signers: Vec<usize>,
+        attempt: u32,
+    ) -> eyre::Result<()> {
+        match purpose {
+            Purpose::KeyCheck => {
+                let check = keys::KeyCheck {
+                    message: hex::encode(message),
+                    signature: hex::encode(signature),
+                    verified_ms: now_ms(),
+                };
+                keys::mark_usable(&self.store, kind, self.epoch, &check)?;
+                self.usable.insert(kind);
+                self.metrics.key_usable.with_label_values(&[kind.as_str()]).set(1);
+                info!(target: "signing", key = %kind, epoch = self.epoch, "key verified by a test signature: usable");
+                let (now, later): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.deferred).into_iter().partition(|d| d.0 == kind);
+                self.deferred = later;
+                for (k, m, p) in now {
+                    self.start_now(k, m, p)?;
+                }
+            }
+            Purpose::Mint { event } => {
+                let sig = btcfi_signer::frost_secp256k1::Signature::deserialize(signature)
+                    .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
+                let evm = EvmSignature::from_frost(&sig)?;
+                let Some(rec) = crate::state::get_certified(&self.store, &event)? else { return Ok(()) };
+                let (dest, recipient, amount) = match rec.attestation.kind {
+                    AttestationKind::PegIn { dest_chain, recipient, amount }
+                    | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
+                        (dest_chain, recipient, amount)
+                    }
+                    AttestationKind::PegOut { .. } => return Ok(()),
+                };
+                let bridge = self.bridges.get(&dest.0).copied().unwrap_or_default();
+                let word = |b: &[u8; 32]| format!("0x{}", hex::encode(b));
+                let record = SignedRecord {
+                    chain_id: dest.0,
+                    bridge: bridge.to_string(),
+                    contract_event_id: word(&event.contract_id()),
+                    recipient: format!("0x{}", hex::encode(recipient.0)),
+                    amount_sats: amount.0,
+                    message: format!("0x{}", hex::encode(message)),
+                    rx: word(&evm.rx.to_be_bytes()),
+                    ry: word(&evm.ry.to_be_bytes()),
+                    z: word(&evm.z.to_be_bytes()),
+                    signers: signers.iter().filter_map(|i| self.peers.get(*i)).map(|p| p.to_string()).collect(),
+                    attempt,
+                    signed_at_ms: now_ms(),
+                };
+                let mut b = Batch::new();
+                b.put_json(Cf::SigningAttempts, signed_key(&event), &record)?;
+                self.store.commit(b)?;
+                if let Some(at) = self.finalized_at.remove(&event) {
+                    self.metrics.finality_to_signature.observe(at.elapsed().as_secs_f64());
+                }
+                let sig = MintSignature { rx: evm.rx.to_be_bytes(), ry: evm.ry.to_be_bytes(), z: evm.z.to_be_bytes() };
+                self.queue_mint(event, dest, recipient, amount, sig);
+            }
+            Purpose::ReleaseInput { txid, input } => {
+                let Ok(txid) = txid.parse::<Txid>() else { return Ok(()) };
+                let Some((rec, _)) = self.releases.get_mut(&txid) else { return Ok(()) };
+                if let Some(slot) = rec.signatures.get_mut(input as usize) {
+                    *slot = Some(hex::encode(signature));
+                }
+                self.save_release(&txid)?;
+                self.try_complete(txid)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ releases
+
+    fn update_pending_gauge(&self) {
+        let paid: BTreeSet<EventId> = self
+            .releases
+            .values()
+            .filter(|(r, _)| r.status == ReleaseStatus::Confirmed)
+            .flat_map(|(r, _)| r.payouts.iter().copied())
+            .collect();
+        let pending = self.pegouts.keys().filter(|e| !paid.contains(e)).count();
+        self.metrics.releases_pending.set(pending as i64);
+    }
+
+    fn save_release(&self, txid: &Txid) -> eyre::Result<()> {
+        if let Some((rec, _)) = self.releases.get(txid) {
+            let mut b = Batch::new();
+            b.put_json(Cf::Releases, release_key(txid), rec)?;
+            self.store.commit(b)?;
+        }
+        Ok(())
+    }
+
+    /// Inputs and payouts held by releases that may still confirm.
+    fn locks(&self) -> Locks {
+        let mut inputs = BTreeMap::new();
+        let mut payouts = BTreeMap::new();
+        let mut by_release = BTreeMap::new();
+        let mut ordered: Vec<_> = self.releases.iter().collect();
+        ordered.sort_by_key(|(_, (r, _))| r.created_ms);
+        for (txid, (rec, p)) in ordered {
+            let ins: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+            for op in &ins {
+                inputs.insert(*op, *txid);
+            }
+            for e in &rec.payouts {
+                payouts.insert(*e, *txid);
+            }
+            by_release.insert(*txid, ins);
+        }
+        Locks { inputs, payouts, by_release }
+    }
+
+    fn validate(&self, p: &Proposal) -> Result<Vec<[u8; 32]>, ReleaseError> {
+        let Locks { inputs: locked_inputs, payouts: locked_payouts, by_release: release_inputs } = self.locks();
+        // A confirmed payout is never paid again, even by a "replacement".
+        for e in &p.payouts {
+            if let Some(t) = locked_payouts.get(e)
+                && self.releases.get(t).is_some_and(|(r, _)| r.status == ReleaseStatus::Confirmed)
+            {
+                return Err(ReleaseError::PayoutLocked(*e));
+            }
+        }
+        let view = release::View {
+            utxos: &self.utxos,
+            locked_inputs: &locked_inputs,
+            locked_payouts: &locked_payouts,
+            certified: &self.pegouts,
+            release_inputs: &release_inputs,
+        };
+        release::validate(p, &view, &self.policy)
+    }
+
+    fn on_proposal(&mut self, from: usize, p: Proposal) -> eyre::Result<()> {
+        let txid = p.txid();
+        if self.releases.contains_key(&txid) {
+            return Ok(());
+        }
+        match self.validate(&p) {
+            Ok(_) => self.accept(p, from),
+            Err(e @ (ReleaseError::UnknownPayout(_) | ReleaseError::UnknownInput(_))) => {
+                info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
+                if self.waiting.len() < 64 {
+                    self.waiting.push((from, p, Instant::now()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                warn!(target: "release", %txid, from, reason = %e, "release proposal refused");
+                self.metrics.releases.with_label_values(&["refused"]).inc();
+                Ok(())
+            }
+        }
+    }
+
+    fn retry_waiting(&mut self) -> eyre::Result<()> {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (from, p, at) in waiting {
+            if at.elapsed() > Duration::from_secs(300) || self.releases.contains_key(&p.txid()) {
+                continue;
+            }
+            match self.validate(&p) {
+                Ok(_) => self.accept(p, from)?,
+                Err(ReleaseError::UnknownPayout(_) | ReleaseError::UnknownInput(_)) => self.waiting.push((from, p, at)),
+                Err(e) => warn!(target: "release", txid = %p.txid(), reason = %e, "release proposal refused"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a validated proposal (locking its inputs and payouts) and signs it.
+    fn accept(&mut self, p: Proposal, proposer: usize) -> eyre::Result<()> {
+        let txid = p.txid();
+        let locked_payouts = self.locks().payouts;
+        let replaces = p.payouts.iter().find_map(|e| locked_payouts.get(e)).copied();
+        let vsize = release::signed_vsize(&p.tx);
+        let rec = ReleaseRecord {
+            txid: txid.to_string(),
+            proposal: hex::encode(p.encode()),
+            payouts: p.payouts.clone(),
+            status: ReleaseStatus::Signing,
+            signatures: vec![None; p.tx.input.len()],
+            fee_sats: p.fee(),
+            fee_rate_sat_per_vb: p.fee() / vsize.max(1),
+            peg_out_fee_sats: self.policy.peg_out_fee.0,
+            proposer,
+            created_ms: now_ms(),
+            broadcast_ms: None,
+            confirmations: 0,
+            replaces: replaces.map(|t| t.to_string()),
+        };
+        info!(target: "release", %txid, proposer, payouts = p.payouts.len(), inputs = p.tx.input.len(), fee = rec.fee_sats, replaces = ?rec.replaces, "release validated: signing");
+        self.releases.insert(txid, (rec, p));
+        if let Some(old) = replaces
+            && let Some((r, _)) = self.releases.get_mut(&old)
+            && r.status != ReleaseStatus::Confirmed
+        {
+            r.status = ReleaseStatus::Replaced;
+            self.save_release(&old)?;
+        }
+        self.save_release(&txid)?;
+        self.start_release_sessions(txid)
+    }
+
+    fn start_release_sessions(&mut self, txid: Txid) -> eyre::Result<()> {
+        let Some((rec, p)) = self.releases.get(&txid) else { return Ok(()) };
+        let hashes = release::sighashes(&p.tx, &p.prevouts)?;
+        let todo: Vec<(usize, [u8; 32])> = hashes
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| rec.signatures.get(*i).is_some_and(Option::is_none))
+            .collect();
+        for (i, h) in todo {
+            self.start(KeyKind::Btc, h.to_vec(), Purpose::ReleaseInput { txid: txid.to_string(), input: i as u32 })?;
+        }
+        Ok(())
+    }
+
+    fn signed_tx(&self, txid: &Txid) -> eyre::Result<Option<bitcoin::Transaction>> {
+        let Some((rec, p)) = self.releases.get(txid) else { return Ok(None) };
+        let Some(suite) = self.btc.as_ref() else { return Ok(None) };
+        let key = suite.public_key_package().verifying_key();
+        let hashes = release::sighashes(&p.tx, &p.prevouts)?;
+        let mut sigs = Vec::new();
+        for (i, s) in rec.signatures.iter().enumerate() {
+            let Some(s) = s else { return Ok(None) };
+            let sig = btcfi_signer::frost_secp256k1_tr::Signature::deserialize(&hex::decode(s)?)
+                .map_err(|e| eyre::eyre!("stored release signature: {e}"))?;
+            btcsig::verify_key_path(&hashes[i], key, &sig)?;
+            sigs.push(btcsig::schnorr_signature(&sig)?);
+        }
+        Ok(Some(release::finalize(&p.tx, &sigs)))
+    }
+
+    fn try_complete(&mut self, txid: Txid) -> eyre::Result<()> {
+        if self.signed_tx(&txid)?.is_none() {
+            return Ok(());
+        }
+        if let Some((rec, _)) = self.releases.get_mut(&txid)
+            && rec.status == ReleaseStatus::Signing
+        {
+            // The async tick broadcasts it (bitcoind does not know it yet).
+            rec.status = ReleaseStatus::Broadcast;
+            info!(target: "release", %txid, "every input signed: broadcasting");
+        }
+        self.save_release(&txid)?;
+        self.last_release_check = Instant::now().checked_sub(Duration::from_secs(10)).unwrap_or_else(Instant::now);
+        Ok(())
+    }
+
+    async fn follow_releases(&mut self) -> eyre::Result<()> {
+        let Some(btc) = self.bitcoin.as_ref() else { return Ok(()) };
+        let watched: Vec<Txid> = self
+            .releases
+            .iter()
+            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Broadcast | ReleaseStatus::Replaced))
+            .map(|(t, _)| *t)
+            .collect();
+        let mut changed = Vec::new();
+        let mut stuck_releases = Vec::new();
+        for txid in watched {
+            let confs = match btc.tx_confirmations(txid).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(target: "release", %txid, error = %e, "cannot follow the release");
+                    continue;
+                }
+            };
+            let Some((rec, _)) = self.releases.get(&txid) else { continue };
+            let status = rec.status;
+            match confs {
+                Some(c) if c >= self.confirmations => {
+                    let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
+                    rec.status = ReleaseStatus::Confirmed;
+                    rec.confirmations = c;
+                    self.metrics.releases.with_label_values(&["confirmed"]).inc();
+                    info!(target: "release", %txid, confirmations = c, payouts = rec.payouts.len(), "release confirmed at depth: peg-outs paid");
+                    changed.push(txid);
+                }
+                Some(c) => {
+                    let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
+                    rec.confirmations = c;
+                    let stuck = c == 0
+                        && status == ReleaseStatus::Broadcast
+                        && rec
+                            .broadcast_ms
+                            .is_some_and(|b| now_ms().saturating_sub(b) > self.rbf_after.as_millis() as u64);
+                    if stuck && rec.proposer == self.me {
+                        stuck_releases.push(txid);
+                    }
+                }
+                None if status == ReleaseStatus::Broadcast => {
+                    // Not known to bitcoind (first time, or evicted): (re)broadcast.
+                    if let Some(tx) = self.signed_tx(&txid)? {
+                        match btc.broadcast(tx).await {
+                            Ok(_) => {
+                                let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
+                                if rec.broadcast_ms.is_none() {
+                                    rec.broadcast_ms = Some(now_ms());
+                                    self.metrics.releases.with_label_values(&["broadcast"]).inc();
+                                    info!(target: "release", %txid, "release broadcast");
+                                }
+                                changed.push(txid);
+                            }
+                            Err(e) => warn!(target: "release", %txid, error = %e, "broadcast refused"),
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        for t in changed {
+            self.save_release(&t)?;
+        }
+        for t in stuck_releases {
+            self.replace(t).await?;
+        }
+        self.update_pending_gauge();
+        Ok(())
+    }
+
+    async fn replace(&mut self, txid: Txid) -> eyre::Result<()> {
+        let Some((rec, p)) = self.releases.get(&txid) else { return Ok(()) };
+        let Some(btc) = self.bitcoin.as_ref() else { return Ok(()) };
+        let estimate = btc.estimate_fee_rate().await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb);
+        let rate = (rec.fee_rate_sat_per_vb.saturating_mul(2)).max(estimate).min(self.policy.ceiling_sat_per_vb);
+        let Some(new) = release::bump(p, rate, &self.policy) else {
+            warn!(target: "release", %txid, "stuck release cannot be bumped further (no change left or at the fee ceiling)");
+            return Ok(());
+        };
+        info!(target: "release", old = %txid, new = %new.txid(), rate, "release stuck: proposing a replacement (RBF)");
+        self.metrics.releases.with_label_values(&["replaced"]).inc();
+        self.propose(new)
+    }
+
+    fn propose(&mut self, p: Proposal) -> eyre::Result<()> {
+        if let Err(e) = self.validate(&p) {
+            warn!(target: "release", reason = %e, "own release proposal does not validate: not sent");
+            return Ok(());
+        }
+        let mut payload = vec![TAG_RELEASE];
+        payload.extend(p.encode());
+        for i in (0..self.n).filter(|i| *i != self.me) {
+            self.send(i, payload.clone());
+        }
+        self.last_proposal = Some(Instant::now());
+        self.accept(p, self.me)
+    }
+
+    async fn maybe_propose(&mut self) -> eyre::Result<()> {
+        if self.policy.vault_script.is_empty()
+            || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return Ok(());
+        }
+        let Locks { inputs: locked_inputs, payouts: locked_payouts, .. } = self.locks();
+        let mut unpaid: Vec<(&EventId, &Instant)> =
+            self.pegout_seen.iter().filter(|(e, _)| !locked_payouts.contains_key(e)).collect();
+        if unpaid.is_empty() {
+            return Ok(());
+        }
+        unpaid.sort_by_key(|(e, at)| (**at, e.to_bytes()));
+        let (oldest, since) = (*unpaid[0].0, *unpaid[0].1);
+        let rank = relay::rank(&oldest, self.me, self.n) as u32;
+        // Rank 0 waits a moment to batch peg-outs certified together.
+        if since.elapsed() < Duration::from_secs(2) + self.takeover * rank {
+            return Ok(());
+        }
+        let payouts: Vec<Payout> = unpaid.iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect();
+        let available: Vec<(OutPoint, Sats)> =
+            self.utxos.iter().filter(|(op, _)| !locked_inputs.contains_key(op)).map(|(op, a)| (*op, *a)).collect();
+        let rate = match self.bitcoin.as_ref() {
+            Some(b) => b.estimate_fee_rate().await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb),
+            None => return Ok(()),
+        };
+        match release::build(&available, &payouts, rate, &self.policy) {
+            Ok(p) => {
+                info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), rate, rank, "proposing a release");
+                self.propose(p)
+            }
+            Err(e) => {
+                self.last_proposal = Some(Instant::now());
+                warn!(target: "release", error = %e, "cannot build a release yet");
+                Ok(())
+            }
+        }
+    }
+
+    /// This node's record of a release paying `event`, if any (newest first).
+    pub fn release_of(store: &Store, event: &EventId) -> eyre::Result<Option<ReleaseRecord>> {
+        let mut found: Option<ReleaseRecord> = None;
+        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
+            let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
+            if rec.payouts.contains(event) {
+                let better = match &found {
+                    None => true,
+                    Some(f) => {
+                        rec.status == ReleaseStatus::Confirmed
+                            || (f.status != ReleaseStatus::Confirmed && rec.created_ms > f.created_ms)
+                    }
+                };
+                if better {
+                    found = Some(rec);
+                }
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,342 @@
+//! Threshold signing end to end, with real validator processes, bitcoind and anvil:
+//! the DKG's keys mint on a destination bridge and pay peg-outs from the Taproot vault
+//! (bitcoind's own consensus rules check the signatures); signing survives a stopped
+//! validator, one returning invalid shares, and one SIGKILLed between commitment and
+//! share.
+
+mod common;
+
+use alloy::primitives::{Address, B256, U256};
+use bitcoin::{Amount, Network};
+use bitcoincore_rpc::RpcApi;
+use btcfi_chain_adapters::evm::bindings::{IBridge, IWrappedBTC};
+use btcfi_signer::{
+    evm::mint_message,
+    frost_secp256k1::{Identifier, Secp256K1Sha256},
+    session::{Attempt, SessionId, coordinator},
+};
+use btcfi_testkit::{Anvil, Bitcoind, contracts::deploy_bridge, wait_until};
+use btcfi_types::{ChainId, DepositMemo, EventId, EvmAddress, TxHash};
+use common::{EvmChain, Setup, Validator, dkg_all, tail};
+use std::{collections::BTreeSet, str::FromStr, sync::Arc, time::Duration};
+
+const PEG_OUT_FEE: u64 = 2_000;
+
+struct Chain {
+    anvil: Anvil,
+    bridge: Address,
+    token: Address,
+}
+
+struct Net {
+    btc: Arc<Bitcoind>,
+    chains: Vec<Chain>,
+    nodes: Vec<Validator>,
+    vault: bitcoin::Address,
+    miner: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.miner.abort();
+    }
+}
+
+/// bitcoind, two anvil chains with bridges, 4 validators after their DKG, the EVM
+/// group key installed in both bridges; validator `i` runs with `faults[i]`.
+async fn network(faults: [Option<&str>; 4]) -> Net {
+    let btc = Arc::new(Bitcoind::start().await.unwrap());
+    let start = btc.block_count().await.unwrap() + 1;
+    let mut chains = Vec::new();
+    for id in [31337u64, 31338] {
+        let anvil = Anvil::start(id).await.unwrap();
+        let d = deploy_bridge(&anvil.url(), &anvil.dev_key(0), anvil.dev_address(9)).await.unwrap();
+        chains.push(Chain { anvil, bridge: d.bridge, token: d.token });
+    }
+    let mut setup = Setup::new(&btc, start);
+    for (c, name) in chains.iter().zip(["ethereum", "polygon"]) {
+        setup.evm.push(EvmChain {
+            name: name.into(),
+            chain_id: c.anvil.chain_id(),
+            url: c.anvil.url(),
+            bridge: c.bridge.to_string(),
+        });
+    }
+    setup.extra = "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\n\n[bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n".to_owned();
+    let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        // Relayers: anvil dev accounts 1..=4 (the same on every anvil).
+        n.relayer_key = Some(chains[0].anvil.dev_key(i + 1));
+        n.fault = faults[i].map(str::to_owned);
+    }
+    {
+        let set: Vec<&Validator> = nodes.iter().collect();
+        for n in &nodes {
+            n.write_config(&set, &setup);
+            let cfg = std::fs::read_to_string(n.home.path().join("config.toml")).unwrap();
+            let cfg = cfg.replace(
+                "reorg_window = 20\n",
+                &format!("reorg_window = 20\npeg_out_fee = {PEG_OUT_FEE}\nrbf_after_secs = 600\n"),
+            );
+            std::fs::write(n.home.path().join("config.toml"), cfg).unwrap();
+        }
+    }
+    let keys = dkg_all(&nodes.iter().collect::<Vec<_>>());
+    let (x, y) = (keys["evm"]["x"].as_str().unwrap(), keys["evm"]["y"].as_str().unwrap());
+    for c in &chains {
+        let bridge = IBridge::new(c.bridge, c.anvil.wallet_provider(0));
+        let r = bridge
+            .setInitialKey(U256::from_str(x).unwrap(), U256::from_str(y).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(r.status(), "setInitialKey");
+    }
+    let vault = bitcoin::Address::from_str(keys["btc"]["vault_address"].as_str().unwrap())
+        .unwrap()
+        .require_network(Network::Regtest)
+        .unwrap();
+    for n in &mut nodes {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready().await;
+    }
+    // A block a second, as a live chain would.
+    let miner = {
+        let btc = btc.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = btc.mine(1).await;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+        })
+    };
+    Net { btc, chains, nodes, vault, miner }
+}
+
+impl Net {
+    async fn deposit(&self, chain: usize, recipient: Address, sats: u64) -> EventId {
+        let memo = DepositMemo {
+            dest_chain: ChainId(self.chains[chain].anvil.chain_id()),
+            recipient: EvmAddress(recipient.0.0),
+        }
+        .encode();
+        let d = self.btc.send_deposit(&self.vault, Amount::from_sat(sats), Some(&memo)).await.unwrap();
+        EventId::new(ChainId::BITCOIN, TxHash::from_str(&d.txid.to_string()).unwrap(), d.vout)
+    }
+
+    async fn balance(&self, chain: usize, who: Address) -> u64 {
+        let c = &self.chains[chain];
+        let token = IWrappedBTC::new(c.token, c.anvil.provider());
+        token.balanceOf(who).call().await.unwrap().to::<u64>()
+    }
+
+    async fn wait_balance(&self, chain: usize, who: Address, want: u64) {
+        let r = wait_until(&format!("balance {want} on chain {chain}"), Duration::from_secs(120), || async {
+            (self.balance(chain, who).await == want).then_some(())
+        })
+        .await;
+        if let Err(e) = r {
+            for n in &self.nodes {
+                let full = n.log();
+                let lines: Vec<&str> =
+                    full.lines().filter(|l| l.contains("\"target\":\"signing") || l.contains("relay")).collect();
+                eprintln!("--- {}:\n{}", n.name, lines.join("\n"));
+            }
+            panic!("{e}");
+        }
+    }
+
+    /// The attempt-0 coordinator of the mint session for a deposit.
+    fn mint_coordinator(&self, chain: usize, event: &EventId, recipient: Address, sats: u64) -> usize {
+        let c = &self.chains[chain];
+        let msg = mint_message(c.anvil.chain_id(), c.bridge, event.contract_id(), recipient, sats);
+        let ids: BTreeSet<Identifier> = (1..=4u16).map(|i| Identifier::try_from(i).unwrap()).collect();
+        let sid = SessionId::derive::<Secp256K1Sha256>(&msg, 1, &ids);
+        let coord = coordinator(&sid, Attempt(0), &ids).unwrap();
+        (1..=4u16).position(|i| Identifier::try_from(i).unwrap() == coord).unwrap()
+    }
+
+    fn metric_sum(&self, name: &str, filter: &str) -> f64 {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.metric(name, filter)).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
+    let mut net = network([None; 4]).await;
+    let user = net.chains[1].anvil.dev_address(7);
+
+    // Peg-in to the second chain: minted once, by a relayer, for exactly the amount.
+    let deposit = net.deposit(1, user, 1_000_000).await;
+    net.wait_balance(1, user, 1_000_000).await;
+    let detail = wait_until("the signed attestation", Duration::from_secs(30), || async {
+        net.nodes[0].get(&format!("/v1/attestations/{deposit}")).filter(|v| v["status"] == "signed")
+    })
+    .await
+    .unwrap();
+    let sig = &detail["signature"];
+    // The same attestation submitted again does not mint twice: the contract refuses it.
+    let c = &net.chains[1];
+    let bridge = IBridge::new(c.bridge, c.anvil.wallet_provider(5));
+    let again = bridge
+        .mint(
+            B256::from(deposit.contract_id()),
+            user,
+            1_000_000,
+            U256::from_str(sig["rx"].as_str().unwrap()).unwrap(),
+            U256::from_str(sig["ry"].as_str().unwrap()).unwrap(),
+            U256::from_str(sig["z"].as_str().unwrap()).unwrap(),
+        )
+        .send()
+        .await;
+    assert!(again.is_err(), "a replayed mint must revert");
+    assert_eq!(net.balance(1, user).await, 1_000_000, "minted exactly once");
+    let supply = IWrappedBTC::new(c.token, c.anvil.provider()).totalSupply().call().await.unwrap();
+    assert_eq!(supply, U256::from(1_000_000u64));
+    let dep = net.nodes[2].get(&format!("/v1/deposits/{}:{}", deposit.tx, deposit.index)).unwrap();
+    assert_eq!(dep["status"], "signed", "{dep}");
+    assert_eq!(net.metric_sum("btcfi_relay_submissions_total", "outcome=\"submitted\""), 1.0, "one relayer submitted");
+
+    // Peg-out from that chain back to a bitcoind wallet address.
+    let payee = net.btc.new_address().await.unwrap();
+    let as_user = IBridge::new(c.bridge, c.anvil.wallet_provider(7));
+    let receipt = as_user
+        .burnToBitcoin(600_000, payee.script_pubkey().to_bytes().into())
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    c.anvil.mine(3).await.unwrap();
+    let log = receipt.inner.logs().iter().find(|l| l.address() == c.bridge).unwrap();
+    let burn = format!("{}:{}:{}", c.anvil.chain_id(), hex::encode(receipt.transaction_hash.0), log.log_index.unwrap());
+    let paid = wait_until("the peg-out paid at depth", Duration::from_secs(180), || async {
+        net.nodes[1].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
+    })
+    .await;
+    let paid = match paid {
+        Ok(v) => v,
+        Err(e) => {
+            for n in &net.nodes {
+                eprintln!("--- {}:\n{}", n.name, tail(&n.log()));
+            }
+            panic!("{e}");
+        }
+    };
+    assert_eq!(paid["release"]["paid_sats"], 600_000 - PEG_OUT_FEE, "{paid}");
+    let txid = bitcoin::Txid::from_str(paid["release"]["txid"].as_str().unwrap()).unwrap();
+    let tx = net.btc.rpc(move |c| c.get_raw_transaction_info(&txid, None)).await.unwrap();
+    assert!(tx.confirmations.unwrap_or(0) >= 2, "in a block, at depth");
+    let to_payee: Vec<_> =
+        tx.vout.iter().filter(|o| o.script_pub_key.hex == payee.script_pubkey().to_bytes()).collect();
+    assert_eq!(to_payee.len(), 1);
+    assert_eq!(to_payee[0].value, Amount::from_sat(600_000 - PEG_OUT_FEE), "exact amount minus the stated fee");
+
+    // One of the four stopped: the other three still sign (and relay) a mint.
+    net.nodes[0].kill();
+    let user2 = net.chains[0].anvil.dev_address(8);
+    net.deposit(0, user2, 500_000).await;
+    net.wait_balance(0, user2, 500_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_returning_invalid_shares_is_excluded_and_recorded() {
+    let faulty = 3;
+    let net = network([None, None, None, Some("invalid-signature-shares")]).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    // A deposit whose first attempt an honest validator coordinates: the coordinator
+    // waits for every responsive signer, so the faulty one's share is in the package.
+    let mut total = 0;
+    let mut amount = 300_000;
+    loop {
+        let event = net.deposit(0, user, amount).await;
+        total += amount;
+        let coord = net.mint_coordinator(0, &event, user, amount);
+        net.wait_balance(0, user, total).await;
+        if coord != faulty {
+            let culprits = net.nodes[coord].metric("btcfi_signing_culprits_total", "key=\"evm\"");
+            assert!(culprits >= 1.0, "the coordinator v{coord} recorded the culprit");
+            let detail = net.nodes[coord].get(&format!("/v1/attestations/{event}")).unwrap();
+            let signers: Vec<&str> =
+                detail["mint"]["signers"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+            assert!(!signers.contains(&net.nodes[faulty].peer_id.as_str()), "excluded: {detail}");
+            assert!(net.nodes[coord].log().contains("invalid signature share"));
+            break;
+        }
+        amount += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt() {
+    let victim = 2;
+    let mut net = network([None, None, Some("withhold-signature-shares"), None]).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    let mut amount = 400_000;
+    let mut expected = 0;
+    loop {
+        let withheld = |n: &Validator| n.log().matches("withholding a signature share").count();
+        let before = withheld(&net.nodes[victim]);
+        let event = net.deposit(0, user, amount).await;
+        expected += amount;
+        let coord = net.mint_coordinator(0, &event, user, amount);
+        if coord == victim {
+            // It coordinates (and signs for itself): not the case under test.
+            net.wait_balance(0, user, expected).await;
+            amount += 1;
+            continue;
+        }
+        // The victim commits (the record is durable), gets the package, withholds the
+        // share… (unless its commitment came too late to be in the package: try again).
+        let caught = wait_until("the victim between commitment and share", Duration::from_secs(60), || async {
+            if withheld(&net.nodes[victim]) > before {
+                Some(true)
+            } else if net.balance(0, user).await == expected {
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .await
+        .unwrap();
+        if !caught {
+            amount += 1;
+            continue;
+        }
+        assert!(net.nodes[victim].metric("btcfi_signing_commitments_total", "key=\"evm\"") >= 1.0);
+        // …and dies without a word.
+        net.nodes[victim].kill();
+        net.nodes[victim].fault = None;
+        net.nodes[victim].start();
+        // The session still completes: the coordinator excluded the silent signer.
+        net.wait_balance(0, user, expected).await;
+        // The restarted signer learned the signature but never committed again, let alone
+        // answered the attempt it had committed to before the crash.
+        let detail = wait_until("the victim to hold the signature", Duration::from_secs(60), || async {
+            net.nodes[victim].get(&format!("/v1/attestations/{event}")).filter(|v| v["status"] == "signed")
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            detail["signature"],
+            net.nodes[coord].get(&format!("/v1/attestations/{event}")).unwrap()["signature"]
+        );
+        // The coordinator ended the attempt the victim had committed to and signed
+        // without it.
+        let at_coord = net.nodes[coord].get(&format!("/v1/attestations/{event}")).unwrap();
+        assert!(at_coord["mint"]["attempt"].as_u64().unwrap() >= 1, "a later attempt signed: {at_coord}");
+        let signers: Vec<&str> =
+            at_coord["mint"]["signers"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert!(!signers.contains(&net.nodes[victim].peer_id.as_str()), "{at_coord}");
+        assert_eq!(net.nodes[victim].metric("btcfi_signing_commitments_total", "key=\"evm\""), 0.0);
+        assert!(net.nodes[victim].log().contains("commitments issued before the last restart"));
+        break;
+    }
+}
