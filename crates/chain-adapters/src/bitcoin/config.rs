@@ -5,6 +5,7 @@ use std::path::PathBuf;
 /// More confirmations for larger deposits: a deposit of at least `min_amount` waits
 /// for `confirmations` blocks (the largest matching tier wins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConfirmationTier {
     pub min_amount: Sats,
     pub confirmations: u32,
@@ -12,6 +13,7 @@ pub struct ConfirmationTier {
 
 /// Bounds on the fee rate used for releases, in sat/vB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeeBounds {
     pub floor_sat_per_vb: u64,
     pub ceiling_sat_per_vb: u64,
@@ -25,8 +27,10 @@ impl Default for FeeBounds {
     }
 }
 
-/// Settings of the Bitcoin adapter (the `[bitcoin]` table of the node's config).
+/// Settings of the Bitcoin adapter (the `[bitcoin]` table of the node's config). An
+/// unknown key is an error: a misspelt `confirmations` must not fall back to a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BitcoinConfig {
     pub rpc_url: String,
     #[serde(default)]
