@@ -2,42 +2,14 @@
 // account 0, which is also the guardian) and writes .devnet/devnet.json.
 // Inputs come from up.sh through DEVNET_* environment variables.
 import { readFileSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { join } from "node:path";
+import { call, root, rpc, selector, waitFor } from "./lib.mjs";
 
 const env = (k) => {
   const v = process.env[k];
   if (v === undefined) throw new Error(`deploy.mjs: ${k} is not set (run scripts/devnet/up.sh)`);
   return v;
 };
-const root = new URL("../..", import.meta.url).pathname;
-const requireDeps = createRequire(join(env("BTCFI_DEPS"), "npm", "node_modules", "solc", "package.json"));
-const { keccak256 } = requireDeps("js-sha3");
-const selector = (sig) => "0x" + keccak256(sig).slice(0, 8);
-
-let nextId = 1;
-async function rpc(url, method, params = []) {
-  const res = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ jsonrpc: "2.0", id: nextId++, method, params }),
-  });
-  const body = await res.json();
-  if (body.error) throw new Error(`${method} on ${url}: ${JSON.stringify(body.error)}`);
-  return body.result;
-}
-
-async function waitFor(what, f, ms = 30000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v) return v;
-    } catch (_) {}
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const bytecode = readFileSync(join(root, "contracts/out/Bridge.bin"), "utf8").trim();
 const names = env("DEVNET_EVM_NAMES").split(" ");
@@ -54,7 +26,7 @@ for (let i = 0; i < names.length; i++) {
   const receipt = await waitFor(`deployment on ${names[i]}`, () => rpc(url, "eth_getTransactionReceipt", [tx]));
   if (receipt.status !== "0x1") throw new Error(`Bridge deployment reverted on ${names[i]}`);
   const bridge = receipt.contractAddress;
-  const token = "0x" + (await rpc(url, "eth_call", [{ to: bridge, data: selector("token()") }, "latest"])).slice(-40);
+  const token = "0x" + (await call(url, bridge, selector("token()"))).slice(-40);
   console.log(`  ${names[i]}: bridge ${bridge}, token ${token}`);
   evm.push({ name: names[i], chain_id: chainIds[i], rpc_url: url, bridge_address: bridge, token_address: token });
 }
@@ -64,7 +36,7 @@ const devnet = {
     rpc_url: env("DEVNET_BTC_RPC"),
     rpc_user: env("DEVNET_RPC_USER"),
     rpc_password: env("DEVNET_RPC_PASSWORD"),
-    // Filled in by up.sh once the validators are set up.
+    // Filled in by up.sh once the validators have run their DKG.
     vault_address: null,
     confirmations: Number(env("DEVNET_CONFIRMATIONS")),
   },
