@@ -70,8 +70,11 @@ pub fn signed_key(event: &EventId) -> Vec<u8> {
 pub enum ReleaseStatus {
     Signing,
     Broadcast,
+    /// A replacement (RBF) was accepted; this one may still confirm instead.
     Replaced,
     Confirmed,
+    /// Another release spending one of its inputs confirmed: it never will.
+    Conflicted,
 }
 
 /// A release this node validated, under `rel/` + txid in the `releases` column family.
@@ -102,6 +105,19 @@ pub fn unpayable_key(event: &EventId) -> Vec<u8> {
     k
 }
 
+/// Drops a release's stored signatures so that its inputs are signed again.
+fn forget_signatures(rec: &mut ReleaseRecord) {
+    rec.signatures.iter_mut().for_each(|s| *s = None);
+    rec.status = ReleaseStatus::Signing;
+}
+
+/// Key of the list of releases (txids) that pay `event`.
+fn paying_key(event: &EventId) -> Vec<u8> {
+    let mut k = b"paying/".to_vec();
+    k.extend_from_slice(&event.to_bytes());
+    k
+}
+
 fn release_key(txid: &Txid) -> Vec<u8> {
     let mut k = b"rel/".to_vec();
     k.extend_from_slice(txid.to_string().as_bytes());
@@ -127,6 +143,14 @@ struct Locks {
     payouts: BTreeMap<EventId, Txid>,
     by_release: BTreeMap<Txid, BTreeSet<OutPoint>>,
 }
+
+/// Proposals kept for a re-check (they name UTXOs or peg-outs this node does not see
+/// at depth yet), in all and per proposer.
+const MAX_WAITING: usize = 64;
+const MAX_WAITING_PER_SENDER: usize = 8;
+/// A proposer sends its releases still being signed again this often (a validator
+/// that was restarting, or lagging, gets another chance to validate them).
+const RESEND_EVERY: Duration = Duration::from_secs(30);
 
 /// Deliberate misbehaviour, testing only.
 #[derive(Debug, Clone, Copy, Default)]
@@ -164,6 +188,7 @@ pub struct Threshold {
     waiting: Vec<(usize, Proposal, Instant)>,
     last_release_check: Instant,
     last_proposal: Option<Instant>,
+    last_resend: Instant,
     key_checks_started: bool,
 }
 
@@ -285,6 +310,7 @@ impl Threshold {
             waiting: Vec::new(),
             last_release_check: Instant::now(),
             last_proposal: None,
+            last_resend: Instant::now(),
             key_checks_started: false,
         };
         t.update_pending_gauge();
@@ -496,6 +522,7 @@ impl Threshold {
         self.apply(effects)?;
         if self.usable.contains(&KeyKind::Btc) {
             self.retry_waiting()?;
+            self.resend_proposals();
             self.maybe_propose().await?;
             if self.last_release_check.elapsed() >= Duration::from_secs(2) {
                 self.last_release_check = Instant::now();
@@ -610,10 +637,19 @@ impl Threshold {
         self.metrics.releases_pending.set(pending as i64);
     }
 
+    /// Writes a release and, in the same batch, the index from each of its payouts to
+    /// the releases paying it (so the API finds them without a scan).
     fn save_release(&self, txid: &Txid) -> eyre::Result<()> {
         if let Some((rec, _)) = self.releases.get(txid) {
             let mut b = Batch::new();
             b.put_json(Cf::Releases, release_key(txid), rec)?;
+            for e in &rec.payouts {
+                let mut paying: Vec<String> = self.store.get_json(Cf::Releases, paying_key(e))?.unwrap_or_default();
+                if !paying.contains(&rec.txid) {
+                    paying.push(rec.txid.clone());
+                    b.put_json(Cf::Releases, paying_key(e), &paying)?;
+                }
+            }
             self.store.commit(b)?;
         }
         Ok(())
@@ -668,7 +704,8 @@ impl Threshold {
             Ok(_) => self.accept(p, from),
             Err(e @ (ReleaseError::UnknownPayout(_) | ReleaseError::UnknownInput(_))) => {
                 info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
-                if self.waiting.len() < 64 {
+                let from_sender = self.waiting.iter().filter(|(f, _, _)| *f == from).count();
+                if self.waiting.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
                     self.waiting.push((from, p, Instant::now()));
                 }
                 Ok(())
@@ -754,15 +791,27 @@ impl Threshold {
             let Some(s) = s else { return Ok(None) };
             let sig = btcfi_signer::frost_secp256k1_tr::Signature::deserialize(&hex::decode(s)?)
                 .map_err(|e| eyre::eyre!("stored release signature: {e}"))?;
-            btcsig::verify_key_path(&hashes[i], key, &sig)?;
+            let hash = hashes.get(i).ok_or_else(|| eyre::eyre!("release {txid}: more signatures than inputs"))?;
+            btcsig::verify_key_path(hash, key, &sig)?;
             sigs.push(btcsig::schnorr_signature(&sig)?);
         }
         Ok(Some(release::finalize(&p.tx, &sigs)))
     }
 
     fn try_complete(&mut self, txid: Txid) -> eyre::Result<()> {
-        if self.signed_tx(&txid)?.is_none() {
-            return Ok(());
+        match self.signed_tx(&txid) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // A signature that does not verify (never expected: each session
+                // verified it): sign again rather than stop the node.
+                error!(target: "release", %txid, error = %e, "release signatures do not verify: signing its inputs again");
+                if let Some((rec, _)) = self.releases.get_mut(&txid) {
+                    forget_signatures(rec);
+                }
+                self.save_release(&txid)?;
+                return Ok(());
+            }
         }
         if let Some((rec, _)) = self.releases.get_mut(&txid)
             && rec.status == ReleaseStatus::Signing
@@ -806,20 +855,33 @@ impl Threshold {
                     changed.push(txid);
                 }
                 Some(c) => {
+                    let turn = self.bump_turn(&txid);
                     let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
                     rec.confirmations = c;
-                    let stuck = c == 0
+                    if c == 0
                         && status == ReleaseStatus::Broadcast
-                        && rec
-                            .broadcast_ms
-                            .is_some_and(|b| now_ms().saturating_sub(b) > self.rbf_after.as_millis() as u64);
-                    if stuck && rec.proposer == self.me {
+                        && rec.broadcast_ms.is_some_and(|b| now_ms().saturating_sub(b) > turn)
+                    {
                         stuck_releases.push(txid);
                     }
                 }
                 None if status == ReleaseStatus::Broadcast => {
                     // Not known to bitcoind (first time, or evicted): (re)broadcast.
-                    if let Some(tx) = self.signed_tx(&txid)? {
+                    let tx = match self.signed_tx(&txid) {
+                        Ok(tx) => tx,
+                        Err(e) => {
+                            error!(target: "release", %txid, error = %e, "stored release signatures do not verify: signing its inputs again");
+                            if let Some((rec, _)) = self.releases.get_mut(&txid) {
+                                forget_signatures(rec);
+                            }
+                            changed.push(txid);
+                            None
+                        }
+                    };
+                    let refused_long = self.releases.get(&txid).is_some_and(|(r, _)| {
+                        r.broadcast_ms.is_none() && now_ms().saturating_sub(r.created_ms) > self.bump_turn(&txid)
+                    });
+                    if let Some(tx) = tx {
                         match btc.broadcast(tx).await {
                             Ok(_) => {
                                 let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
@@ -830,11 +892,24 @@ impl Threshold {
                                 }
                                 changed.push(txid);
                             }
-                            Err(e) => warn!(target: "release", %txid, error = %e, "broadcast refused"),
+                            Err(e) => {
+                                warn!(target: "release", %txid, error = %e, "broadcast refused");
+                                // A replacement the mempool refuses (fee too low to replace):
+                                // bump it in turn, like a stuck one.
+                                if refused_long {
+                                    stuck_releases.push(txid);
+                                }
+                            }
                         }
                     }
                 }
                 None => {}
+            }
+        }
+        // What conflicts with a confirmed release can never confirm: stop following it.
+        for confirmed in changed.clone() {
+            if self.releases.get(&confirmed).is_some_and(|(r, _)| r.status == ReleaseStatus::Confirmed) {
+                changed.extend(self.mark_conflicts(&confirmed));
             }
         }
         for t in changed {
@@ -845,6 +920,35 @@ impl Threshold {
         }
         self.update_pending_gauge();
         Ok(())
+    }
+
+    /// How long `txid` may stay unconfirmed before this node bumps it: `rbf_after`, plus
+    /// `takeover` per rank after the validator first in turn for its first payout.
+    fn bump_turn(&self, txid: &Txid) -> u64 {
+        let rank =
+            self.releases.get(txid).and_then(|(r, _)| r.payouts.first()).map_or(0, |e| relay::rank(e, self.me, self.n))
+                as u64;
+        (self.rbf_after.as_millis() as u64).saturating_add(rank.saturating_mul(self.takeover.as_millis() as u64))
+    }
+
+    /// Marks every other release spending an input of the confirmed `txid` as
+    /// conflicted; returns them.
+    fn mark_conflicts(&mut self, txid: &Txid) -> Vec<Txid> {
+        let Some((_, confirmed)) = self.releases.get(txid) else { return vec![] };
+        let spent: BTreeSet<OutPoint> = confirmed.tx.input.iter().map(|i| i.previous_output).collect();
+        let mut dead = Vec::new();
+        for (other, (rec, p)) in self.releases.iter_mut() {
+            if other != txid
+                && rec.status != ReleaseStatus::Confirmed
+                && rec.status != ReleaseStatus::Conflicted
+                && p.tx.input.iter().any(|i| spent.contains(&i.previous_output))
+            {
+                rec.status = ReleaseStatus::Conflicted;
+                info!(target: "release", txid = %other, confirmed = %txid, "release superseded by a conflicting confirmed one");
+                dead.push(*other);
+            }
+        }
+        dead
     }
 
     async fn replace(&mut self, txid: Txid) -> eyre::Result<()> {
@@ -859,6 +963,29 @@ impl Threshold {
         info!(target: "release", old = %txid, new = %new.txid(), rate, "release stuck: proposing a replacement (RBF)");
         self.metrics.releases.with_label_values(&["replaced"]).inc();
         self.propose(new)
+    }
+
+    /// Sends this node's releases that are still being signed to the others again.
+    fn resend_proposals(&mut self) {
+        if self.last_resend.elapsed() < RESEND_EVERY {
+            return;
+        }
+        self.last_resend = Instant::now();
+        let mine: Vec<Vec<u8>> = self
+            .releases
+            .values()
+            .filter(|(r, _)| r.status == ReleaseStatus::Signing && r.proposer == self.me)
+            .map(|(_, p)| {
+                let mut payload = vec![TAG_RELEASE];
+                payload.extend(p.encode());
+                payload
+            })
+            .collect();
+        for payload in mine {
+            for i in (0..self.n).filter(|i| *i != self.me) {
+                self.send(i, payload.clone());
+            }
+        }
     }
 
     fn propose(&mut self, p: Proposal) -> eyre::Result<()> {
@@ -917,8 +1044,11 @@ impl Threshold {
     /// This node's record of a release paying `event`, if any (newest first).
     pub fn release_of(store: &Store, event: &EventId) -> eyre::Result<Option<ReleaseRecord>> {
         let mut found: Option<ReleaseRecord> = None;
-        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
-            let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
+        let paying: Vec<String> = store.get_json(Cf::Releases, paying_key(event))?.unwrap_or_default();
+        for txid in paying {
+            let mut key = b"rel/".to_vec();
+            key.extend_from_slice(txid.as_bytes());
+            let Some(rec) = store.get_json::<ReleaseRecord>(Cf::Releases, key)? else { continue };
             if rec.payouts.contains(event) {
                 let better = match &found {
                     None => true,

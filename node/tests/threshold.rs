@@ -18,7 +18,15 @@ use btcfi_signer::{
 use btcfi_testkit::{Anvil, Bitcoind, contracts::deploy_bridge, wait_until};
 use btcfi_types::{ChainId, DepositMemo, EventId, EvmAddress, TxHash};
 use common::{EvmChain, Setup, Validator, dkg_all, tail};
-use std::{collections::BTreeSet, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 const PEG_OUT_FEE: u64 = 2_000;
 
@@ -34,6 +42,8 @@ struct Net {
     nodes: Vec<Validator>,
     vault: bitcoin::Address,
     miner: tokio::task::JoinHandle<()>,
+    /// Whether the miner task mines (a block every 700 ms) or holds off.
+    mining: Arc<AtomicBool>,
 }
 
 impl Drop for Net {
@@ -45,6 +55,11 @@ impl Drop for Net {
 /// bitcoind, two anvil chains with bridges, 4 validators after their DKG, the EVM
 /// group key installed in both bridges; validator `i` runs with `faults[i]`.
 async fn network(faults: [Option<&str>; 4]) -> Net {
+    network_with(faults, 600).await
+}
+
+/// [`network`], with releases replaced (RBF) after `rbf_after_secs` unconfirmed.
+async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64) -> Net {
     let btc = Arc::new(Bitcoind::start().await.unwrap());
     let start = btc.block_count().await.unwrap() + 1;
     let mut chains = Vec::new();
@@ -76,7 +91,7 @@ async fn network(faults: [Option<&str>; 4]) -> Net {
             let cfg = std::fs::read_to_string(n.home.path().join("config.toml")).unwrap();
             let cfg = cfg.replace(
                 "reorg_window = 20\n",
-                &format!("reorg_window = 20\npeg_out_fee = {PEG_OUT_FEE}\nrbf_after_secs = 600\n"),
+                &format!("reorg_window = 20\npeg_out_fee = {PEG_OUT_FEE}\nrbf_after_secs = {rbf_after_secs}\n"),
             );
             std::fs::write(n.home.path().join("config.toml"), cfg).unwrap();
         }
@@ -106,16 +121,20 @@ async fn network(faults: [Option<&str>; 4]) -> Net {
         n.wait_ready().await;
     }
     // A block a second, as a live chain would.
+    let mining = Arc::new(AtomicBool::new(true));
     let miner = {
         let btc = btc.clone();
+        let mining = mining.clone();
         tokio::spawn(async move {
             loop {
-                let _ = btc.mine(1).await;
+                if mining.load(Ordering::SeqCst) {
+                    let _ = btc.mine(1).await;
+                }
                 tokio::time::sleep(Duration::from_millis(700)).await;
             }
         })
     };
-    Net { btc, chains, nodes, vault, miner }
+    Net { btc, chains, nodes, vault, miner, mining }
 }
 
 impl Net {
@@ -149,6 +168,25 @@ impl Net {
             }
             panic!("{e}");
         }
+    }
+
+    /// `burnToBitcoin(amount, payee)` on `chain` by anvil dev account `account`, made
+    /// final; the burn's event id.
+    async fn burn_to_bitcoin(&self, chain: usize, account: usize, amount: u64, payee: &bitcoin::Address) -> String {
+        let c = &self.chains[chain];
+        let as_user = IBridge::new(c.bridge, c.anvil.wallet_provider(account));
+        let receipt = as_user
+            .burnToBitcoin(amount, payee.script_pubkey().to_bytes().into())
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(receipt.status());
+        c.anvil.mine(3).await.unwrap();
+        let log = receipt.inner.logs().iter().find(|l| l.address() == c.bridge).unwrap();
+        format!("{}:{}:{}", c.anvil.chain_id(), hex::encode(receipt.transaction_hash.0), log.log_index.unwrap())
     }
 
     /// The attempt-0 coordinator of the mint session for a deposit.
@@ -204,19 +242,7 @@ async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
 
     // Peg-out from that chain back to a bitcoind wallet address.
     let payee = net.btc.new_address().await.unwrap();
-    let as_user = IBridge::new(c.bridge, c.anvil.wallet_provider(7));
-    let receipt = as_user
-        .burnToBitcoin(600_000, payee.script_pubkey().to_bytes().into())
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    assert!(receipt.status());
-    c.anvil.mine(3).await.unwrap();
-    let log = receipt.inner.logs().iter().find(|l| l.address() == c.bridge).unwrap();
-    let burn = format!("{}:{}:{}", c.anvil.chain_id(), hex::encode(receipt.transaction_hash.0), log.log_index.unwrap());
+    let burn = net.burn_to_bitcoin(1, 7, 600_000, &payee).await;
     let paid = wait_until("the peg-out paid at depth", Duration::from_secs(180), || async {
         net.nodes[1].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
     })
@@ -339,4 +365,67 @@ async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt
         assert!(net.nodes[victim].log().contains("commitments issued before the last restart"));
         break;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
+    let net = network_with([None; 4], 3).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    net.deposit(0, user, 1_000_000).await;
+    net.wait_balance(0, user, 1_000_000).await;
+
+    // No blocks from the moment the burn is certified: the release stays in the mempool.
+    let payee = net.btc.new_address().await.unwrap();
+    let burn = net.burn_to_bitcoin(0, 7, 400_000, &payee).await;
+    wait_until("the burn certified", Duration::from_secs(60), || async {
+        net.nodes[0].get(&format!("/v1/attestations/{burn}")).filter(|v| v["certificate"]["digest"].is_string())
+    })
+    .await
+    .unwrap();
+    net.mining.store(false, Ordering::SeqCst);
+    let mempool = || async {
+        net.btc.rpc(|c| c.get_raw_mempool()).await.unwrap().into_iter().map(|t| t.to_string()).collect::<Vec<_>>()
+    };
+    // The first release, then (after rbf_after_secs unconfirmed) its replacement.
+    let first = wait_until("the release in the mempool", Duration::from_secs(60), || async {
+        let v = net.nodes[0].get(&format!("/v1/attestations/{burn}"))?;
+        let txid = v["release"]["txid"].as_str()?.to_owned();
+        mempool().await.contains(&txid).then_some((txid, v["release"]["network_fee_sats"].as_u64()?))
+    })
+    .await
+    .unwrap();
+    let second = wait_until("a replacement in the mempool", Duration::from_secs(90), || async {
+        let v = net.nodes[0].get(&format!("/v1/attestations/{burn}"))?;
+        let txid = v["release"]["txid"].as_str()?.to_owned();
+        (txid != first.0 && mempool().await.contains(&txid)).then_some((txid, v["release"].clone()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        for n in &net.nodes {
+            eprintln!("--- {}:\n{}", n.name, tail(&n.log()));
+        }
+        panic!("{e}")
+    });
+    // A replacement of the first (or, if blocks stay away, of a replacement of it).
+    assert!(second.1["replaces"].is_string(), "{}", second.1);
+    assert!(second.1["network_fee_sats"].as_u64().unwrap() > first.1, "a higher fee: {} vs {}", second.1, first.1);
+    assert!(!mempool().await.contains(&first.0), "bitcoind replaced the first release");
+    assert!(net.metric_sum("btcfi_releases_total", "outcome=\"replaced\"") >= 1.0);
+
+    // Blocks again: the replacement confirms and pays exactly once.
+    net.mining.store(true, Ordering::SeqCst);
+    let paid = wait_until("the peg-out paid at depth", Duration::from_secs(120), || async {
+        net.nodes[2].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
+    })
+    .await
+    .unwrap();
+    assert_ne!(paid["release"]["txid"], first.0.as_str(), "{paid}");
+    assert_eq!(paid["release"]["paid_sats"], 400_000 - PEG_OUT_FEE);
+    let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
+    assert_eq!(received, Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once, by the replacement only");
+    let old = bitcoin::Txid::from_str(&first.0).unwrap();
+    assert!(
+        net.btc.rpc(move |c| c.get_raw_transaction_info(&old, None)).await.is_err(),
+        "the first release never confirms"
+    );
 }
