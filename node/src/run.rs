@@ -374,6 +374,18 @@ pub async fn run_with(
     let (chain_tx, mut chain_rx) = mpsc::channel::<ChainUpdate>(64);
     let btc_cp = load_checkpoint(&store, ChainId::BITCOIN)?;
     let btc = BitcoinSource::new(cfg.bitcoin.clone(), btc_cp).await.wrap_err("starting the Bitcoin adapter")?;
+    match btc.has_txindex().await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(eyre!(
+                "bitcoind at {} runs without a transaction index: releases could not be followed to depth; restart it with -txindex=1",
+                cfg.bitcoin.rpc_url
+            ));
+        }
+        Err(e) => {
+            warn!(target: "chain::btc", error = %e, "cannot ask bitcoind for its indexes (is it up?); it must run with -txindex=1")
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(chain_task(
         btc,

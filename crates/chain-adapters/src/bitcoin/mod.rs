@@ -413,6 +413,14 @@ impl BitcoinSource {
         }
     }
 
+    /// Whether bitcoind keeps a transaction index (`-txindex=1`), which following a
+    /// release to depth needs ([`BitcoinSource::tx_confirmations`]).
+    pub async fn has_txindex(&self) -> Result<bool, BtcError> {
+        let info: serde_json::Value =
+            self.rpc.call("getindexinfo", |c| c.call::<serde_json::Value>("getindexinfo", &[])).await?;
+        Ok(info.get("txindex").is_some())
+    }
+
     /// Confirmations of a transaction: `Some(0)` in the mempool, `None` when the node
     /// does not know it (never broadcast, evicted, or reorged out and dropped).
     pub async fn tx_confirmations(&self, txid: Txid) -> Result<Option<u64>, BtcError> {
