@@ -14,16 +14,23 @@
 //! success means every validator holds the same group keys. On failure the culprits are
 //! named, the others are told (`abort`), and nothing is stored.
 //!
-//! Payload: `tag u8 | body`; tag 1 = `evm` DKG message, 2 = `btc` DKG message,
-//! 3 = confirmation (32 bytes), 4 = abort (UTF-8 reason).
+//! Round-2 packages are also signed by the sender's validator identity (ed25519, over
+//! domain, epoch, DKG, sender, recipient and package), so a complaint about a share is
+//! backed by the sender's own signature.
+//!
+//! Payload: `tag u8 | body`; tag 1 = `evm` DKG message (broadcast), 2 = `btc` DKG
+//! message (broadcast), 3 = confirmation (32 bytes), 4 = abort (UTF-8 reason), 5 / 6 =
+//! signed `evm` / `btc` round-2 package (`ed25519 signature (64) | message`).
 
 use crate::{
     config::NodeConfig,
+    crypto::SetVerifier,
     identity,
     keys::{self, KeyKind, StoredKey},
     run::ValidatorSet,
 };
-use btcfi_p2p::{MessageKind, NetworkEvent, NetworkHandle, PeerId};
+use btcfi_consensus::VoteVerifier;
+use btcfi_p2p::{Keypair, MessageKind, NetworkEvent, NetworkHandle, PeerId};
 use btcfi_signer::{
     dkg::{Dkg, DkgAction, DkgFailure, DkgMessage},
     frost_secp256k1::Secp256K1Sha256 as Evm,
@@ -48,6 +55,23 @@ const TAG_EVM: u8 = 1;
 const TAG_BTC: u8 = 2;
 const TAG_CONFIRM: u8 = 3;
 const TAG_ABORT: u8 = 4;
+/// Round-2 packages (to one recipient), signed by the sender: `signature (64) | message`.
+const TAG_EVM_ROUND2: u8 = 5;
+const TAG_BTC_ROUND2: u8 = 6;
+/// Domain tag of round-2 signatures.
+const ROUND2_DOMAIN: &[u8] = b"BTCFI-DKG-ROUND2-v1";
+const SIGNATURE_LEN: usize = 64;
+
+/// What a round-2 signature covers: domain, epoch, which DKG, sender, recipient, message.
+fn round2_signed_bytes(epoch: u64, tag: u8, from: usize, to: usize, message: &[u8]) -> Vec<u8> {
+    let mut b = ROUND2_DOMAIN.to_vec();
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.push(tag);
+    b.extend_from_slice(&(from as u64).to_be_bytes());
+    b.extend_from_slice(&(to as u64).to_be_bytes());
+    b.extend_from_slice(message);
+    b
+}
 
 /// Deliberate misbehaviour, for tests of culprit detection only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +93,8 @@ pub fn index_of<C: Ciphersuite>(id: &Identifier<C>, n: usize) -> Option<usize> {
 
 struct Side<C: Ciphersuite> {
     tag: u8,
+    /// Tag of this side's signed round-2 packages.
+    round2_tag: u8,
     dkg: Dkg<C>,
     done: Option<(KeyPackage<C>, PublicKeyPackage<C>)>,
 }
@@ -79,6 +105,11 @@ struct Driver {
     sends: JoinSet<Result<(), String>>,
     deadline: Instant,
     fault: Option<DkgFault>,
+    epoch: u64,
+    /// This validator's identity: signs its round-2 packages.
+    identity: Keypair,
+    /// The validators' identities: verify theirs.
+    verifier: SetVerifier,
 }
 
 impl Driver {
@@ -147,9 +178,7 @@ impl Driver {
                 }
                 DkgAction::SendTo { to, message } => {
                     let Some(i) = index_of(&to, n) else { continue };
-                    let mut p = vec![side.tag];
-                    p.extend(message.encode().map_err(|e| format!("{kind} DKG: encoding: {e}"))?);
-                    round2.push((i, p));
+                    round2.push((i, message.encode().map_err(|e| format!("{kind} DKG: encoding: {e}"))?));
                 }
                 DkgAction::Done { key_package, public_key_package } => {
                     info!(target: "dkg", %kind, "key generated");
@@ -165,19 +194,40 @@ impl Driver {
                 *p = payloads[(k + 1) % payloads.len()].clone();
             }
         }
-        for (i, p) in round2 {
+        for (i, message) in round2 {
+            // Signed for exactly this recipient: a complaint about its share can be proven.
+            let signed = round2_signed_bytes(self.epoch, side.round2_tag, self.set.own, i, &message);
+            let signature = self.identity.sign(&signed).map_err(|e| format!("{kind} DKG: signing: {e}"))?;
+            let mut p = vec![side.round2_tag];
+            p.extend_from_slice(&signature);
+            p.extend(message);
             self.send(i, p);
         }
         Ok(())
     }
+
+    /// The message of a signed round-2 payload from `from`, if its signature holds.
+    fn open_round2<'a>(&self, tag: u8, from: usize, body: &'a [u8]) -> Option<&'a [u8]> {
+        let (signature, message) = body.split_at_checked(SIGNATURE_LEN)?;
+        let signed = round2_signed_bytes(self.epoch, tag, from, self.set.own, message);
+        let index = btcfi_consensus::ValidatorIndex(u16::try_from(from).ok()?);
+        let ok = self.verifier.verify(index, &signed, &btcfi_consensus::Signature(signature.to_vec()));
+        if !ok {
+            warn!(target: "dkg", from = %self.set.describe(from), "round-2 package with a bad signature dropped");
+        }
+        ok.then_some(message)
+    }
 }
 
+/// Feeds a peer's DKG message; round-2 packages count only when they came signed
+/// (`signed`), broadcast ones only when they did not.
 fn feed<C: Ciphersuite>(
     driver: &mut Driver,
     kind: KeyKind,
     side: &mut Side<C>,
     from: usize,
     body: &[u8],
+    signed: bool,
 ) -> Result<(), String> {
     let message = match DkgMessage::<C>::decode(body) {
         Ok(m) => m,
@@ -186,6 +236,10 @@ fn feed<C: Ciphersuite>(
             return Ok(());
         }
     };
+    if matches!(message, DkgMessage::Round2(_)) != signed {
+        warn!(target: "dkg", from = %driver.set.describe(from), signed, "DKG message on the wrong channel dropped (round-2 packages must be signed)");
+        return Ok(());
+    }
     let Ok(id) = identifier::<C>(from) else { return Ok(()) };
     let actions = side.dkg.handle(id, message);
     driver.act(kind, side, actions)
@@ -227,16 +281,34 @@ pub async fn run(
     let t = set.threshold();
     let ids_evm: BTreeSet<Identifier<Evm>> = (0..n).map(identifier).collect::<eyre::Result<_>>()?;
     let ids_btc: BTreeSet<Identifier<Btc>> = (0..n).map(identifier).collect::<eyre::Result<_>>()?;
-    let mut evm =
-        Side { tag: TAG_EVM, dkg: Dkg::new(identifier(set.own)?, ids_evm, t).map_err(|e| eyre!("{e}"))?, done: None };
-    let mut btc =
-        Side { tag: TAG_BTC, dkg: Dkg::new(identifier(set.own)?, ids_btc, t).map_err(|e| eyre!("{e}"))?, done: None };
+    let mut evm = Side {
+        tag: TAG_EVM,
+        round2_tag: TAG_EVM_ROUND2,
+        dkg: Dkg::new(identifier(set.own)?, ids_evm, t).map_err(|e| eyre!("{e}"))?,
+        done: None,
+    };
+    let mut btc = Side {
+        tag: TAG_BTC,
+        round2_tag: TAG_BTC_ROUND2,
+        dkg: Dkg::new(identifier(set.own)?, ids_btc, t).map_err(|e| eyre!("{e}"))?,
+        done: None,
+    };
     let registry = prometheus::Registry::new();
-    let mut network = set.start_network(cfg, keypair, &registry).await?;
+    let verifier = SetVerifier::new(&set.peers)?;
+    let mut network = set.start_network(cfg, keypair.clone(), &registry).await?;
     let index_of_peer: BTreeMap<PeerId, usize> = set.peers.iter().enumerate().map(|(i, p)| (*p, i)).collect();
     info!(target: "dkg", epoch, validators = n, threshold = t, "starting the evm and btc DKGs");
     let deadline = Instant::now() + timeout;
-    let mut driver = Driver { net: network.handle(), set: set.clone(), sends: JoinSet::new(), deadline, fault };
+    let mut driver = Driver {
+        net: network.handle(),
+        set: set.clone(),
+        sends: JoinSet::new(),
+        deadline,
+        fault,
+        epoch,
+        identity: keypair,
+        verifier,
+    };
 
     let rng = rand::rngs::OsRng;
     let result: Result<[u8; 32], String> = async {
@@ -282,8 +354,17 @@ pub async fn run(
                     let _ = network.respond(channel, MessageKind::Dkg, Vec::new()).await;
                     let Some((&tag, body)) = payload.split_first() else { continue };
                     match tag {
-                        TAG_EVM => feed(&mut driver, KeyKind::Evm, &mut evm, i, body)?,
-                        TAG_BTC => feed(&mut driver, KeyKind::Btc, &mut btc, i, body)?,
+                        TAG_EVM => feed(&mut driver, KeyKind::Evm, &mut evm, i, body, false)?,
+                        TAG_BTC => feed(&mut driver, KeyKind::Btc, &mut btc, i, body, false)?,
+                        TAG_EVM_ROUND2 | TAG_BTC_ROUND2 => {
+                            let Some(message) = driver.open_round2(tag, i, body) else { continue };
+                            let message = message.to_vec();
+                            if tag == TAG_EVM_ROUND2 {
+                                feed(&mut driver, KeyKind::Evm, &mut evm, i, &message, true)?
+                            } else {
+                                feed(&mut driver, KeyKind::Btc, &mut btc, i, &message, true)?
+                            }
+                        }
                         TAG_CONFIRM => {
                             if let Ok(c) = <[u8; 32]>::try_from(body) {
                                 confirms.insert(i, c);
@@ -350,5 +431,34 @@ pub async fn run(
             network.shutdown().await;
             Err(eyre!("DKG of epoch {epoch} failed: {reason}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round-2 signature holds for its sender, recipient, epoch and DKG only: a
+    /// package re-addressed, replayed into another epoch or DKG, or altered, fails.
+    #[test]
+    fn round2_signatures_bind_sender_recipient_epoch_and_package() {
+        let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+        let peers: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+        let verifier = SetVerifier::new(&peers).unwrap();
+        let package = b"round-2 package for validator 1".to_vec();
+        let signed = round2_signed_bytes(7, TAG_EVM_ROUND2, 0, 1, &package);
+        let sig = btcfi_consensus::Signature(keys[0].sign(&signed).unwrap());
+        let holds = |epoch, tag, from: usize, to, message: &[u8]| {
+            let index = btcfi_consensus::ValidatorIndex(u16::try_from(from).unwrap());
+            verifier.verify(index, &round2_signed_bytes(epoch, tag, from, to, message), &sig)
+        };
+        assert!(holds(7, TAG_EVM_ROUND2, 0, 1, &package));
+        assert!(!holds(7, TAG_EVM_ROUND2, 0, 2, &package), "re-addressed");
+        assert!(!holds(8, TAG_EVM_ROUND2, 0, 1, &package), "another epoch");
+        assert!(!holds(7, TAG_BTC_ROUND2, 0, 1, &package), "the other DKG");
+        assert!(!holds(7, TAG_EVM_ROUND2, 2, 1, &package), "claimed by another sender");
+        let mut altered = package.clone();
+        altered[0] ^= 1;
+        assert!(!holds(7, TAG_EVM_ROUND2, 0, 1, &altered), "altered");
     }
 }
