@@ -139,7 +139,12 @@ impl Metrics {
                 "Nonce commitments issued (each persisted before it left).",
                 &["key"],
             )?,
-            signing_attempts: counter_vec(&r, "btcfi_signing_attempts_total", "Signing attempts begun.", &["key"])?,
+            signing_attempts: counter_vec(
+                &r,
+                "btcfi_signing_attempts_total",
+                "Signing attempts by how they ended: signed, retried (a new attempt began), failed.",
+                &["key", "outcome"],
+            )?,
             signing_culprits: counter_vec(
                 &r,
                 "btcfi_signing_culprits_total",

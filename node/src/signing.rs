@@ -380,7 +380,9 @@ impl<C: Ciphersuite> Suite<C> {
                     }
                 }
                 Action::NewAttempt { attempt, coordinator, candidates } => {
-                    self.metrics.signing_attempts.with_label_values(&[kind.as_str()]).inc();
+                    if attempt.0 > 0 {
+                        self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "retried"]).inc();
+                    }
                     let coord = self.index(&coordinator);
                     if let Some(slot) = self.sessions.get_mut(&sid) {
                         slot.candidates = candidates;
@@ -415,6 +417,7 @@ impl<C: Ciphersuite> Suite<C> {
                     let bytes = signature.serialize().map_err(|e| eyre::eyre!("serializing a signature: {e}"))?;
                     self.finished.insert(sid, (attempt, signature));
                     self.metrics.signing_sessions.with_label_values(&[kind.as_str(), "signed"]).inc();
+                    self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "signed"]).inc();
                     self.metrics
                         .signing_latency
                         .with_label_values(&[kind.as_str()])
@@ -443,6 +446,7 @@ impl<C: Ciphersuite> Suite<C> {
                 Action::Failed(e) => {
                     if let Some(slot) = self.sessions.remove(&sid) {
                         self.metrics.signing_sessions.with_label_values(&[kind.as_str(), "failed"]).inc();
+                        self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "failed"]).inc();
                         warn!(target: "signing", key = %kind, session = ?sid, error = %e, "signing session failed");
                         out.push(Effect::Failed { kind, purpose: slot.purpose, error: e.to_string() });
                     }
