@@ -158,6 +158,38 @@ pub struct Faults {
     pub signing: Option<SigningFault>,
 }
 
+/// Opens the epoch's group keys into signing suites.
+struct SuiteOpener<'a> {
+    store: &'a Store,
+    epoch: u64,
+    n: usize,
+    me: usize,
+    timeout_ms: u64,
+    passphrase: Option<&'a str>,
+    fault: Option<SigningFault>,
+    metrics: &'a Metrics,
+}
+
+impl SuiteOpener<'_> {
+    /// The suite of `kind` with its group key, or `None` (with a warning) before the DKG.
+    fn suite<C: frost_core::Ciphersuite>(&self, kind: KeyKind) -> eyre::Result<Option<(String, Suite<C>)>> {
+        if keys::load(self.store, kind, self.epoch)?.is_none() {
+            warn!(target: "signing", key = %kind, epoch = self.epoch, "no key for this epoch: signing disabled until `btcfi-node dkg` has run");
+            return Ok(None);
+        }
+        let passphrase = self.passphrase.ok_or(keys::KeyError::NoPassphrase)?;
+        let k = keys::open_key::<C>(self.store, kind, self.epoch, passphrase)?;
+        let config = SessionConfig {
+            key_package: k.key_package,
+            public_key_package: k.public_key_package,
+            timeout_ms: self.timeout_ms,
+        };
+        let suite =
+            Suite::new(kind, self.epoch, self.n, self.me, config, self.store, self.fault, self.metrics.clone())?;
+        Ok(Some((k.record.group_key, suite)))
+    }
+}
+
 /// Signing, relaying and releases of one node.
 pub struct Threshold {
     store: Arc<Store>,
@@ -214,38 +246,26 @@ impl Threshold {
         let epoch = cfg.node.epoch;
         let n = peers.len();
         let timeout_ms = cfg.signing.timeout_ms;
-        let mut group_keys = BTreeMap::new();
-        let mut evm = None;
-        let mut btc = None;
-        for kind in [KeyKind::Evm, KeyKind::Btc] {
-            if keys::load(&store, kind, epoch)?.is_none() {
-                warn!(target: "signing", key = %kind, epoch, "no key for this epoch: signing disabled until `btcfi-node dkg` has run");
-                continue;
-            }
-            let passphrase = passphrase.ok_or(keys::KeyError::NoPassphrase)?;
-            match kind {
-                KeyKind::Evm => {
-                    let k = keys::open_key::<Evm>(&store, kind, epoch, passphrase)?;
-                    group_keys.insert(kind, k.record.group_key.clone());
-                    let config = SessionConfig {
-                        key_package: k.key_package,
-                        public_key_package: k.public_key_package,
-                        timeout_ms,
-                    };
-                    evm = Some(Suite::new(kind, epoch, n, me, config, &store, faults.signing, metrics.clone())?);
-                }
-                KeyKind::Btc => {
-                    let k = keys::open_key::<Btc>(&store, kind, epoch, passphrase)?;
-                    group_keys.insert(kind, k.record.group_key.clone());
-                    let config = SessionConfig {
-                        key_package: k.key_package,
-                        public_key_package: k.public_key_package,
-                        timeout_ms,
-                    };
-                    btc = Some(Suite::new(kind, epoch, n, me, config, &store, faults.signing, metrics.clone())?);
-                }
-            }
-        }
+        let open = SuiteOpener {
+            store: &store,
+            epoch,
+            n,
+            me,
+            timeout_ms,
+            passphrase,
+            fault: faults.signing,
+            metrics: &metrics,
+        };
+        let evm = open.suite::<Evm>(KeyKind::Evm)?;
+        let btc = open.suite::<Btc>(KeyKind::Btc)?;
+        let group_keys: BTreeMap<KeyKind, String> = [
+            evm.as_ref().map(|(gk, _)| (KeyKind::Evm, gk.clone())),
+            btc.as_ref().map(|(gk, _)| (KeyKind::Btc, gk.clone())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let (evm, btc) = (evm.map(|(_, s)| s), btc.map(|(_, s)| s));
         let mut usable = BTreeSet::new();
         for kind in group_keys.keys() {
             if keys::check(&store, *kind, epoch)?.is_some() {
