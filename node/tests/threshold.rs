@@ -7,7 +7,7 @@
 mod common;
 
 use alloy::primitives::{Address, B256, U256};
-use bitcoin::{Amount, Network};
+use bitcoin::Amount;
 use bitcoincore_rpc::RpcApi;
 use btcfi_chain_adapters::evm::bindings::{IBridge, IWrappedBTC};
 use btcfi_signer::{
@@ -110,16 +110,8 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64) -> Net {
             .unwrap();
         assert!(r.status(), "setInitialKey");
     }
-    let vault = bitcoin::Address::from_str(keys["btc"]["vault_address"].as_str().unwrap())
-        .unwrap()
-        .require_network(Network::Regtest)
-        .unwrap();
-    for n in &mut nodes {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready().await;
-    }
+    let vault = common::vault_of(&keys);
+    common::start_all(&mut nodes).await;
     // A block a second, as a live chain would.
     let mining = Arc::new(AtomicBool::new(true));
     let miner = {

@@ -8,7 +8,7 @@ mod common;
 
 use alloy::primitives::B256;
 use bitcoin::hashes::Hash;
-use bitcoin::{Address, Amount, Network};
+use bitcoin::{Address, Amount};
 use btcfi_chain_adapters::evm::bindings::IBridge;
 use btcfi_signer::evm::mint_message;
 use btcfi_testkit::{
@@ -19,7 +19,7 @@ use btcfi_testkit::{
 use btcfi_testkit::{Bitcoind, wait_until};
 use btcfi_types::{ChainId, DepositMemo, EvmAddress};
 use common::{EvmChain, Setup, Validator, dkg_all, node_bin, wait_certified};
-use std::{process::Command, str::FromStr, time::Duration};
+use std::{process::Command, time::Duration};
 
 /// A real anvil with the bridge deployed under a dealer group key.
 struct Evm {
@@ -91,17 +91,8 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert!(String::from_utf8_lossy(&check.stdout).contains("rpc_password = \"***\""), "password masked");
     let keys = dkg_all(&nodes.iter().collect::<Vec<_>>());
-    let vault = Address::from_str(keys["btc"]["vault_address"].as_str().unwrap())
-        .unwrap()
-        .require_network(Network::Regtest)
-        .unwrap();
-
-    for n in &mut nodes {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready().await;
-    }
+    let vault = common::vault_of(&keys);
+    common::start_all(&mut nodes).await;
 
     // One deposit: all four certify the same digest.
     let first = deposit(&btc, &vault, 1_000_000).await;

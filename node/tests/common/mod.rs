@@ -276,3 +276,20 @@ pub fn dkg_all(nodes: &[&Validator]) -> Value {
     }
     first.unwrap()
 }
+
+/// The vault (regtest P2TR) address of a DKG's output.
+pub fn vault_of(keys: &Value) -> bitcoin::Address {
+    let a: bitcoin::Address<bitcoin::address::NetworkUnchecked> =
+        keys["btc"]["vault_address"].as_str().expect("dkg output names the vault").parse().expect("an address");
+    a.require_network(bitcoin::Network::Regtest).expect("a regtest address")
+}
+
+/// Starts every validator, then waits until each is ready.
+pub async fn start_all(nodes: &mut [Validator]) {
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in nodes.iter() {
+        n.wait_ready().await;
+    }
+}
