@@ -54,6 +54,8 @@ pub struct StatusSnapshot {
     pub chains: BTreeMap<String, ChainStatus>,
     /// Why the group keys cannot sign yet (missing, or test signature pending).
     pub key_issues: Vec<String>,
+    /// Group keys, vault, releases (from the signing side, see `Threshold::summary`).
+    pub signing: Value,
     #[serde(skip)]
     expected_chains: usize,
     #[serde(skip)]
@@ -74,6 +76,7 @@ impl StatusSnapshot {
             certified: 0,
             chains: BTreeMap::new(),
             key_issues: Vec::new(),
+            signing: Value::Null,
             expected_chains: 1 + cfg.evm.len(),
             // A chain that has not been polled successfully for this long stalls readiness.
             stall_ms: 10 * cfg.node.bitcoin_poll_ms.max(cfg.evm.iter().map(|c| c.poll_interval_ms).max().unwrap_or(0)),
@@ -174,7 +177,9 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 async fn status(State(s): State<ApiState>) -> ApiResult {
     let snap = snapshot(&s)?;
     let mut v = serde_json::to_value(&snap).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    v["ready"] = json!(snap.not_ready(now_ms()).is_empty());
+    let why = snap.not_ready(now_ms());
+    v["ready"] = json!(why.is_empty());
+    v["not_ready"] = json!(why);
     v["connected_peers"] = json!(s.net.connected_validators().iter().map(|p| p.to_string()).collect::<Vec<_>>());
     Ok(Json(v))
 }
@@ -424,7 +429,7 @@ fn openapi() -> Value {
             "/health": get("Liveness: the process answers."),
             "/ready": get("Readiness: chains advancing and a quorum of validators connected (503 with reasons otherwise)."),
             "/metrics": get("Prometheus metrics (btcfi_ prefix)."),
-            "/v1/status": get("Node summary: identity, epoch, quorum, peers, chains."),
+            "/v1/status": get("Node summary: identity, epoch, quorum, peers, chains, why not ready, group keys, vault and releases."),
             "/v1/attestations": {"get": {"summary": "Events and attestations, filtered and paged.", "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUSES}},
                 {"name": "source", "in": "query", "schema": {"type": "integer"}},

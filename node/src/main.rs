@@ -247,7 +247,30 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
                 v["validators"],
                 v["quorum"]
             );
+            if let Some(why) = v["not_ready"].as_array().filter(|w| !w.is_empty()) {
+                for w in why {
+                    println!("  not ready: {}", w.as_str().unwrap_or("?"));
+                }
+            }
             println!("own votes: {}, certified: {}", v["own_votes"], v["certified"]);
+            let sig = &v["signing"];
+            if let Some(keys) = sig["keys"].as_object() {
+                for (kind, k) in keys {
+                    let state = match (k["group_key"].as_str(), k["usable"] == true) {
+                        (None, _) => "none (run `btcfi-node dkg`)".to_owned(),
+                        (Some(g), true) => format!("{g} (usable)"),
+                        (Some(g), false) => format!("{g} (test signature pending)"),
+                    };
+                    println!("  {kind} key: {state}");
+                }
+                println!(
+                    "  vault {}; peg-outs pending {}; releases {}; relaying {}",
+                    sig["vault_address"].as_str().unwrap_or("?"),
+                    sig["peg_outs_pending"],
+                    sig["releases"],
+                    if sig["relayer"] == true { "yes" } else { "no (no relayer key)" }
+                );
+            }
             if let Some(chains) = v["chains"].as_object() {
                 for (name, c) in chains {
                     println!(

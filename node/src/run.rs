@@ -461,12 +461,11 @@ pub async fn run_with(
             _ = tick.tick() => {
                 if let Err(e) = ctx.feed(&mut core, Input::Tick).await { break Err(e) }
                 if let Err(e) = ctx.threshold.tick().await { break Err(e) }
-                let key_issues = ctx.threshold.not_ready();
-                if let Ok(mut s) = snapshot.write() {
-                    s.key_issues = key_issues;
-                }
+                let (key_issues, signing) = (ctx.threshold.not_ready(), ctx.threshold.summary());
                 let connected = ctx.net.connected_validators().len();
                 if let Ok(mut s) = snapshot.write() {
+                    s.key_issues = key_issues;
+                    s.signing = signing;
                     s.peers_connected = connected;
                     s.certified = core.stats().certified;
                     s.own_votes = core.stats().observations;

@@ -206,6 +206,7 @@ pub struct Threshold {
     usable: BTreeSet<KeyKind>,
     deferred: Vec<(KeyKind, Vec<u8>, Purpose)>,
     bridges: BTreeMap<u64, Address>,
+    vault_address: String,
     relay: Option<mpsc::Sender<MintJob>>,
     finalized_at: BTreeMap<EventId, Instant>,
     // Releases.
@@ -312,6 +313,7 @@ impl Threshold {
             usable,
             deferred: Vec::new(),
             bridges,
+            vault_address: cfg.bitcoin.vault_address.clone(),
             relay,
             finalized_at: BTreeMap::new(),
             policy: Policy {
@@ -335,6 +337,38 @@ impl Threshold {
         };
         t.update_pending_gauge();
         Ok(t)
+    }
+
+    /// Group keys, vault and releases, for `/v1/status`.
+    pub fn summary(&self) -> serde_json::Value {
+        let keys: serde_json::Map<String, serde_json::Value> = [KeyKind::Evm, KeyKind::Btc]
+            .into_iter()
+            .map(|k| {
+                let v = serde_json::json!({
+                    "group_key": self.group_keys.get(&k),
+                    "usable": self.usable.contains(&k),
+                });
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        let mut releases = BTreeMap::<&str, usize>::new();
+        for (r, _) in self.releases.values() {
+            let status = match r.status {
+                ReleaseStatus::Signing => "signing",
+                ReleaseStatus::Broadcast => "broadcast",
+                ReleaseStatus::Replaced => "replaced",
+                ReleaseStatus::Confirmed => "confirmed",
+                ReleaseStatus::Conflicted => "conflicted",
+            };
+            *releases.entry(status).or_default() += 1;
+        }
+        serde_json::json!({
+            "keys": keys,
+            "vault_address": self.vault_address,
+            "peg_outs_pending": self.metrics.releases_pending.get(),
+            "releases": releases,
+            "relayer": self.relay.is_some(),
+        })
     }
 
     /// Which keys are missing or not yet verified (for `/ready`).

@@ -200,6 +200,17 @@ impl Net {
 async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
     let mut net = network([None; 4]).await;
     let user = net.chains[1].anvil.dev_address(7);
+    // The operator's summary names both keys as usable and the DKG's vault.
+    let status = std::process::Command::new(common::node_bin())
+        .args(["status", "--home"])
+        .arg(net.nodes[0].home.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(text.contains("ready") && !text.contains("NOT READY"), "{text}");
+    assert_eq!(text.matches("(usable)").count(), 2, "{text}");
+    assert!(text.contains(&net.vault.to_string()), "{text}");
 
     // Peg-in to the second chain: minted once, by a relayer, for exactly the amount.
     let deposit = net.deposit(1, user, 1_000_000).await;
