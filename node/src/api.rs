@@ -226,7 +226,8 @@ fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<Value>,
             v["amount_sats"] = json!(r.amount.map(|a| a.0));
             v["reason"] = json!(r.reason);
         }
-        ChainEvent::Reorged { .. } => {}
+        // Vault spends are kept apart (`onchain/` in the releases family), never here.
+        ChainEvent::Reorged { .. } | ChainEvent::VaultSpend(_) => {}
     }
     let status = if stored.reorged.is_some() {
         "reorged"

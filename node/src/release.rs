@@ -95,6 +95,82 @@ pub enum ReleaseError {
     InsufficientFunds { have: u64, need: u64 },
     #[error("sighash: {0}")]
     Sighash(String),
+    #[error(
+        "peg-out {0}: the vault already made as many final payments of this amount to this script as there are certified peg-outs for it"
+    )]
+    PaidOnChain(EventId),
+    #[error("this node's Bitcoin view is still catching up: it signs no release until it has seen every final block")]
+    NotSynced,
+}
+
+impl ReleaseError {
+    /// Whether the proposal may become valid later in this node's view (it is kept
+    /// and checked again), as opposed to refused for good.
+    pub fn may_pass_later(&self) -> bool {
+        matches!(
+            self,
+            ReleaseError::UnknownPayout(_)
+                | ReleaseError::UnknownInput(_)
+                | ReleaseError::PaidOnChain(_)
+                | ReleaseError::NotSynced
+        )
+    }
+}
+
+/// What a peg-out payment looks like on chain: the script and the value it receives.
+pub type PaymentClass = (ScriptBuf, u64);
+
+/// The on-chain class of a payout, if it is payable.
+pub fn class_of(p: &Payout, policy: &Policy) -> Option<PaymentClass> {
+    payout_value(p, policy).map(|v| (p.script.clone(), v))
+}
+
+/// How many more payments of each class the vault may make: certified peg-outs of the
+/// class, minus final payments of it on chain, minus peg-outs of it promised to
+/// releases not yet on chain (`promised`). Payments of one class are interchangeable
+/// (same script, same value), so this bound holds whatever the database remembers of
+/// which release paid which peg-out: the chain itself limits what is paid.
+pub fn payment_budget(
+    certified: &BTreeMap<EventId, Payout>,
+    on_chain: &BTreeMap<PaymentClass, usize>,
+    promised: &BTreeSet<EventId>,
+    policy: &Policy,
+) -> BTreeMap<PaymentClass, usize> {
+    let mut budget: BTreeMap<PaymentClass, i64> = BTreeMap::new();
+    for (e, p) in certified {
+        let Some(c) = class_of(p, policy) else { continue };
+        let b = budget.entry(c).or_default();
+        *b += 1;
+        if promised.contains(e) {
+            *b -= 1;
+        }
+    }
+    for (c, n) in on_chain {
+        if let Some(b) = budget.get_mut(c) {
+            *b -= i64::try_from(*n).unwrap_or(i64::MAX);
+        }
+    }
+    budget.into_iter().map(|(c, b)| (c, usize::try_from(b).unwrap_or(0))).collect()
+}
+
+/// Refuses `p` if it pays some class more often than [`payment_budget`] allows; the
+/// peg-outs `p` itself pays (and the release it replaces pays) are not in `promised`.
+pub fn check_budget(
+    p: &Proposal,
+    certified: &BTreeMap<EventId, Payout>,
+    on_chain: &BTreeMap<PaymentClass, usize>,
+    promised: &BTreeSet<EventId>,
+    policy: &Policy,
+) -> Result<(), ReleaseError> {
+    let mut budget = payment_budget(certified, on_chain, promised, policy);
+    for e in &p.payouts {
+        let class = certified.get(e).and_then(|c| class_of(c, policy)).ok_or(ReleaseError::UnknownPayout(*e))?;
+        match budget.get_mut(&class) {
+            Some(b) if *b > 0 => *b -= 1,
+            _ => return Err(ReleaseError::PaidOnChain(*e)),
+        }
+    }
+    Ok(())
 }
 
 /// Whether Bitcoin nodes relay an output to `script` (standard single-key/hash forms).
@@ -611,6 +687,35 @@ mod tests {
         let third = build(&utxos, &[f2.certified[&event(3)].clone()], 5, &policy()).expect("build");
         let e = validate(&third, &f2.view(), &policy()).expect_err("input spent by another release");
         assert!(matches!(e, ReleaseError::InputLocked(_)), "{e}");
+    }
+
+    #[test]
+    fn the_chain_bounds_payments_whatever_the_database_forgot() {
+        let f = Fixture::new();
+        let pol = policy();
+        let p = f.build(5);
+        let none = BTreeMap::new();
+        check_budget(&p, &f.certified, &none, &BTreeSet::new(), &pol).expect("nothing paid yet");
+        // The chain shows event 1's payment (a release this node forgot): paying it again
+        // is refused, whichever event id the new proposal names.
+        let class1 = class_of(&f.certified[&event(1)], &pol).expect("payable");
+        let paid: BTreeMap<_, _> = [(class1.clone(), 1usize)].into_iter().collect();
+        let e = check_budget(&p, &f.certified, &paid, &BTreeSet::new(), &pol).expect_err("paid on chain");
+        assert_eq!(e, ReleaseError::PaidOnChain(event(1)));
+        assert!(e.may_pass_later());
+        // A second certified peg-out of the same class may still be paid once.
+        let mut two = Fixture::new();
+        let twin = Payout { event: event(7), ..f.certified[&event(1)].clone() };
+        two.certified.insert(event(7), twin);
+        let budget = payment_budget(&two.certified, &paid, &BTreeSet::new(), &pol);
+        assert_eq!(budget[&class1], 1);
+        let utxos: Vec<_> = two.utxos.iter().map(|(o, a)| (*o, *a)).collect();
+        let only7 = build(&utxos, &[two.certified[&event(7)].clone()], 5, &pol).expect("build");
+        check_budget(&only7, &two.certified, &paid, &BTreeSet::new(), &pol).expect("one left");
+        // Promised to another release not yet on chain: that uses the last one up.
+        let promised: BTreeSet<_> = [event(1)].into_iter().collect();
+        let e = check_budget(&only7, &two.certified, &paid, &promised, &pol).expect_err("budget used");
+        assert_eq!(e, ReleaseError::PaidOnChain(event(7)));
     }
 
     #[test]

@@ -13,10 +13,10 @@ use crate::{
     keys::{self, KeyKind},
     metrics::Metrics,
     state::{self, StoredEvent},
-    threshold::{Faults, Threshold},
+    threshold::{self, Faults, Threshold},
 };
 use btcfi_chain_adapters::{
-    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, bitcoin::BitcoinSource, evm::EvmSource,
+    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, VaultSpend, bitcoin::BitcoinSource, evm::EvmSource,
 };
 use btcfi_consensus::{Action, Alert, Config as CoreConfig, Consensus, Epoch, Input, Message, ValidatorIndex};
 use btcfi_p2p::{ChainHeights, MessageKind, NetworkConfig, NetworkEvent, NetworkHandle, NetworkService, ValidatorPeer};
@@ -532,6 +532,11 @@ async fn on_chain(
     }
     let Some(cp) = u.checkpoint else { return Ok(()) };
     ctx.metrics.chain_cursor.with_label_values(&label).set(cp.cursor.height as i64);
+    if u.chain == ChainId::BITCOIN
+        && let Some(h) = u.heads
+    {
+        ctx.threshold.set_bitcoin_progress(cp.cursor.height, h.finalized);
+    }
     // Events and the checkpoint after them: one atomic write.
     let mut batch = Batch::new();
     for ev in &u.events {
@@ -539,9 +544,20 @@ async fn on_chain(
             ChainEvent::Observed(_) => "observed",
             ChainEvent::Rejected(_) => "rejected",
             ChainEvent::Reorged { .. } => "reorged",
+            ChainEvent::VaultSpend(_) => "vault_spend",
         };
         ctx.metrics.chain_events.with_label_values(&[u.name.as_str(), kind]).inc();
         let rec = match ev {
+            // The vault's own spends: the payments ledger, not events to attest.
+            ChainEvent::VaultSpend(spend) => {
+                batch.put_json(Cf::Releases, threshold::onchain_key(&spend.txid), spend)?;
+                continue;
+            }
+            ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
+                error!(target: "chain::reorg", chain = %u.name, txid = %id.tx, "a final vault spend left the canonical chain");
+                batch.delete(Cf::Releases, threshold::onchain_key(&id.tx));
+                continue;
+            }
             ChainEvent::Reorged { id, block } => {
                 error!(target: "chain::reorg", chain = %u.name, event = %id, height = block.height, "an event reported final left the canonical chain");
                 match state::get_event(&ctx.store, id)? {
@@ -559,10 +575,17 @@ async fn on_chain(
     batch.put_json(Cf::Cursors, cursor_key(u.chain), &cp)?;
     ctx.store.commit(batch).wrap_err("persisting chain events")?;
     for ev in u.events {
-        if let ChainEvent::Observed(o) = ev {
-            ctx.metrics.observations.inc();
-            ctx.threshold.on_final(o.attestation.event);
-            ctx.feed(core, Input::Observed(o.attestation)).await?;
+        match ev {
+            ChainEvent::Observed(o) => {
+                ctx.metrics.observations.inc();
+                ctx.threshold.on_final(o.attestation.event);
+                ctx.feed(core, Input::Observed(o.attestation)).await?;
+            }
+            ChainEvent::VaultSpend(spend) => ctx.threshold.on_vault_spend(spend),
+            ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
+                ctx.threshold.on_vault_spend_reorged(&id.tx);
+            }
+            _ => {}
         }
     }
     Ok(())

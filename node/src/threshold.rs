@@ -15,8 +15,9 @@ use crate::{
     signing::{Effect, Purpose, SigningFault, Suite, TAG_BTC, TAG_EVM},
 };
 use alloy::primitives::Address;
-use bitcoin::{OutPoint, ScriptBuf, Txid};
+use bitcoin::{OutPoint, ScriptBuf, Txid, hashes::Hash};
 use btcfi_chain_adapters::{
+    SpendOutput, VaultSpend,
     bitcoin::{BitcoinSource, VaultUtxo},
     evm::{MintRequest, MintSignature},
 };
@@ -29,7 +30,7 @@ use btcfi_signer::{
     session::SessionConfig,
 };
 use btcfi_store::{Batch, Cf, Store};
-use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats};
+use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -109,6 +110,29 @@ pub fn unpayable_key(event: &EventId) -> Vec<u8> {
 fn forget_signatures(rec: &mut ReleaseRecord) {
     rec.signatures.iter_mut().for_each(|s| *s = None);
     rec.status = ReleaseStatus::Signing;
+}
+
+const ONCHAIN_PREFIX: &[u8] = b"onchain/";
+
+/// Key of a vault spend at depth (the chain's payments ledger), by txid.
+pub fn onchain_key(txid: &TxHash) -> Vec<u8> {
+    let mut k = ONCHAIN_PREFIX.to_vec();
+    k.extend_from_slice(&txid.0);
+    k
+}
+
+/// A display-order txid (as [`TxHash`] holds it) in the internal byte order.
+fn internal_order(txid: &TxHash) -> [u8; 32] {
+    let mut b = txid.0;
+    b.reverse();
+    b
+}
+
+/// The display-order [`TxHash`] of a txid.
+fn display_txid(txid: &Txid) -> TxHash {
+    let mut b = txid.to_byte_array();
+    b.reverse();
+    TxHash(b)
 }
 
 /// Key of the list of releases (txids) that pay `event`.
@@ -207,6 +231,12 @@ pub struct Threshold {
     deferred: Vec<(KeyKind, Vec<u8>, Purpose)>,
     bridges: BTreeMap<u64, Address>,
     vault_address: String,
+    /// The vault's spends at depth and what each paid out (from the chain).
+    onchain: BTreeMap<TxHash, Vec<SpendOutput>>,
+    /// Those payments counted by class.
+    paid: BTreeMap<release::PaymentClass, usize>,
+    /// Whether the Bitcoin adapter has seen every final block.
+    bitcoin_synced: bool,
     relay: Option<mpsc::Sender<MintJob>>,
     finalized_at: BTreeMap<EventId, Instant>,
     // Releases.
@@ -292,13 +322,17 @@ impl Threshold {
                 .script_pubkey()
         };
         let bitcoin = BitcoinSource::for_submission(cfg.bitcoin.clone()).ok();
+        let mut spends = Vec::new();
+        for (_, raw) in store.scan_prefix(Cf::Releases, ONCHAIN_PREFIX)? {
+            spends.push(serde_json::from_slice::<VaultSpend>(&raw)?);
+        }
         let mut releases = BTreeMap::new();
         for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
             let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
             let p = Proposal::decode(&hex::decode(&rec.proposal)?).map_err(|e| eyre::eyre!("stored release: {e}"))?;
             releases.insert(p.txid(), (rec, p));
         }
-        let t = Self {
+        let mut t = Self {
             store,
             metrics,
             net,
@@ -314,6 +348,9 @@ impl Threshold {
             deferred: Vec::new(),
             bridges,
             vault_address: cfg.bitcoin.vault_address.clone(),
+            paid: BTreeMap::new(),
+            onchain: BTreeMap::new(),
+            bitcoin_synced: false,
             relay,
             finalized_at: BTreeMap::new(),
             policy: Policy {
@@ -335,6 +372,10 @@ impl Threshold {
             last_resend: Instant::now(),
             key_checks_started: false,
         };
+        for spend in spends {
+            Self::count_payments(&mut t.paid, &spend.payouts, false);
+            t.onchain.insert(spend.txid, spend.payouts);
+        }
         t.update_pending_gauge();
         Ok(t)
     }
@@ -680,15 +721,11 @@ impl Threshold {
 
     // ------------------------------------------------------------------ releases
 
+    /// Certified peg-outs not paid at depth: per payment class, the certified ones less
+    /// the vault's final payments of that class on chain.
     fn update_pending_gauge(&self) {
-        let paid: BTreeSet<EventId> = self
-            .releases
-            .values()
-            .filter(|(r, _)| r.status == ReleaseStatus::Confirmed)
-            .flat_map(|(r, _)| r.payouts.iter().copied())
-            .collect();
-        let pending = self.pegouts.keys().filter(|e| !paid.contains(e)).count();
-        self.metrics.releases_pending.set(pending as i64);
+        let unpaid = release::payment_budget(&self.pegouts, self.paid_on_chain(), &BTreeSet::new(), &self.policy);
+        self.metrics.releases_pending.set(unpaid.values().sum::<usize>() as i64);
     }
 
     /// Writes a release and, in the same batch, the index from each of its payouts to
@@ -746,7 +783,69 @@ impl Threshold {
             certified: &self.pegouts,
             release_inputs: &release_inputs,
         };
-        release::validate(p, &view, &self.policy)
+        if !self.bitcoin_synced {
+            return Err(ReleaseError::NotSynced);
+        }
+        let hashes = release::validate(p, &view, &self.policy)?;
+        let own: BTreeSet<EventId> = p.payouts.iter().copied().collect();
+        let promised: BTreeSet<EventId> = self.promised().difference(&own).copied().collect();
+        release::check_budget(p, &self.pegouts, self.paid_on_chain(), &promised, &self.policy)?;
+        Ok(hashes)
+    }
+
+    /// Final payments of each class on chain (the vault's spends at depth).
+    fn paid_on_chain(&self) -> &BTreeMap<release::PaymentClass, usize> {
+        &self.paid
+    }
+
+    /// Counts (or, with `undo`, uncounts) the payments of a vault spend by class.
+    fn count_payments(paid: &mut BTreeMap<release::PaymentClass, usize>, outputs: &[SpendOutput], undo: bool) {
+        for o in outputs {
+            let n = paid.entry((ScriptBuf::from(o.script_pubkey.clone()), o.amount.0)).or_default();
+            *n = if undo { n.saturating_sub(1) } else { n.saturating_add(1) };
+        }
+    }
+
+    /// Peg-outs promised to releases that are not on chain (yet, or ever).
+    fn promised(&self) -> BTreeSet<EventId> {
+        self.releases
+            .values()
+            .filter(|(r, p)| {
+                r.status != ReleaseStatus::Conflicted && !self.onchain.contains_key(&display_txid(&p.txid()))
+            })
+            .flat_map(|(r, _)| r.payouts.iter().copied())
+            .collect()
+    }
+
+    /// A vault spend at depth, from the Bitcoin adapter (already stored).
+    pub fn on_vault_spend(&mut self, spend: VaultSpend) {
+        let known = self.releases.contains_key(&Txid::from_byte_array(internal_order(&spend.txid)));
+        if !known {
+            warn!(target: "release", txid = %spend.txid, payouts = spend.payouts.len(), "a vault spend this node has no release for (restored database, or a release it never validated): its payments count against the peg-outs they match");
+        }
+        Self::count_payments(&mut self.paid, &spend.payouts, false);
+        if let Some(before) = self.onchain.insert(spend.txid, spend.payouts) {
+            Self::count_payments(&mut self.paid, &before, true);
+        }
+        self.update_pending_gauge();
+    }
+
+    /// A vault spend left the best chain below its depth (already removed from the store).
+    pub fn on_vault_spend_reorged(&mut self, txid: &TxHash) {
+        if let Some(outputs) = self.onchain.remove(txid) {
+            Self::count_payments(&mut self.paid, &outputs, true);
+        }
+        self.update_pending_gauge();
+    }
+
+    /// Where the Bitcoin adapter stands: releases are validated only once it has seen
+    /// every final block (a node catching up would not know what the vault paid yet).
+    pub fn set_bitcoin_progress(&mut self, cursor: u64, finalized: u64) {
+        let synced = finalized.saturating_sub(cursor) <= 1;
+        if synced != self.bitcoin_synced {
+            info!(target: "release", cursor, finalized, synced, "Bitcoin view {}", if synced { "caught up: releases may be signed" } else { "catching up: no release is signed meanwhile" });
+        }
+        self.bitcoin_synced = synced;
     }
 
     fn on_proposal(&mut self, from: usize, p: Proposal) -> eyre::Result<()> {
@@ -756,7 +855,7 @@ impl Threshold {
         }
         match self.validate(&p) {
             Ok(_) => self.accept(p, from),
-            Err(e @ (ReleaseError::UnknownPayout(_) | ReleaseError::UnknownInput(_))) => {
+            Err(e) if e.may_pass_later() => {
                 info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
                 let from_sender = self.waiting.iter().filter(|(f, _, _)| *f == from).count();
                 if self.waiting.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
@@ -780,7 +879,7 @@ impl Threshold {
             }
             match self.validate(&p) {
                 Ok(_) => self.accept(p, from)?,
-                Err(ReleaseError::UnknownPayout(_) | ReleaseError::UnknownInput(_)) => self.waiting.push((from, p, at)),
+                Err(e) if e.may_pass_later() => self.waiting.push((from, p, at)),
                 Err(e) => warn!(target: "release", txid = %p.txid(), reason = %e, "release proposal refused"),
             }
         }
@@ -1058,6 +1157,7 @@ impl Threshold {
 
     async fn maybe_propose(&mut self) -> eyre::Result<()> {
         if self.policy.vault_script.is_empty()
+            || !self.bitcoin_synced
             || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(5))
         {
             return Ok(());
@@ -1065,10 +1165,22 @@ impl Threshold {
         let Locks { inputs: locked_inputs, payouts: locked_payouts, .. } = self.locks();
         let mut unpaid: Vec<(&EventId, &Instant)> =
             self.pegout_seen.iter().filter(|(e, _)| !locked_payouts.contains_key(e)).collect();
+        unpaid.sort_by_key(|(e, at)| (**at, e.to_bytes()));
+        // No more payments of a class than the chain leaves room for (oldest first).
+        let mut budget = release::payment_budget(&self.pegouts, self.paid_on_chain(), &self.promised(), &self.policy);
+        unpaid.retain(|(e, _)| {
+            let class = self.pegouts.get(e).and_then(|p| release::class_of(p, &self.policy));
+            match class.and_then(|c| budget.get_mut(&c)) {
+                Some(b) if *b > 0 => {
+                    *b -= 1;
+                    true
+                }
+                _ => false,
+            }
+        });
         if unpaid.is_empty() {
             return Ok(());
         }
-        unpaid.sort_by_key(|(e, at)| (**at, e.to_bytes()));
         let (oldest, since) = (*unpaid[0].0, *unpaid[0].1);
         let rank = relay::rank(&oldest, self.me, self.n) as u32;
         // Rank 0 waits a moment to batch peg-outs certified together.

@@ -232,7 +232,12 @@ async fn vault_spends_update_the_utxo_set_and_broadcast_is_followed() -> eyre::R
     btc.mine(2).await?;
     assert_eq!(src.tx_confirmations(txid).await?, Some(2));
     let events = poll(&mut src).await;
-    assert!(events.is_empty(), "change to the vault is not a deposit: {events:?}");
+    // Change to the vault is not a deposit; the spend is reported with its one payment.
+    let [ChainEvent::VaultSpend(spend)] = events.as_slice() else { panic!("one vault spend: {events:?}") };
+    assert_eq!(spend.txid.to_string(), txid.to_string());
+    assert_eq!(spend.payouts.len(), 1, "{spend:?}");
+    assert_eq!(spend.payouts[0].script_pubkey, user.script_pubkey().to_bytes());
+    assert_eq!(spend.payouts[0].amount, Sats(6_000_000));
     let utxos = src.vault_utxos();
     assert_eq!(utxos.len(), 1);
     assert_eq!(utxos[0].outpoint.txid, txid);

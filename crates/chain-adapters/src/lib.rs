@@ -25,7 +25,7 @@ pub use config::ChainsConfig;
 pub use error::AdapterError;
 
 use async_trait::async_trait;
-use btcfi_types::{Attestation, ChainId, EventId, Sats};
+use btcfi_types::{Attestation, ChainId, EventId, Sats, TxHash};
 use serde::{Deserialize, Serialize};
 
 /// A block by height and hash (hash in display byte order).
@@ -61,6 +61,35 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// One output a vault spend pays outside the vault (a peg-out payment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendOutput {
+    pub vout: u32,
+    #[serde(with = "hex::serde")]
+    pub script_pubkey: Vec<u8>,
+    pub amount: Sats,
+}
+
+/// A final Bitcoin transaction that spends vault UTXOs (a release), with what it pays
+/// outside the vault (change and OP_RETURN outputs are not listed). The chain's own
+/// record of which payments the vault made, whatever the node's database remembers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultSpend {
+    pub txid: TxHash,
+    pub block: BlockRef,
+    pub payouts: Vec<SpendOutput>,
+}
+
+impl VaultSpend {
+    /// Index of the [`EventId`] naming a vault spend, `(bitcoin, txid, u32::MAX)`: no
+    /// output of a transaction can have it, so it never collides with a deposit's id.
+    pub const EVENT_INDEX: u32 = u32::MAX;
+
+    pub fn id(&self) -> EventId {
+        EventId::new(ChainId::BITCOIN, self.txid, Self::EVENT_INDEX)
+    }
+}
+
 /// What a source reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChainEvent {
@@ -68,6 +97,9 @@ pub enum ChainEvent {
     Observed(Observed),
     /// Final, but not a valid bridge event (bad memo, dust, undecodable log).
     Rejected(Rejected),
+    /// Final: the vault paid these outputs (Bitcoin only). Never attested; the node
+    /// counts the payments so that no peg-out is paid twice even if it forgot a release.
+    VaultSpend(VaultSpend),
     /// An event reported earlier whose block left the canonical chain. The caller
     /// must stop acting on it (and alert: this is a reorg deeper than finality).
     Reorged { id: EventId, block: BlockRef },
@@ -78,6 +110,7 @@ impl ChainEvent {
         match self {
             ChainEvent::Observed(o) => o.attestation.event,
             ChainEvent::Rejected(r) => r.id,
+            ChainEvent::VaultSpend(v) => v.id(),
             ChainEvent::Reorged { id, .. } => *id,
         }
     }

@@ -22,7 +22,8 @@ pub use error::BtcError;
 pub use scan::{RejectReason, VaultUtxo};
 
 use crate::{
-    AdapterError, BlockRef, ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, Observed, PollOutcome, Rejected,
+    AdapterError, BlockRef, ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, Observed, PollOutcome,
+    Rejected, VaultSpend,
 };
 use async_trait::async_trait;
 use bitcoin::{Address, Block, BlockHash, OutPoint, ScriptBuf, Transaction, Txid, hashes::Hash};
@@ -317,6 +318,11 @@ impl BitcoinSource {
         let bref = BlockRef { height, hash: display_hash(&hash) };
         let effect = scan::scan_block(&block, height, &self.vault, self.cfg.min_deposit, &mut self.state.utxos);
         let mut reported = Vec::new();
+        for (txid, payouts) in effect.spends {
+            let spend = VaultSpend { txid, block: bref, payouts };
+            reported.push(spend.id());
+            events.push(ChainEvent::VaultSpend(spend));
+        }
         for p in effect.payments {
             let (ev, needs) = self.to_event(p, bref);
             match (ev, needs) {

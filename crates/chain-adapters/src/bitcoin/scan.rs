@@ -1,6 +1,7 @@
 //! Pure block scanning: what a block does to the vault. No RPC here, so every rule is
 //! unit-tested on hand-built blocks.
 
+use crate::SpendOutput;
 use bitcoin::{Block, OutPoint, ScriptBuf, Transaction, script::Instruction};
 use btcfi_types::{DepositMemo, MemoError, Sats, TxHash};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ pub struct BlockEffect {
     pub payments: Vec<VaultPayment>,
     pub created: Vec<VaultUtxo>,
     pub spent: Vec<VaultUtxo>,
+    /// The vault's own transactions (releases), with what each pays outside the vault.
+    pub spends: Vec<(TxHash, Vec<SpendOutput>)>,
 }
 
 /// Txid in display byte order (what explorers and `bitcoin-cli` print).
@@ -99,6 +102,22 @@ pub fn scan_block(
             }
         }
         let txid = tx.compute_txid();
+        if own {
+            let payouts = tx
+                .output
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.script_pubkey != *vault && !o.script_pubkey.is_op_return())
+                .filter_map(|(vout, o)| {
+                    Some(SpendOutput {
+                        vout: u32::try_from(vout).ok()?,
+                        script_pubkey: o.script_pubkey.to_bytes(),
+                        amount: Sats(o.value.to_sat()),
+                    })
+                })
+                .collect();
+            effect.spends.push((display_txid(&txid), payouts));
+        }
         let mut memo = None;
         for (vout, out) in tx.output.iter().enumerate() {
             if out.script_pubkey != *vault {
@@ -210,6 +229,9 @@ mod tests {
         let e2 = scan_block(&block(vec![release]), 11, &v, Sats(1_000), &mut utxos);
         assert!(e2.payments.is_empty());
         assert_eq!(e2.spent.len(), 1);
+        // The release is the vault's own spend: its payment out is listed, not its change.
+        assert_eq!(e2.spends.len(), 1);
+        assert_eq!(e2.spends[0].1, vec![SpendOutput { vout: 0, script_pubkey: vec![], amount: Sats(40_000) }]);
         assert_eq!(e2.created.len(), 1);
         assert_eq!(utxos.len(), 5);
         undo_block(&e2.created, &e2.spent, &mut utxos);
