@@ -432,3 +432,85 @@ async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
         "the first release never confirms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_again() {
+    let mut net = network([None; 4]).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    net.deposit(0, user, 1_000_000).await;
+    net.wait_balance(0, user, 1_000_000).await;
+
+    // Backups of three validators (t of them) before the peg-out.
+    let restored = [0usize, 1, 2];
+    for &i in &restored {
+        let n = &mut net.nodes[i];
+        n.kill();
+        let out = n.home.path().join("backup-before-peg-out");
+        let done = std::process::Command::new(common::node_bin())
+            .args(["backup", "--home"])
+            .arg(n.home.path())
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        n.start();
+    }
+    for &i in &restored {
+        net.nodes[i].wait_ready().await;
+    }
+
+    // The peg-out, paid at depth.
+    let payee = net.btc.new_address().await.unwrap();
+    let burn = net.burn_to_bitcoin(0, 7, 400_000, &payee).await;
+    let paid = wait_until("the peg-out paid at depth", Duration::from_secs(120), || async {
+        net.nodes[3].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
+    })
+    .await
+    .unwrap();
+    let release = paid["release"]["txid"].as_str().unwrap().to_owned();
+
+    // The three restored from before it: their databases know nothing of the release.
+    for &i in &restored {
+        let n = &mut net.nodes[i];
+        n.kill();
+        let data = n.home.path().join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        std::fs::rename(n.home.path().join("backup-before-peg-out"), &data).unwrap();
+        n.start();
+    }
+    for &i in &restored {
+        net.nodes[i].wait_ready().await;
+    }
+    // They observe and certify the burn again; their Bitcoin view rescans the vault's
+    // spend, and the chain, not their memory, says the peg-out is paid.
+    for &i in &restored {
+        let n = &net.nodes[i];
+        wait_until(&format!("{} to certify the burn again", n.name), Duration::from_secs(90), || async {
+            n.get(&format!("/v1/attestations/{burn}")).filter(|v| v["certificate"]["digest"].is_string())
+        })
+        .await
+        .unwrap();
+        wait_until(&format!("{} to see the release on chain", n.name), Duration::from_secs(60), || async {
+            n.log().contains("a vault spend this node has no release for").then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // Longer than every validator's turn to propose (2 s + 3 × takeover of 4 s), with blocks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while tokio::time::Instant::now() < deadline {
+        let received = net.btc.rpc({
+            let payee = payee.clone();
+            move |c| c.get_received_by_address(&payee, Some(0))
+        });
+        assert_eq!(received.await.unwrap(), Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once, never again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for &i in &restored {
+        let n = &net.nodes[i];
+        assert_eq!(n.metric("btcfi_releases_pending", ""), 0.0, "{}: nothing left to pay", n.name);
+        let v = n.get(&format!("/v1/attestations/{burn}")).unwrap();
+        assert!(v["release"].is_null() || v["release"]["txid"] == release.as_str(), "{}: {v}", n.name);
+    }
+}
