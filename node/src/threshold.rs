@@ -18,7 +18,7 @@ use alloy::primitives::Address;
 use bitcoin::{OutPoint, ScriptBuf, Txid, hashes::Hash};
 use btcfi_chain_adapters::{
     SpendOutput, VaultSpend,
-    bitcoin::{BitcoinSource, VaultUtxo},
+    bitcoin::{BitcoinSource, BtcError, VaultUtxo},
     evm::{MintRequest, MintSignature},
 };
 use btcfi_p2p::{MessageKind, NetworkHandle, PeerId};
@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// A signed mint, stored under `sig/` + event id and served by the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +166,20 @@ struct Locks {
     inputs: BTreeMap<OutPoint, Txid>,
     payouts: BTreeMap<EventId, Txid>,
     by_release: BTreeMap<Txid, BTreeSet<OutPoint>>,
+}
+
+/// Longest one bitcoind call of the release path may take inside the main loop.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest following the releases may take in one tick.
+const FOLLOW_BUDGET: Duration = Duration::from_secs(3);
+
+/// `call`, or an error once [`RPC_TIMEOUT`] passed (the call is abandoned, not undone:
+/// every call here is a read or an idempotent broadcast).
+async fn bounded<T>(call: impl Future<Output = Result<T, BtcError>>) -> Result<T, String> {
+    match tokio::time::timeout(RPC_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("bitcoind did not answer within {RPC_TIMEOUT:?}")),
+    }
 }
 
 /// Proposals kept for a re-check (they name UTXOs or peg-outs this node does not see
@@ -988,8 +1002,14 @@ impl Threshold {
             .collect();
         let mut changed = Vec::new();
         let mut stuck_releases = Vec::new();
+        // This runs in the node's main loop: a slow bitcoind must not hold up consensus.
+        let budget = Instant::now() + FOLLOW_BUDGET;
         for txid in watched {
-            let confs = match btc.tx_confirmations(txid).await {
+            if Instant::now() > budget {
+                debug!(target: "release", "following releases: time budget spent, the rest next tick");
+                break;
+            }
+            let confs = match bounded(btc.tx_confirmations(txid)).await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(target: "release", %txid, error = %e, "cannot follow the release");
@@ -1035,7 +1055,7 @@ impl Threshold {
                         r.broadcast_ms.is_none() && now_ms().saturating_sub(r.created_ms) > self.bump_turn(&txid)
                     });
                     if let Some(tx) = tx {
-                        match btc.broadcast(tx).await {
+                        match bounded(btc.broadcast(tx)).await {
                             Ok(_) => {
                                 let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
                                 if rec.broadcast_ms.is_none() {
@@ -1107,7 +1127,8 @@ impl Threshold {
     async fn replace(&mut self, txid: Txid) -> eyre::Result<()> {
         let Some((rec, p)) = self.releases.get(&txid) else { return Ok(()) };
         let Some(btc) = self.bitcoin.as_ref() else { return Ok(()) };
-        let estimate = btc.estimate_fee_rate().await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb);
+        let estimate =
+            bounded(btc.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb);
         let rate = (rec.fee_rate_sat_per_vb.saturating_mul(2)).max(estimate).min(self.policy.ceiling_sat_per_vb);
         let Some(new) = release::bump(p, rate, &self.policy) else {
             warn!(target: "release", %txid, "stuck release cannot be bumped further (no change left or at the fee ceiling)");
@@ -1191,7 +1212,9 @@ impl Threshold {
         let available: Vec<(OutPoint, Sats)> =
             self.utxos.iter().filter(|(op, _)| !locked_inputs.contains_key(op)).map(|(op, a)| (*op, *a)).collect();
         let rate = match self.bitcoin.as_ref() {
-            Some(b) => b.estimate_fee_rate().await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb),
+            Some(b) => {
+                bounded(b.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb)
+            }
             None => return Ok(()),
         };
         match release::build(&available, &payouts, rate, &self.policy) {
