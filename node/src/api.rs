@@ -21,7 +21,9 @@ use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
+    time::Duration,
 };
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainStatus {
@@ -137,7 +139,35 @@ impl From<btcfi_store::StoreError> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// Requests served at once; more are answered 503 at once rather than queued.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+/// Longest a request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted (every route is a GET).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Bounds what callers can make the node do: requests at once, time per request.
+async fn limit(
+    State(permits): State<Arc<Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = permits.try_acquire() else {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("more than {MAX_CONCURRENT_REQUESTS} requests at once; retry"),
+        )
+        .into_response();
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("request took longer than {REQUEST_TIMEOUT:?}"))
+            .into_response(),
+    }
+}
+
 pub fn router(state: ApiState) -> Router {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
@@ -149,6 +179,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/openapi.json", get(|| async { Json(openapi()) }))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json".into()) })
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(permits, limit))
 }
 
 fn now_ms() -> u64 {

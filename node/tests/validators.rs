@@ -167,4 +167,35 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     }
     // Outside the set, the stranger never gathers a quorum for anything.
     assert_eq!(stranger.certified_digest(&first), None);
+
+    // The API answers bad requests with a JSON error and a 4xx code, never a panic.
+    let api = &nodes[1];
+    let bad: [(&str, &str, u16); 7] = [
+        ("GET", "/v2/nothing", 404),
+        ("GET", "/v1/attestations/not-an-id", 400),
+        ("GET", "/v1/attestations?status=lost", 400),
+        ("GET", "/v1/attestations?limit=0", 400),
+        ("GET", "/v1/attestations?offset=-1", 400),
+        ("GET", "/v1/deposits/zz:1", 400),
+        ("GET", &format!("/v1/attestations/0:{}:0", "00".repeat(32)), 404),
+    ];
+    for (method, path, want) in bad {
+        let (code, body) = api.request(method, path, "");
+        assert_eq!(code, want, "{method} {path}: {body}");
+        assert!(body["error"].is_string(), "{method} {path}: a JSON error, got {body}");
+    }
+    // A deposit not seen yet is a deposit held at the depth gate, not an error.
+    let (code, unseen) = api.request("GET", &format!("/v1/deposits/{}:7", "ab".repeat(32)), "");
+    assert_eq!((code, unseen["status"].as_str(), unseen["gate"].as_str()), (200, Some("unknown"), Some("depth")));
+    let (code, _) = api.request("GET", "/v1/status", &"x".repeat(64 * 1024));
+    assert!(code == 413 || code == 200, "an oversized body is refused or ignored, got {code}");
+    let (code, spec) = api.request("GET", "/v1/openapi.json", "");
+    assert_eq!(code, 200);
+    for route in ["/health", "/ready", "/metrics", "/v1/status", "/v1/attestations", "/v1/deposits/{outpoint}"] {
+        assert!(spec["paths"].as_object().unwrap().keys().any(|k| k == route), "openapi lists {route}: {spec}");
+    }
+    let (code, listed) = api.request("GET", "/v1/attestations?status=signed&limit=1&source=0", "");
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    assert!(listed["total"].as_u64().unwrap() >= 2, "{listed}");
 }

@@ -184,6 +184,18 @@ start_height = {start_height}
         serde_json::from_str(b).ok().or_else(|| Some(Value::String(b.to_owned())))
     }
 
+    /// One raw request: the status code and the body as JSON (or as a string).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.api_port)).expect("API reachable");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let (head, b) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, serde_json::from_str(b).unwrap_or_else(|_| Value::String(b.to_owned())))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("node.log")).unwrap_or_default()
     }
