@@ -22,6 +22,8 @@
 //! message (broadcast), 3 = confirmation (32 bytes), 4 = abort (UTF-8 reason), 5 / 6 =
 //! signed `evm` / `btc` round-2 package (`ed25519 signature (64) | message`).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 use crate::{
     config::NodeConfig,
     crypto::SetVerifier,
@@ -191,7 +193,9 @@ impl Driver {
             warn!(target: "dkg", "TEST FAULT: sending every round-2 recipient another's share");
             let payloads: Vec<Vec<u8>> = round2.iter().map(|(_, p)| p.clone()).collect();
             for (k, (_, p)) in round2.iter_mut().enumerate() {
-                *p = payloads[(k + 1) % payloads.len()].clone();
+                if let Some(other) = payloads.get((k + 1) % payloads.len()) {
+                    *p = other.clone();
+                }
             }
         }
         for (i, message) in round2 {

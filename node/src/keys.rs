@@ -7,6 +7,8 @@
 //! passphrase (or a tampered record) fails authentication: [`KeyError::WrongPassphrase`],
 //! never a corrupted share.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 use argon2::{Algorithm, Argon2, Params, Version};
 use btcfi_signer::{
     btc,

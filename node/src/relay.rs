@@ -7,6 +7,8 @@
 //! contract refuses replays, and the node counts them
 //! (`btcfi_relay_submissions_total{outcome="already_consumed"|"reverted"}`).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 use crate::metrics::Metrics;
 use btcfi_chain_adapters::evm::{EvmChainConfig, EvmDestination, MintRequest, MintSubmission, TxStatus};
 use btcfi_store::{Batch, Cf, Store};

@@ -19,6 +19,8 @@
 //! depth, and replaced (RBF, same inputs and payouts, higher fee from the change) when
 //! it stays unconfirmed past `rbf_after_secs`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 use bitcoin::{
     Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
     absolute::LockTime,
@@ -186,7 +188,8 @@ pub fn signed_vsize(tx: &Transaction) -> u64 {
     }
     let base = serialize(&stripped).len() as u64;
     // Witness: marker + flag, then per input: item count (1) + length (1) + 64 bytes.
-    let weight = base * 4 + 2 + 66 * tx.input.len() as u64;
+    // (A transaction is at most a few MB: these products are far from overflowing.)
+    let weight = base.saturating_mul(4).saturating_add(2).saturating_add(66u64.saturating_mul(tx.input.len() as u64));
     weight.div_ceil(4)
 }
 
@@ -229,7 +232,9 @@ pub fn build(
         }
         outputs.push(TxOut { value: Amount::from_sat(v), script_pubkey: p.script.clone() });
     }
-    let pay: u64 = outputs.iter().map(|o| o.value.to_sat()).sum();
+    let overflow = || ReleaseError::Malformed("amounts overflow");
+    let pay = total(&outputs)?;
+    let fee_at = |tx: &Transaction| signed_vsize(tx).checked_mul(fee_rate).ok_or_else(overflow);
     let mut sorted = utxos.to_vec();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut tx = Transaction { version: Version::TWO, lock_time: LockTime::ZERO, input: vec![], output: outputs };
@@ -244,24 +249,24 @@ pub fn build(
             witness: Witness::new(),
         });
         prevouts.push(TxOut { value: Amount::from_sat(amount.0), script_pubkey: policy.vault_script.clone() });
-        have += amount.0;
+        have = have.checked_add(amount.0).ok_or_else(overflow)?;
         let mut with_change = tx.clone();
         with_change.output.push(change.clone());
-        let fee = signed_vsize(&with_change) * fee_rate;
-        if have >= pay + fee + DUST {
+        let fee = fee_at(&with_change)?;
+        let spent = pay.checked_add(fee).ok_or_else(overflow)?;
+        if let Some(left) = have.checked_sub(spent).filter(|left| *left >= DUST) {
             let mut out = with_change;
             if let Some(c) = out.output.last_mut() {
-                c.value = Amount::from_sat(have - pay - fee);
+                c.value = Amount::from_sat(left);
             }
             return Ok(Proposal { tx: out, prevouts, payouts: payouts.iter().map(|p| p.event).collect() });
         }
-        let fee_no_change = signed_vsize(&tx) * fee_rate;
-        if have >= pay + fee_no_change {
+        if have >= pay.checked_add(fee_at(&tx)?).ok_or_else(overflow)? {
             // The remainder (below dust plus a change output's cost) goes to the fee.
             return Ok(Proposal { tx, prevouts, payouts: payouts.iter().map(|p| p.event).collect() });
         }
     }
-    let need = pay + signed_vsize(&tx) * fee_rate;
+    let need = pay.saturating_add(fee_at(&tx).unwrap_or(u64::MAX));
     Err(ReleaseError::InsufficientFunds { have, need })
 }
 
@@ -269,10 +274,11 @@ pub fn build(
 /// taken from the change. `None` if there is no change to take it from.
 pub fn bump(old: &Proposal, fee_rate: u64, policy: &Policy) -> Option<Proposal> {
     let mut tx = old.tx.clone();
-    let have: u64 = old.prevouts.iter().map(|o| o.value.to_sat()).sum();
-    let fee = signed_vsize(&tx) * fee_rate;
+    let have = total(&old.prevouts).ok()?;
+    let fee = signed_vsize(&tx).checked_mul(fee_rate)?;
+    let all_out = total(&old.tx.output).ok()?;
     let change = tx.output.last_mut().filter(|o| o.script_pubkey == policy.vault_script)?;
-    let others: u64 = old.tx.output.iter().map(|o| o.value.to_sat()).sum::<u64>() - change.value.to_sat();
+    let others = all_out.checked_sub(change.value.to_sat())?;
     let new_change = have.checked_sub(others)?.checked_sub(fee)?;
     if new_change < DUST || new_change >= change.value.to_sat() {
         return None;
@@ -321,7 +327,7 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     if p.payouts.is_empty() || p.payouts.len() > MAX_PAYOUTS {
         return Err(ReleaseError::Malformed("payouts"));
     }
-    if !p.payouts.windows(2).all(|w| w[0].to_bytes() < w[1].to_bytes()) {
+    if !p.payouts.iter().zip(p.payouts.iter().skip(1)).all(|(a, b)| a.to_bytes() < b.to_bytes()) {
         return Err(ReleaseError::Malformed("payouts not in strictly increasing event-id order"));
     }
     let inputs: BTreeSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
@@ -391,8 +397,12 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     let vsize = signed_vsize(tx);
     let rate = fee / vsize.max(1);
     // Without change, up to dust plus a change output's cost may go to the fee.
-    let slack = if tx.output.len() == p.payouts.len() { DUST + 43 * policy.ceiling_sat_per_vb } else { 0 };
-    if rate < policy.floor_sat_per_vb || fee > policy.ceiling_sat_per_vb * vsize + slack {
+    let slack = if tx.output.len() == p.payouts.len() {
+        DUST.saturating_add(43u64.saturating_mul(policy.ceiling_sat_per_vb))
+    } else {
+        0
+    };
+    if rate < policy.floor_sat_per_vb || fee > policy.ceiling_sat_per_vb.saturating_mul(vsize).saturating_add(slack) {
         return Err(ReleaseError::FeeOutOfBounds {
             rate,
             floor: policy.floor_sat_per_vb,

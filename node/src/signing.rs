@@ -13,6 +13,8 @@
 //! [`TAG_EVM`] or [`TAG_BTC`] with a session [`Message`]'s encoding; tag
 //! [`crate::release::TAG_RELEASE`] carries a release proposal.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 use crate::{dkg::identifier, keys::KeyKind, metrics::Metrics};
 use btcfi_signer::session::{Action, Attempt, CommitmentIssued, Input, Message, Session, SessionConfig, SessionId};
 use btcfi_store::{Batch, Cf, Store};
@@ -163,11 +165,10 @@ impl<C: Ciphersuite> Suite<C> {
     ) -> eyre::Result<Self> {
         let mut issued = BTreeSet::new();
         for (k, _) in store.scan_prefix(Cf::SigningAttempts, &[kind.byte()])? {
-            if k.len() == 1 + 32 + 4 {
-                let mut s = [0u8; 32];
-                s.copy_from_slice(&k[1..33]);
-                let mut a = [0u8; 4];
-                a.copy_from_slice(&k[33..37]);
+            // `kind | session (32) | attempt (4, BE)`, as `issued_key` writes it.
+            let session = k.get(1..33).and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let attempt = k.get(33..37).and_then(|b| <[u8; 4]>::try_from(b).ok());
+            if let (37, Some(s), Some(a)) = (k.len(), session, attempt) {
                 issued.insert(CommitmentIssued { session: SessionId(s), attempt: Attempt(u32::from_be_bytes(a)) });
             }
         }

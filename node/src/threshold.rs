@@ -6,6 +6,8 @@
 //! EVM-to-EVM attestations into mint signatures (stored, served by the API, handed to
 //! the relayer), and drives Bitcoin releases ([`crate::release`]).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 use crate::{
     config::NodeConfig,
     keys::{self, KeyKind},
@@ -1202,7 +1204,7 @@ impl Threshold {
         if unpaid.is_empty() {
             return Ok(());
         }
-        let (oldest, since) = (*unpaid[0].0, *unpaid[0].1);
+        let Some((&oldest, &since)) = unpaid.first().copied() else { return Ok(()) };
         let rank = relay::rank(&oldest, self.me, self.n) as u32;
         // Rank 0 waits a moment to batch peg-outs certified together.
         if since.elapsed() < Duration::from_secs(2) + self.takeover * rank {

@@ -11,6 +11,9 @@ pub struct ConfirmationTier {
     pub confirmations: u32,
 }
 
+/// Highest fee-rate ceiling accepted, in sat/vB: bitcoind's default `-maxfeerate`.
+pub const MAX_FEE_RATE: u64 = 10_000;
+
 /// Bounds on the fee rate used for releases, in sat/vB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +110,11 @@ impl BitcoinConfig {
         }
         if self.fees.floor_sat_per_vb == 0 || self.fees.floor_sat_per_vb > self.fees.ceiling_sat_per_vb {
             errs.push("bitcoin.fees: need 0 < floor_sat_per_vb <= ceiling_sat_per_vb".to_owned());
+        }
+        if self.fees.ceiling_sat_per_vb > MAX_FEE_RATE {
+            errs.push(format!(
+                "bitcoin.fees.ceiling_sat_per_vb: at most {MAX_FEE_RATE} (bitcoind refuses to relay above that by default)"
+            ));
         }
         if self.rbf_after_secs == 0 {
             errs.push("bitcoin.rbf_after_secs: must be at least 1".to_owned());
