@@ -126,12 +126,24 @@ pub struct SigningSection {
     /// before taking over from the one ranked before it.
     #[serde(default = "default_takeover")]
     pub takeover_ms: u64,
+    /// A release still being signed this long after it was accepted, beside a competing
+    /// release for the same peg-outs, is merged with it (by turns, `takeover_ms` apart).
+    #[serde(default = "default_merge_after")]
+    pub merge_after_ms: u64,
 }
 
 impl Default for SigningSection {
     fn default() -> Self {
-        Self { timeout_ms: default_sign_timeout(), takeover_ms: default_takeover() }
+        Self {
+            timeout_ms: default_sign_timeout(),
+            takeover_ms: default_takeover(),
+            merge_after_ms: default_merge_after(),
+        }
     }
+}
+
+fn default_merge_after() -> u64 {
+    600_000
 }
 
 fn default_sign_timeout() -> u64 {
@@ -273,6 +285,11 @@ impl NodeConfig {
         }
         if self.signing.takeover_ms == 0 {
             errs.push("signing.takeover_ms: must be positive".into());
+        }
+        if self.signing.merge_after_ms < self.signing.timeout_ms.saturating_mul(2) {
+            errs.push(
+                "signing.merge_after_ms: at least twice signing.timeout_ms (a release needs time to be signed)".into(),
+            );
         }
         if let Some(k) = &self.relayer.private_key
             && k.parse::<alloy::signers::local::PrivateKeySigner>().is_err()

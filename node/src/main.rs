@@ -51,7 +51,7 @@ enum Command {
         #[command(flatten)]
         home: HomeArg,
         /// Testing only: misbehave on purpose (invalid-signature-shares,
-        /// withhold-signature-shares).
+        /// withhold-signature-shares, split-release-proposals).
         #[arg(long, hide = true)]
         test_fault: Option<String>,
     },
@@ -209,13 +209,15 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
         }
         Command::Run { home, test_fault } => {
             let cfg = load(&home.home)?;
-            let signing = match test_fault.as_deref() {
-                None => None,
-                Some("invalid-signature-shares") => Some(btcfi_node::signing::SigningFault::InvalidShares),
-                Some("withhold-signature-shares") => Some(btcfi_node::signing::SigningFault::WithholdShares),
+            use btcfi_node::{signing::SigningFault, threshold::ReleaseFault};
+            let (signing, release) = match test_fault.as_deref() {
+                None => (None, None),
+                Some("invalid-signature-shares") => (Some(SigningFault::InvalidShares), None),
+                Some("withhold-signature-shares") => (Some(SigningFault::WithholdShares), None),
+                Some("split-release-proposals") => (None, Some(ReleaseFault::SplitProposals)),
                 Some(other) => bail!("--test-fault {other}: unknown fault"),
             };
-            let faults = btcfi_node::threshold::Faults { signing };
+            let faults = btcfi_node::threshold::Faults { signing, release };
             init_tracing(cli.log_format.unwrap_or(cfg.log.format), &cfg.log.filter);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {

@@ -83,6 +83,8 @@ pub enum ReleaseError {
     UnknownPayout(EventId),
     #[error("payout {0} is already paid or promised to another release")]
     PayoutLocked(EventId),
+    #[error("input {input} is spent by release {release}, which pays peg-out {event} that this one does not")]
+    Strands { release: Txid, event: EventId, input: OutPoint },
     #[error("output {index} does not pay exactly what peg-out {event} attests (minus the peg-out fee)")]
     WrongOutput { index: usize, event: EventId },
     #[error("output {0} is neither a payout nor change to the vault")]
@@ -218,6 +220,18 @@ pub fn build(
     fee_rate: u64,
     policy: &Policy,
 ) -> Result<Proposal, ReleaseError> {
+    build_with(&[], utxos, payouts, fee_rate, policy)
+}
+
+/// [`build`], spending every `required` UTXO (a merge must conflict with each release
+/// it merges) and then as many of `optional`, largest first, as the payouts and fee need.
+pub fn build_with(
+    required: &[(OutPoint, Sats)],
+    optional: &[(OutPoint, Sats)],
+    payouts: &[Payout],
+    fee_rate: u64,
+    policy: &Policy,
+) -> Result<Proposal, ReleaseError> {
     let mut payouts = payouts.to_vec();
     payouts.sort_by_key(|p| p.event.to_bytes());
     payouts.truncate(MAX_PAYOUTS);
@@ -235,13 +249,18 @@ pub fn build(
     let overflow = || ReleaseError::Malformed("amounts overflow");
     let pay = total(&outputs)?;
     let fee_at = |tx: &Transaction| signed_vsize(tx).checked_mul(fee_rate).ok_or_else(overflow);
-    let mut sorted = utxos.to_vec();
+    let mut sorted: Vec<(OutPoint, Sats)> =
+        optional.iter().filter(|(op, _)| !required.iter().any(|(r, _)| r == op)).copied().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut tx = Transaction { version: Version::TWO, lock_time: LockTime::ZERO, input: vec![], output: outputs };
     let mut prevouts = Vec::new();
     let mut have = 0u64;
     let change = TxOut { value: Amount::ZERO, script_pubkey: policy.vault_script.clone() };
-    for (op, amount) in sorted.into_iter().take(MAX_INPUTS) {
+    if required.len() > MAX_INPUTS {
+        return Err(ReleaseError::Malformed("inputs"));
+    }
+    let need_all = required.len();
+    for (k, (op, amount)) in required.iter().copied().chain(sorted).take(MAX_INPUTS).enumerate() {
         tx.input.push(TxIn {
             previous_output: op,
             script_sig: ScriptBuf::new(),
@@ -250,6 +269,9 @@ pub fn build(
         });
         prevouts.push(TxOut { value: Amount::from_sat(amount.0), script_pubkey: policy.vault_script.clone() });
         have = have.checked_add(amount.0).ok_or_else(overflow)?;
+        if k + 1 < need_all {
+            continue;
+        }
         let mut with_change = tx.clone();
         with_change.output.push(change.clone());
         let fee = fee_at(&with_change)?;
@@ -300,19 +322,34 @@ pub fn sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>, 
         .collect()
 }
 
+/// A release that may still confirm (being signed, broadcast, or replaced by one not
+/// yet confirmed): what it spends and whom it pays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    pub inputs: BTreeSet<OutPoint>,
+    pub payouts: BTreeSet<EventId>,
+}
+
+impl Live {
+    pub fn of(p: &Proposal) -> Self {
+        Self {
+            inputs: p.tx.input.iter().map(|i| i.previous_output).collect(),
+            payouts: p.payouts.iter().copied().collect(),
+        }
+    }
+}
+
 /// What a validator checks a proposal against.
 #[derive(Debug)]
 pub struct View<'a> {
     /// Vault UTXOs at depth.
     pub utxos: &'a BTreeMap<OutPoint, Sats>,
-    /// Inputs spent by releases this node signs, with the release spending them.
-    pub locked_inputs: &'a BTreeMap<OutPoint, Txid>,
-    /// Payouts promised to a release (or paid), with that release.
-    pub locked_payouts: &'a BTreeMap<EventId, Txid>,
+    /// Releases this node signed or signs that may still confirm.
+    pub live: &'a BTreeMap<Txid, Live>,
+    /// Peg-outs paid by a release confirmed at depth.
+    pub paid: &'a BTreeSet<EventId>,
     /// Certified peg-outs.
     pub certified: &'a BTreeMap<EventId, Payout>,
-    /// The inputs of each release this node knows.
-    pub release_inputs: &'a BTreeMap<Txid, BTreeSet<OutPoint>>,
 }
 
 /// Validates `p` against this node's own view; returns the sighashes to sign.
@@ -334,8 +371,11 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     if inputs.len() != tx.input.len() {
         return Err(ReleaseError::Malformed("an input appears twice"));
     }
-    // A replacement spends exactly the inputs of the release it replaces.
-    let replaces: BTreeSet<Txid> = p.payouts.iter().filter_map(|e| view.locked_payouts.get(e).copied()).collect();
+    for e in &p.payouts {
+        if view.paid.contains(e) {
+            return Err(ReleaseError::PayoutLocked(*e));
+        }
+    }
     for (txin, prev) in tx.input.iter().zip(&p.prevouts) {
         let op = txin.previous_output;
         if !txin.witness.is_empty() || !txin.script_sig.is_empty() {
@@ -349,28 +389,29 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
             Some(a) if a.0 == prev.value.to_sat() && prev.script_pubkey == policy.vault_script => {}
             _ => return Err(ReleaseError::UnknownInput(op)),
         }
-        if let Some(owner) = view.locked_inputs.get(&op)
-            && !replaces.contains(owner)
-        {
-            return Err(ReleaseError::InputLocked(op));
+    }
+    // Every live release that `p` touches (an input or a peg-out in common) must
+    // conflict with it (an input in common: at most one of the two confirms) and be
+    // paid in full by it (so nothing it promised is left to a release that can no
+    // longer confirm). An RBF replacement (same inputs, same peg-outs) and the merge of
+    // releases that split one batch (inputs of each, peg-outs of all) both qualify.
+    let pays: BTreeSet<EventId> = p.payouts.iter().copied().collect();
+    let txid = p.txid();
+    for (other, q) in view.live {
+        if *other == txid {
+            continue;
         }
-    }
-    // A replacement spends exactly the inputs of the one release it replaces (so at
-    // most one of them confirms) and pays exactly the same peg-outs (so none is left
-    // promised to a release that can no longer confirm).
-    if replaces.len() > 1 {
-        return Err(ReleaseError::Malformed("a replacement replaces exactly one release"));
-    }
-    for owner in &replaces {
-        let same_inputs = view.release_inputs.get(owner).is_some_and(|old| *old == inputs);
-        let promised: BTreeSet<&EventId> =
-            view.locked_payouts.iter().filter(|(_, t)| *t == owner).map(|(e, _)| e).collect();
-        let same_payouts = promised == p.payouts.iter().collect::<BTreeSet<_>>();
-        if !same_inputs || !same_payouts {
-            let e = p.payouts.iter().find(|e| view.locked_payouts.get(e) == Some(owner)).copied();
-            return Err(ReleaseError::PayoutLocked(
-                e.or(p.payouts.first().copied()).ok_or(ReleaseError::Malformed("payouts"))?,
-            ));
+        let common_input = q.inputs.intersection(&inputs).next().copied();
+        let common_payout = q.payouts.intersection(&pays).next().copied();
+        match (common_input, common_payout) {
+            (None, None) => {}
+            // Both could confirm: a second payment of the same peg-out.
+            (None, Some(e)) => return Err(ReleaseError::PayoutLocked(e)),
+            (Some(op), _) => {
+                if let Some(e) = q.payouts.difference(&pays).next() {
+                    return Err(ReleaseError::Strands { release: *other, event: *e, input: op });
+                }
+            }
         }
     }
     if tx.output.len() != p.payouts.len() && tx.output.len() != p.payouts.len() + 1 {
@@ -543,9 +584,8 @@ mod tests {
     struct Fixture {
         utxos: BTreeMap<OutPoint, Sats>,
         certified: BTreeMap<EventId, Payout>,
-        locked_inputs: BTreeMap<OutPoint, Txid>,
-        locked_payouts: BTreeMap<EventId, Txid>,
-        release_inputs: BTreeMap<Txid, BTreeSet<OutPoint>>,
+        live: BTreeMap<Txid, Live>,
+        paid: BTreeSet<EventId>,
     }
 
     impl Fixture {
@@ -557,23 +597,11 @@ mod tests {
                 .into_iter()
                 .map(|(e, a, s)| (e, Payout { event: e, amount: Sats(a), script: p2wpkh(s) }))
                 .collect();
-            Self {
-                utxos,
-                certified,
-                locked_inputs: BTreeMap::new(),
-                locked_payouts: BTreeMap::new(),
-                release_inputs: BTreeMap::new(),
-            }
+            Self { utxos, certified, live: BTreeMap::new(), paid: BTreeSet::new() }
         }
 
         fn view(&self) -> View<'_> {
-            View {
-                utxos: &self.utxos,
-                locked_inputs: &self.locked_inputs,
-                locked_payouts: &self.locked_payouts,
-                certified: &self.certified,
-                release_inputs: &self.release_inputs,
-            }
+            View { utxos: &self.utxos, live: &self.live, paid: &self.paid, certified: &self.certified }
         }
 
         fn build(&self, rate: u64) -> Proposal {
@@ -582,16 +610,9 @@ mod tests {
             build(&utxos, &payouts, rate, &policy()).expect("build")
         }
 
-        /// Records `p` as accepted (its inputs and payouts locked), as the node does.
+        /// Records `p` as accepted (live: its inputs and payouts held), as the node does.
         fn lock(&mut self, p: &Proposal) {
-            let txid = p.txid();
-            for i in &p.tx.input {
-                self.locked_inputs.insert(i.previous_output, txid);
-            }
-            for e in &p.payouts {
-                self.locked_payouts.insert(*e, txid);
-            }
-            self.release_inputs.insert(txid, p.tx.input.iter().map(|i| i.previous_output).collect());
+            self.live.insert(p.txid(), Live::of(p));
         }
     }
 
@@ -688,7 +709,12 @@ mod tests {
         partial.payouts.remove(1);
         partial.tx.output.remove(1);
         let e = validate(&partial, &f.view(), &policy()).expect_err("drops a payout");
-        assert!(matches!(e, ReleaseError::PayoutLocked(_)), "{e}");
+        assert!(matches!(e, ReleaseError::Strands { event: e2, .. } if e2 == event(2)), "{e}");
+        // Once confirmed, a peg-out is never paid again, not even by a "replacement".
+        let mut done = Fixture::new();
+        done.paid.insert(event(1));
+        let e = validate(&bumped, &done.view(), &policy()).expect_err("paid");
+        assert_eq!(e, ReleaseError::PayoutLocked(event(1)));
         // Any other release spending a locked input: refused.
         let mut f2 = Fixture::new();
         f2.lock(&first);
@@ -696,7 +722,43 @@ mod tests {
         let utxos = vec![(outpoint(1), Sats(1_000_000))];
         let third = build(&utxos, &[f2.certified[&event(3)].clone()], 5, &policy()).expect("build");
         let e = validate(&third, &f2.view(), &policy()).expect_err("input spent by another release");
-        assert!(matches!(e, ReleaseError::InputLocked(_)), "{e}");
+        assert!(matches!(e, ReleaseError::Strands { .. }), "{e}");
+    }
+
+    /// A batch that split (one proposer sent two releases with different inputs for the
+    /// same peg-outs; each half of the validators holds one): the merge spends an input
+    /// of each, pays everything, and is valid on both sides, while either half alone
+    /// is still refused the other's release.
+    #[test]
+    fn split_releases_merge_into_one_that_conflicts_with_both() {
+        let base = Fixture::new();
+        let r1 = base.build(5);
+        let mut without1 = Fixture::new();
+        without1.utxos.remove(&r1.tx.input[0].previous_output);
+        without1.utxos.insert(outpoint(4), Sats(900_000));
+        let r2 = without1.build(5);
+        assert!(Live::of(&r1).inputs.is_disjoint(&Live::of(&r2).inputs));
+        let mut a = Fixture::new();
+        a.utxos.insert(outpoint(4), Sats(900_000));
+        a.lock(&r1);
+        let mut b = Fixture::new();
+        b.utxos.insert(outpoint(4), Sats(900_000));
+        b.lock(&r2);
+        assert!(matches!(validate(&r2, &a.view(), &policy()), Err(ReleaseError::PayoutLocked(_))));
+        assert!(matches!(validate(&r1, &b.view(), &policy()), Err(ReleaseError::PayoutLocked(_))));
+        let required: Vec<(OutPoint, Sats)> = [&r1, &r2]
+            .iter()
+            .flat_map(|r| r.tx.input.iter().map(|i| i.previous_output))
+            .map(|op| (op, a.utxos[&op]))
+            .collect();
+        let payouts: Vec<Payout> = a.certified.values().cloned().collect();
+        let merged = build_with(&required, &[], &payouts, 5, &policy()).expect("merge");
+        assert_eq!(merged.tx.input.len(), 2);
+        validate(&merged, &a.view(), &policy()).expect("valid beside r1");
+        validate(&merged, &b.view(), &policy()).expect("valid beside r2");
+        // Both halves hold it: it conflicts with each, so exactly one of the three confirms.
+        a.lock(&merged);
+        assert!(matches!(validate(&r2, &a.view(), &policy()), Err(ReleaseError::PayoutLocked(_))));
     }
 
     #[test]

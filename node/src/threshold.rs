@@ -162,12 +162,23 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// What the releases this node knows hold: each input with the release spending it,
-/// each payout with the release paying it (the newest), each release's inputs.
+/// What the releases this node knows hold: the live ones (that may still confirm) with
+/// their inputs and payouts, and the peg-outs paid by confirmed ones.
 struct Locks {
-    inputs: BTreeMap<OutPoint, Txid>,
-    payouts: BTreeMap<EventId, Txid>,
-    by_release: BTreeMap<Txid, BTreeSet<OutPoint>>,
+    live: BTreeMap<Txid, release::Live>,
+    paid: BTreeSet<EventId>,
+}
+
+impl Locks {
+    /// Inputs a live release spends: not available to a new release.
+    fn inputs(&self) -> BTreeSet<OutPoint> {
+        self.live.values().flat_map(|l| l.inputs.iter().copied()).collect()
+    }
+
+    /// Peg-outs promised to a live release or paid: not to be proposed again.
+    fn payouts(&self) -> BTreeSet<EventId> {
+        self.live.values().flat_map(|l| l.payouts.iter().copied()).chain(self.paid.iter().copied()).collect()
+    }
 }
 
 /// Longest one bitcoind call of the release path may take inside the main loop.
@@ -196,6 +207,15 @@ const RESEND_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     pub signing: Option<SigningFault>,
+    pub release: Option<ReleaseFault>,
+}
+
+/// Deliberate misbehaviour of a release proposer, testing only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseFault {
+    /// Send each fresh proposal as two releases with different inputs for the same
+    /// peg-outs, each to a minority of the validators (an equivocating proposer).
+    SplitProposals,
 }
 
 /// Opens the epoch's group keys into signing suites.
@@ -268,6 +288,14 @@ pub struct Threshold {
     last_release_check: Instant,
     last_proposal: Option<Instant>,
     last_resend: Instant,
+    resend_every: Duration,
+    /// Proposals refused because another release holds their peg-outs or inputs here.
+    competing: BTreeMap<Txid, (Proposal, Instant, usize)>,
+    /// Stalled releases a merge was proposed for, and when.
+    merged: BTreeMap<Txid, Instant>,
+    merge_after: Duration,
+    /// Testing only: split fresh proposals between the validators.
+    split_proposals: bool,
     key_checks_started: bool,
 }
 
@@ -386,6 +414,13 @@ impl Threshold {
             last_release_check: Instant::now(),
             last_proposal: None,
             last_resend: Instant::now(),
+            resend_every: RESEND_EVERY
+                .min(Duration::from_millis(cfg.signing.merge_after_ms / 4))
+                .max(Duration::from_secs(1)),
+            competing: BTreeMap::new(),
+            merged: BTreeMap::new(),
+            merge_after: Duration::from_millis(cfg.signing.merge_after_ms),
+            split_proposals: faults.release == Some(ReleaseFault::SplitProposals),
             key_checks_started: false,
         };
         for spend in spends {
@@ -634,6 +669,9 @@ impl Threshold {
         if self.usable.contains(&KeyKind::Btc) {
             self.retry_waiting()?;
             self.resend_proposals();
+            if self.bitcoin_synced {
+                self.maybe_merge().await?;
+            }
             self.maybe_propose().await?;
             if self.last_release_check.elapsed() >= Duration::from_secs(2) {
                 self.last_release_check = Instant::now();
@@ -762,43 +800,25 @@ impl Threshold {
         Ok(())
     }
 
-    /// Inputs and payouts held by releases that may still confirm.
+    /// Inputs and payouts held by releases that may still confirm, and what is paid.
     fn locks(&self) -> Locks {
-        let mut inputs = BTreeMap::new();
-        let mut payouts = BTreeMap::new();
-        let mut by_release = BTreeMap::new();
-        let mut ordered: Vec<_> = self.releases.iter().collect();
-        ordered.sort_by_key(|(_, (r, _))| r.created_ms);
-        for (txid, (rec, p)) in ordered {
-            let ins: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
-            for op in &ins {
-                inputs.insert(*op, *txid);
+        let mut live = BTreeMap::new();
+        let mut paid = BTreeSet::new();
+        for (txid, (rec, p)) in &self.releases {
+            match rec.status {
+                ReleaseStatus::Signing | ReleaseStatus::Broadcast | ReleaseStatus::Replaced => {
+                    live.insert(*txid, release::Live::of(p));
+                }
+                ReleaseStatus::Confirmed => paid.extend(rec.payouts.iter().copied()),
+                ReleaseStatus::Conflicted => {}
             }
-            for e in &rec.payouts {
-                payouts.insert(*e, *txid);
-            }
-            by_release.insert(*txid, ins);
         }
-        Locks { inputs, payouts, by_release }
+        Locks { live, paid }
     }
 
     fn validate(&self, p: &Proposal) -> Result<Vec<[u8; 32]>, ReleaseError> {
-        let Locks { inputs: locked_inputs, payouts: locked_payouts, by_release: release_inputs } = self.locks();
-        // A confirmed payout is never paid again, even by a "replacement".
-        for e in &p.payouts {
-            if let Some(t) = locked_payouts.get(e)
-                && self.releases.get(t).is_some_and(|(r, _)| r.status == ReleaseStatus::Confirmed)
-            {
-                return Err(ReleaseError::PayoutLocked(*e));
-            }
-        }
-        let view = release::View {
-            utxos: &self.utxos,
-            locked_inputs: &locked_inputs,
-            locked_payouts: &locked_payouts,
-            certified: &self.pegouts,
-            release_inputs: &release_inputs,
-        };
+        let locks = self.locks();
+        let view = release::View { utxos: &self.utxos, live: &locks.live, paid: &locks.paid, certified: &self.pegouts };
         if !self.bitcoin_synced {
             return Err(ReleaseError::NotSynced);
         }
@@ -866,7 +886,7 @@ impl Threshold {
 
     fn on_proposal(&mut self, from: usize, p: Proposal) -> eyre::Result<()> {
         let txid = p.txid();
-        if self.releases.contains_key(&txid) {
+        if self.releases.contains_key(&txid) || self.competing.contains_key(&txid) {
             return Ok(());
         }
         match self.validate(&p) {
@@ -879,12 +899,87 @@ impl Threshold {
                 }
                 Ok(())
             }
+            Err(e @ (ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. })) => {
+                // Another release holds its peg-outs or inputs here. Kept: if that one
+                // stalls, the two are merged (see `maybe_merge`).
+                info!(target: "release", %txid, from, reason = %e, "proposal competes with a release this node holds; kept for a merge");
+                let from_sender = self.competing.values().filter(|(_, _, f)| *f == from).count();
+                if self.competing.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
+                    self.competing.insert(txid, (p, Instant::now(), from));
+                }
+                Ok(())
+            }
             Err(e) => {
                 warn!(target: "release", %txid, from, reason = %e, "release proposal refused");
                 self.metrics.releases.with_label_values(&["refused"]).inc();
                 Ok(())
             }
         }
+    }
+
+    /// A release still being signed long after it was accepted, with a competing
+    /// release for its peg-outs or inputs (a batch that split: each half of the
+    /// validators holds one, neither reaches t): propose one that spends an input of
+    /// each and pays all their peg-outs. It is valid beside either, conflicts with both,
+    /// so at most one of them all confirms. By turns, like proposals.
+    async fn maybe_merge(&mut self) -> eyre::Result<()> {
+        let now = now_ms();
+        self.competing.retain(|_, (_, at, _)| at.elapsed() < Duration::from_secs(3_600));
+        self.merged.retain(|_, at| at.elapsed() < self.merge_after);
+        let stalled: Vec<Txid> = self
+            .releases
+            .iter()
+            .filter(|(t, (r, _))| {
+                let turn = r.payouts.first().map_or(0, |e| relay::rank(e, self.me, self.n)) as u32;
+                let wait = self.merge_after + self.takeover * turn;
+                r.status == ReleaseStatus::Signing
+                    && now.saturating_sub(r.created_ms) > wait.as_millis() as u64
+                    && !self.merged.contains_key(*t)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for txid in stalled {
+            let Some((_, stuck)) = self.releases.get(&txid) else { continue };
+            let mine = release::Live::of(stuck);
+            let rivals: Vec<release::Live> = self
+                .competing
+                .values()
+                .map(|(c, _, _)| release::Live::of(c))
+                .filter(|c| !c.inputs.is_disjoint(&mine.inputs) || !c.payouts.is_disjoint(&mine.payouts))
+                .collect();
+            if rivals.is_empty() {
+                continue; // Slow signers, not a split: nothing to merge.
+            }
+            self.merged.insert(txid, Instant::now());
+            let mut inputs = mine.inputs.clone();
+            let mut payouts = mine.payouts.clone();
+            for r in &rivals {
+                inputs.extend(r.inputs.iter().copied());
+                payouts.extend(r.payouts.iter().copied());
+            }
+            let required: Option<Vec<(OutPoint, Sats)>> =
+                inputs.iter().map(|op| self.utxos.get(op).map(|a| (*op, *a))).collect();
+            let pays: Option<Vec<Payout>> = payouts.iter().map(|e| self.pegouts.get(e).cloned()).collect();
+            let (Some(required), Some(pays)) = (required, pays) else {
+                warn!(target: "release", %txid, "a competing release names inputs or peg-outs this node does not hold: no merge");
+                continue;
+            };
+            let rate = match self.bitcoin.as_ref() {
+                Some(b) => {
+                    bounded(b.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb)
+                }
+                None => return Ok(()),
+            };
+            match release::build_with(&required, &[], &pays, rate, &self.policy) {
+                Ok(merge) => {
+                    info!(target: "release", stalled = %txid, merge = %merge.txid(), rivals = rivals.len(), payouts = merge.payouts.len(), "release stalled beside a competing one: proposing their merge");
+                    self.metrics.releases.with_label_values(&["merged"]).inc();
+                    self.propose(merge)?;
+                }
+                Err(e) => warn!(target: "release", %txid, error = %e, "cannot build the merge"),
+            }
+        }
+        Ok(())
     }
 
     fn retry_waiting(&mut self) -> eyre::Result<()> {
@@ -905,8 +1000,18 @@ impl Threshold {
     /// Records a validated proposal (locking its inputs and payouts) and signs it.
     fn accept(&mut self, p: Proposal, proposer: usize) -> eyre::Result<()> {
         let txid = p.txid();
-        let locked_payouts = self.locks().payouts;
-        let replaces = p.payouts.iter().find_map(|e| locked_payouts.get(e)).copied();
+        // The live releases it touches: it conflicts with each and pays all they pay.
+        let mine = release::Live::of(&p);
+        let replaced: Vec<Txid> = self
+            .locks()
+            .live
+            .into_iter()
+            .filter(|(t, l)| {
+                *t != txid && (!l.inputs.is_disjoint(&mine.inputs) || !l.payouts.is_disjoint(&mine.payouts))
+            })
+            .map(|(t, _)| t)
+            .collect();
+        let replaces = replaced.first().copied();
         let vsize = release::signed_vsize(&p.tx);
         let rec = ReleaseRecord {
             txid: txid.to_string(),
@@ -925,12 +1030,13 @@ impl Threshold {
         };
         info!(target: "release", %txid, proposer, payouts = p.payouts.len(), inputs = p.tx.input.len(), fee = rec.fee_sats, replaces = ?rec.replaces, "release validated: signing");
         self.releases.insert(txid, (rec, p));
-        if let Some(old) = replaces
-            && let Some((r, _)) = self.releases.get_mut(&old)
-            && r.status != ReleaseStatus::Confirmed
-        {
-            r.status = ReleaseStatus::Replaced;
-            self.save_release(&old)?;
+        for old in replaced {
+            if let Some((r, _)) = self.releases.get_mut(&old)
+                && r.status != ReleaseStatus::Replaced
+            {
+                r.status = ReleaseStatus::Replaced;
+                self.save_release(&old)?;
+            }
         }
         self.save_release(&txid)?;
         self.start_release_sessions(txid)
@@ -1141,16 +1247,18 @@ impl Threshold {
         self.propose(new)
     }
 
-    /// Sends this node's releases that are still being signed to the others again.
+    /// Sends the releases still being signed to the others again.
     fn resend_proposals(&mut self) {
-        if self.last_resend.elapsed() < RESEND_EVERY {
+        if self.last_resend.elapsed() < self.resend_every {
             return;
         }
         self.last_resend = Instant::now();
+        // Every release still being signed, not only this node's: a validator that
+        // missed one (or holds a competing one) learns of it.
         let mine: Vec<Vec<u8>> = self
             .releases
             .values()
-            .filter(|(r, _)| r.status == ReleaseStatus::Signing && r.proposer == self.me)
+            .filter(|(r, _)| r.status == ReleaseStatus::Signing)
             .map(|(_, p)| {
                 let mut payload = vec![TAG_RELEASE];
                 payload.extend(p.encode());
@@ -1162,6 +1270,29 @@ impl Threshold {
                 self.send(i, payload.clone());
             }
         }
+    }
+
+    /// Test fault: `p` to this node and a minority, a twin from other inputs to the rest.
+    fn propose_split(
+        &mut self,
+        p: Proposal,
+        available: &[(OutPoint, Sats)],
+        payouts: &[Payout],
+        rate: u64,
+    ) -> eyre::Result<()> {
+        let used: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+        let rest: Vec<(OutPoint, Sats)> = available.iter().filter(|(op, _)| !used.contains(op)).copied().collect();
+        let Ok(twin) = release::build(&rest, payouts, rate, &self.policy) else { return self.propose(p) };
+        warn!(target: "release", first = %p.txid(), twin = %twin.txid(), "TEST FAULT: splitting a release proposal between the validators");
+        let others: Vec<usize> = (0..self.n).filter(|i| *i != self.me).collect();
+        let first_side = (self.n / 2).saturating_sub(1);
+        for (k, i) in others.into_iter().enumerate() {
+            let mut payload = vec![TAG_RELEASE];
+            payload.extend(if k < first_side { p.encode() } else { twin.encode() });
+            self.send(i, payload);
+        }
+        self.last_proposal = Some(Instant::now());
+        self.accept(p, self.me)
     }
 
     fn propose(&mut self, p: Proposal) -> eyre::Result<()> {
@@ -1185,9 +1316,10 @@ impl Threshold {
         {
             return Ok(());
         }
-        let Locks { inputs: locked_inputs, payouts: locked_payouts, .. } = self.locks();
+        let locks = self.locks();
+        let (locked_inputs, locked_payouts) = (locks.inputs(), locks.payouts());
         let mut unpaid: Vec<(&EventId, &Instant)> =
-            self.pegout_seen.iter().filter(|(e, _)| !locked_payouts.contains_key(e)).collect();
+            self.pegout_seen.iter().filter(|(e, _)| !locked_payouts.contains(e)).collect();
         unpaid.sort_by_key(|(e, at)| (**at, e.to_bytes()));
         // No more payments of a class than the chain leaves room for (oldest first).
         let mut budget = release::payment_budget(&self.pegouts, self.paid_on_chain(), &self.promised(), &self.policy);
@@ -1212,7 +1344,7 @@ impl Threshold {
         }
         let payouts: Vec<Payout> = unpaid.iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect();
         let available: Vec<(OutPoint, Sats)> =
-            self.utxos.iter().filter(|(op, _)| !locked_inputs.contains_key(op)).map(|(op, a)| (*op, *a)).collect();
+            self.utxos.iter().filter(|(op, _)| !locked_inputs.contains(op)).map(|(op, a)| (*op, *a)).collect();
         let rate = match self.bitcoin.as_ref() {
             Some(b) => {
                 bounded(b.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb)
@@ -1220,6 +1352,7 @@ impl Threshold {
             None => return Ok(()),
         };
         match release::build(&available, &payouts, rate, &self.policy) {
+            Ok(p) if self.split_proposals => self.propose_split(p, &available, &payouts, rate),
             Ok(p) => {
                 info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), rate, rank, "proposing a release");
                 self.propose(p)

@@ -55,11 +55,12 @@ impl Drop for Net {
 /// bitcoind, two anvil chains with bridges, 4 validators after their DKG, the EVM
 /// group key installed in both bridges; validator `i` runs with `faults[i]`.
 async fn network(faults: [Option<&str>; 4]) -> Net {
-    network_with(faults, 600).await
+    network_with(faults, 600, 600_000).await
 }
 
-/// [`network`], with releases replaced (RBF) after `rbf_after_secs` unconfirmed.
-async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64) -> Net {
+/// [`network`], with releases replaced (RBF) after `rbf_after_secs` unconfirmed, and
+/// stalled ones merged with a competing one after `merge_after_ms`.
+async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_after_ms: u64) -> Net {
     let btc = Arc::new(Bitcoind::start().await.unwrap());
     let start = btc.block_count().await.unwrap() + 1;
     let mut chains = Vec::new();
@@ -77,7 +78,10 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64) -> Net {
             bridge: c.bridge.to_string(),
         });
     }
-    setup.extra = "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\n\n[bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n".to_owned();
+    setup.extra = format!(
+        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\n\n\
+         [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
+    );
     let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
         // Relayers: anvil dev accounts 1..=4 (the same on every anvil).
@@ -372,7 +376,7 @@ async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
-    let net = network_with([None; 4], 3).await;
+    let net = network_with([None; 4], 3, 600_000).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -513,4 +517,40 @@ async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_agai
         let v = n.get(&format!("/v1/attestations/{burn}")).unwrap();
         assert!(v["release"].is_null() || v["release"]["txid"] == release.as_str(), "{}: {v}", n.name);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_split_by_its_proposer_is_merged_and_pays_once() {
+    // Whoever proposes sends two releases with different inputs for the same peg-out,
+    // each to half of the validators: neither can reach t signers.
+    let split = Some("split-release-proposals");
+    let net = network_with([split; 4], 600, 8_000).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    // Two vault UTXOs, each enough for the peg-out alone.
+    net.deposit(0, user, 600_000).await;
+    net.deposit(0, user, 650_000).await;
+    net.wait_balance(0, user, 1_250_000).await;
+
+    let payee = net.btc.new_address().await.unwrap();
+    let burn = net.burn_to_bitcoin(0, 7, 400_000, &payee).await;
+    let paid = wait_until("the peg-out paid at depth", Duration::from_secs(150), || async {
+        net.nodes[2].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
+    })
+    .await
+    .unwrap_or_else(|e| {
+        for n in &net.nodes {
+            let lines: Vec<String> =
+                n.log().lines().filter(|l| l.contains("\"target\":\"release")).map(str::to_owned).collect();
+            eprintln!("--- {}:\n{}", n.name, lines.join("\n"));
+        }
+        panic!("{e}")
+    });
+    assert!(net.nodes.iter().any(|n| n.log().contains("TEST FAULT: splitting a release proposal")), "it split");
+    assert!(net.metric_sum("btcfi_releases_total", "outcome=\"merged\"") >= 1.0, "a merge was proposed");
+    // The merge pays the peg-out, spending an input of each half's release.
+    let txid = bitcoin::Txid::from_str(paid["release"]["txid"].as_str().unwrap()).unwrap();
+    let tx = net.btc.rpc(move |c| c.get_raw_transaction_info(&txid, None)).await.unwrap();
+    assert_eq!(tx.vin.len(), 2, "the merge conflicts with both halves' releases: {paid}");
+    let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
+    assert_eq!(received, Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once");
 }
