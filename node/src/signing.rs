@@ -226,6 +226,16 @@ impl<C: Ciphersuite> Suite<C> {
         self.sessions.contains_key(&sid) || self.finished.contains_key(&sid)
     }
 
+    /// Stops taking part in the session over `message`, if it runs (what it would sign
+    /// is no longer wanted: its release was superseded). Its nonces die with it.
+    pub fn abandon(&mut self, message: &[u8]) {
+        let sid = SessionId::derive(message, self.epoch, &self.signers);
+        if let Some(slot) = self.sessions.remove(&sid) {
+            self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "abandoned"]).inc();
+            info!(target: "signing", key = %self.kind, session = ?sid, purpose = ?slot.purpose, "signing session abandoned");
+        }
+    }
+
     /// Starts signing `message` (derived by this node itself) for `purpose`.
     pub fn start(
         &mut self,

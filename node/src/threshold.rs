@@ -1034,8 +1034,12 @@ impl Threshold {
             if let Some((r, _)) = self.releases.get_mut(&old)
                 && r.status != ReleaseStatus::Replaced
             {
+                let was_signing = r.status == ReleaseStatus::Signing;
                 r.status = ReleaseStatus::Replaced;
                 self.save_release(&old)?;
+                if was_signing {
+                    self.abandon_sessions(&old);
+                }
             }
         }
         self.save_release(&txid)?;
@@ -1190,7 +1194,11 @@ impl Threshold {
         // What conflicts with a confirmed release can never confirm: stop following it.
         for confirmed in changed.clone() {
             if self.releases.get(&confirmed).is_some_and(|(r, _)| r.status == ReleaseStatus::Confirmed) {
-                changed.extend(self.mark_conflicts(&confirmed));
+                let dead = self.mark_conflicts(&confirmed);
+                for t in &dead {
+                    self.abandon_sessions(t);
+                }
+                changed.extend(dead);
             }
         }
         for t in changed {
@@ -1210,6 +1218,17 @@ impl Threshold {
             self.releases.get(txid).and_then(|(r, _)| r.payouts.first()).map_or(0, |e| relay::rank(e, self.me, self.n))
                 as u64;
         (self.rbf_after.as_millis() as u64).saturating_add(rank.saturating_mul(self.takeover.as_millis() as u64))
+    }
+
+    /// Leaves the signing sessions of a release's inputs that are still running.
+    fn abandon_sessions(&mut self, txid: &Txid) {
+        let Some((_, p)) = self.releases.get(txid) else { return };
+        let Ok(hashes) = release::sighashes(&p.tx, &p.prevouts) else { return };
+        if let Some(suite) = self.btc.as_mut() {
+            for h in hashes {
+                suite.abandon(&h);
+            }
+        }
     }
 
     /// Marks every other release spending an input of the confirmed `txid` as
