@@ -266,10 +266,11 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
                     println!("  {kind} key: {state}");
                 }
                 println!(
-                    "  vault {}; peg-outs pending {}; releases {}; relaying {}",
+                    "  vault {}; peg-outs paid {}, pending {}; releases in flight {}; relaying {}",
                     sig["vault_address"].as_str().unwrap_or("?"),
+                    sig["peg_outs_paid"],
                     sig["peg_outs_pending"],
-                    sig["releases"],
+                    sig["releases_in_flight"],
                     if sig["relayer"] == true { "yes" } else { "no (no relayer key)" }
                 );
             }

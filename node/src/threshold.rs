@@ -271,6 +271,9 @@ pub struct Threshold {
     onchain: BTreeMap<TxHash, Vec<SpendOutput>>,
     /// Those payments counted by class.
     paid: BTreeMap<release::PaymentClass, usize>,
+    /// Peg-outs paid by releases this node followed to depth (finished releases are
+    /// not kept in memory).
+    paid_events: BTreeSet<EventId>,
     /// Whether the Bitcoin adapter has seen every final block.
     bitcoin_synced: bool,
     relay: Option<mpsc::Sender<MintJob>>,
@@ -370,11 +373,21 @@ impl Threshold {
         for (_, raw) in store.scan_prefix(Cf::Releases, ONCHAIN_PREFIX)? {
             spends.push(serde_json::from_slice::<VaultSpend>(&raw)?);
         }
+        // In memory: the releases that may still confirm; of the finished ones, only the
+        // peg-outs paid (the store keeps every record, for the API).
         let mut releases = BTreeMap::new();
+        let mut paid_events = BTreeSet::new();
         for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
             let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
-            let p = Proposal::decode(&hex::decode(&rec.proposal)?).map_err(|e| eyre::eyre!("stored release: {e}"))?;
-            releases.insert(p.txid(), (rec, p));
+            match rec.status {
+                ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
+                ReleaseStatus::Conflicted => {}
+                _ => {
+                    let p = Proposal::decode(&hex::decode(&rec.proposal)?)
+                        .map_err(|e| eyre::eyre!("stored release: {e}"))?;
+                    releases.insert(p.txid(), (rec, p));
+                }
+            }
         }
         let mut t = Self {
             store,
@@ -393,6 +406,7 @@ impl Threshold {
             bridges,
             vault_address: cfg.bitcoin.vault_address.clone(),
             paid: BTreeMap::new(),
+            paid_events,
             onchain: BTreeMap::new(),
             bitcoin_synced: false,
             relay,
@@ -458,7 +472,8 @@ impl Threshold {
             "keys": keys,
             "vault_address": self.vault_address,
             "peg_outs_pending": self.metrics.releases_pending.get(),
-            "releases": releases,
+            "releases_in_flight": releases,
+            "peg_outs_paid": self.paid_events.len(),
             "relayer": self.relay.is_some(),
         })
     }
@@ -803,7 +818,7 @@ impl Threshold {
     /// Inputs and payouts held by releases that may still confirm, and what is paid.
     fn locks(&self) -> Locks {
         let mut live = BTreeMap::new();
-        let mut paid = BTreeSet::new();
+        let mut paid = self.paid_events.clone();
         for (txid, (rec, p)) in &self.releases {
             match rec.status {
                 ReleaseStatus::Signing | ReleaseStatus::Broadcast | ReleaseStatus::Replaced => {
@@ -1203,6 +1218,20 @@ impl Threshold {
         }
         for t in changed {
             self.save_release(&t)?;
+        }
+        // Finished releases leave memory (their records stay in the store).
+        let finished: Vec<Txid> = self
+            .releases
+            .iter()
+            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Confirmed | ReleaseStatus::Conflicted))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in finished {
+            if let Some((r, _)) = self.releases.remove(&t)
+                && r.status == ReleaseStatus::Confirmed
+            {
+                self.paid_events.extend(r.payouts);
+            }
         }
         for t in stuck_releases {
             self.replace(t).await?;
