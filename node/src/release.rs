@@ -105,6 +105,10 @@ pub enum ReleaseError {
     PaidOnChain(EventId),
     #[error("this node's Bitcoin view is still catching up: it signs no release until it has seen every final block")]
     NotSynced,
+    #[error("it would supersede release {0} before that one had its time to be signed or confirmed")]
+    TooEarly(Txid),
+    #[error("it spends the inputs of release {0} without paying a higher fee")]
+    NoFeeIncrease(Txid),
 }
 
 impl ReleaseError {
@@ -117,6 +121,7 @@ impl ReleaseError {
                 | ReleaseError::UnknownInput(_)
                 | ReleaseError::PaidOnChain(_)
                 | ReleaseError::NotSynced
+                | ReleaseError::TooEarly(_)
         )
     }
 }

@@ -89,28 +89,29 @@ async fn chain_task<S: ChainSource>(
             Ok(outcome) => {
                 // Re-check each observed event against the canonical chain right before
                 // it goes to consensus; one that moved is reported later as Reorged.
+                // The adapter's cursor is past these events already: a re-check that
+                // fails is retried until it answers, never skipped (the events would be
+                // lost until a restart).
                 for ev in outcome.events {
                     if let ChainEvent::Observed(o) = &ev {
-                        match src.recheck(o).await {
-                            Ok(Inclusion::Included { .. }) => {}
-                            Ok(Inclusion::NotCanonical) => {
-                                warn!(target: "chain::recheck", chain = %name, event = %o.attestation.event, "observed event no longer canonical at re-check: not attested");
-                                continue;
+                        let included = loop {
+                            match src.recheck(o).await {
+                                Ok(Inclusion::Included { .. }) => break true,
+                                Ok(Inclusion::NotCanonical) => break false,
+                                Err(e) => {
+                                    warn!(target: "chain::recheck", chain = %name, event = %o.attestation.event, error = %e, "re-check failed; retrying");
+                                    tokio::time::sleep(interval).await;
+                                }
                             }
-                            Err(e) => {
-                                update.error = Some(e.to_string());
-                                break;
-                            }
+                        };
+                        if !included {
+                            warn!(target: "chain::recheck", chain = %name, event = %o.attestation.event, "observed event no longer canonical at re-check: not attested");
+                            continue;
                         }
                     }
                     update.events.push(ev);
                 }
-                if update.error.is_none() {
-                    update.checkpoint = Some(outcome.checkpoint);
-                } else {
-                    // Do not advance past events we could not re-check.
-                    update.events.clear();
-                }
+                update.checkpoint = Some(outcome.checkpoint);
             }
             Err(e) => update.error = Some(e.to_string()),
         }
@@ -581,7 +582,7 @@ async fn on_chain(
                 ctx.threshold.on_final(o.attestation.event);
                 ctx.feed(core, Input::Observed(o.attestation)).await?;
             }
-            ChainEvent::VaultSpend(spend) => ctx.threshold.on_vault_spend(spend),
+            ChainEvent::VaultSpend(spend) => ctx.threshold.on_vault_spend(spend)?,
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
                 ctx.threshold.on_vault_spend_reorged(&id.tx);
             }

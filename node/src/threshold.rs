@@ -838,6 +838,28 @@ impl Threshold {
             return Err(ReleaseError::NotSynced);
         }
         let hashes = release::validate(p, &view, &self.policy)?;
+        // A release that supersedes live ones only once they had their chance: signing
+        // for `merge_after`, or waiting in the mempool for `rbf_after`; and, for the same
+        // inputs, only at a higher fee. (Otherwise any validator could keep replacing
+        // releases before they are signed.)
+        let (now, mine, txid) = (now_ms(), release::Live::of(p), p.txid());
+        for (t, l) in &locks.live {
+            if *t == txid || (l.inputs.is_disjoint(&mine.inputs) && l.payouts.is_disjoint(&mine.payouts)) {
+                continue;
+            }
+            let Some((rec, q)) = self.releases.get(t) else { continue };
+            let (since, wait) = match rec.status {
+                ReleaseStatus::Signing => (rec.created_ms, self.merge_after),
+                ReleaseStatus::Broadcast => (rec.broadcast_ms.unwrap_or(rec.created_ms), self.rbf_after),
+                _ => continue,
+            };
+            if now.saturating_sub(since) < wait.as_millis() as u64 {
+                return Err(ReleaseError::TooEarly(*t));
+            }
+            if l.inputs == mine.inputs && p.fee() <= q.fee() {
+                return Err(ReleaseError::NoFeeIncrease(*t));
+            }
+        }
         let own: BTreeSet<EventId> = p.payouts.iter().copied().collect();
         let promised: BTreeSet<EventId> = self.promised().difference(&own).copied().collect();
         release::check_budget(p, &self.pegouts, self.paid_on_chain(), &promised, &self.policy)?;
@@ -869,16 +891,60 @@ impl Threshold {
     }
 
     /// A vault spend at depth, from the Bitcoin adapter (already stored).
-    pub fn on_vault_spend(&mut self, spend: VaultSpend) {
-        let known = self.releases.contains_key(&Txid::from_byte_array(internal_order(&spend.txid)));
-        if !known {
-            warn!(target: "release", txid = %spend.txid, payouts = spend.payouts.len(), "a vault spend this node has no release for (restored database, or a release it never validated): its payments count against the peg-outs they match");
+    ///
+    /// Whatever this node did or did not follow: a release of its own that the spend
+    /// is becomes confirmed, and every live release sharing one of its inputs can never
+    /// confirm (conflicted), so that its payouts are not held by a dead release.
+    pub fn on_vault_spend(&mut self, spend: VaultSpend) -> eyre::Result<()> {
+        let txid = Txid::from_byte_array(internal_order(&spend.txid));
+        let mut changed = Vec::new();
+        match self.releases.get_mut(&txid) {
+            None => {
+                warn!(target: "release", txid = %spend.txid, payouts = spend.payouts.len(), "a vault spend this node has no release for (restored database, or a release it never validated): its payments count against the peg-outs they match");
+            }
+            Some((rec, _)) if rec.status != ReleaseStatus::Confirmed => {
+                rec.status = ReleaseStatus::Confirmed;
+                rec.confirmations = rec.confirmations.max(self.confirmations);
+                self.metrics.releases.with_label_values(&["confirmed"]).inc();
+                info!(target: "release", %txid, payouts = rec.payouts.len(), "release final on chain: peg-outs paid");
+                changed.push(txid);
+            }
+            Some(_) => {}
         }
+        let spent: BTreeSet<OutPoint> = spend.spent.iter().copied().collect();
+        let dead = self.mark_conflicts(&spent, &txid);
+        for t in &dead {
+            self.abandon_sessions(t);
+        }
+        changed.extend(dead);
         Self::count_payments(&mut self.paid, &spend.payouts, false);
         if let Some(before) = self.onchain.insert(spend.txid, spend.payouts) {
             Self::count_payments(&mut self.paid, &before, true);
         }
+        for t in changed {
+            self.save_release(&t)?;
+        }
+        self.retire_finished();
         self.update_pending_gauge();
+        Ok(())
+    }
+
+    /// Finished releases leave memory (their records stay in the store); the peg-outs
+    /// the confirmed ones paid are kept.
+    fn retire_finished(&mut self) {
+        let finished: Vec<Txid> = self
+            .releases
+            .iter()
+            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Confirmed | ReleaseStatus::Conflicted))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in finished {
+            if let Some((r, _)) = self.releases.remove(&t)
+                && r.status == ReleaseStatus::Confirmed
+            {
+                self.paid_events.extend(r.payouts);
+            }
+        }
     }
 
     /// A vault spend left the best chain below its depth (already removed from the store).
@@ -892,7 +958,7 @@ impl Threshold {
     /// Where the Bitcoin adapter stands: releases are validated only once it has seen
     /// every final block (a node catching up would not know what the vault paid yet).
     pub fn set_bitcoin_progress(&mut self, cursor: u64, finalized: u64) {
-        let synced = finalized.saturating_sub(cursor) <= 1;
+        let synced = cursor >= finalized;
         if synced != self.bitcoin_synced {
             info!(target: "release", cursor, finalized, synced, "Bitcoin view {}", if synced { "caught up: releases may be signed" } else { "catching up: no release is signed meanwhile" });
         }
@@ -901,15 +967,18 @@ impl Threshold {
 
     fn on_proposal(&mut self, from: usize, p: Proposal) -> eyre::Result<()> {
         let txid = p.txid();
-        if self.releases.contains_key(&txid) || self.competing.contains_key(&txid) {
+        if self.releases.contains_key(&txid) {
             return Ok(());
         }
+        // A competing one sent again: checked again (it may be valid by now).
+        self.competing.remove(&txid);
         match self.validate(&p) {
             Ok(_) => self.accept(p, from),
             Err(e) if e.may_pass_later() => {
                 info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
                 let from_sender = self.waiting.iter().filter(|(f, _, _)| *f == from).count();
-                if self.waiting.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
+                let known = self.waiting.iter().any(|(_, w, _)| w.txid() == txid);
+                if !known && self.waiting.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
                     self.waiting.push((from, p, Instant::now()));
                 }
                 Ok(())
@@ -918,8 +987,15 @@ impl Threshold {
                 // Another release holds its peg-outs or inputs here. Kept: if that one
                 // stalls, the two are merged (see `maybe_merge`).
                 info!(target: "release", %txid, from, reason = %e, "proposal competes with a release this node holds; kept for a merge");
+                // Only one that is valid in itself here (vault UTXOs, certified payouts,
+                // exact amounts, fee): a bogus rival must not spoil a merge.
+                let locks = self.locks();
+                let alone = BTreeMap::new();
+                let view =
+                    release::View { utxos: &self.utxos, live: &alone, paid: &locks.paid, certified: &self.pegouts };
+                let valid_alone = release::validate(&p, &view, &self.policy).is_ok();
                 let from_sender = self.competing.values().filter(|(_, _, f)| *f == from).count();
-                if self.competing.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
+                if valid_alone && self.competing.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
                     self.competing.insert(txid, (p, Instant::now(), from));
                 }
                 Ok(())
@@ -955,43 +1031,53 @@ impl Threshold {
             .collect();
         for txid in stalled {
             let Some((_, stuck)) = self.releases.get(&txid) else { continue };
-            let mine = release::Live::of(stuck);
+            let stuck = stuck.clone();
+            let mine = release::Live::of(&stuck);
             let rivals: Vec<release::Live> = self
                 .competing
                 .values()
                 .map(|(c, _, _)| release::Live::of(c))
                 .filter(|c| !c.inputs.is_disjoint(&mine.inputs) || !c.payouts.is_disjoint(&mine.payouts))
                 .collect();
-            if rivals.is_empty() {
-                continue; // Slow signers, not a split: nothing to merge.
-            }
-            self.merged.insert(txid, Instant::now());
-            let mut inputs = mine.inputs.clone();
-            let mut payouts = mine.payouts.clone();
-            for r in &rivals {
-                inputs.extend(r.inputs.iter().copied());
-                payouts.extend(r.payouts.iter().copied());
-            }
-            let required: Option<Vec<(OutPoint, Sats)>> =
-                inputs.iter().map(|op| self.utxos.get(op).map(|a| (*op, *a))).collect();
-            let pays: Option<Vec<Payout>> = payouts.iter().map(|e| self.pegouts.get(e).cloned()).collect();
-            let (Some(required), Some(pays)) = (required, pays) else {
-                warn!(target: "release", %txid, "a competing release names inputs or peg-outs this node does not hold: no merge");
-                continue;
-            };
             let rate = match self.bitcoin.as_ref() {
                 Some(b) => {
                     bounded(b.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb)
                 }
                 None => return Ok(()),
             };
-            match release::build_with(&required, &[], &pays, rate, &self.policy) {
-                Ok(merge) => {
-                    info!(target: "release", stalled = %txid, merge = %merge.txid(), rivals = rivals.len(), payouts = merge.payouts.len(), "release stalled beside a competing one: proposing their merge");
+            // One rival at a time: one that does not hold up (it names what this node
+            // does not see, or it touches other releases) cannot block the others.
+            let mut proposed = None;
+            for rival in &rivals {
+                let inputs: BTreeSet<OutPoint> = mine.inputs.union(&rival.inputs).copied().collect();
+                let payouts: BTreeSet<EventId> = mine.payouts.union(&rival.payouts).copied().collect();
+                let required: Option<Vec<(OutPoint, Sats)>> =
+                    inputs.iter().map(|op| self.utxos.get(op).map(|a| (*op, *a))).collect();
+                let pays: Option<Vec<Payout>> = payouts.iter().map(|e| self.pegouts.get(e).cloned()).collect();
+                let (Some(required), Some(pays)) = (required, pays) else { continue };
+                let Ok(merge) = release::build_with(&required, &[], &pays, rate, &self.policy) else { continue };
+                if self.validate(&merge).is_ok() {
+                    info!(target: "release", stalled = %txid, merge = %merge.txid(), payouts = merge.payouts.len(), "release stalled beside a competing one: proposing their merge");
                     self.metrics.releases.with_label_values(&["merged"]).inc();
-                    self.propose(merge)?;
+                    proposed = Some(merge);
+                    break;
                 }
-                Err(e) => warn!(target: "release", %txid, error = %e, "cannot build the merge"),
+            }
+            // No rival (or none that merges): the signers are slow or some sessions gave
+            // up. The same release at a slightly higher fee gets fresh sessions.
+            if proposed.is_none() {
+                let fee_rate = stuck.fee() / release::signed_vsize(&stuck.tx).max(1);
+                if let Some(respin) = release::bump(&stuck, rate.max(fee_rate.saturating_add(1)), &self.policy)
+                    && self.validate(&respin).is_ok()
+                {
+                    info!(target: "release", stalled = %txid, respin = %respin.txid(), "release stalled: proposing it again at a higher fee");
+                    self.metrics.releases.with_label_values(&["respun"]).inc();
+                    proposed = Some(respin);
+                }
+            }
+            if let Some(p) = proposed {
+                self.merged.insert(txid, Instant::now());
+                self.propose(p)?;
             }
         }
         Ok(())
@@ -1015,6 +1101,9 @@ impl Threshold {
     /// Records a validated proposal (locking its inputs and payouts) and signs it.
     fn accept(&mut self, p: Proposal, proposer: usize) -> eyre::Result<()> {
         let txid = p.txid();
+        if self.releases.contains_key(&txid) {
+            return Ok(());
+        }
         // The live releases it touches: it conflicts with each and pays all they pay.
         let mine = release::Live::of(&p);
         let replaced: Vec<Txid> = self
@@ -1203,13 +1292,27 @@ impl Threshold {
                         }
                     }
                 }
+                None if status == ReleaseStatus::Replaced && !self.replacement_broadcast(&txid) => {
+                    // Fully signed, evicted, and no replacement of it out there yet: it
+                    // is still the best way to pay its peg-outs.
+                    if let Ok(Some(tx)) = self.signed_tx(&txid)
+                        && let Err(e) = bounded(btc.broadcast(tx)).await
+                    {
+                        debug!(target: "release", %txid, error = %e, "replaced release not re-broadcast");
+                    }
+                }
                 None => {}
             }
         }
         // What conflicts with a confirmed release can never confirm: stop following it.
         for confirmed in changed.clone() {
             if self.releases.get(&confirmed).is_some_and(|(r, _)| r.status == ReleaseStatus::Confirmed) {
-                let dead = self.mark_conflicts(&confirmed);
+                let spent: BTreeSet<OutPoint> = self
+                    .releases
+                    .get(&confirmed)
+                    .map(|(_, p)| p.tx.input.iter().map(|i| i.previous_output).collect())
+                    .unwrap_or_default();
+                let dead = self.mark_conflicts(&spent, &confirmed);
                 for t in &dead {
                     self.abandon_sessions(t);
                 }
@@ -1219,25 +1322,23 @@ impl Threshold {
         for t in changed {
             self.save_release(&t)?;
         }
-        // Finished releases leave memory (their records stay in the store).
-        let finished: Vec<Txid> = self
-            .releases
-            .iter()
-            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Confirmed | ReleaseStatus::Conflicted))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in finished {
-            if let Some((r, _)) = self.releases.remove(&t)
-                && r.status == ReleaseStatus::Confirmed
-            {
-                self.paid_events.extend(r.payouts);
-            }
-        }
+        self.retire_finished();
         for t in stuck_releases {
             self.replace(t).await?;
         }
         self.update_pending_gauge();
         Ok(())
+    }
+
+    /// Whether a live release sharing an input with `txid` has been broadcast.
+    fn replacement_broadcast(&self, txid: &Txid) -> bool {
+        let Some((_, p)) = self.releases.get(txid) else { return false };
+        let inputs = release::Live::of(p).inputs;
+        self.releases.iter().any(|(t, (r, q))| {
+            t != txid
+                && r.status == ReleaseStatus::Broadcast
+                && q.tx.input.iter().any(|i| inputs.contains(&i.previous_output))
+        })
     }
 
     /// How long `txid` may stay unconfirmed before this node bumps it: `rbf_after`, plus
@@ -1260,11 +1361,9 @@ impl Threshold {
         }
     }
 
-    /// Marks every other release spending an input of the confirmed `txid` as
-    /// conflicted; returns them.
-    fn mark_conflicts(&mut self, txid: &Txid) -> Vec<Txid> {
-        let Some((_, confirmed)) = self.releases.get(txid) else { return vec![] };
-        let spent: BTreeSet<OutPoint> = confirmed.tx.input.iter().map(|i| i.previous_output).collect();
+    /// Marks every release other than the confirmed `txid` that spends one of `spent`
+    /// (its inputs) as conflicted; returns them.
+    fn mark_conflicts(&mut self, spent: &BTreeSet<OutPoint>, txid: &Txid) -> Vec<Txid> {
         let mut dead = Vec::new();
         for (other, (rec, p)) in self.releases.iter_mut() {
             if other != txid
@@ -1344,6 +1443,9 @@ impl Threshold {
     }
 
     fn propose(&mut self, p: Proposal) -> eyre::Result<()> {
+        if self.releases.contains_key(&p.txid()) {
+            return Ok(());
+        }
         if let Err(e) = self.validate(&p) {
             warn!(target: "release", reason = %e, "own release proposal does not validate: not sent");
             return Ok(());

@@ -235,6 +235,7 @@ async fn vault_spends_update_the_utxo_set_and_broadcast_is_followed() -> eyre::R
     // Change to the vault is not a deposit; the spend is reported with its one payment.
     let [ChainEvent::VaultSpend(spend)] = events.as_slice() else { panic!("one vault spend: {events:?}") };
     assert_eq!(spend.txid.to_string(), txid.to_string());
+    assert_eq!(spend.spent, vec![bitcoin::OutPoint { txid: dep.txid, vout: dep.vout }], "{spend:?}");
     assert_eq!(spend.payouts.len(), 1, "{spend:?}");
     assert_eq!(spend.payouts[0].script_pubkey, user.script_pubkey().to_bytes());
     assert_eq!(spend.payouts[0].amount, Sats(6_000_000));

@@ -77,6 +77,9 @@ pub struct SpendOutput {
 pub struct VaultSpend {
     pub txid: TxHash,
     pub block: BlockRef,
+    /// The vault UTXOs it spends.
+    #[serde(default)]
+    pub spent: Vec<::bitcoin::OutPoint>,
     pub payouts: Vec<SpendOutput>,
 }
 

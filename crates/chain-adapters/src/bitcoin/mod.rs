@@ -318,8 +318,8 @@ impl BitcoinSource {
         let bref = BlockRef { height, hash: display_hash(&hash) };
         let effect = scan::scan_block(&block, height, &self.vault, self.cfg.min_deposit, &mut self.state.utxos);
         let mut reported = Vec::new();
-        for (txid, payouts) in effect.spends {
-            let spend = VaultSpend { txid, block: bref, payouts };
+        for (txid, spent, payouts) in effect.spends {
+            let spend = VaultSpend { txid, block: bref, spent, payouts };
             reported.push(spend.id());
             events.push(ChainEvent::VaultSpend(spend));
         }

@@ -51,8 +51,9 @@ pub struct BlockEffect {
     pub payments: Vec<VaultPayment>,
     pub created: Vec<VaultUtxo>,
     pub spent: Vec<VaultUtxo>,
-    /// The vault's own transactions (releases), with what each pays outside the vault.
-    pub spends: Vec<(TxHash, Vec<SpendOutput>)>,
+    /// The vault's own transactions (releases): the vault UTXOs each spends and what
+    /// it pays outside the vault.
+    pub spends: Vec<(TxHash, Vec<OutPoint>, Vec<SpendOutput>)>,
 }
 
 /// Txid in display byte order (what explorers and `bitcoin-cli` print).
@@ -95,9 +96,11 @@ pub fn scan_block(
     let mut effect = BlockEffect::default();
     for tx in &block.txdata {
         let mut own = false;
+        let mut spent = Vec::new();
         for input in &tx.input {
             if let Some(u) = utxos.remove(&input.previous_output) {
                 own = true;
+                spent.push(u.outpoint);
                 effect.spent.push(u);
             }
         }
@@ -116,7 +119,7 @@ pub fn scan_block(
                     })
                 })
                 .collect();
-            effect.spends.push((display_txid(&txid), payouts));
+            effect.spends.push((display_txid(&txid), spent, payouts));
         }
         let mut memo = None;
         for (vout, out) in tx.output.iter().enumerate() {
@@ -231,7 +234,8 @@ mod tests {
         assert_eq!(e2.spent.len(), 1);
         // The release is the vault's own spend: its payment out is listed, not its change.
         assert_eq!(e2.spends.len(), 1);
-        assert_eq!(e2.spends[0].1, vec![SpendOutput { vout: 0, script_pubkey: vec![], amount: Sats(40_000) }]);
+        assert_eq!(e2.spends[0].1, vec![spent]);
+        assert_eq!(e2.spends[0].2, vec![SpendOutput { vout: 0, script_pubkey: vec![], amount: Sats(40_000) }]);
         assert_eq!(e2.created.len(), 1);
         assert_eq!(utxos.len(), 5);
         undo_block(&e2.created, &e2.spent, &mut utxos);
