@@ -519,9 +519,7 @@ impl Threshold {
             self.on_certified(&rec.attestation)?;
         }
         // Releases still being signed: sign their remaining inputs.
-        let signing: Vec<Txid> =
-            self.releases.iter().filter(|(_, (r, _))| r.status == ReleaseStatus::Signing).map(|(t, _)| *t).collect();
-        for txid in signing {
+        for txid in self.releases_in(&[ReleaseStatus::Signing]) {
             self.start_release_sessions(txid)?;
         }
         Ok(())
@@ -929,16 +927,15 @@ impl Threshold {
         Ok(())
     }
 
+    /// The releases in memory with one of `statuses`.
+    fn releases_in(&self, statuses: &[ReleaseStatus]) -> Vec<Txid> {
+        self.releases.iter().filter(|(_, (r, _))| statuses.contains(&r.status)).map(|(t, _)| *t).collect()
+    }
+
     /// Finished releases leave memory (their records stay in the store); the peg-outs
     /// the confirmed ones paid are kept.
     fn retire_finished(&mut self) {
-        let finished: Vec<Txid> = self
-            .releases
-            .iter()
-            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Confirmed | ReleaseStatus::Conflicted))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in finished {
+        for t in self.releases_in(&[ReleaseStatus::Confirmed, ReleaseStatus::Conflicted]) {
             if let Some((r, _)) = self.releases.remove(&t)
                 && r.status == ReleaseStatus::Confirmed
             {
@@ -1210,12 +1207,7 @@ impl Threshold {
 
     async fn follow_releases(&mut self) -> eyre::Result<()> {
         let Some(btc) = self.bitcoin.as_ref() else { return Ok(()) };
-        let watched: Vec<Txid> = self
-            .releases
-            .iter()
-            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Broadcast | ReleaseStatus::Replaced))
-            .map(|(t, _)| *t)
-            .collect();
+        let watched = self.releases_in(&[ReleaseStatus::Broadcast, ReleaseStatus::Replaced]);
         let mut changed = Vec::new();
         let mut stuck_releases = Vec::new();
         // This runs in the node's main loop: a slow bitcoind must not hold up consensus.
