@@ -30,6 +30,11 @@ use std::{
 
 const PEG_OUT_FEE: u64 = 2_000;
 
+/// The bridge on `c` as anvil dev account `account`.
+fn as_account(c: &Chain, account: usize) -> IBridge::IBridgeInstance<impl alloy::providers::Provider + Clone> {
+    IBridge::new(c.bridge, c.anvil.wallet_provider(account))
+}
+
 struct Chain {
     anvil: Anvil,
     bridge: Address,
@@ -170,8 +175,7 @@ impl Net {
     /// final; the burn's event id.
     async fn burn_to_bitcoin(&self, chain: usize, account: usize, amount: u64, payee: &bitcoin::Address) -> String {
         let c = &self.chains[chain];
-        let as_user = IBridge::new(c.bridge, c.anvil.wallet_provider(account));
-        let receipt = as_user
+        let receipt = as_account(c, account)
             .burnToBitcoin(amount, payee.script_pubkey().to_bytes().into())
             .send()
             .await
@@ -246,6 +250,21 @@ async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
     let dep = net.nodes[2].get(&format!("/v1/deposits/{}:{}", deposit.tx, deposit.index)).unwrap();
     assert_eq!(dep["status"], "signed", "{dep}");
     assert_eq!(net.metric_sum("btcfi_relay_submissions_total", "outcome=\"submitted\""), 1.0, "one relayer submitted");
+
+    // EVM to EVM: burned on this chain, minted on the other, by the same signature path.
+    let other = net.chains[0].anvil.dev_address(6);
+    let receipt = as_account(c, 7)
+        .burnToChain(net.chains[0].anvil.chain_id(), other, 150_000)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status(), "burnToChain");
+    c.anvil.mine(3).await.unwrap();
+    net.wait_balance(0, other, 150_000).await;
+    assert_eq!(net.balance(1, user).await, 1_000_000 - 150_000, "burned on the source chain");
 
     // Peg-out from that chain back to a bitcoind wallet address.
     let payee = net.btc.new_address().await.unwrap();
