@@ -2,7 +2,8 @@ use std::{
     future::Future,
     net::TcpListener,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// The repository root (two levels above this crate).
@@ -23,8 +24,29 @@ pub(crate) fn tool(env_var: &str, name: &str) -> eyre::Result<PathBuf> {
     }
 }
 
-/// A loopback port that was free a moment ago. Callers retry start-up on a clash.
+/// A loopback port that was free a moment ago, picked at random *below* the kernel's
+/// ephemeral range. Ports the kernel hands out (port 0, and the local end of every
+/// outgoing connection) come from that range, so a port taken from it can be grabbed
+/// by some connection before the process meant to listen on it binds it; below it,
+/// only another test picking the same random port can clash. Callers retry start-up
+/// on a clash where they can.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768);
+    let (low, high) = if ephemeral_low > 12_000 { (10_000, ephemeral_low - 1) } else { (40_000, 60_000) };
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let mut seed =
+        nanos ^ (u64::from(std::process::id()) << 32) ^ NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    for _ in 0..1_000 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let Ok(port) = u16::try_from(low + (seed >> 33) % (high - low)) else { continue };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
