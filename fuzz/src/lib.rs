@@ -22,13 +22,14 @@ use btcfi_types::{Attestation, AttestationKind, ChainId, DepositMemo, Digest, Ev
 pub const MAX_PAYLOAD: usize = 1024;
 
 /// Names of all targets, as in `Cargo.toml`.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "p2p_envelope",
     "p2p_heartbeat",
     "p2p_request_frame",
     "types_attestation",
     "types_deposit_memo",
     "consensus_message",
+    "release_proposal",
 ];
 
 /// Runs the check of target `name` on `data`. Unknown names panic (a test bug).
@@ -40,8 +41,19 @@ pub fn run(name: &str, data: &[u8]) {
         "types_attestation" => types_attestation(data),
         "types_deposit_memo" => types_deposit_memo(data),
         "consensus_message" => consensus_message(data),
+        "release_proposal" => release_proposal(data),
         other => panic!("unknown fuzz target {other}"),
     }
+}
+
+/// `btcfi_release::Proposal::decode` (a release proposal from the validator that
+/// proposes it): no panic, canonical, and what decodes can be validated and hashed.
+pub fn release_proposal(data: &[u8]) {
+    let Ok(p) = btcfi_release::Proposal::decode(data) else { return };
+    assert_eq!(p.encode(), data, "release proposal decoding is not canonical");
+    let _ = p.fee();
+    let _ = btcfi_release::signed_vsize(&p.tx);
+    let _ = btcfi_release::sighashes(&p.tx, &p.prevouts);
 }
 
 /// `btcfi_p2p::Envelope::decode` (every gossip message and request body), then the
@@ -189,6 +201,38 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             vec![DepositMemo { dest_chain: ChainId(1), recipient: EvmAddress([0x66; 20]) }.encode().to_vec()]
         }
         "consensus_message" => consensus,
+        "release_proposal" => release_seeds(),
         other => panic!("unknown fuzz target {other}"),
     }
+}
+
+/// Encoded release proposals: one with change, one paying two peg-outs from two inputs.
+fn release_seeds() -> Vec<Vec<u8>> {
+    use btcfi_release::{Payout, Policy, build};
+    use std::str::FromStr;
+    let script = |b: u8, len: u8| {
+        let mut s = vec![if len == 32 { 0x51 } else { 0x00 }, len];
+        s.extend(std::iter::repeat_n(b, usize::from(len)));
+        bitcoin::ScriptBuf::from(s)
+    };
+    let policy =
+        Policy { vault_script: script(7, 32), peg_out_fee: Sats(2_000), floor_sat_per_vb: 1, ceiling_sat_per_vb: 100 };
+    let outpoint = |i: u8| bitcoin::OutPoint {
+        txid: bitcoin::Txid::from_str(&format!("{i:02x}").repeat(32)).expect("txid"),
+        vout: u32::from(i),
+    };
+    let payout = |i: u8, sats: u64| Payout {
+        event: EventId::new(ChainId(1), TxHash([i; 32]), 0),
+        amount: Sats(sats),
+        script: script(i, 20),
+    };
+    let one = build(&[(outpoint(1), Sats(100_000))], &[payout(1, 50_000)], 2, &policy).expect("seed");
+    let two = build(
+        &[(outpoint(2), Sats(40_000)), (outpoint(3), Sats(30_000))],
+        &[payout(2, 30_000), payout(3, 30_000)],
+        3,
+        &policy,
+    )
+    .expect("seed");
+    vec![one.encode(), two.encode()]
 }

@@ -14,7 +14,7 @@ pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod relay;
-pub mod release;
+pub use btcfi_release as release;
 pub mod run;
 pub mod signing;
 pub mod state;
