@@ -516,8 +516,9 @@ impl Threshold {
     /// Resumes work left by a restart: unsigned certified attestations, releases.
     pub fn resume(&mut self) -> eyre::Result<()> {
         for rec in crate::state::all_certified(&self.store)? {
-            self.on_certified(&rec.attestation)?;
+            self.take_certified(&rec.attestation)?;
         }
+        self.update_pending_gauge();
         // Releases still being signed: sign their remaining inputs.
         for txid in self.releases_in(&[ReleaseStatus::Signing]) {
             self.start_release_sessions(txid)?;
@@ -581,6 +582,16 @@ impl Threshold {
 
     /// A certified attestation: sign its mint, or queue its payout.
     pub fn on_certified(&mut self, att: &Attestation) -> eyre::Result<()> {
+        self.take_certified(att)?;
+        if matches!(att.kind, AttestationKind::PegOut { .. }) {
+            self.update_pending_gauge();
+        }
+        Ok(())
+    }
+
+    /// [`Threshold::on_certified`] without the pending gauge (which walks every
+    /// peg-out: [`Threshold::resume`] updates it once, not once per record).
+    fn take_certified(&mut self, att: &Attestation) -> eyre::Result<()> {
         match &att.kind {
             AttestationKind::PegIn { dest_chain, recipient, amount }
             | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
@@ -627,7 +638,6 @@ impl Threshold {
                 }
                 self.pegouts.insert(att.event, payout);
                 self.pegout_seen.entry(att.event).or_insert_with(Instant::now);
-                self.update_pending_gauge();
                 Ok(())
             }
         }
