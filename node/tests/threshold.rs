@@ -108,8 +108,7 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_afte
     let keys = dkg_all(&nodes.iter().collect::<Vec<_>>());
     let (x, y) = (keys["evm"]["x"].as_str().unwrap(), keys["evm"]["y"].as_str().unwrap());
     for c in &chains {
-        let bridge = IBridge::new(c.bridge, c.anvil.wallet_provider(0));
-        let r = bridge
+        let r = as_account(c, 0)
             .setInitialKey(U256::from_str(x).unwrap(), U256::from_str(y).unwrap())
             .send()
             .await
@@ -231,7 +230,7 @@ async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
     let sig = &detail["signature"];
     // The same attestation submitted again does not mint twice: the contract refuses it.
     let c = &net.chains[1];
-    let bridge = IBridge::new(c.bridge, c.anvil.wallet_provider(5));
+    let bridge = as_account(c, 5);
     let again = bridge
         .mint(
             B256::from(deposit.contract_id()),
