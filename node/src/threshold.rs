@@ -1472,6 +1472,9 @@ impl Threshold {
         let (locked_inputs, locked_payouts) = (locks.inputs(), locks.payouts());
         let mut unpaid: Vec<(&EventId, &Instant)> =
             self.pegout_seen.iter().filter(|(e, _)| !locked_payouts.contains(e)).collect();
+        if unpaid.is_empty() {
+            return Ok(());
+        }
         unpaid.sort_by_key(|(e, at)| (**at, e.to_bytes()));
         // No more payments of a class than the chain leaves room for (oldest first).
         let mut budget = release::payment_budget(&self.pegouts, self.paid_on_chain(), &self.promised(), &self.policy);
@@ -1485,9 +1488,6 @@ impl Threshold {
                 _ => false,
             }
         });
-        if unpaid.is_empty() {
-            return Ok(());
-        }
         let Some((&oldest, &since)) = unpaid.first().copied() else { return Ok(()) };
         let rank = relay::rank(&oldest, self.me, self.n) as u32;
         // Rank 0 waits a moment to batch peg-outs certified together.
