@@ -5,7 +5,7 @@
 //! for the caller's own mistakes (configuration, a persisted state that does not hold
 //! together) and for bytes from peers that do not decode.
 
-use crate::Epoch;
+use crate::{Epoch, ValidatorIndex};
 use btcfi_types::EventId;
 use thiserror::Error;
 
@@ -49,6 +49,12 @@ pub enum WireError {
     TrailingBytes,
     #[error("expected a {expected} message")]
     UnexpectedType { expected: &'static str },
+    /// A certificate lists one validator more than once. Honest nodes never send one
+    /// (one entry per validator, sorted): the sender is faulty or malicious.
+    #[error(
+        "certificate lists validator {validator} more than once; a certificate carries one signature per validator"
+    )]
+    DuplicateSigner { validator: ValidatorIndex },
 }
 
 /// Why a certificate was refused. Only a certificate with at least q valid
@@ -60,4 +66,13 @@ pub enum CertificateError {
     WrongEpoch { expected: Epoch, found: Epoch },
     #[error("certificate carries {valid} valid distinct signatures, {required} are required")]
     TooFewSignatures { valid: usize, required: usize },
+    /// The certificate lists `validator` more than once (by index; the node refuses a
+    /// validator set naming one key twice, so one index is one key). Refused whole,
+    /// before any signature is checked: a repeat is never counted twice, and costs no
+    /// verification.
+    #[error(
+        "certificate lists validator {validator} more than once; refused before any signature check (the sender is \
+         faulty: honest nodes send one signature per validator)"
+    )]
+    DuplicateSigner { validator: ValidatorIndex },
 }

@@ -37,7 +37,10 @@
 //!   `vote_expiry_ms` and each peer holds votes on at most `max_pending_events_per_peer`
 //!   such events. Evidence is capped per validator.
 //! - **Catch-up trusts signatures, not senders**: a certificate is accepted only with q
-//!   valid signatures of distinct validators ([`Certificate::verify`]). If this node
+//!   valid signatures of distinct validators ([`Certificate::verify`]). A certificate
+//!   that lists one validator twice is refused whole
+//!   ([`CertificateError::DuplicateSigner`], [`WireError::DuplicateSigner`]) before any
+//!   signature is checked, so no validator is ever counted twice. If this node
 //!   observed the same digest it certifies; if it has not observed the event, the
 //!   certificate is stored as "certified by the network, awaiting own observation" and
 //!   the adapters are asked to re-check ([`Action::Reobserve`]); the event is certified

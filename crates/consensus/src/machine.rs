@@ -632,6 +632,12 @@ impl<S: VoteSigner, V: VoteVerifier> Consensus<S, V> {
     }
 
     fn on_certificate(&mut self, certificate: Certificate, now: Millis, out: &mut Out) {
+        // Structure first: a certificate listing a validator twice is refused before
+        // anything else looks at it, and before any signature check.
+        if certificate.check_distinct_signers().is_err() {
+            self.stats.certificates_invalid += 1;
+            return;
+        }
         // A certificate this node already holds, every signature already known: a replay.
         if let Some(state) = self.events.get(&certificate.event) {
             let held = state.held_certificate().is_some_and(|c| c.digest == certificate.digest);

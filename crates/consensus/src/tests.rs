@@ -452,6 +452,25 @@ fn bad_signatures_unknown_validators_and_wrong_epochs_are_dropped() {
 // ---- memory bounds --------------------------------------------------------------------
 
 #[test]
+fn certificate_with_a_repeated_signer_is_refused_even_beside_a_quorum() {
+    let fx = Fixture::new(4);
+    let a = attestation(1, 5);
+    let mut core = fx.node(0);
+    run(&mut core, Input::Observed(a.clone()), 0);
+    // q = 3 valid distinct signatures, plus validator 3 a second time under other bytes.
+    let mut padded = fx.certificate(&a, [1, 2, 3]);
+    padded.signatures.push(ValidatorSignature { validator: ValidatorIndex(3), signature: Signature(vec![0xee; 32]) });
+    let acts = run(&mut core, Input::Certificate(padded.clone()), 0);
+    assert!(acts.is_empty(), "a certificate listing a validator twice must be refused: {acts:?}");
+    assert_eq!(core.stats().certificates_invalid, 1);
+    assert_eq!(core.stats().certificates_verified, 0);
+    assert_eq!(core.status(&a.event), EventStatus::Observed { digest: a.digest(), matching: 1 });
+    // The same entries once each certify.
+    padded.signatures.pop();
+    assert_eq!(certified(&run(&mut core, Input::Certificate(padded), 0)).len(), 1);
+}
+
+#[test]
 fn per_peer_cap_and_expiry_bound_memory() {
     let fx = Fixture::new(4);
     let mut config = fx.config(0);

@@ -128,11 +128,32 @@ impl Certificate {
         self.signatures.iter().map(|s| s.validator)
     }
 
-    /// Checks the certificate against a set of `validators` validators of `epoch`: keeps
-    /// the valid signatures of distinct validators of the set (sorted by index) and
-    /// accepts if they are at least q. Invalid, duplicate and out-of-set entries are
-    /// dropped from the returned certificate rather than failing it, since q valid
-    /// signatures are all that safety needs.
+    /// Refuses a certificate that lists one validator more than once, whatever its
+    /// signature bytes (two different byte strings for one validator are still one
+    /// validator). Structural only, no cryptography: [`Certificate::verify`] runs it
+    /// before checking any signature, so a padded certificate costs no verification and
+    /// a repeat can never be counted twice towards q.
+    ///
+    /// Validators are compared by index. The node refuses a validator set that names one
+    /// peer id (key) twice, so within an epoch one index is one key.
+    pub fn check_distinct_signers(&self) -> Result<(), CertificateError> {
+        match first_repeated_signer(&self.signatures) {
+            Some(validator) => Err(CertificateError::DuplicateSigner { validator }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the certificate against a set of `validators` validators of `epoch`, in
+    /// this order, every structural check before any signature check:
+    ///
+    /// 1. the epoch ([`CertificateError::WrongEpoch`]);
+    /// 2. one entry per validator ([`Certificate::check_distinct_signers`],
+    ///    [`CertificateError::DuplicateSigner`]): a repeat fails the whole certificate;
+    /// 3. the signatures: entries outside the set or with an invalid signature are
+    ///    dropped, and the certificate is accepted if the valid ones (all of distinct
+    ///    validators, by step 2) are at least q ([`CertificateError::TooFewSignatures`]).
+    ///
+    /// Returns the certificate of the valid entries, sorted by validator index.
     pub fn verify(
         &self,
         epoch: Epoch,
@@ -142,18 +163,15 @@ impl Certificate {
         if self.epoch != epoch {
             return Err(CertificateError::WrongEpoch { expected: epoch, found: self.epoch });
         }
+        // Before any signature check: see `check_distinct_signers`.
+        self.check_distinct_signers()?;
         let message = vote_signing_bytes(self.epoch, &self.event, &self.digest);
-        let mut seen = BTreeSet::new();
-        let mut valid: Vec<ValidatorSignature> = Vec::new();
-        for s in &self.signatures {
-            if s.validator.0 >= validators || seen.contains(&s.validator) {
-                continue;
-            }
-            if verifier.verify(s.validator, &message, &s.signature) {
-                seen.insert(s.validator);
-                valid.push(s.clone());
-            }
-        }
+        let mut valid: Vec<ValidatorSignature> = self
+            .signatures
+            .iter()
+            .filter(|s| s.validator.0 < validators && verifier.verify(s.validator, &message, &s.signature))
+            .cloned()
+            .collect();
         let required = quorum(validators);
         if valid.len() < required {
             return Err(CertificateError::TooFewSignatures { valid: valid.len(), required });
@@ -161,6 +179,12 @@ impl Certificate {
         valid.sort_by_key(|s| s.validator);
         Ok(Certificate { epoch: self.epoch, event: self.event, digest: self.digest, signatures: valid })
     }
+}
+
+/// The first validator that `signatures` lists a second time, in list order.
+pub(crate) fn first_repeated_signer(signatures: &[ValidatorSignature]) -> Option<ValidatorIndex> {
+    let mut seen = BTreeSet::new();
+    signatures.iter().map(|s| s.validator).find(|v| !seen.insert(*v))
 }
 
 /// A request for the certificates of some events (catch-up). Answered by peers that
@@ -231,6 +255,101 @@ mod tests {
             "cd".repeat(32)
         );
         assert_eq!(hex::encode(bytes), expected);
+    }
+
+    /// A verifier that accepts every signature and counts how often it was asked.
+    struct CountingAcceptAll(std::cell::Cell<usize>);
+
+    impl VoteVerifier for CountingAcceptAll {
+        fn verify(&self, _: ValidatorIndex, _: &[u8], _: &Signature) -> bool {
+            self.0.set(self.0.get() + 1);
+            true
+        }
+    }
+
+    fn entry(v: u16, sig: &[u8]) -> ValidatorSignature {
+        ValidatorSignature { validator: ValidatorIndex(v), signature: Signature(sig.to_vec()) }
+    }
+
+    #[test]
+    fn duplicate_signer_is_refused_before_any_signature_check() {
+        let event = EventId::new(ChainId(1), TxHash([1; 32]), 0);
+        let cert = |sigs: Vec<ValidatorSignature>| Certificate {
+            epoch: Epoch(1),
+            event,
+            digest: Digest([5; 32]),
+            signatures: sigs,
+        };
+        // Garbage signatures, validator 0 listed twice with two different byte strings.
+        // Checked after verification, this would be `TooFewSignatures { valid: 0, .. }`.
+        let crypto = InsecureTestCrypto::new(9, 4);
+        let garbage = cert(vec![entry(0, &[0xaa; 64]), entry(1, &[0xbb; 64]), entry(0, &[0xcc; 64])]);
+        assert_eq!(
+            garbage.verify(Epoch(1), 4, &crypto),
+            Err(CertificateError::DuplicateSigner { validator: ValidatorIndex(0) })
+        );
+        // Even when every signature would pass, and q distinct signers are present besides
+        // the repeat: refused, and not one signature was checked.
+        let counting = CountingAcceptAll(std::cell::Cell::new(0));
+        let padded = cert(vec![entry(0, b"a"), entry(1, b"b"), entry(2, b"c"), entry(1, b"b2")]);
+        assert_eq!(
+            padded.verify(Epoch(1), 4, &counting),
+            Err(CertificateError::DuplicateSigner { validator: ValidatorIndex(1) })
+        );
+        assert_eq!(counting.0.get(), 0, "a signature was verified before the duplicate check");
+        // The same entry byte for byte twice is a duplicate too.
+        let same = cert(vec![entry(3, b"x"), entry(3, b"x"), entry(0, b"y"), entry(1, b"z")]);
+        assert_eq!(
+            same.verify(Epoch(1), 4, &counting),
+            Err(CertificateError::DuplicateSigner { validator: ValidatorIndex(3) })
+        );
+        assert_eq!(counting.0.get(), 0);
+        // Out-of-set indices repeated are refused the same way.
+        let outside = cert(vec![entry(0, b"a"), entry(1, b"b"), entry(2, b"c"), entry(9, b"d"), entry(9, b"e")]);
+        assert_eq!(
+            outside.verify(Epoch(1), 4, &counting),
+            Err(CertificateError::DuplicateSigner { validator: ValidatorIndex(9) })
+        );
+        assert_eq!(counting.0.get(), 0);
+        // Without the repeat the same entries verify, one check per in-set entry.
+        let distinct = cert(vec![entry(2, b"c"), entry(0, b"a"), entry(1, b"b")]);
+        assert!(distinct.verify(Epoch(1), 4, &counting).is_ok());
+        assert_eq!(counting.0.get(), 3);
+    }
+
+    proptest::proptest! {
+        /// Whatever the entries, an accepted certificate has q distinct in-set signers,
+        /// sorted, each once; a repeated index is always refused, never counted twice.
+        #[test]
+        fn accepted_certificates_carry_q_distinct_signers(
+            n in 1u16..=10,
+            indices in proptest::collection::vec(0u16..12, 0..14),
+        ) {
+            let event = EventId::new(ChainId(1), TxHash([1; 32]), 0);
+            let signatures = indices.iter().enumerate().map(|(i, v)| entry(*v, &[u8::try_from(i).unwrap()])).collect();
+            let c = Certificate { epoch: Epoch(1), event, digest: Digest([5; 32]), signatures };
+            let counting = CountingAcceptAll(std::cell::Cell::new(0));
+            let result = c.verify(Epoch(1), n, &counting);
+            let mut seen = BTreeSet::new();
+            let repeated = indices.iter().copied().find(|v| !seen.insert(*v));
+            let in_set = seen.iter().filter(|v| **v < n).count();
+            match repeated {
+                Some(v) => {
+                    proptest::prop_assert_eq!(result, Err(CertificateError::DuplicateSigner { validator: ValidatorIndex(v) }));
+                    proptest::prop_assert_eq!(counting.0.get(), 0);
+                }
+                None if in_set >= quorum(n) => {
+                    let ok = result.unwrap();
+                    let signers: Vec<u16> = ok.signers().map(|s| s.0).collect();
+                    proptest::prop_assert_eq!(signers.len(), in_set);
+                    proptest::prop_assert!(signers.windows(2).all(|w| w[0] < w[1]), "{:?}", signers);
+                    proptest::prop_assert!(signers.iter().all(|s| *s < n));
+                }
+                None => {
+                    proptest::prop_assert_eq!(result, Err(CertificateError::TooFewSignatures { valid: in_set, required: quorum(n) }));
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! sig         = len u16 | len bytes                           (len <= MAX_SIGNATURE_LEN)
 //! ```
 //!
+//! A certificate lists each validator at most once: a repeated validator index is
+//! [`WireError::DuplicateSigner`], whatever the signature bytes.
+//!
 //! Integers are big-endian; the event id is [`EventId::to_bytes`]. Counts are bounded
 //! ([`MAX_CERTIFICATE_SIGNATURES`], [`MAX_REQUEST_EVENTS`], [`MAX_RESPONSE_CERTIFICATES`])
 //! and nothing is pre-allocated beyond what the remaining input could hold, so a decoded
@@ -20,6 +23,7 @@ use crate::{
     WireError, config::MAX_VALIDATORS,
 };
 use btcfi_types::{Digest, EventId};
+use std::collections::BTreeSet;
 
 /// Current wire version.
 pub const WIRE_VERSION: u8 = 1;
@@ -252,8 +256,14 @@ impl<'a> Reader<'a> {
         let digest = Digest(self.array()?);
         let count = self.count("certificate signatures", MAX_CERTIFICATE_SIGNATURES)?;
         let mut signatures = Vec::with_capacity(self.capacity(count, MIN_SIGNATURE_ENTRY));
+        let mut seen = BTreeSet::new();
         for _ in 0..count {
             let validator = ValidatorIndex(self.u16()?);
+            // One entry per validator: a repeat is refused here, long before any
+            // signature check (and `Certificate::verify` refuses it again).
+            if !seen.insert(validator) {
+                return Err(WireError::DuplicateSigner { validator });
+            }
             signatures.push(ValidatorSignature { validator, signature: self.signature()? });
         }
         Ok(Certificate { epoch, event, digest, signatures })
@@ -272,17 +282,22 @@ mod tests {
     fn arb_sig() -> impl Strategy<Value = Signature> {
         proptest::collection::vec(any::<u8>(), 0..=MAX_SIGNATURE_LEN).prop_map(Signature)
     }
+    /// Entries of distinct validators (the only kind that decodes), in any order.
+    fn arb_signatures() -> impl Strategy<Value = Vec<(u16, Signature)>> {
+        proptest::collection::btree_map(any::<u16>(), arb_sig(), 0..20)
+            .prop_map(|m| m.into_iter().collect::<Vec<_>>())
+            .prop_shuffle()
+    }
     fn arb_certificate() -> impl Strategy<Value = Certificate> {
-        (any::<u64>(), arb_event(), any::<[u8; 32]>(), proptest::collection::vec((any::<u16>(), arb_sig()), 0..20))
-            .prop_map(|(e, ev, d, sigs)| Certificate {
-                epoch: Epoch(e),
-                event: ev,
-                digest: Digest(d),
-                signatures: sigs
-                    .into_iter()
-                    .map(|(v, s)| ValidatorSignature { validator: ValidatorIndex(v), signature: s })
-                    .collect(),
-            })
+        (any::<u64>(), arb_event(), any::<[u8; 32]>(), arb_signatures()).prop_map(|(e, ev, d, sigs)| Certificate {
+            epoch: Epoch(e),
+            event: ev,
+            digest: Digest(d),
+            signatures: sigs
+                .into_iter()
+                .map(|(v, s)| ValidatorSignature { validator: ValidatorIndex(v), signature: s })
+                .collect(),
+        })
     }
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
@@ -295,8 +310,8 @@ mod tests {
                     signature: s,
                 })
             }),
-            (any::<u64>(), arb_event(), any::<[u8; 32]>(), proptest::collection::vec((any::<u16>(), arb_sig()), 0..20))
-                .prop_map(|(e, ev, d, sigs)| Message::Certificate(Certificate {
+            (any::<u64>(), arb_event(), any::<[u8; 32]>(), arb_signatures()).prop_map(|(e, ev, d, sigs)| {
+                Message::Certificate(Certificate {
                     epoch: Epoch(e),
                     event: ev,
                     digest: Digest(d),
@@ -304,7 +319,8 @@ mod tests {
                         .into_iter()
                         .map(|(v, s)| ValidatorSignature { validator: ValidatorIndex(v), signature: s })
                         .collect(),
-                })),
+                })
+            }),
             (any::<u64>(), proptest::collection::vec(arb_event(), 0..20))
                 .prop_map(|(e, events)| Message::CertificateRequest(CertificateRequest { epoch: Epoch(e), events })),
             proptest::collection::vec(arb_certificate(), 0..4)
@@ -369,6 +385,27 @@ mod tests {
         let mut long = v;
         long.signature = Signature(vec![0; MAX_SIGNATURE_LEN + 1]);
         assert!(matches!(Message::decode(&long.encode()), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn decoder_refuses_a_certificate_listing_a_validator_twice() {
+        let sig =
+            |v: u16, b: u8| ValidatorSignature { validator: ValidatorIndex(v), signature: Signature(vec![b; 64]) };
+        let c = Certificate {
+            epoch: Epoch(1),
+            event: EventId::new(ChainId(0), TxHash([0x11; 32]), 1),
+            digest: Digest([0x22; 32]),
+            // Validator 2 twice, with two different signature byte strings.
+            signatures: vec![sig(2, 0xaa), sig(0, 0xbb), sig(2, 0xcc)],
+        };
+        let duplicate = WireError::DuplicateSigner { validator: ValidatorIndex(2) };
+        assert_eq!(Message::decode(&c.encode()), Err(duplicate.clone()));
+        assert_eq!(Certificate::decode(&c.encode()), Err(duplicate.clone()));
+        let response = Message::CertificateResponse(CertificateResponse { certificates: vec![c.clone()] });
+        assert_eq!(Message::decode(&response.encode()), Err(duplicate));
+        let mut distinct = c;
+        distinct.signatures.pop();
+        assert_eq!(Certificate::decode(&distinct.encode()), Ok(distinct));
     }
 
     #[test]

@@ -616,32 +616,39 @@ impl Sim {
         }
     }
 
-    /// All byzantine signatures, every pooled real signature for the digest, plus
-    /// forged and duplicated entries.
+    /// All byzantine signatures and every pooled real signature for the digest, one per
+    /// validator, plus forged entries; half the time also repeated entries (which every
+    /// honest node must refuse whole, before any signature check).
     fn fake_certificate(&mut self, event: EventId, digest: Digest) -> Certificate {
-        let mut signatures: Vec<ValidatorSignature> = self
-            .byzantine
-            .iter()
-            .map(|&b| ValidatorSignature {
-                validator: ValidatorIndex(b),
-                signature: self.byz_sign(b, event, digest).signature,
-            })
-            .collect();
+        let mut entries: BTreeMap<ValidatorIndex, Signature> = BTreeMap::new();
         if let Some(real) = self.pool_votes.get(&(event, digest)) {
             for (v, s) in real {
-                signatures.push(ValidatorSignature { validator: *v, signature: s.clone() });
+                entries.insert(*v, s.clone());
             }
         }
+        for &b in &self.byzantine {
+            entries.insert(ValidatorIndex(b), self.byz_sign(b, event, digest).signature);
+        }
+        let mut signatures: Vec<ValidatorSignature> =
+            entries.into_iter().map(|(validator, signature)| ValidatorSignature { validator, signature }).collect();
         if let Some(first) = signatures.first().cloned() {
-            // The same signature repeated up to q times: only distinct signers count.
-            for _ in 0..self.q {
-                signatures.push(first.clone());
+            // Another validator's signature under honest indices that are not listed yet:
+            // invalid, must not count.
+            let listed: BTreeSet<ValidatorIndex> = signatures.iter().map(|s| s.validator).collect();
+            for h in self.honest_ids().into_iter().map(ValidatorIndex).filter(|h| !listed.contains(h)).take(2) {
+                signatures.push(ValidatorSignature { validator: h, signature: first.signature.clone() });
             }
-            for h in self.honest_ids().into_iter().take(2) {
-                signatures
-                    .push(ValidatorSignature { validator: ValidatorIndex(h), signature: first.signature.clone() });
+            if self.rng.gen_bool(0.5) {
+                // The same entry repeated up to q times, once with other bytes.
+                for _ in 0..self.q {
+                    signatures.push(first.clone());
+                }
+                let mut other = first.signature.clone();
+                other.0.reverse();
+                signatures.push(ValidatorSignature { validator: first.validator, signature: other });
             }
         }
+        signatures.shuffle(&mut self.rng);
         Certificate { epoch: EPOCH, event, digest, signatures }
     }
 
