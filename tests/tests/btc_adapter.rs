@@ -207,6 +207,89 @@ async fn large_deposits_wait_for_their_tier_even_across_a_restart() -> eyre::Res
     Ok(())
 }
 
+/// One transaction paying each of `amounts` to the vault (separate outputs) plus the memo,
+/// funded and signed by the miner wallet. Returns its txid and the vault outputs' indices.
+/// Built by hand: `createrawtransaction` refuses one address twice.
+async fn send_split_deposit(
+    btc: &Bitcoind,
+    vault: &Address,
+    amounts: &[u64],
+    memo: &[u8],
+) -> eyre::Result<(bitcoin::Txid, Vec<u32>)> {
+    let script = vault.script_pubkey();
+    let mut output: Vec<bitcoin::TxOut> = amounts
+        .iter()
+        .map(|sat| bitcoin::TxOut { value: Amount::from_sat(*sat), script_pubkey: script.clone() })
+        .collect();
+    let push = bitcoin::script::PushBytesBuf::try_from(memo.to_vec())?;
+    output.push(bitcoin::TxOut { value: Amount::ZERO, script_pubkey: bitcoin::ScriptBuf::new_op_return(push) });
+    // The legacy serialization of a transaction without inputs, by hand: rust-bitcoin
+    // writes such a transaction in the segwit format, which bitcoind refuses without
+    // witnesses. `iswitness = false` tells bitcoind which one it is.
+    let mut raw = 2i32.to_le_bytes().to_vec();
+    raw.push(0); // no inputs
+    raw.extend(bitcoin::consensus::encode::serialize(&output));
+    raw.extend(0u32.to_le_bytes()); // lock time
+    let raw = hex::encode(raw);
+    let funded: serde_json::Value =
+        btc.rpc(move |c| c.call("fundrawtransaction", &[json!(raw), json!({}), json!(false)])).await?;
+    let funded_hex = funded["hex"].as_str().ok_or_else(|| eyre::eyre!("fundrawtransaction: {funded}"))?.to_owned();
+    let signed: serde_json::Value =
+        btc.rpc(move |c| c.call("signrawtransactionwithwallet", &[json!(funded_hex)])).await?;
+    let signed_hex = signed["hex"].as_str().ok_or_else(|| eyre::eyre!("signrawtransactionwithwallet: {signed}"))?;
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(signed_hex)?;
+    // Funding may place its change anywhere: find the vault outputs again.
+    let vouts: Vec<u32> = tx
+        .output
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.script_pubkey == script)
+        .map(|(i, _)| u32::try_from(i))
+        .collect::<Result<_, _>>()?;
+    eyre::ensure!(vouts.len() == amounts.len(), "vault outputs of the split deposit: {vouts:?}");
+    let txid = btc.rpc(move |c| c.send_raw_transaction(&tx)).await?;
+    Ok((txid, vouts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_split_into_outputs_below_the_tier_waits_for_the_tier_of_its_sum() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let mut cfg = config(&btc, &vault, 2).await?;
+    cfg.tiers = vec![ConfirmationTier { min_amount: Sats(100_000_000), confirmations: 5 }];
+    let mut src = BitcoinSource::new(cfg, None).await?;
+
+    // Two vault outputs of 0.6 BTC in one transaction: each below the 1-BTC tier, 1.2 BTC
+    // together. A separate 0.6-BTC deposit in the same block stays at the base depth.
+    let (split, vouts) = send_split_deposit(&btc, &vault, &[60_000_000, 60_000_000], &memo(1)).await?;
+    let alone = btc.send_deposit(&vault, Amount::from_sat(60_000_000), Some(&memo(1))).await?;
+    btc.mine(2).await?;
+    let ids: Vec<_> = poll(&mut src).await.iter().map(ChainEvent::id).collect();
+    assert_eq!(ids, vec![event_id(alone.txid, alone.vout)], "only the lone deposit is final at 2 confirmations");
+    btc.mine(2).await?;
+    let events = poll(&mut src).await;
+    assert!(events.is_empty(), "4 confirmations of the 5 the split transaction's sum needs: {events:?}");
+    btc.mine(1).await?;
+    let events = poll(&mut src).await;
+    let mut ids: Vec<_> = events.iter().map(ChainEvent::id).collect();
+    ids.sort();
+    let mut expected: Vec<_> = vouts.iter().map(|v| event_id(split, *v)).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "both outputs of the split deposit at the tier's depth");
+    for e in &events {
+        // Each deposit still attests its own amount.
+        let ChainEvent::Observed(o) = e else { panic!("expected an observed deposit: {e:?}") };
+        assert!(
+            matches!(o.attestation.kind, AttestationKind::PegIn { amount: Sats(60_000_000), .. }),
+            "{:?}",
+            o.attestation.kind
+        );
+    }
+    btc.mine(3).await?;
+    assert!(poll(&mut src).await.is_empty());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_spends_update_the_utxo_set_and_broadcast_is_followed() -> eyre::Result<()> {
     let btc = Bitcoind::start().await?;

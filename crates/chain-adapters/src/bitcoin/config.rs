@@ -2,8 +2,17 @@ use btcfi_types::Sats;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// More confirmations for larger deposits: a deposit of at least `min_amount` waits
-/// for `confirmations` blocks (the largest matching tier wins).
+/// More confirmations for larger deposits: a deposit whose **transaction** pays the
+/// vault at least `min_amount` in total waits for `confirmations` blocks (the largest
+/// matching tier wins).
+///
+/// Tiers apply per transaction, not per output: the amount compared is the sum of all
+/// of the transaction's vault outputs (valid deposits and rejected ones alike; never the
+/// vault's own change), and every deposit of that transaction waits for the depth of the
+/// sum. Ten outputs of 4.9 BTC in one transaction wait like one output of 49 BTC.
+/// Payments split over several transactions are each judged alone; a future governor
+/// will add per-window inflow/outflow limits (in sats, over windows of Bitcoin blocks)
+/// on top of the tiers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmationTier {
@@ -52,6 +61,8 @@ pub struct BitcoinConfig {
     /// Depth at which a deposit is final: a block at height h counts as final once
     /// the tip is at h + confirmations - 1.
     pub confirmations: u32,
+    /// Deeper depths for larger deposits, judged on each transaction's total to the
+    /// vault (see [`ConfirmationTier`]).
     #[serde(default)]
     pub tiers: Vec<ConfirmationTier>,
     /// Vault outputs below this are rejected deposits (dust, fee griefing).
@@ -90,7 +101,11 @@ fn default_window() -> usize {
 }
 
 impl BitcoinConfig {
-    /// Confirmations a deposit of `amount` needs.
+    /// Confirmations the deposits of a transaction paying the vault `amount` in total
+    /// need. Pass the transaction's total to the vault ([`scan::paid_per_tx`]), never
+    /// one output's amount: see [`ConfirmationTier`].
+    ///
+    /// [`scan::paid_per_tx`]: super::scan::paid_per_tx
     pub fn confirmations_for(&self, amount: Sats) -> u32 {
         self.tiers.iter().filter(|t| amount >= t.min_amount).map(|t| t.confirmations).fold(self.confirmations, u32::max)
     }

@@ -6,8 +6,9 @@
 //! extend the cursor by hash; processed blocks are remembered (a bounded window) with
 //! what they reported and what they did to the vault's UTXO set, so that a reorg
 //! deeper than the configured depth is rewound exactly and every event it undid is
-//! surfaced as [`ChainEvent::Reorged`]. Deposits above a tier wait, held in the
-//! checkpoint, until they reach their deeper depth.
+//! surfaced as [`ChainEvent::Reorged`]. Deposits of a transaction whose vault outputs
+//! together reach a tier wait, held in the checkpoint, until they reach its deeper depth
+//! (tiers apply per transaction, see [`ConfirmationTier`]).
 //!
 //! `bitcoincore-rpc` is blocking: every call runs on tokio's blocking pool.
 //! The node needs `-txindex=1` for [`BitcoinSource::tx_confirmations`] on confirmed
@@ -15,10 +16,12 @@
 
 mod config;
 mod error;
+pub mod mempool;
 pub mod scan;
 
 pub use config::{BitcoinConfig, ConfirmationTier, FeeBounds};
 pub use error::BtcError;
+pub use mempool::MempoolVerdict;
 pub use scan::{RejectReason, VaultUtxo};
 
 use crate::{
@@ -92,6 +95,64 @@ fn block_hash_from_display(b: &[u8; 32]) -> BlockHash {
     let mut internal = *b;
     internal.reverse();
     BlockHash::from_byte_array(internal)
+}
+
+/// What becomes of one payment to the vault in a processed block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    /// Reported now: a rejected deposit, or a valid one that needs no more than the
+    /// base depth.
+    Report(ChainEvent),
+    /// A valid deposit held until its tier's deeper depth.
+    Hold(Held),
+}
+
+/// Decides, for each payment of a block (in block order), whether it is reported now or
+/// held for a deeper tier. Pure: unit-tested without a node.
+///
+/// **Tiers apply per transaction.** A valid deposit waits for the tier of everything its
+/// transaction paid the vault ([`scan::paid_per_tx`]: valid and rejected outputs alike;
+/// never the vault's own change, which is not a payment), not of its own output: ten
+/// outputs of 4.9 BTC in one transaction wait like one of 49 BTC. Splitting a payment
+/// over several transactions is not caught here; a future governor will add per-window
+/// inflow/outflow limits (sats over windows of Bitcoin blocks) on top of the tiers.
+/// Rejected deposits are reported at the base depth: they are never attested.
+fn route_payments(cfg: &BitcoinConfig, payments: Vec<scan::VaultPayment>, block: BlockRef) -> Vec<Route> {
+    let totals = scan::paid_per_tx(&payments);
+    payments
+        .into_iter()
+        .map(|p| {
+            let id = EventId::new(ChainId::BITCOIN, p.txid, p.vout);
+            match p.memo {
+                Ok(memo) => {
+                    let attestation = Attestation {
+                        event: id,
+                        kind: AttestationKind::PegIn {
+                            dest_chain: memo.dest_chain,
+                            recipient: memo.recipient,
+                            amount: p.amount,
+                        },
+                    };
+                    let observed = Observed { attestation, block };
+                    // A payment is always in its own transaction's total; the fallback
+                    // (its own amount) only keeps this panic-free.
+                    let total = totals.get(&p.txid).copied().unwrap_or(p.amount);
+                    let confirmations = cfg.confirmations_for(total);
+                    if confirmations > cfg.confirmations {
+                        Route::Hold(Held { observed, confirmations })
+                    } else {
+                        Route::Report(ChainEvent::Observed(observed))
+                    }
+                }
+                Err(reason) => Route::Report(ChainEvent::Rejected(Rejected {
+                    id,
+                    block,
+                    amount: Some(p.amount),
+                    reason: reason.to_string(),
+                })),
+            }
+        })
+        .collect()
 }
 
 /// A thin async wrapper over the blocking client.
@@ -280,26 +341,6 @@ impl BitcoinSource {
         }
     }
 
-    fn to_event(&self, p: scan::VaultPayment, block: BlockRef) -> (ChainEvent, Option<u32>) {
-        let id = EventId::new(ChainId::BITCOIN, p.txid, p.vout);
-        match p.memo {
-            Ok(memo) => {
-                let attestation = Attestation {
-                    event: id,
-                    kind: AttestationKind::PegIn {
-                        dest_chain: memo.dest_chain,
-                        recipient: memo.recipient,
-                        amount: p.amount,
-                    },
-                };
-                (ChainEvent::Observed(Observed { attestation, block }), Some(self.cfg.confirmations_for(p.amount)))
-            }
-            Err(reason) => {
-                (ChainEvent::Rejected(Rejected { id, block, amount: Some(p.amount), reason: reason.to_string() }), None)
-            }
-        }
-    }
-
     /// Processes the block at `cursor + 1`. Returns false if it does not extend the
     /// cursor (a reorg under way: the next poll rewinds).
     async fn process_next(&mut self, events: &mut Vec<ChainEvent>) -> Result<bool, BtcError> {
@@ -323,14 +364,13 @@ impl BitcoinSource {
             reported.push(spend.id());
             events.push(ChainEvent::VaultSpend(spend));
         }
-        for p in effect.payments {
-            let (ev, needs) = self.to_event(p, bref);
-            match (ev, needs) {
-                (ChainEvent::Observed(o), Some(n)) if n > self.cfg.confirmations => {
-                    debug!(target: "chain::btc", event = %o.attestation.event, confirmations = n, "deposit held for its tier");
-                    self.state.held.push(Held { observed: o, confirmations: n });
+        for route in route_payments(&self.cfg, effect.payments, bref) {
+            match route {
+                Route::Hold(h) => {
+                    debug!(target: "chain::btc", event = %h.observed.attestation.event, confirmations = h.confirmations, "deposit held for its tier");
+                    self.state.held.push(h);
                 }
-                (ev, _) => {
+                Route::Report(ev) => {
                     reported.push(ev.id());
                     events.push(ev);
                 }
@@ -476,5 +516,105 @@ impl ChainSource for BitcoinSource {
             Some(confirmations) => Inclusion::Included { confirmations },
             None => Inclusion::NotCanonical,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btcfi_types::{DepositMemo, EvmAddress, TxHash};
+
+    const BTC: u64 = 100_000_000;
+
+    fn cfg() -> BitcoinConfig {
+        BitcoinConfig {
+            rpc_url: "http://127.0.0.1:1".into(),
+            rpc_user: Some("u".into()),
+            rpc_password: Some("p".into()),
+            rpc_cookie_file: None,
+            network: bitcoin::Network::Regtest,
+            vault_address: String::new(),
+            confirmations: 2,
+            tiers: vec![
+                ConfirmationTier { min_amount: Sats(5 * BTC), confirmations: 6 },
+                ConfirmationTier { min_amount: Sats(40 * BTC), confirmations: 12 },
+            ],
+            min_deposit: Sats(BTC / 2),
+            fees: FeeBounds::default(),
+            peg_out_fee: Sats(2_000),
+            rbf_after_secs: 600,
+            start_height: 0,
+            max_blocks_per_poll: 10,
+            reorg_window: 20,
+        }
+    }
+
+    fn pay(tx: u8, vout: u32, sats: u64, memo: Result<DepositMemo, RejectReason>) -> scan::VaultPayment {
+        scan::VaultPayment { txid: TxHash([tx; 32]), vout, amount: Sats(sats), memo }
+    }
+
+    fn valid() -> Result<DepositMemo, RejectReason> {
+        Ok(DepositMemo { dest_chain: ChainId(137), recipient: EvmAddress([7; 20]) })
+    }
+
+    /// (event, Some(depth) if held / None if reported, rejected?)
+    fn summary(routes: &[Route]) -> Vec<(EventId, Option<u32>, bool)> {
+        routes
+            .iter()
+            .map(|r| match r {
+                Route::Hold(h) => (h.observed.attestation.event, Some(h.confirmations), false),
+                Route::Report(ev) => (ev.id(), None, matches!(ev, ChainEvent::Rejected(_))),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tier_applies_to_the_sum_of_a_transactions_vault_outputs() {
+        let cfg = cfg();
+        let block = BlockRef { height: 100, hash: [1; 32] };
+        let id = |tx: u8, vout: u32| EventId::new(ChainId::BITCOIN, TxHash([tx; 32]), vout);
+        let mut payments = Vec::new();
+        // Tx 1: ten outputs of 4.9 BTC, each under the 5-BTC tier, 49 BTC together: the
+        // 40-BTC tier's depth for every one of them.
+        for vout in 0..10 {
+            payments.push(pay(1, vout, 49 * BTC / 10, valid()));
+        }
+        // Tx 2: one output of 4.9 BTC alone: the base depth.
+        payments.push(pay(2, 0, 49 * BTC / 10, valid()));
+        // Tx 3: 4.9 BTC valid plus a rejected 0.2 BTC (below the minimum) in the same
+        // transaction: 5.1 BTC to the vault, so the valid deposit waits for the 5-BTC tier.
+        // The rejected one is still reported at once (it is never attested).
+        payments.push(pay(3, 0, 49 * BTC / 10, valid()));
+        payments.push(pay(3, 1, BTC / 5, Err(RejectReason::BelowMinimum { minimum: cfg.min_deposit })));
+        // Tx 4: two outputs of 3 BTC, interleaved after other transactions' outputs.
+        payments.push(pay(4, 2, 3 * BTC, valid()));
+        payments.push(pay(4, 5, 3 * BTC, valid()));
+
+        let routes = route_payments(&cfg, payments, block);
+        let mut expected: Vec<_> = (0..10).map(|v| (id(1, v), Some(12), false)).collect();
+        expected.push((id(2, 0), None, false));
+        expected.push((id(3, 0), Some(6), false));
+        expected.push((id(3, 1), None, true));
+        expected.push((id(4, 2), Some(6), false));
+        expected.push((id(4, 5), Some(6), false));
+        assert_eq!(summary(&routes), expected, "a deposit waits for the tier of its transaction's total to the vault");
+        // Held deposits keep their own amount in the attestation: only the depth changes.
+        match routes.first() {
+            Some(Route::Hold(h)) => assert!(matches!(
+                h.observed.attestation.kind,
+                AttestationKind::PegIn { amount: Sats(a), .. } if a == 49 * BTC / 10
+            )),
+            other => panic!("expected a held deposit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tier_total_saturates_instead_of_wrapping() {
+        // Amounts cannot overflow on Bitcoin, but the sum is checked: an overflow takes
+        // the deepest tier, never a wrapped (small) total.
+        let cfg = cfg();
+        let block = BlockRef { height: 1, hash: [2; 32] };
+        let routes = route_payments(&cfg, vec![pay(9, 0, u64::MAX, valid()), pay(9, 1, BTC, valid())], block);
+        assert!(routes.iter().all(|r| matches!(r, Route::Hold(Held { confirmations: 12, .. }))), "{routes:?}");
     }
 }

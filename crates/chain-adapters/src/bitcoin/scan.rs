@@ -143,6 +143,22 @@ pub fn scan_block(
     effect
 }
 
+/// What each transaction paid the vault, summed over all its vault outputs in
+/// `payments` (valid and rejected deposits alike). The vault's own change is never in
+/// `payments`, so it never counts. This is the amount confirmation tiers apply to: a
+/// deposit cannot dodge a tier by being split into outputs of one transaction.
+///
+/// The sum is checked; an overflow (impossible with real amounts) saturates, which
+/// selects the deepest tier rather than a wrapped, small total.
+pub fn paid_per_tx(payments: &[VaultPayment]) -> BTreeMap<TxHash, Sats> {
+    let mut totals: BTreeMap<TxHash, Sats> = BTreeMap::new();
+    for p in payments {
+        let total = totals.entry(p.txid).or_default();
+        *total = total.checked_add(p.amount).unwrap_or(Sats(u64::MAX));
+    }
+    totals
+}
+
 /// Reverts [`scan_block`]'s effect on the UTXO set (a block left the best chain).
 pub fn undo_block(created: &[VaultUtxo], spent: &[VaultUtxo], utxos: &mut BTreeMap<OutPoint, VaultUtxo>) {
     for u in created {
