@@ -10,34 +10,59 @@ import {WrappedBTC} from "./WrappedBTC.sol";
 /// @dev The interface is fixed by `crates/chain-adapters/src/evm/bindings.rs`
 /// (`IBridge`); the Rust signer (`btcfi_signer::evm`) computes `mintMessage` and
 /// `rotateMessage` byte for byte. Every signed message binds a domain tag, the chain
-/// id and this contract's address, plus a consumed event id (mint) or the rotation
-/// nonce (rotation), so no signature is valid twice or anywhere else.
+/// id and this contract's address, plus a consumed event id (mint), the rotation
+/// nonce (rotation) or the chain-list nonce (known destination chains), so no
+/// signature is valid twice or anywhere else.
 ///
-/// Roles: the deployer sets the first group key (once); afterwards only the current
-/// group key can replace itself. The guardian can pause minting and burning (not key
-/// rotation: rotating away from a compromised key must stay possible while paused).
+/// Roles: the deployer sets the first group key (once) and, in the constructor, the
+/// peg-out fee and the first list of known destination chains; afterwards only the
+/// current group key can replace itself or change that list. The guardian can pause
+/// minting and burning. Key rotation stays possible while paused (rotating away from
+/// a compromised key must be), but only to a key the guardian approved for exactly that
+/// rotation: a stolen group key cannot take over a paused bridge.
+///
+/// Peg-outs: `burnToBitcoin` accepts only the five standard output templates Bitcoin
+/// nodes relay (P2PKH, P2SH, P2WPKH, P2WSH, P2TR, exact lengths and opcodes), and only
+/// amounts that still leave an output at or above that type's dust limit (Bitcoin
+/// Core's default dust relay fee, 3 sat/vB) once the validators keep the flat peg-out
+/// fee. Anything else could never be paid, so it is refused before wrapped BTC burns.
 contract Bridge {
     bytes32 private constant MINT_TAG = keccak256("BTCFI-MINT-v1");
     bytes32 private constant ROTATE_TAG = keccak256("BTCFI-ROTATE-v1");
-    /// @notice Longest accepted Bitcoin output script (Bitcoin's own script size limit).
+    bytes32 private constant CHAIN_TAG = keccak256("BTCFI-CHAIN-v1");
+    /// @notice Longest Bitcoin output script the bridge could ever accept (Bitcoin's own
+    /// script size limit). The standard templates it does accept are at most 34 bytes.
     uint256 public constant MAX_SCRIPT_LEN = 10_000;
+    /// @notice Bitcoin's MAX_MONEY in satoshis: no peg-out fee can be larger.
+    uint64 public constant MAX_SATS = 21_000_000 * 100_000_000;
 
     WrappedBTC public immutable token;
     address public immutable guardian;
     address public immutable deployer;
+    /// @notice The flat fee in satoshis the validators keep from each peg-out (their
+    /// `bitcoin.peg_out_fee`); the user's Bitcoin output is `amountSats - pegOutFee`.
+    uint64 public immutable pegOutFee;
 
-    /// @dev Packed in one slot: the three change together on the hot paths.
+    /// @dev Packed in one slot: the flags and nonces change together on the hot paths.
     bool public paused;
     /// @notice Nonce of the next burn (one counter for both burn kinds, starting at 0).
     uint64 public burnNonce;
     /// @notice Nonce that the next key rotation message must carry.
     uint64 public rotationNonce;
+    /// @notice Nonce that the next known-chain update message must carry. Separate from
+    /// `rotationNonce`, so that a list update never invalidates a signed rotation.
+    uint64 public chainNonce;
 
     uint256 private _px;
     uint256 private _py;
+    /// @dev keccak256(abi.encode(rotationNonce, px, py)) of the rotation the guardian
+    /// approved (0: none); binding the nonce makes one approval good for one rotation.
+    bytes32 private _approvedRotation;
 
     /// @notice Event ids that already minted.
     mapping(bytes32 eventId => bool) public consumed;
+    /// @notice Destination chains `burnToChain` accepts.
+    mapping(uint64 chainId => bool) public knownChain;
 
     event Minted(bytes32 indexed eventId, address indexed recipient, uint64 amountSats);
     event BurnToBitcoin(uint64 indexed nonce, address indexed from, uint64 amountSats, bytes btcScriptPubKey);
@@ -49,6 +74,12 @@ contract Bridge {
     event KeyRotated(uint256 px, uint256 py, uint64 rotationNonce);
     event Paused(address guardian);
     event Unpaused(address guardian);
+    /// @notice The guardian approved rotating to (px, py) at rotation nonce `rotationNonce`.
+    event RotationApproved(uint256 px, uint256 py, uint64 rotationNonce);
+    /// @notice A group-key-signed update made `chainId` known (`enabled`) or unknown;
+    /// `chainNonce` is the nonce the authorising message carried. (The constructor's
+    /// initial list emits nothing: it is in the deployment transaction.)
+    event KnownChainSet(uint64 indexed chainId, bool enabled, uint64 chainNonce);
 
     error NotGuardian();
     error NotDeployer();
@@ -62,6 +93,13 @@ contract Bridge {
     error InvalidScript();
     error InvalidRecipient();
     error InvalidChain();
+    /// @notice `burnToBitcoin` of less than `minimum` (peg-out fee plus the dust limit of
+    /// the script's output type): the validators could not pay it.
+    error AmountBelowMinimum(uint64 minimum);
+    /// @notice `burnToChain` towards a chain the bridge does not know.
+    error UnknownChain(uint64 chainId);
+    /// @notice `rotateKey` while paused to a key the guardian did not approve.
+    error RotationNotApproved();
 
     modifier whenNotPaused() {
         if (paused) revert BridgePaused();
@@ -73,9 +111,20 @@ contract Bridge {
         _;
     }
 
-    constructor(address guardian_) {
+    /// @param guardian_ May pause, unpause and approve rotations while paused.
+    /// @param pegOutFee_ The validators' flat peg-out fee in satoshis (at most MAX_SATS).
+    /// @param knownChains_ The first destination chains of `burnToChain`: neither 0
+    /// (Bitcoin) nor this chain. Later changes need a group-key signature.
+    constructor(address guardian_, uint64 pegOutFee_, uint64[] memory knownChains_) {
+        if (pegOutFee_ > MAX_SATS) revert InvalidAmount();
         guardian = guardian_;
         deployer = msg.sender;
+        pegOutFee = pegOutFee_;
+        for (uint256 i = 0; i < knownChains_.length; i++) {
+            uint64 id = knownChains_[i];
+            if (id == 0 || id == block.chainid) revert InvalidChain();
+            knownChain[id] = true;
+        }
         token = new WrappedBTC(address(this));
     }
 
@@ -98,17 +147,58 @@ contract Bridge {
     }
 
     /// @notice Replaces the group key, authorised by a signature of the current key on
-    /// `rotateMessage(newPx, newPy)`.
+    /// `rotateMessage(newPx, newPy)`. While paused, also needs the guardian's
+    /// `approveRotation(newPx, newPy)` at the current rotation nonce.
     function rotateKey(uint256 newPx, uint256 newPy, uint256 rx, uint256 ry, uint256 z) external {
         uint256 px = _px;
         if (px == 0) revert KeyNotSet();
         if (!FROST.isValidPublicKey(newPx, newPy)) revert InvalidKey();
         uint64 nonce = rotationNonce;
+        if (paused && _approvedRotation != _rotationApproval(nonce, newPx, newPy)) revert RotationNotApproved();
         if (!FROST.verify(_rotateMessage(nonce, newPx, newPy), px, _py, rx, ry, z)) revert InvalidSignature();
         _px = newPx;
         _py = newPy;
         rotationNonce = nonce + 1;
+        // Any approval was for this nonce or an older one: none can be used again.
+        delete _approvedRotation;
         emit KeyRotated(newPx, newPy, nonce);
+    }
+
+    /// @notice Guardian only: approves the next rotation (at the current
+    /// `rotationNonce`) to (px, py), the one key `rotateKey` accepts while paused. A
+    /// later approval replaces it; it expires with the next rotation.
+    function approveRotation(uint256 px, uint256 py) external onlyGuardian {
+        if (!FROST.isValidPublicKey(px, py)) revert InvalidKey();
+        uint64 nonce = rotationNonce;
+        _approvedRotation = _rotationApproval(nonce, px, py);
+        emit RotationApproved(px, py, nonce);
+    }
+
+    /// @notice Whether the guardian approved the next rotation to (px, py).
+    function rotationApproved(uint256 px, uint256 py) external view returns (bool) {
+        return _approvedRotation == _rotationApproval(rotationNonce, px, py);
+    }
+
+    function _rotationApproval(uint64 nonce, uint256 px, uint256 py) private pure returns (bytes32) {
+        return keccak256(abi.encode(nonce, px, py));
+    }
+
+    // ---------------------------------------------------------------- chains
+
+    /// @notice Makes `chainId` a known (`enabled`) or unknown destination of
+    /// `burnToChain`, authorised by a group-key signature on
+    /// `knownChainMessage(chainId, enabled)`. While paused, chains can only be disabled
+    /// (that only narrows what the bridge does, whoever holds the key).
+    function setKnownChain(uint64 chainId, bool enabled, uint256 rx, uint256 ry, uint256 z) external {
+        uint256 px = _px;
+        if (px == 0) revert KeyNotSet();
+        if (enabled && paused) revert BridgePaused();
+        if (chainId == 0 || chainId == block.chainid) revert InvalidChain();
+        uint64 nonce = chainNonce;
+        if (!FROST.verify(_chainMessage(nonce, chainId, enabled), px, _py, rx, ry, z)) revert InvalidSignature();
+        knownChain[chainId] = enabled;
+        chainNonce = nonce + 1;
+        emit KnownChainSet(chainId, enabled, nonce);
     }
 
     // ---------------------------------------------------------------- mint
@@ -136,7 +226,9 @@ contract Bridge {
     // ---------------------------------------------------------------- burn
 
     /// @notice Burns `amountSats` of the caller's wrapped BTC (no approval needed) and
-    /// requests their release to the Bitcoin output script `btcScriptPubKey`.
+    /// requests their release to the Bitcoin output script `btcScriptPubKey`, which must
+    /// be a standard P2PKH, P2SH, P2WPKH, P2WSH or P2TR script; at least
+    /// `minBurnToBitcoin(btcScriptPubKey)`. The user receives `amountSats - pegOutFee`.
     /// @return nonce The burn nonce that identifies this request.
     function burnToBitcoin(uint64 amountSats, bytes calldata btcScriptPubKey)
         external
@@ -144,7 +236,8 @@ contract Bridge {
         returns (uint64 nonce)
     {
         if (amountSats == 0) revert InvalidAmount();
-        if (btcScriptPubKey.length == 0 || btcScriptPubKey.length > MAX_SCRIPT_LEN) revert InvalidScript();
+        uint64 minimum = minBurnToBitcoin(btcScriptPubKey);
+        if (amountSats < minimum) revert AmountBelowMinimum(minimum);
         nonce = _burn(amountSats);
         emit BurnToBitcoin(nonce, msg.sender, amountSats, btcScriptPubKey);
     }
@@ -159,9 +252,42 @@ contract Bridge {
     {
         if (amountSats == 0) revert InvalidAmount();
         if (destChainId == 0 || destChainId == block.chainid) revert InvalidChain();
+        if (!knownChain[destChainId]) revert UnknownChain(destChainId);
         if (recipient == address(0)) revert InvalidRecipient();
         nonce = _burn(amountSats);
         emit BurnToChain(nonce, msg.sender, destChainId, recipient, amountSats);
+    }
+
+    /// @notice The smallest `burnToBitcoin` amount towards `btcScriptPubKey`: the
+    /// peg-out fee plus the dust limit of its output type. Reverts `InvalidScript` if
+    /// the script is not one of the five standard templates.
+    function minBurnToBitcoin(bytes calldata btcScriptPubKey) public view returns (uint64) {
+        uint64 dust = _dustLimit(btcScriptPubKey);
+        if (dust == 0) revert InvalidScript();
+        // pegOutFee <= MAX_SATS (constructor), so this cannot overflow.
+        return pegOutFee + dust;
+    }
+
+    /// @dev Bitcoin Core's GetDustThreshold at the default -dustrelayfee (3 sat/vB) for
+    /// the standard templates, matched by exact length and opcodes; 0 for any other
+    /// script. Dust = 3 * (output size + input size that spends it):
+    ///   P2PKH  76 a9 14 <20> 88 ac  3 * (34 + 148)      = 546
+    ///   P2SH   a9 14 <20> 87        3 * (32 + 148)      = 540
+    ///   P2WPKH 00 14 <20>           3 * (31 + 67)       = 294
+    ///   P2WSH  00 20 <32>           3 * (43 + 67)       = 330
+    ///   P2TR   51 20 <32>           3 * (43 + 67)       = 330
+    function _dustLimit(bytes calldata s) private pure returns (uint64) {
+        uint256 len = s.length;
+        if (len == 25) {
+            if (s[0] == 0x76 && s[1] == 0xa9 && s[2] == 0x14 && s[23] == 0x88 && s[24] == 0xac) return 546;
+        } else if (len == 23) {
+            if (s[0] == 0xa9 && s[1] == 0x14 && s[22] == 0x87) return 540;
+        } else if (len == 22) {
+            if (s[0] == 0x00 && s[1] == 0x14) return 294;
+        } else if (len == 34) {
+            if ((s[0] == 0x00 || s[0] == 0x51) && s[1] == 0x20) return 330;
+        }
+        return 0;
     }
 
     function _burn(uint64 amountSats) private returns (uint64 nonce) {
@@ -194,6 +320,14 @@ contract Bridge {
         return _rotateMessage(rotationNonce, newPx, newPy);
     }
 
+    /// @notice The 32-byte message the current group key signs to make `chainId` a
+    /// known (`enabled`) or unknown destination chain, at the current `chainNonce`:
+    /// keccak256(abi.encode(keccak256("BTCFI-CHAIN-v1"), chainid, this, chainNonce,
+    /// uint64 chainId, bool enabled)).
+    function knownChainMessage(uint64 chainId, bool enabled) external view returns (bytes32) {
+        return _chainMessage(chainNonce, chainId, enabled);
+    }
+
     /// @notice FROST(secp256k1, SHA-256) verification of (rx, ry, z) on `message` by
     /// (px, py); false on any malformed input.
     function verify(bytes32 message, uint256 px, uint256 py, uint256 rx, uint256 ry, uint256 z)
@@ -210,5 +344,9 @@ contract Bridge {
 
     function _rotateMessage(uint64 nonce, uint256 newPx, uint256 newPy) private view returns (bytes32) {
         return keccak256(abi.encode(ROTATE_TAG, block.chainid, address(this), nonce, newPx, newPy));
+    }
+
+    function _chainMessage(uint64 nonce, uint64 chainId, bool enabled) private view returns (bytes32) {
+        return keccak256(abi.encode(CHAIN_TAG, block.chainid, address(this), nonce, chainId, enabled));
     }
 }

@@ -166,7 +166,7 @@ step "deploying the bridge contracts"
 export DEVNET_DIR="$DEV" DEVNET_BTC_RPC="http://127.0.0.1:$BTC_PORT" DEVNET_RPC_USER="$RPC_USER" \
   DEVNET_RPC_PASSWORD="$RPC_PASSWORD" DEVNET_CONFIRMATIONS="$CONFIRMATIONS" \
   DEVNET_EVM_NAMES="${NAMES[*]}" DEVNET_EVM_CHAIN_IDS="${CHAIN_IDS[*]}" DEVNET_EVM_URLS="${EVM_URLS[*]}" \
-  DEVNET_VALIDATORS="$VALIDATORS"
+  DEVNET_VALIDATORS="$VALIDATORS" DEVNET_PEG_OUT_FEE="$PEG_OUT_FEE"
 export BTCFI_DEVNET_DIR="$DEV"
 node scripts/devnet/deploy.mjs
 [ -s "$DEV/anvil-ethereum.json" ] || die "anvil wrote no $DEV/anvil-ethereum.json (its dev accounts)"

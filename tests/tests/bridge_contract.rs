@@ -1,17 +1,23 @@
 //! The bridge contract against a real anvil: FROST(secp256k1, SHA-256) signatures from
 //! `frost-secp256k1` (trusted-dealer keys, three of four signers) mint exactly once and
-//! nowhere else; rotation, pause and burns behave; the compiled ABI matches the Rust
-//! bindings (`btcfi_chain_adapters::evm::bindings`) so neither side can drift.
+//! nowhere else; rotation, pause and burns behave; peg-outs go only to standard Bitcoin
+//! templates and at least the peg-out fee plus that template's dust limit; EVM burns go
+//! only to destination chains the group key made known; rotation while paused needs the
+//! guardian's approval of the new key; the compiled ABI matches the Rust bindings
+//! (`btcfi_chain_adapters::evm::bindings`) so neither side can drift.
 //!
 //! Gas figures are printed (`cargo test ... -- --nocapture` shows them).
 
 use alloy::{
     json_abi::JsonAbi,
     network::TransactionBuilder,
-    primitives::{Address, B256, Bytes, U256, hex},
+    primitives::{Address, B256, Bytes, U256, hex, keccak256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::{TransactionReceipt, TransactionRequest},
-    sol_types::{SolCall, SolEvent, SolEventInterface},
+    sol_types::{SolCall, SolError, SolEvent, SolEventInterface, SolValue},
+};
+use bitcoin::{
+    PubkeyHash, ScriptBuf, ScriptHash, WPubkeyHash, WScriptHash, WitnessProgram, WitnessVersion, hashes::Hash,
 };
 use btcfi_chain_adapters::evm::bindings::{
     IBridge::{self, IBridgeErrors, IBridgeInstance},
@@ -20,7 +26,7 @@ use btcfi_chain_adapters::evm::bindings::{
 use btcfi_signer::evm::{EvmSignature, mint_message, rotate_message};
 use btcfi_testkit::{
     Anvil,
-    contracts::{Deployed, KeyedBridge, abi_json, deploy_bridge},
+    contracts::{BridgeConfig, Deployed, KeyedBridge, abi_json, deploy_bridge, deploy_bridge_with},
     frost::{DealerKey, TestRng},
 };
 use std::collections::BTreeSet;
@@ -39,6 +45,15 @@ const _: () = assert!(DEPLOYER == 0 && GUARDIAN == 1);
 const USER: usize = 2;
 const RELAYER: usize = 3;
 
+/// The fixture's peg-out fee (the validators' default `bitcoin.peg_out_fee`).
+const PEG_OUT_FEE: u64 = 2_000;
+/// A destination chain the fixture's bridge knows from deployment (BSC's id).
+const KNOWN_CHAIN: u64 = 56;
+
+/// The fixture's deployment configuration.
+fn fixture_config() -> BridgeConfig {
+    BridgeConfig { peg_out_fee: PEG_OUT_FEE, known_chains: vec![KNOWN_CHAIN, 31_337] }
+}
 struct Fixture {
     anvil: Anvil,
     deployed: Deployed,
@@ -47,10 +62,11 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// anvil, a bridge deployed by dev account 0 with dev account 1 as guardian, and
-    /// a group key installed with `setInitialKey`.
+    /// anvil, a bridge deployed by dev account 0 with dev account 1 as guardian and
+    /// [`fixture_config`], and a group key installed with `setInitialKey`.
     async fn new(seed: u64) -> Self {
-        let KeyedBridge { anvil, deployed, key, rng } = KeyedBridge::start(CHAIN_ID, seed, 4, 3).await.unwrap();
+        let KeyedBridge { anvil, deployed, key, rng } =
+            KeyedBridge::start_with(CHAIN_ID, seed, 4, 3, &fixture_config()).await.unwrap();
         Self { anvil, deployed, key, rng }
     }
 
@@ -118,12 +134,63 @@ async fn reverts<D: alloy::contract::CallDecoder>(
     }
 }
 
+/// The result of a view call: its value, or the bridge error it reverted with.
+async fn view<D: alloy::contract::CallDecoder>(
+    call: alloy::contract::CallBuilder<&DynProvider, D>,
+) -> Result<D::CallOutput, IBridgeErrors> {
+    call.call().await.map_err(|e| {
+        e.as_decoded_interface_error::<IBridgeErrors>().unwrap_or_else(|| panic!("not a bridge error: {e}"))
+    })
+}
+
 fn events<E: SolEvent>(receipt: &TransactionReceipt) -> Vec<E> {
     receipt.inner.logs().iter().filter_map(|log| log.log_decode::<E>().ok()).map(|log| log.inner.data).collect()
 }
 
 fn invalid_signature() -> IBridgeErrors {
     IBridgeErrors::InvalidSignature(IBridge::InvalidSignature {})
+}
+
+fn invalid_script() -> IBridgeErrors {
+    IBridgeErrors::InvalidScript(IBridge::InvalidScript {})
+}
+
+fn below_minimum(minimum: u64) -> IBridgeErrors {
+    IBridgeErrors::AmountBelowMinimum(IBridge::AmountBelowMinimum { minimum })
+}
+
+fn unknown_chain(chain_id: u64) -> IBridgeErrors {
+    IBridgeErrors::UnknownChain(IBridge::UnknownChain { chainId: chain_id })
+}
+
+/// The message the group key signs to make `dest` a known (`enabled`) or unknown
+/// destination of the bridge at `bridge` on chain `chain_id`, at chain-list nonce
+/// `nonce`; built independently of the contract:
+/// `keccak256(abi.encode(keccak256("BTCFI-CHAIN-v1"), chainid, bridge, uint64 nonce, uint64 dest, bool enabled))`.
+fn known_chain_message(chain_id: u64, bridge: Address, nonce: u64, dest: u64, enabled: bool) -> [u8; 32] {
+    let tag = keccak256(b"BTCFI-CHAIN-v1");
+    keccak256((tag, U256::from(chain_id), bridge, nonce, dest, enabled).abi_encode()).0
+}
+
+/// One script of each standard template, built by the `bitcoin` crate.
+fn standard_scripts() -> [(&'static str, ScriptBuf, u64); 5] {
+    [
+        ("P2PKH", ScriptBuf::new_p2pkh(&PubkeyHash::from_byte_array([0x11; 20])), 546),
+        ("P2SH", ScriptBuf::new_p2sh(&ScriptHash::from_byte_array([0x22; 20])), 540),
+        ("P2WPKH", ScriptBuf::new_p2wpkh(&WPubkeyHash::from_byte_array([0x33; 20])), 294),
+        ("P2WSH", ScriptBuf::new_p2wsh(&WScriptHash::from_byte_array([0x44; 32])), 330),
+        ("P2TR", ScriptBuf::new_witness_program(&WitnessProgram::new(WitnessVersion::V1, &[0x55; 32]).unwrap()), 330),
+    ]
+}
+
+/// Whether the `bitcoin` crate sees `script` as one of the five templates the bridge
+/// pays (the oracle for the contract's template matching).
+fn is_standard_template(script: &bitcoin::Script) -> bool {
+    script.is_p2pkh() || script.is_p2sh() || script.is_p2wpkh() || script.is_p2wsh() || script.is_p2tr()
+}
+
+fn bytes(script: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(script)
 }
 
 // ------------------------------------------------------------------ tests
@@ -168,6 +235,11 @@ async fn contract_messages_equal_the_rust_signer_messages() {
     let (nx, ny) = (U256::from(11u64), U256::MAX - U256::from(3u64));
     let onchain = bridge.rotateMessage(nx, ny).call().await.unwrap();
     assert_eq!(onchain.0, rotate_message(CHAIN_ID, f.deployed.bridge, 0, nx, ny));
+
+    for (dest, enabled) in [(137u64, true), (KNOWN_CHAIN, false), (u64::MAX, true)] {
+        let onchain = bridge.knownChainMessage(dest, enabled).call().await.unwrap();
+        assert_eq!(onchain.0, known_chain_message(CHAIN_ID, f.deployed.bridge, 0, dest, enabled));
+    }
 
     let key = bridge.groupKey().call().await.unwrap();
     assert_eq!((key.px, key.py), (f.key.px, f.key.py));
@@ -380,7 +452,8 @@ async fn rotation_needs_the_current_key_and_retires_it() {
 async fn the_guardian_pauses_mint_and_burns() {
     let mut f = Fixture::new(6).await;
     let user = f.anvil.dev_address(USER);
-    f.mint(B256::repeat_byte(0x61), user, 1_000).await;
+    f.mint(B256::repeat_byte(0x61), user, 10_000).await;
+    let p2tr = Bytes::from([&[0x51, 0x20][..], &[0x77; 32]].concat());
 
     let not_guardian = || IBridgeErrors::NotGuardian(IBridge::NotGuardian {});
     reverts(f.bridge(DEPLOYER).pause(), not_guardian()).await;
@@ -394,8 +467,8 @@ async fn the_guardian_pauses_mint_and_burns() {
     let (event_id, amount) = (B256::repeat_byte(0x62), 5u64);
     let sig = f.sign(f.mint_message(event_id, user, amount));
     reverts(f.bridge(RELAYER).mint(event_id, user, amount, sig.rx, sig.ry, sig.z), paused()).await;
-    reverts(f.bridge(USER).burnToBitcoin(10, Bytes::from(vec![0x51, 0x20])), paused()).await;
-    reverts(f.bridge(USER).burnToChain(1, user, 10), paused()).await;
+    reverts(f.bridge(USER).burnToBitcoin(3_000, p2tr.clone()), paused()).await;
+    reverts(f.bridge(USER).burnToChain(KNOWN_CHAIN, user, 10), paused()).await;
     reverts(f.bridge(USER).unpause(), not_guardian()).await;
 
     let receipt = send(f.bridge(GUARDIAN).unpause()).await;
@@ -404,8 +477,9 @@ async fn the_guardian_pauses_mint_and_burns() {
         vec![IBridge::Unpaused { guardian: f.anvil.dev_address(GUARDIAN) }]
     );
     send(f.bridge(RELAYER).mint(event_id, user, amount, sig.rx, sig.ry, sig.z)).await;
-    send(f.bridge(USER).burnToBitcoin(10, Bytes::from(vec![0x51, 0x20]))).await;
-    assert_eq!(f.balance(user).await, U256::from(1_000 + amount - 10));
+    send(f.bridge(USER).burnToBitcoin(3_000, p2tr)).await;
+    send(f.bridge(USER).burnToChain(KNOWN_CHAIN, user, 10)).await;
+    assert_eq!(f.balance(user).await, U256::from(10_000 + amount - 3_000 - 10));
 }
 
 #[tokio::test]
@@ -418,16 +492,16 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
     let dest = f.anvil.dev_address(RELAYER);
 
     // The return value is the nonce, before and after sending.
-    assert_eq!(as_user.burnToBitcoin(1_000, script.clone()).call().await.unwrap(), 0);
-    let receipt = send(as_user.burnToBitcoin(1_000, script.clone())).await;
+    assert_eq!(as_user.burnToBitcoin(3_000, script.clone()).call().await.unwrap(), 0);
+    let receipt = send(as_user.burnToBitcoin(3_000, script.clone())).await;
     println!("gas: burnToBitcoin (receipt gasUsed) = {}", receipt.gas_used);
     assert_eq!(
         events::<IBridge::BurnToBitcoin>(&receipt),
-        vec![IBridge::BurnToBitcoin { nonce: 0, from: user, amountSats: 1_000, btcScriptPubKey: script.clone() }]
+        vec![IBridge::BurnToBitcoin { nonce: 0, from: user, amountSats: 3_000, btcScriptPubKey: script.clone() }]
     );
     assert_eq!(
         events::<IWrappedBTC::Transfer>(&receipt),
-        vec![IWrappedBTC::Transfer { from: user, to: Address::ZERO, value: U256::from(1_000u64) }]
+        vec![IWrappedBTC::Transfer { from: user, to: Address::ZERO, value: U256::from(3_000u64) }]
     );
 
     let receipt = send(as_user.burnToChain(56, dest, 2_000)).await;
@@ -436,7 +510,7 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
         events::<IBridge::BurnToChain>(&receipt),
         vec![IBridge::BurnToChain { nonce: 1, from: user, destChainId: 56, recipient: dest, amountSats: 2_000 }]
     );
-    let receipt = send(as_user.burnToBitcoin(3_000, script.clone())).await;
+    let receipt = send(as_user.burnToBitcoin(5_000, script.clone())).await;
     assert_eq!(events::<IBridge::BurnToBitcoin>(&receipt)[0].nonce, 2);
     // All bridge events of the receipt decode through the interface enum too.
     let decoded = receipt
@@ -449,18 +523,18 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
     assert_eq!(decoded.len(), 1);
     assert_eq!(as_user.burnNonce().call().await.unwrap(), 3);
 
-    assert_eq!(f.balance(user).await, U256::from(100_000u64 - 6_000));
-    assert_eq!(f.token().totalSupply().call().await.unwrap(), U256::from(100_000u64 - 6_000));
+    assert_eq!(f.balance(user).await, U256::from(100_000u64 - 10_000));
+    assert_eq!(f.token().totalSupply().call().await.unwrap(), U256::from(100_000u64 - 10_000));
     assert_eq!(f.token().allowance(user, f.deployed.bridge).call().await.unwrap(), U256::ZERO);
 
     // Refused requests.
     let invalid_amount = || IBridgeErrors::InvalidAmount(IBridge::InvalidAmount {});
-    let invalid_script = || IBridgeErrors::InvalidScript(IBridge::InvalidScript {});
     let invalid_chain = || IBridgeErrors::InvalidChain(IBridge::InvalidChain {});
     reverts(as_user.burnToBitcoin(0, script.clone()), invalid_amount()).await;
     reverts(as_user.burnToBitcoin(1, Bytes::new()), invalid_script()).await;
     reverts(as_user.burnToBitcoin(1, Bytes::from(vec![0u8; 10_001])), invalid_script()).await;
-    send(as_user.burnToBitcoin(1, Bytes::from(vec![0x6a; 10_000]))).await;
+    // The old contract took any script up to 10,000 bytes; now only standard templates.
+    reverts(as_user.burnToBitcoin(3_000, Bytes::from(vec![0x6a; 10_000])), invalid_script()).await;
     reverts(as_user.burnToChain(56, dest, 0), invalid_amount()).await;
     reverts(as_user.burnToChain(0, dest, 1), invalid_chain()).await;
     reverts(as_user.burnToChain(CHAIN_ID, dest, 1), invalid_chain()).await;
@@ -471,7 +545,7 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
     assert!(too_much.is_err(), "burning more than the balance must revert");
     // Someone without tokens cannot burn anyone else's.
     assert!(f.bridge(RELAYER).burnToChain(56, dest, 1).send().await.is_err());
-    assert_eq!(as_user.burnNonce().call().await.unwrap(), 4);
+    assert_eq!(as_user.burnNonce().call().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -512,4 +586,322 @@ async fn verify_gas() {
     other[31] ^= 1;
     assert!(!bridge.verify(B256::from(other), f.key.px, f.key.py, sig.rx, sig.ry, sig.z).call().await.unwrap());
     assert!(!bridge.verify(B256::from(message), N, U256::ZERO, sig.rx, sig.ry, sig.z).call().await.unwrap());
+}
+
+#[tokio::test]
+async fn burn_to_bitcoin_needs_the_peg_out_fee_plus_the_dust_limit_of_its_template() {
+    let mut f = Fixture::new(9).await;
+    let user = f.anvil.dev_address(USER);
+    f.mint(B256::repeat_byte(0x91), user, 1_000_000).await;
+    let as_user = f.bridge(USER);
+    assert_eq!(as_user.pegOutFee().call().await.unwrap(), PEG_OUT_FEE);
+
+    // The case that motivated the rule: 2,400 sat to P2PKH with a 2,000 sat fee would
+    // leave a 400 sat output, below P2PKH's 546 sat dust limit: never relayed, never paid.
+    let p2pkh = ScriptBuf::new_p2pkh(&PubkeyHash::from_byte_array([0x11; 20]));
+    reverts(as_user.burnToBitcoin(2_400, bytes(p2pkh.as_bytes())), below_minimum(2_546)).await;
+
+    let mut nonce = 0;
+    for (name, script, dust) in standard_scripts() {
+        // The contract's dust limits are Bitcoin Core's at the default dust relay fee.
+        assert!(is_standard_template(&script), "{name}");
+        assert_eq!(script.minimal_non_dust().to_sat(), dust, "{name}: dust limit");
+        let min = PEG_OUT_FEE + dust;
+        let spk = bytes(script.as_bytes());
+        assert_eq!(as_user.minBurnToBitcoin(spk.clone()).call().await.unwrap(), min, "{name}");
+
+        reverts(as_user.burnToBitcoin(min - 1, spk.clone()), below_minimum(min)).await;
+        let receipt = send(as_user.burnToBitcoin(min, spk.clone())).await;
+        assert_eq!(
+            events::<IBridge::BurnToBitcoin>(&receipt),
+            vec![IBridge::BurnToBitcoin { nonce, from: user, amountSats: min, btcScriptPubKey: spk }],
+            "{name}"
+        );
+        nonce += 1;
+    }
+    assert_eq!(as_user.burnNonce().call().await.unwrap(), nonce);
+
+    // The minimum follows the deployment's fee: with no fee it is the dust limit alone.
+    let free = BridgeConfig { peg_out_fee: 0, known_chains: vec![] };
+    let second = deploy_bridge_with(&f.anvil.url(), &f.anvil.dev_key(DEPLOYER), f.anvil.dev_address(GUARDIAN), &free)
+        .await
+        .unwrap();
+    let second = IBridge::new(second.bridge, wallet(&f.anvil, USER));
+    assert_eq!(second.pegOutFee().call().await.unwrap(), 0);
+    for (name, script, dust) in standard_scripts() {
+        assert_eq!(second.minBurnToBitcoin(bytes(script.as_bytes())).call().await.unwrap(), dust, "{name}");
+    }
+    // A fee above all bitcoin there is (21e6 BTC) is a deployment mistake.
+    let absurd = BridgeConfig { peg_out_fee: 2_100_000_000_000_001, known_chains: vec![] };
+    let deployed =
+        deploy_bridge_with(&f.anvil.url(), &f.anvil.dev_key(DEPLOYER), f.anvil.dev_address(GUARDIAN), &absurd).await;
+    assert!(deployed.is_err(), "a peg-out fee above MAX_MONEY must not deploy");
+}
+
+#[tokio::test]
+async fn burn_to_bitcoin_refuses_every_script_that_is_not_exactly_a_standard_template() {
+    let mut f = Fixture::new(10).await;
+    let user = f.anvil.dev_address(USER);
+    f.mint(B256::repeat_byte(0xa1), user, 1_000_000).await;
+    let as_user = f.bridge(USER);
+    let amount = 100_000;
+
+    let mut malformed: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), vec![]),
+        ("bare OP_1 (0x51)".into(), vec![0x51]),
+        ("bare OP_RETURN (0x6a)".into(), vec![0x6a]),
+        ("OP_RETURN with 20 bytes (P2WPKH's length)".into(), [&[0x6a, 0x14][..], &[0x01; 20]].concat()),
+        ("OP_RETURN with 32 bytes (P2TR's length)".into(), [&[0x6a, 0x20][..], &[0x01; 32]].concat()),
+        ("P2PK (33-byte key, OP_CHECKSIG)".into(), [&[0x21][..], &[0x02; 33], &[0xac]].concat()),
+        ("witness v1 with a 20-byte program".into(), [&[0x51, 0x14][..], &[0x02; 20]].concat()),
+        ("witness v2 with a 32-byte program".into(), [&[0x52, 0x20][..], &[0x02; 32]].concat()),
+        ("witness v0 with a 32-byte push in a 22-byte script".into(), [&[0x00, 0x20][..], &[0x02; 20]].concat()),
+        ("10,000 bytes".into(), vec![0x6a; 10_000]),
+    ];
+    // Every template with each fixed byte (opcode or push length) changed, one byte
+    // shorter and one byte longer.
+    for (name, script, _) in standard_scripts() {
+        let b = script.to_bytes();
+        let fixed: Vec<usize> = match name {
+            "P2PKH" => vec![0, 1, 2, 23, 24],
+            "P2SH" => vec![0, 1, 22],
+            _ => vec![0, 1],
+        };
+        for i in fixed {
+            let mut m = b.clone();
+            m[i] ^= 0x01;
+            malformed.push((format!("{name} with byte {i} = {:#04x}", m[i]), m));
+        }
+        malformed.push((format!("{name} one byte short"), b[..b.len() - 1].to_vec()));
+        malformed.push((format!("{name} one byte long"), [&b[..], &[b[b.len() - 1]]].concat()));
+    }
+    for (what, script) in &malformed {
+        // The oracle agrees that none of these is a template the validators can pay.
+        assert!(!is_standard_template(ScriptBuf::from_bytes(script.clone()).as_script()), "{what}");
+        reverts(as_user.burnToBitcoin(amount, bytes(script)), invalid_script()).await;
+        assert_eq!(view(as_user.minBurnToBitcoin(bytes(script))).await, Err(invalid_script()), "{what}");
+    }
+
+    // Byte by byte, the contract classifies exactly as the `bitcoin` crate does: every
+    // single-byte change of every template (hash bytes included) and every length.
+    for (name, script, _) in standard_scripts() {
+        let b = script.to_bytes();
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        for i in 0..b.len() {
+            for x in [0x00, 0x14, 0x20, 0x51, 0x87, 0xac, b[i] ^ 0x80] {
+                let mut m = b.clone();
+                m[i] = x;
+                variants.push(m);
+            }
+        }
+        for len in 0..=40 {
+            variants.push((0..len).map(|i| b.get(i).copied().unwrap_or(0x00)).collect());
+        }
+        for m in variants {
+            let s = ScriptBuf::from_bytes(m.clone());
+            let expected = if is_standard_template(&s) {
+                Ok(PEG_OUT_FEE + s.minimal_non_dust().to_sat())
+            } else {
+                Err(invalid_script())
+            };
+            assert_eq!(view(as_user.minBurnToBitcoin(bytes(&m))).await, expected, "{name} variant {}", hex::encode(&m));
+        }
+    }
+
+    // Nothing burned.
+    assert_eq!(f.balance(user).await, U256::from(1_000_000u64));
+    assert_eq!(as_user.burnNonce().call().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn burn_to_chain_goes_only_to_chains_the_group_key_made_known() {
+    let mut f = Fixture::new(11).await;
+    let user = f.anvil.dev_address(USER);
+    f.mint(B256::repeat_byte(0xb1), user, 1_000_000).await;
+    let (as_user, relayer) = (f.bridge(USER), f.bridge(RELAYER));
+    let dest = f.anvil.dev_address(RELAYER);
+    const POLYGON: u64 = 137;
+
+    // The deployer's initial list.
+    assert!(as_user.knownChain(KNOWN_CHAIN).call().await.unwrap());
+    assert!(as_user.knownChain(31_337).call().await.unwrap());
+    assert!(!as_user.knownChain(POLYGON).call().await.unwrap());
+    assert!(!as_user.knownChain(CHAIN_ID).call().await.unwrap());
+    send(as_user.burnToChain(KNOWN_CHAIN, dest, 1_000)).await;
+    reverts(as_user.burnToChain(POLYGON, dest, 1_000), unknown_chain(POLYGON)).await;
+    reverts(as_user.burnToChain(31_338, dest, 1_000), unknown_chain(31_338)).await;
+
+    // Signatures that are not the current key's on exactly this update.
+    let message = known_chain_message(CHAIN_ID, f.deployed.bridge, 0, POLYGON, true);
+    assert_eq!(relayer.knownChainMessage(POLYGON, true).call().await.unwrap().0, message);
+    let other_key = DealerKey::generate(&mut f.rng, 4, 3);
+    let foreign = other_key.sign(&mut f.rng, message);
+    reverts(relayer.setKnownChain(POLYGON, true, foreign.rx, foreign.ry, foreign.z), invalid_signature()).await;
+    let good = f.sign(message);
+    reverts(relayer.setKnownChain(POLYGON, false, good.rx, good.ry, good.z), invalid_signature()).await;
+    reverts(relayer.setKnownChain(POLYGON + 1, true, good.rx, good.ry, good.z), invalid_signature()).await;
+    for wrong in [
+        known_chain_message(CHAIN_ID, f.deployed.bridge, 1, POLYGON, true),
+        known_chain_message(CHAIN_ID + 1, f.deployed.bridge, 0, POLYGON, true),
+        known_chain_message(CHAIN_ID, Address::repeat_byte(0x42), 0, POLYGON, true),
+        // The rotation message for the same nonce does not double as a chain update.
+        rotate_message(CHAIN_ID, f.deployed.bridge, 0, U256::from(POLYGON), U256::from(1u64)),
+    ] {
+        let sig = f.sign(wrong);
+        reverts(relayer.setKnownChain(POLYGON, true, sig.rx, sig.ry, sig.z), invalid_signature()).await;
+    }
+    // Neither Bitcoin (0) nor this chain can be made a destination.
+    let invalid_chain = || IBridgeErrors::InvalidChain(IBridge::InvalidChain {});
+    for id in [0, CHAIN_ID] {
+        let sig = f.sign(known_chain_message(CHAIN_ID, f.deployed.bridge, 0, id, true));
+        reverts(relayer.setKnownChain(id, true, sig.rx, sig.ry, sig.z), invalid_chain()).await;
+    }
+    assert_eq!(relayer.chainNonce().call().await.unwrap(), 0);
+
+    // The signed update, submitted by anyone.
+    let receipt = send(relayer.setKnownChain(POLYGON, true, good.rx, good.ry, good.z)).await;
+    println!("gas: setKnownChain (receipt gasUsed) = {}", receipt.gas_used);
+    assert_eq!(
+        events::<IBridge::KnownChainSet>(&receipt),
+        vec![IBridge::KnownChainSet { chainId: POLYGON, enabled: true, chainNonce: 0 }]
+    );
+    assert!(relayer.knownChain(POLYGON).call().await.unwrap());
+    assert_eq!(relayer.chainNonce().call().await.unwrap(), 1);
+    assert_eq!(relayer.rotationNonce().call().await.unwrap(), 0, "a separate nonce");
+    let receipt = send(as_user.burnToChain(POLYGON, dest, 2_000)).await;
+    assert_eq!(events::<IBridge::BurnToChain>(&receipt)[0].destChainId, POLYGON);
+
+    // A replay is refused (the nonce moved), even after the chain is disabled again.
+    reverts(relayer.setKnownChain(POLYGON, true, good.rx, good.ry, good.z), invalid_signature()).await;
+    let off = f.sign(known_chain_message(CHAIN_ID, f.deployed.bridge, 1, POLYGON, false));
+    send(relayer.setKnownChain(POLYGON, false, off.rx, off.ry, off.z)).await;
+    reverts(as_user.burnToChain(POLYGON, dest, 1_000), unknown_chain(POLYGON)).await;
+    reverts(relayer.setKnownChain(POLYGON, true, good.rx, good.ry, good.z), invalid_signature()).await;
+    reverts(relayer.setKnownChain(POLYGON, false, off.rx, off.ry, off.z), invalid_signature()).await;
+    assert!(!relayer.knownChain(POLYGON).call().await.unwrap());
+
+    // While paused the list can only shrink: enabling waits, disabling does not.
+    send(f.bridge(GUARDIAN).pause()).await;
+    let on = f.sign(known_chain_message(CHAIN_ID, f.deployed.bridge, 2, POLYGON, true));
+    reverts(
+        relayer.setKnownChain(POLYGON, true, on.rx, on.ry, on.z),
+        IBridgeErrors::BridgePaused(IBridge::BridgePaused {}),
+    )
+    .await;
+    let bsc_off = f.sign(known_chain_message(CHAIN_ID, f.deployed.bridge, 2, KNOWN_CHAIN, false));
+    send(relayer.setKnownChain(KNOWN_CHAIN, false, bsc_off.rx, bsc_off.ry, bsc_off.z)).await;
+    send(f.bridge(GUARDIAN).unpause()).await;
+    reverts(as_user.burnToChain(KNOWN_CHAIN, dest, 1_000), unknown_chain(KNOWN_CHAIN)).await;
+    let on = f.sign(known_chain_message(CHAIN_ID, f.deployed.bridge, 3, POLYGON, true));
+    send(relayer.setKnownChain(POLYGON, true, on.rx, on.ry, on.z)).await;
+    send(as_user.burnToChain(POLYGON, dest, 1_000)).await;
+
+    // After a rotation only the new key changes the list.
+    let new_key = DealerKey::generate(&mut f.rng, 4, 3);
+    let rot = f.sign(rotate_message(CHAIN_ID, f.deployed.bridge, 0, new_key.px, new_key.py));
+    send(relayer.rotateKey(new_key.px, new_key.py, rot.rx, rot.ry, rot.z)).await;
+    let message = known_chain_message(CHAIN_ID, f.deployed.bridge, 4, KNOWN_CHAIN, true);
+    let old = f.sign(message);
+    reverts(relayer.setKnownChain(KNOWN_CHAIN, true, old.rx, old.ry, old.z), invalid_signature()).await;
+    let new = new_key.sign(&mut f.rng, message);
+    send(relayer.setKnownChain(KNOWN_CHAIN, true, new.rx, new.ry, new.z)).await;
+    send(as_user.burnToChain(KNOWN_CHAIN, dest, 1_000)).await;
+    assert_eq!(f.balance(user).await, U256::from(1_000_000u64 - 5_000));
+}
+
+#[tokio::test]
+async fn the_deployer_sets_the_first_known_chains_and_no_invalid_one() {
+    let anvil = Anvil::start(CHAIN_ID).await.unwrap();
+    let deploy = |known_chains: Vec<u64>| {
+        let config = BridgeConfig { peg_out_fee: PEG_OUT_FEE, known_chains };
+        let (url, key, guardian) = (anvil.url(), anvil.dev_key(DEPLOYER), anvil.dev_address(GUARDIAN));
+        async move { deploy_bridge_with(&url, &key, guardian, &config).await }
+    };
+    let invalid_chain = hex::encode(IBridge::InvalidChain::SELECTOR);
+    for bad in [vec![0], vec![1, CHAIN_ID], vec![CHAIN_ID]] {
+        let e = deploy(bad.clone()).await.expect_err("an invalid initial chain must not deploy");
+        assert!(format!("{e:?}").contains(&invalid_chain), "{bad:?}: expected InvalidChain, got {e:?}");
+    }
+    let d = deploy(vec![1, 10, 1]).await.unwrap();
+    let bridge = IBridge::new(d.bridge, wallet(&anvil, USER));
+    for (id, known) in [(1, true), (10, true), (56, false), (CHAIN_ID, false), (0, false)] {
+        assert_eq!(bridge.knownChain(id).call().await.unwrap(), known, "{id}");
+    }
+    // The testkit default: every other devnet chain.
+    let on_devnet = Anvil::start(31_338).await.unwrap();
+    let d =
+        deploy_bridge(&on_devnet.url(), &on_devnet.dev_key(DEPLOYER), on_devnet.dev_address(GUARDIAN)).await.unwrap();
+    let bridge = IBridge::new(d.bridge, wallet(&on_devnet, USER));
+    for (id, known) in [(31_337, true), (31_338, false), (31_339, true), (31_340, true)] {
+        assert_eq!(bridge.knownChain(id).call().await.unwrap(), known, "{id}");
+    }
+    assert_eq!(bridge.pegOutFee().call().await.unwrap(), 2_000);
+}
+
+#[tokio::test]
+async fn rotation_while_paused_needs_the_guardians_approval_of_exactly_that_key() {
+    let mut f = Fixture::new(12).await;
+    let relayer = f.bridge(RELAYER);
+    let guardian = f.bridge(GUARDIAN);
+    let new_key = DealerKey::generate(&mut f.rng, 4, 3);
+    let other_key = DealerKey::generate(&mut f.rng, 4, 3);
+    let not_approved = || IBridgeErrors::RotationNotApproved(IBridge::RotationNotApproved {});
+    send(guardian.pause()).await;
+
+    // A valid rotation signature (say, by a stolen group key) is not enough while paused.
+    let good = f.sign(rotate_message(CHAIN_ID, f.deployed.bridge, 0, new_key.px, new_key.py));
+    reverts(relayer.rotateKey(new_key.px, new_key.py, good.rx, good.ry, good.z), not_approved()).await;
+
+    // Only the guardian approves, only a usable key, and only that key passes.
+    let not_guardian = || IBridgeErrors::NotGuardian(IBridge::NotGuardian {});
+    reverts(relayer.approveRotation(new_key.px, new_key.py), not_guardian()).await;
+    reverts(f.bridge(DEPLOYER).approveRotation(new_key.px, new_key.py), not_guardian()).await;
+    reverts(
+        guardian.approveRotation(new_key.px, new_key.py ^ U256::from(1u64)),
+        IBridgeErrors::InvalidKey(IBridge::InvalidKey {}),
+    )
+    .await;
+    send(guardian.approveRotation(other_key.px, other_key.py)).await;
+    reverts(relayer.rotateKey(new_key.px, new_key.py, good.rx, good.ry, good.z), not_approved()).await;
+    assert!(!relayer.rotationApproved(new_key.px, new_key.py).call().await.unwrap());
+
+    let receipt = send(guardian.approveRotation(new_key.px, new_key.py)).await;
+    assert_eq!(
+        events::<IBridge::RotationApproved>(&receipt),
+        vec![IBridge::RotationApproved { px: new_key.px, py: new_key.py, rotationNonce: 0 }]
+    );
+    assert!(relayer.rotationApproved(new_key.px, new_key.py).call().await.unwrap());
+    assert!(!relayer.rotationApproved(other_key.px, other_key.py).call().await.unwrap(), "replaced");
+    // The approval does not stand in for the group key's signature.
+    let by_new = new_key.sign(&mut f.rng, rotate_message(CHAIN_ID, f.deployed.bridge, 0, new_key.px, new_key.py));
+    reverts(relayer.rotateKey(new_key.px, new_key.py, by_new.rx, by_new.ry, by_new.z), invalid_signature()).await;
+
+    let receipt = send(relayer.rotateKey(new_key.px, new_key.py, good.rx, good.ry, good.z)).await;
+    println!("gas: rotateKey while paused, approved (receipt gasUsed) = {}", receipt.gas_used);
+    assert_eq!(
+        events::<IBridge::KeyRotated>(&receipt),
+        vec![IBridge::KeyRotated { px: new_key.px, py: new_key.py, rotationNonce: 0 }]
+    );
+    let key = relayer.groupKey().call().await.unwrap();
+    assert_eq!((key.px, key.py), (new_key.px, new_key.py));
+    assert!(relayer.paused().call().await.unwrap(), "rotation does not unpause");
+
+    // One approval, one rotation: going on (even back to the old key) needs another.
+    assert!(!relayer.rotationApproved(new_key.px, new_key.py).call().await.unwrap());
+    let back = new_key.sign(&mut f.rng, rotate_message(CHAIN_ID, f.deployed.bridge, 1, f.key.px, f.key.py));
+    reverts(relayer.rotateKey(f.key.px, f.key.py, back.rx, back.ry, back.z), not_approved()).await;
+
+    // An approval is for the rotation nonce it was given at: approve K at nonce 1, let
+    // an unpaused rotation use nonce 1 for another key, pause again: K is not approved.
+    send(guardian.approveRotation(other_key.px, other_key.py)).await;
+    send(guardian.unpause()).await;
+    // Unpaused, a rotation needs no approval.
+    send(relayer.rotateKey(f.key.px, f.key.py, back.rx, back.ry, back.z)).await;
+    send(guardian.pause()).await;
+    assert!(!relayer.rotationApproved(other_key.px, other_key.py).call().await.unwrap());
+    let to_other = f.sign(rotate_message(CHAIN_ID, f.deployed.bridge, 2, other_key.px, other_key.py));
+    reverts(relayer.rotateKey(other_key.px, other_key.py, to_other.rx, to_other.ry, to_other.z), not_approved()).await;
+    send(guardian.approveRotation(other_key.px, other_key.py)).await;
+    send(relayer.rotateKey(other_key.px, other_key.py, to_other.rx, to_other.ry, to_other.z)).await;
+    assert_eq!(relayer.rotationNonce().call().await.unwrap(), 3);
 }

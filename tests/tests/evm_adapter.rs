@@ -65,6 +65,13 @@ const DEADLINE: Duration = Duration::from_secs(60);
 // ------------------------------------------------------------------ one chain
 
 /// A real anvil with the bridge deployed and its group key installed.
+/// A standard P2WPKH script: the bridge takes burns only to standard templates.
+fn p2wpkh() -> Vec<u8> {
+    let mut s = vec![0x00, 0x14];
+    s.extend([0xab; 20]);
+    s
+}
+
 struct Chain {
     anvil: Anvil,
     bridge: Address,
@@ -151,7 +158,7 @@ impl Chain {
 
     /// `burnToBitcoin` from `user`; returns (nonce, block).
     async fn burn_to_btc(&self, user: usize, amount: u64) -> (u64, u64) {
-        let script = Bytes::from(vec![0x00, 0x14, 0xab, 0xcd]);
+        let script = Bytes::from(p2wpkh());
         let pending = self.bridge_as(user).burnToBitcoin(amount, script).send().await.unwrap();
         let receipt = self.receipt(*pending.tx_hash()).await;
         burn_nonce::<IBridge::BurnToBitcoin>(&receipt, |e| e.nonce)
@@ -259,7 +266,7 @@ async fn a_burn_on_each_of_four_chains_is_reported_once_at_finality() {
             let ChainEvent::Observed(first) = &seen[0] else { unreachable!() };
             assert_eq!(
                 first.attestation.kind,
-                AttestationKind::PegOut { nonce: 0, amount: Sats(40_000), script_pubkey: vec![0x00, 0x14, 0xab, 0xcd] }
+                AttestationKind::PegOut { nonce: 0, amount: Sats(40_000), script_pubkey: p2wpkh() }
             );
             let ChainEvent::Observed(second) = &seen[1] else { unreachable!() };
             assert_eq!(
@@ -294,9 +301,9 @@ async fn restarts_neither_repeat_nor_skip_across_ten_thousand_blocks() {
     let setup = Instant::now();
     for i in 0..BURNS {
         if i % 2 == 0 {
-            chain.burn_to_btc(USER, 1_000 + i).await;
+            chain.burn_to_btc(USER, 3_000 + i).await;
         } else {
-            chain.burn_to_chain(USER, 31337, 1_000 + i).await;
+            chain.burn_to_chain(USER, 31337, 3_000 + i).await;
         }
         chain.anvil.mine(200 + (i * 37) % 100).await.unwrap();
     }
@@ -436,7 +443,7 @@ async fn the_log_range_shrinks_below_what_the_provider_accepts() {
     chain.fund(USER, 1_000_000).await;
     let start_block = chain.head().await;
     for i in 0..BURNS {
-        chain.burn_to_btc(USER, 100 + i).await;
+        chain.burn_to_btc(USER, 3_000 + i).await;
         chain.anvil.mine(250).await.unwrap();
     }
     let refused = Arc::new(AtomicU64::new(0));

@@ -110,16 +110,60 @@ pub fn abi_json(contract: &str) -> eyre::Result<serde_json::Value> {
     serde_json::from_slice(&text).wrap_err_with(|| format!("{} is not JSON", path.display()))
 }
 
-/// Deploys `Bridge(guardian)` from `deployer_private_key_hex` (0x-hex) through
-/// `rpc_url`; the deployer is the only account that may call `setInitialKey`.
+/// The devnet's EVM chain ids (`scripts/devnet/up.sh`): the destination chains a test
+/// bridge knows by default.
+pub const DEVNET_CHAIN_IDS: [u64; 4] = [31_337, 31_338, 31_339, 31_340];
+
+/// The validators' default `bitcoin.peg_out_fee` in satoshis (the devnet's too).
+pub const DEFAULT_PEG_OUT_FEE: u64 = 2_000;
+
+/// Deployment-time configuration of a bridge: its constructor arguments after the
+/// guardian.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// `pegOutFee`: the flat fee the validators keep from each peg-out. `burnToBitcoin`
+    /// refuses amounts below it plus the dust limit of the script's output type.
+    pub peg_out_fee: u64,
+    /// The destination chains `burnToChain` accepts from the start. Neither 0 nor the
+    /// deployment's own chain id (the constructor reverts `InvalidChain` on those).
+    pub known_chains: Vec<u64>,
+}
+
+impl BridgeConfig {
+    /// The devnet's configuration for a bridge on chain `own_chain_id`: the default
+    /// peg-out fee, and every devnet chain except `own_chain_id` known.
+    pub fn devnet(own_chain_id: u64) -> Self {
+        Self {
+            peg_out_fee: DEFAULT_PEG_OUT_FEE,
+            known_chains: DEVNET_CHAIN_IDS.into_iter().filter(|id| *id != own_chain_id).collect(),
+        }
+    }
+}
+
+/// Deploys `Bridge(guardian, pegOutFee, knownChains)` from `deployer_private_key_hex`
+/// (0x-hex) through `rpc_url` with [`BridgeConfig::devnet`] for the node's chain id
+/// (peg-out fee 2,000 sat, the other devnet chains 31337..=31340 known); the deployer
+/// is the only account that may call `setInitialKey`.
 pub async fn deploy_bridge(rpc_url: &str, deployer_private_key_hex: &str, guardian: Address) -> eyre::Result<Deployed> {
+    let url = rpc_url.parse().wrap_err("rpc url")?;
+    let chain_id = ProviderBuilder::new().connect_http(url).get_chain_id().await.wrap_err("reading the chain id")?;
+    deploy_bridge_with(rpc_url, deployer_private_key_hex, guardian, &BridgeConfig::devnet(chain_id)).await
+}
+
+/// [`deploy_bridge`] with an explicit [`BridgeConfig`].
+pub async fn deploy_bridge_with(
+    rpc_url: &str,
+    deployer_private_key_hex: &str,
+    guardian: Address,
+    config: &BridgeConfig,
+) -> eyre::Result<Deployed> {
     let signer: PrivateKeySigner = deployer_private_key_hex
         .parse()
         .map_err(|e| eyre!("deployer private key is not a 0x-hex secp256k1 key: {e}"))?;
     let provider = ProviderBuilder::new().wallet(signer).connect_http(rpc_url.parse().wrap_err("rpc url")?);
 
     let mut code = tokio::task::spawn_blocking(|| bytecode("Bridge")).await??;
-    code.extend_from_slice(&guardian.abi_encode());
+    code.extend_from_slice(&(guardian, config.peg_out_fee, config.known_chains.clone()).abi_encode_params());
     let tx = TransactionRequest::default().with_deploy_code(code);
     let receipt = provider
         .send_transaction(tx)
@@ -137,7 +181,8 @@ pub async fn deploy_bridge(rpc_url: &str, deployer_private_key_hex: &str, guardi
 }
 
 /// A real anvil with the bridge deployed (dev account 0 deploys, dev account 1 is the
-/// guardian) and a trusted-dealer group key installed with `setInitialKey`.
+/// guardian; [`BridgeConfig::devnet`] unless [`KeyedBridge::start_with`] says otherwise)
+/// and a trusted-dealer group key installed with `setInitialKey`.
 #[derive(Debug)]
 pub struct KeyedBridge {
     pub anvil: crate::Anvil,
@@ -149,10 +194,21 @@ pub struct KeyedBridge {
 impl KeyedBridge {
     /// `max_signers`/`min_signers` shape the dealer key; `seed` makes it replayable.
     pub async fn start(chain_id: u64, seed: u64, max_signers: u16, min_signers: u16) -> eyre::Result<Self> {
+        Self::start_with(chain_id, seed, max_signers, min_signers, &BridgeConfig::devnet(chain_id)).await
+    }
+
+    /// [`KeyedBridge::start`] with the bridge deployed with `config`.
+    pub async fn start_with(
+        chain_id: u64,
+        seed: u64,
+        max_signers: u16,
+        min_signers: u16,
+        config: &BridgeConfig,
+    ) -> eyre::Result<Self> {
         let mut rng = crate::frost::TestRng::new(seed);
         let key = crate::frost::DealerKey::generate(&mut rng, max_signers, min_signers);
         let anvil = crate::Anvil::start(chain_id).await?;
-        let deployed = deploy_bridge(&anvil.url(), &anvil.dev_key(0), anvil.dev_address(1)).await?;
+        let deployed = deploy_bridge_with(&anvil.url(), &anvil.dev_key(0), anvil.dev_address(1), config).await?;
         let bridge = IBridge::new(deployed.bridge, anvil.wallet_provider(0));
         let receipt = bridge.setInitialKey(key.px, key.py).send().await?.get_receipt().await?;
         if !receipt.status() {

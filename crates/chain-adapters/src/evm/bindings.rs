@@ -33,6 +33,8 @@ alloy::sol! {
         event KeyRotated(uint256 px, uint256 py, uint64 rotationNonce);
         event Paused(address guardian);
         event Unpaused(address guardian);
+        event RotationApproved(uint256 px, uint256 py, uint64 rotationNonce);
+        event KnownChainSet(uint64 indexed chainId, bool enabled, uint64 chainNonce);
 
         error NotGuardian();
         error NotDeployer();
@@ -46,6 +48,9 @@ alloy::sol! {
         error InvalidScript();
         error InvalidRecipient();
         error InvalidChain();
+        error AmountBelowMinimum(uint64 minimum);
+        error UnknownChain(uint64 chainId);
+        error RotationNotApproved();
 
         function token() external view returns (address);
         function guardian() external view returns (address);
@@ -54,10 +59,20 @@ alloy::sol! {
         function burnNonce() external view returns (uint64);
         function rotationNonce() external view returns (uint64);
         function consumed(bytes32 eventId) external view returns (bool);
+        /// The validators' flat peg-out fee in satoshis, fixed at deployment.
+        function pegOutFee() external view returns (uint64);
+        /// The smallest `burnToBitcoin` amount towards a script: peg-out fee plus the dust
+        /// limit of its output type (reverts `InvalidScript` on a non-standard script).
+        function minBurnToBitcoin(bytes calldata btcScriptPubKey) external view returns (uint64);
+        function knownChain(uint64 chainId) external view returns (bool);
+        function chainNonce() external view returns (uint64);
+        function rotationApproved(uint256 px, uint256 py) external view returns (bool);
 
         function setInitialKey(uint256 px, uint256 py) external;
         function mint(bytes32 eventId, address recipient, uint64 amountSats, uint256 rx, uint256 ry, uint256 z) external;
         function rotateKey(uint256 newPx, uint256 newPy, uint256 rx, uint256 ry, uint256 z) external;
+        function approveRotation(uint256 px, uint256 py) external;
+        function setKnownChain(uint64 chainId, bool enabled, uint256 rx, uint256 ry, uint256 z) external;
         function burnToBitcoin(uint64 amountSats, bytes calldata btcScriptPubKey) external returns (uint64 nonce);
         function burnToChain(uint64 destChainId, address recipient, uint64 amountSats) external returns (uint64 nonce);
         function pause() external;
@@ -66,6 +81,7 @@ alloy::sol! {
         /// View helpers: the exact 32-byte messages the group key signs.
         function mintMessage(bytes32 eventId, address recipient, uint64 amountSats) external view returns (bytes32);
         function rotateMessage(uint256 newPx, uint256 newPy) external view returns (bytes32);
+        function knownChainMessage(uint64 chainId, bool enabled) external view returns (bytes32);
         /// Pure verification, for gas measurement and off-chain checks.
         function verify(bytes32 message, uint256 px, uint256 py, uint256 rx, uint256 ry, uint256 z) external view returns (bool);
     }
