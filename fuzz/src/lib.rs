@@ -216,7 +216,7 @@ fn release_seeds() -> Vec<Vec<u8>> {
         bitcoin::ScriptBuf::from(s)
     };
     let policy =
-        Policy { vault_script: script(7, 32), peg_out_fee: Sats(2_000), floor_sat_per_vb: 1, ceiling_sat_per_vb: 100 };
+        Policy::new(script(7, 32), Sats(2_000), 1, 100);
     let outpoint = |i: u8| bitcoin::OutPoint {
         txid: bitcoin::Txid::from_str(&format!("{i:02x}").repeat(32)).expect("txid"),
         vout: u32::from(i),

@@ -95,6 +95,7 @@ async fn cluster(keys: &Keys, n: usize) -> Cluster {
             key_package: keys.0[&ids[i]].clone(),
             public_key_package: keys.1.clone(),
             timeout_ms: 10_000,
+            max_attempts: btcfi_signer::session::MAX_ATTEMPTS,
         };
         tokio::spawn(node(i, service, config, ids.clone(), peers.clone(), start_rx, done_tx.clone()));
     }
@@ -149,7 +150,7 @@ async fn node(
             Some(message) = starts.recv() => {
                 let sid = SessionId::derive::<frost::Secp256K1Sha256>(&message, 1, &signers);
                 let mut s = Session::new(config.clone(), Box::new(rand::rngs::OsRng), []);
-                route(s.handle(Input::Start { message, epoch: 1, signers: signers.clone() }, now()));
+                route(s.handle(Input::Start { message, epoch: 1, signers: signers.clone(), round: 0 }, now()));
                 for (from, m) in std::mem::take(&mut early) {
                     route(s.handle(Input::Message { from, message: m }, now()));
                 }

@@ -130,6 +130,13 @@ pub struct SigningSection {
     /// release for the same peg-outs, is merged with it (by turns, `takeover_ms` apart).
     #[serde(default = "default_merge_after")]
     pub merge_after_ms: u64,
+    /// Attempts a signing session makes (each excluding silent or cheating signers)
+    /// before it fails; a failed session is retried as a new round (1..=64).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Every bridge's `groupKey()` is checked against the epoch's evm key this often.
+    #[serde(default = "default_bridge_key_check")]
+    pub bridge_key_check_secs: u64,
 }
 
 impl Default for SigningSection {
@@ -138,8 +145,18 @@ impl Default for SigningSection {
             timeout_ms: default_sign_timeout(),
             takeover_ms: default_takeover(),
             merge_after_ms: default_merge_after(),
+            bridge_key_check_secs: default_bridge_key_check(),
+            max_attempts: default_max_attempts(),
         }
     }
+}
+
+fn default_max_attempts() -> u32 {
+    btcfi_signer::session::MAX_ATTEMPTS
+}
+
+fn default_bridge_key_check() -> u64 {
+    60
 }
 
 fn default_merge_after() -> u64 {
@@ -153,21 +170,82 @@ fn default_takeover() -> u64 {
     30_000
 }
 
+/// What a release proposal may spend, beyond the fee bounds of `[bitcoin.fees]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    /// A proposal's fee rate may be at most this multiple of this signer's own
+    /// `estimatesmartfee` (never above `bitcoin.fees.ceiling_sat_per_vb`).
+    #[serde(default = "default_max_fee_multiple")]
+    pub max_fee_multiple: u64,
+    /// Inputs a proposal may spend beyond those its payouts and fee need.
+    #[serde(default = "default_consolidation_inputs")]
+    pub consolidation_inputs: usize,
+    /// The dust relay fee (sat per 1,000 vB) that sets each output type's dust limit:
+    /// Bitcoin Core's `-dustrelayfee` (default 3,000).
+    #[serde(default = "default_dust_relay")]
+    pub dust_relay_sat_per_kvb: u64,
+    /// Vault fees paid per day above which the `BtcfiVaultFeesHigh` alert fires
+    /// (exported as `btcfi_vault_fee_alert_sats`).
+    #[serde(default = "default_daily_fee_alert")]
+    pub daily_fee_alert_sats: u64,
+}
+
+impl Default for ReleaseSection {
+    fn default() -> Self {
+        Self {
+            max_fee_multiple: default_max_fee_multiple(),
+            consolidation_inputs: default_consolidation_inputs(),
+            dust_relay_sat_per_kvb: default_dust_relay(),
+            daily_fee_alert_sats: default_daily_fee_alert(),
+        }
+    }
+}
+
+fn default_max_fee_multiple() -> u64 {
+    crate::release::DEFAULT_MAX_FEE_MULTIPLE
+}
+fn default_consolidation_inputs() -> usize {
+    crate::release::DEFAULT_CONSOLIDATION_INPUTS
+}
+fn default_dust_relay() -> u64 {
+    crate::release::DEFAULT_DUST_RELAY_SAT_PER_KVB
+}
+fn default_daily_fee_alert() -> u64 {
+    1_000_000
+}
+
 /// The account this validator submits `mint` transactions with (it pays their gas on
 /// every EVM chain). Without it the node signs but leaves relaying to others.
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayerSection {
-    /// Hex secp256k1 private key (`0x…`). Prefer the environment:
-    /// `BTCFI_RELAYER__PRIVATE_KEY`.
+    /// Hex secp256k1 private key (`0x…`), for a devnet. On a real network use
+    /// `private_key_file` (or the environment, `BTCFI_RELAYER__PRIVATE_KEY`).
     #[serde(default)]
     pub private_key: Option<String>,
+    /// A file holding the hex private key (mode 600: readable by the node's user only).
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RelayerSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayerSection").field("private_key", &self.private_key.as_ref().map(|_| "***")).finish()
+        f.debug_struct("RelayerSection")
+            .field("private_key", &self.private_key.as_ref().map(|_| "***"))
+            .field("private_key_file", &self.private_key_file)
+            .finish()
     }
+}
+
+/// Where the key shares' passphrase comes from, besides `BTCFI_KEY_PASSPHRASE` and
+/// `BTCFI_KEY_PASSPHRASE_FILE` (which win when set).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// A file holding the passphrase on its first line (mode 600).
+    #[serde(default)]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 /// Everything the node reads at start.
@@ -188,7 +266,11 @@ pub struct NodeConfig {
     #[serde(default)]
     pub signing: SigningSection,
     #[serde(default)]
+    pub release: ReleaseSection,
+    #[serde(default)]
     pub relayer: RelayerSection,
+    #[serde(default)]
+    pub keys: KeysSection,
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -291,17 +373,55 @@ impl NodeConfig {
                 "signing.merge_after_ms: at least twice signing.timeout_ms (a release needs time to be signed)".into(),
             );
         }
-        if let Some(k) = &self.relayer.private_key
-            && k.parse::<alloy::signers::local::PrivateKeySigner>().is_err()
+        if !(1..=btcfi_signer::session::MAX_ATTEMPTS).contains(&self.signing.max_attempts) {
+            errs.push(format!("signing.max_attempts: between 1 and {}", btcfi_signer::session::MAX_ATTEMPTS));
+        }
+        if self.signing.bridge_key_check_secs == 0 {
+            errs.push("signing.bridge_key_check_secs: must be positive".into());
+        }
+        if !(1..=10).contains(&self.release.max_fee_multiple) {
+            errs.push("release.max_fee_multiple: between 1 and 10".into());
+        }
+        if self.release.consolidation_inputs > 50 {
+            errs.push("release.consolidation_inputs: at most 50".into());
+        }
+        if !(1..=100_000).contains(&self.release.dust_relay_sat_per_kvb) {
+            errs.push("release.dust_relay_sat_per_kvb: between 1 and 100000".into());
+        }
+        match (&self.relayer.private_key, &self.relayer.private_key_file) {
+            (Some(_), Some(_)) => {
+                errs.push("relayer.private_key_file: set either it or relayer.private_key, not both".into())
+            }
+            (Some(k), None) if k.parse::<alloy::signers::local::PrivateKeySigner>().is_err() => {
+                errs.push("relayer.private_key: not a hex secp256k1 private key".into());
+            }
+            (None, Some(path)) => match crate::keys::read_secret_file(path) {
+                Ok(k) if k.parse::<alloy::signers::local::PrivateKeySigner>().is_err() => {
+                    errs.push(format!(
+                        "relayer.private_key_file: {} holds no hex secp256k1 private key",
+                        path.display()
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => errs.push(format!("relayer.private_key_file: {e}")),
+            },
+            _ => {}
+        }
+        if let Some(path) = &self.keys.passphrase_file
+            && let Err(e) = crate::keys::read_secret_file(path)
         {
-            errs.push("relayer.private_key: not a hex secp256k1 private key".into());
+            errs.push(format!("keys.passphrase_file: {e}"));
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
     /// The relayer's signer, if configured (validated at load).
     pub fn relayer_signer(&self) -> Option<alloy::signers::local::PrivateKeySigner> {
-        self.relayer.private_key.as_ref().and_then(|k| k.parse().ok())
+        match (&self.relayer.private_key, &self.relayer.private_key_file) {
+            (Some(k), _) => k.parse().ok(),
+            (None, Some(path)) => crate::keys::read_secret_file(path).ok().and_then(|k| k.parse().ok()),
+            (None, None) => None,
+        }
     }
 
     /// The configuration as TOML with secrets masked (`config check`).
@@ -398,7 +518,21 @@ min_deposit = 10000
             ("testnet.toml", testnet_vault.as_str()),
             ("devnet.toml", "bcrt1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqc8gma6"),
         ] {
-            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            // Secret files as an operator would leave them: private to the node's user.
+            let secrets = tempfile::tempdir().unwrap();
+            let private = |name: &str, text: &str| {
+                use std::os::unix::fs::PermissionsExt;
+                let p = secrets.path().join(name);
+                std::fs::write(&p, text).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                p.display().to_string()
+            };
+            let passphrase = private("key-passphrase", "a long enough passphrase\n");
+            let relayer = private("relayer-key", &format!("0x{}\n", "11".repeat(32)));
+            let text = std::fs::read_to_string(dir.join(file))
+                .unwrap()
+                .replace("/etc/btcfi/key-passphrase", &passphrase)
+                .replace("/etc/btcfi/relayer-key", &relayer);
             let shipped = home_with(&text);
             assert!(NodeConfig::load(shipped.path(), env(&[])).is_err(), "{file}: placeholders must not validate");
             let filled = text
@@ -413,6 +547,43 @@ min_deposit = 10000
             assert_eq!(cfg.evm.len(), 4, "{file}");
             assert!(cfg.bitcoin.confirmations >= 2, "{file}");
         }
+    }
+
+    /// Secrets by file: read from a file private to the node's user; a file others may
+    /// read is refused, naming the key and the fix.
+    #[test]
+    fn secret_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("relayer-key");
+        std::fs::write(&key, format!("0x{}\n", "22".repeat(32))).unwrap();
+        let pass = dir.path().join("passphrase");
+        std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+        let with_files = format!(
+            "{}\n[relayer]\nprivate_key_file = {:?}\n\n[keys]\npassphrase_file = {:?}\n",
+            good(),
+            key.display().to_string(),
+            pass.display().to_string()
+        );
+        for p in [&key, &pass] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let err = NodeConfig::load(home_with(&with_files).path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("relayer.private_key_file") && err.contains("chmod 600"), "{err}");
+        assert!(err.contains("keys.passphrase_file"), "{err}");
+        for p in [&key, &pass] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let cfg = NodeConfig::load(home_with(&with_files).path(), env(&[])).unwrap();
+        let signer = cfg.relayer_signer().expect("the relayer key from its file");
+        assert_eq!(signer.to_bytes().0, [0x22; 32]);
+        let file = cfg.keys.passphrase_file.as_deref().expect("configured");
+        assert_eq!(crate::keys::read_secret_file(file).unwrap(), "correct horse battery staple");
+        assert!(!cfg.redacted_toml().contains("2222"), "the key itself is never printed");
+        // Both a key and a key file: ambiguous, refused.
+        let both = with_files.replace("[relayer]\n", &format!("[relayer]\nprivate_key = \"0x{}\"\n", "33".repeat(32)));
+        let err = NodeConfig::load(home_with(&both).path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]

@@ -73,13 +73,15 @@ impl fmt::Display for KeyKind {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "no passphrase: set {PASSPHRASE_ENV}, or {PASSPHRASE_FILE_ENV} to a file holding it (the one used at `btcfi-node dkg`)"
+        "no passphrase: set keys.passphrase_file (or {PASSPHRASE_FILE_ENV}) to a file holding it, or {PASSPHRASE_ENV} (the one used at `btcfi-node dkg`)"
     )]
     NoPassphrase,
     #[error("the passphrase is shorter than {MIN_PASSPHRASE_LEN} characters")]
     WeakPassphrase,
-    #[error("reading {PASSPHRASE_FILE_ENV} {path}: {source}")]
+    #[error("reading the passphrase file {path}: {source}")]
     PassphraseFile { path: String, source: std::io::Error },
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
     #[error("wrong passphrase for the {kind} key of epoch {epoch} (or its record was altered): the key stays sealed")]
     WrongPassphrase { kind: KeyKind, epoch: u64 },
     #[error("no {kind} key for epoch {epoch}: run `btcfi-node dkg --home HOME` with the other validators first")]
@@ -92,14 +94,52 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
-/// The passphrase from the environment.
-pub fn passphrase_from_env() -> Result<String, KeyError> {
+/// Why a secret file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretFileError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is readable by other users (mode {mode:o}): `chmod 600 {path}`, owned by the node's user")]
+    Exposed { path: String, mode: u32 },
+    #[error("{path} is empty")]
+    Empty { path: String },
+}
+
+/// The secret held in `path` (its first line, without surrounding whitespace). The file
+/// must not be readable or writable by group or others.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, SecretFileError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|source| SecretFileError::Read { path: shown.clone(), source })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SecretFileError::Exposed { path: shown, mode });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let text = std::fs::read_to_string(path).map_err(|source| SecretFileError::Read { path: shown.clone(), source })?;
+    let secret = text.lines().next().unwrap_or_default().trim().to_owned();
+    if secret.is_empty() {
+        return Err(SecretFileError::Empty { path: shown });
+    }
+    Ok(secret)
+}
+
+/// The passphrase: [`PASSPHRASE_ENV`], else the file named by [`PASSPHRASE_FILE_ENV`],
+/// else the config's `keys.passphrase_file` (files must be private to the node's user).
+pub fn passphrase(configured_file: Option<&std::path::Path>) -> Result<String, KeyError> {
     if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
         return Ok(p);
     }
     if let Ok(path) = std::env::var(PASSPHRASE_FILE_ENV) {
-        let text = std::fs::read_to_string(&path).map_err(|source| KeyError::PassphraseFile { path, source })?;
-        return Ok(text.lines().next().unwrap_or_default().to_owned());
+        return Ok(read_secret_file(std::path::Path::new(&path))?);
+    }
+    if let Some(path) = configured_file {
+        return Ok(read_secret_file(path)?);
     }
     Err(KeyError::NoPassphrase)
 }

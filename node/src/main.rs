@@ -51,7 +51,8 @@ enum Command {
         #[command(flatten)]
         home: HomeArg,
         /// Testing only: misbehave on purpose (invalid-signature-shares,
-        /// withhold-signature-shares, split-release-proposals).
+        /// withhold-signature-shares, silent-on-mints, split-release-proposals,
+        /// greedy-fee-proposals, out-of-turn-proposals).
         #[arg(long, hide = true)]
         test_fault: Option<String>,
     },
@@ -214,7 +215,10 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
                 None => (None, None),
                 Some("invalid-signature-shares") => (Some(SigningFault::InvalidShares), None),
                 Some("withhold-signature-shares") => (Some(SigningFault::WithholdShares), None),
+                Some("silent-on-mints") => (Some(SigningFault::SilentOnMints), None),
                 Some("split-release-proposals") => (None, Some(ReleaseFault::SplitProposals)),
+                Some("greedy-fee-proposals") => (None, Some(ReleaseFault::GreedyFee)),
+                Some("out-of-turn-proposals") => (None, Some(ReleaseFault::OutOfTurn)),
                 Some(other) => bail!("--test-fault {other}: unknown fault"),
             };
             let faults = btcfi_node::threshold::Faults { signing, release };
@@ -302,7 +306,7 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
                 Some("swap-round2-shares") => Some(btcfi_node::dkg::DkgFault::SwapRound2Shares),
                 Some(other) => bail!("--test-fault {other}: unknown fault"),
             };
-            let passphrase = btcfi_node::keys::passphrase_from_env()?;
+            let passphrase = btcfi_node::keys::passphrase(cfg.keys.passphrase_file.as_deref())?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let records = rt.block_on(btcfi_node::dkg::run(
                 &cfg,

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub relay_submissions: IntCounterVec,
     pub releases_pending: IntGauge,
     pub releases: IntCounterVec,
+    pub release_refusals: IntCounterVec,
+    pub vault_fees_paid: IntCounter,
+    pub vault_fee_alert: IntGauge,
     pub key_usable: IntGaugeVec,
 }
 
@@ -193,6 +196,22 @@ impl Metrics {
                 "Bitcoin releases, by outcome (broadcast, confirmed, replaced, refused).",
                 &["outcome"],
             )?,
+            release_refusals: counter_vec(
+                &r,
+                "btcfi_release_refusals_total",
+                "Release proposals this signer refused, by reason (fee_out_of_band, not_in_turn, too_many_inputs, non_standard, other).",
+                &["reason"],
+            )?,
+            vault_fees_paid: counter(
+                &r,
+                "btcfi_vault_fees_paid_sats_total",
+                "Mining fees paid by the vault in releases final on chain (sat).",
+            )?,
+            vault_fee_alert: gauge(
+                &r,
+                "btcfi_vault_fee_alert_sats",
+                "Vault fees per day above which BtcfiVaultFeesHigh fires (release.daily_fee_alert_sats).",
+            )?,
             key_usable: gauge_vec(
                 &r,
                 "btcfi_key_usable",
@@ -260,6 +279,7 @@ mod tests {
         m.signing_latency.with_label_values(&["k"]);
         m.key_usable.with_label_values(&["k"]);
         m.releases.with_label_values(&["o"]);
+        m.release_refusals.with_label_values(&["r"]);
         m.relay_submissions.with_label_values(&["c", "o"]);
         // Reading a labelled p2p counter creates its child.
         p2p.received(MessageKind::Observation);

@@ -424,7 +424,12 @@ pub async fn run_with(
         }
     });
 
-    let passphrase = keys::passphrase_from_env().ok();
+    let passphrase = match keys::passphrase(cfg.keys.passphrase_file.as_deref()) {
+        Ok(p) => Some(p),
+        Err(keys::KeyError::NoPassphrase) => None,
+        // A passphrase file that is exposed or unreadable: refuse to start, loudly.
+        Err(e) => return Err(e.into()),
+    };
     let threshold = Threshold::new(
         &cfg,
         store.clone(),

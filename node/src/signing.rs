@@ -9,9 +9,16 @@
 //! back, so no attempt from before a restart is ever answered. A finished session
 //! answers late peers with its signature so they finish too.
 //!
+//! A session that fails (its attempts ran out while signers were away) is retried by
+//! itself, as the next *round*: a new session id (`SessionId::derive_round`), stored
+//! before it starts, with fresh attempts, after a backoff (twice the timeout, doubling,
+//! at most a minute). A peer still in an earlier round gets a round hint; a node joins a
+//! later round once `n − t + 1` peers (so one honest at least) say they reached it, and
+//! a failed round is retried at once when a signer comes back.
+//!
 //! Wire: a `MessageKind::Signing` request whose payload is `tag u8 | body`: tag
-//! [`TAG_EVM`] or [`TAG_BTC`] with a session [`Message`]'s encoding; tag
-//! [`crate::release::TAG_RELEASE`] carries a release proposal.
+//! [`TAG_EVM`] or [`TAG_BTC`] with a session [`Message`]'s encoding; tag [`TAG_ROUND`]
+//! a round hint; tag [`crate::release::TAG_RELEASE`] carries a release proposal.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
@@ -31,6 +38,9 @@ use tracing::{debug, info, warn};
 pub const TAG_EVM: u8 = 1;
 /// Payload tag of `btc` session messages.
 pub const TAG_BTC: u8 = 2;
+/// Payload tag of a round hint: `TAG_ROUND | suite tag | session id (32) | round (u32 BE)`,
+/// sent to a peer still in an earlier round of a message this node signs.
+pub const TAG_ROUND: u8 = 4;
 /// Parked messages of a session not started here are dropped after this long.
 const PARK_FOR: Duration = Duration::from_secs(120);
 /// At most this many sessions parked, and messages per parked session.
@@ -39,6 +49,13 @@ const MAX_PARKED_PER_SESSION: usize = 64;
 /// At most this many parked messages of one session from one sender (one peer cannot
 /// crowd out the others).
 const MAX_PARKED_PER_SENDER: usize = 8;
+/// At most this many bytes of parked messages from one sender, over all sessions.
+const MAX_PARKED_BYTES_PER_SENDER: usize = 1 << 20;
+/// A failed session is retried (as the next round) after twice the signing timeout,
+/// doubling per failure up to this.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// At most one round hint to a peer per message this often.
+const HINT_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a session runs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -58,6 +75,8 @@ pub enum SigningFault {
     InvalidShares,
     /// Commit, then never send a share (a test SIGKILLs the node meanwhile).
     WithholdShares,
+    /// Take no part in signing mints (a signer away while consensus goes on).
+    SilentOnMints,
 }
 
 /// What the run loop must do.
@@ -81,8 +100,158 @@ pub enum Effect {
     Failed { kind: KeyKind, purpose: Purpose, error: String },
 }
 
-/// Messages for a session not started here yet: since when, and from whom.
-type Parked<C> = (Instant, Vec<(usize, Message<C>)>);
+/// Messages for sessions not started here yet, bounded in all, per session, and per
+/// sender in sessions opened and in bytes (so that one peer cannot fill the slots that
+/// honest peers' early messages need).
+#[derive(Debug)]
+pub struct Parking<M> {
+    sessions: BTreeMap<SessionId, ParkedSession<M>>,
+    /// Per sender: sessions it opened here, bytes of its messages parked.
+    load: BTreeMap<usize, (usize, usize)>,
+    max_sessions_per_sender: usize,
+}
+
+#[derive(Debug)]
+struct ParkedSession<M> {
+    since: Instant,
+    opened_by: usize,
+    messages: Vec<(usize, M, usize)>,
+}
+
+/// Why a message was not parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkRefusal {
+    /// Every session slot is taken.
+    Full,
+    /// The sender opened its share of the session slots.
+    SenderSessions,
+    /// The sender's parked messages reached their byte budget.
+    SenderBytes,
+    /// The session holds all the messages it may (in all, or from this sender).
+    SessionFull,
+}
+
+impl ParkRefusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ParkRefusal::Full => "park_full",
+            ParkRefusal::SenderSessions => "park_sender_sessions",
+            ParkRefusal::SenderBytes => "park_sender_bytes",
+            ParkRefusal::SessionFull => "park_session_full",
+        }
+    }
+}
+
+impl<M> Parking<M> {
+    /// Parking for `n` validators: each may open an equal share of the session slots.
+    pub fn new(n: usize) -> Self {
+        Self {
+            sessions: BTreeMap::new(),
+            load: BTreeMap::new(),
+            max_sessions_per_sender: (MAX_PARKED_SESSIONS / n.max(1)).max(1),
+        }
+    }
+
+    /// Parks `m` (`bytes` long on the wire) from `from` for session `sid`.
+    pub fn park(&mut self, sid: SessionId, from: usize, m: M, bytes: usize, now: Instant) -> Result<(), ParkRefusal> {
+        let (opened, held) = self.load.get(&from).copied().unwrap_or((0, 0));
+        if held.saturating_add(bytes) > MAX_PARKED_BYTES_PER_SENDER {
+            return Err(ParkRefusal::SenderBytes);
+        }
+        if !self.sessions.contains_key(&sid) {
+            if self.sessions.len() >= MAX_PARKED_SESSIONS {
+                return Err(ParkRefusal::Full);
+            }
+            if opened >= self.max_sessions_per_sender {
+                return Err(ParkRefusal::SenderSessions);
+            }
+            self.sessions.insert(sid, ParkedSession { since: now, opened_by: from, messages: Vec::new() });
+            self.load.entry(from).or_default().0 = opened.saturating_add(1);
+        }
+        let Some(entry) = self.sessions.get_mut(&sid) else { return Err(ParkRefusal::Full) };
+        let from_sender = entry.messages.iter().filter(|(f, _, _)| *f == from).count();
+        if entry.messages.len() >= MAX_PARKED_PER_SESSION || from_sender >= MAX_PARKED_PER_SENDER {
+            return Err(ParkRefusal::SessionFull);
+        }
+        entry.messages.push((from, m, bytes));
+        self.load.entry(from).or_default().1 = held.saturating_add(bytes);
+        Ok(())
+    }
+
+    /// The messages parked for `sid`, in arrival order, released.
+    pub fn take(&mut self, sid: &SessionId) -> Vec<(usize, M)> {
+        match self.sessions.remove(sid) {
+            Some(p) => self.release(p),
+            None => Vec::new(),
+        }
+    }
+
+    /// Drops sessions parked since before `now - PARK_FOR`.
+    pub fn expire(&mut self, now: Instant) {
+        let old: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.since) >= PARK_FOR)
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in old {
+            self.take(&sid);
+        }
+    }
+
+    fn release(&mut self, p: ParkedSession<M>) -> Vec<(usize, M)> {
+        if let Some(l) = self.load.get_mut(&p.opened_by) {
+            l.0 = l.0.saturating_sub(1);
+        }
+        p.messages
+            .into_iter()
+            .map(|(from, m, bytes)| {
+                if let Some(l) = self.load.get_mut(&from) {
+                    l.1 = l.1.saturating_sub(bytes);
+                }
+                (from, m)
+            })
+            .collect()
+    }
+
+    /// Sessions parked.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+/// A message this node wants signed, across the rounds of its signing (a round is one
+/// session; a failed one is retried as the next round, with a fresh session id).
+struct Wanted {
+    purpose: Purpose,
+    round: u32,
+    /// The session id of every round so far (index = round).
+    sids: Vec<SessionId>,
+    failures: u32,
+    /// When the next round starts, after a failed one.
+    retry_at: Option<Instant>,
+    /// The highest round each peer said it is in.
+    hints: BTreeMap<usize, u32>,
+    hinted: BTreeMap<usize, Instant>,
+}
+
+/// The round that at least `f + 1` peers (so at least one honest one) say they reached:
+/// the `(f+1)`-th highest of their hints. A Byzantine peer alone cannot move a node on.
+pub fn agreed_round(hints: &BTreeMap<usize, u32>, f: usize) -> Option<u32> {
+    let mut rounds: Vec<u32> = hints.values().copied().collect();
+    rounds.sort_unstable_by(|a, b| b.cmp(a));
+    rounds.get(f).copied()
+}
+
+/// The delay before retrying after the `failures`-th failure.
+fn retry_delay(timeout_ms: u64, failures: u32) -> Duration {
+    let base = Duration::from_millis(timeout_ms.saturating_mul(2));
+    base.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX_RETRY_DELAY)
+}
 
 struct Slot<C: Ciphersuite> {
     session: Session<C>,
@@ -104,7 +273,10 @@ pub struct Suite<C: Ciphersuite> {
     signers: BTreeSet<Identifier<C>>,
     sessions: BTreeMap<SessionId, Slot<C>>,
     finished: BTreeMap<SessionId, (Attempt, Signature<C>)>,
-    parked: BTreeMap<SessionId, Parked<C>>,
+    parked: Parking<Message<C>>,
+    /// Messages being signed, by message, and every round's session id of each.
+    wanted: BTreeMap<Vec<u8>, Wanted>,
+    by_sid: BTreeMap<SessionId, Vec<u8>>,
     issued: BTreeSet<CommitmentIssued>,
     fault: Option<SigningFault>,
     metrics: Metrics,
@@ -190,7 +362,9 @@ impl<C: Ciphersuite> Suite<C> {
             signers,
             sessions: BTreeMap::new(),
             finished: BTreeMap::new(),
-            parked: BTreeMap::new(),
+            parked: Parking::new(n),
+            wanted: BTreeMap::new(),
+            by_sid: BTreeMap::new(),
             issued,
             fault,
             metrics,
@@ -220,23 +394,44 @@ impl<C: Ciphersuite> Suite<C> {
         }
     }
 
-    /// Whether a session over `message` is running or done here.
+    /// Whether `message` is being signed or was signed here.
     pub fn knows(&self, message: &[u8]) -> bool {
-        let sid = SessionId::derive(message, self.epoch, &self.signers);
-        self.sessions.contains_key(&sid) || self.finished.contains_key(&sid)
+        self.wanted.contains_key(message)
+            || self.finished.contains_key(&SessionId::derive(message, self.epoch, &self.signers))
     }
 
-    /// Stops taking part in the session over `message`, if it runs (what it would sign
-    /// is no longer wanted: its release was superseded). Its nonces die with it.
+    /// Stops taking part in signing `message`, if it runs (what it would sign is no
+    /// longer wanted: its release was superseded). Its nonces die with it.
     pub fn abandon(&mut self, message: &[u8]) {
-        let sid = SessionId::derive(message, self.epoch, &self.signers);
-        if let Some(slot) = self.sessions.remove(&sid) {
-            self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "abandoned"]).inc();
-            info!(target: "signing", key = %self.kind, session = ?sid, purpose = ?slot.purpose, "signing session abandoned");
+        let Some(w) = self.wanted.remove(message) else { return };
+        for sid in &w.sids {
+            self.by_sid.remove(sid);
+            if let Some(slot) = self.sessions.remove(sid) {
+                self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "abandoned"]).inc();
+                info!(target: "signing", key = %self.kind, session = ?sid, purpose = ?slot.purpose, "signing session abandoned");
+            }
         }
     }
 
-    /// Starts signing `message` (derived by this node itself) for `purpose`.
+    fn round_key(&self, message: &[u8]) -> Vec<u8> {
+        let mut k = b"round/".to_vec();
+        k.push(self.kind.byte());
+        k.extend_from_slice(message);
+        k
+    }
+
+    fn sid_of(&self, message: &[u8], round: u32) -> SessionId {
+        SessionId::derive_round(message, self.epoch, &self.signers, round)
+    }
+
+    /// Byzantine signers tolerated: n − t.
+    fn faulty(&self) -> usize {
+        self.n.saturating_sub(usize::from(*self.config.key_package.min_signers()))
+    }
+
+    /// Starts signing `message` (derived by this node itself) for `purpose`, in the last
+    /// round this node reached for it (stored: a restart never goes back to a round it
+    /// left).
     pub fn start(
         &mut self,
         store: &Store,
@@ -244,33 +439,75 @@ impl<C: Ciphersuite> Suite<C> {
         purpose: Purpose,
         now_ms: u64,
     ) -> eyre::Result<Vec<Effect>> {
-        let sid = SessionId::derive(&message, self.epoch, &self.signers);
-        if self.sessions.contains_key(&sid) || self.finished.contains_key(&sid) {
+        if self.knows(&message) {
             return Ok(vec![]);
         }
+        if self.fault == Some(SigningFault::SilentOnMints) && matches!(purpose, Purpose::Mint { .. }) {
+            warn!(target: "signing", ?purpose, "TEST FAULT: taking no part in signing a mint");
+            return Ok(vec![]);
+        }
+        let round = match store.get(Cf::SigningAttempts, self.round_key(&message))? {
+            Some(b) => <[u8; 4]>::try_from(b.as_slice()).map(u32::from_be_bytes).unwrap_or(0),
+            None => 0,
+        };
+        let w = Wanted {
+            purpose,
+            round,
+            sids: Vec::new(),
+            failures: 0,
+            retry_at: None,
+            hints: BTreeMap::new(),
+            hinted: BTreeMap::new(),
+        };
+        self.wanted.insert(message.clone(), w);
+        self.start_round(store, &message, round, now_ms)
+    }
+
+    /// Starts round `round` of signing `message` (leaving the round before, if it still
+    /// runs): the round is stored (synced) first, then a new session begins under that
+    /// round's id, with the messages parked for it.
+    fn start_round(&mut self, store: &Store, message: &[u8], round: u32, now_ms: u64) -> eyre::Result<Vec<Effect>> {
+        let sids: Vec<SessionId> = (0..=round).map(|r| self.sid_of(message, r)).collect();
+        let key = self.round_key(message);
+        let Some(w) = self.wanted.get_mut(message) else { return Ok(vec![]) };
+        if round > 0 {
+            let mut b = Batch::new();
+            b.put(Cf::SigningAttempts, key, round.to_be_bytes());
+            store.commit(b)?;
+        }
+        let left: Vec<SessionId> = w.sids.clone();
+        w.round = round;
+        w.retry_at = None;
+        w.sids = sids.clone();
+        let purpose = w.purpose.clone();
+        for sid in left {
+            self.sessions.remove(&sid);
+        }
+        for sid in &sids {
+            self.by_sid.insert(*sid, message.to_vec());
+        }
+        let Some(&sid) = sids.last() else { return Ok(vec![]) };
         let mut session = Session::new(self.config.clone(), Box::new(rand::rngs::OsRng), self.issued.iter().copied());
         let actions = session.handle(
-            Input::Start { message: message.clone(), epoch: self.epoch, signers: self.signers.clone() },
+            Input::Start { message: message.to_vec(), epoch: self.epoch, signers: self.signers.clone(), round },
             now_ms,
         );
         self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "started"]).inc();
-        info!(target: "signing", key = %self.kind, session = ?sid, ?purpose, "signing session started");
+        info!(target: "signing", key = %self.kind, session = ?sid, ?purpose, round, "signing session started");
         self.sessions.insert(
             sid,
             Slot {
                 session,
                 purpose,
-                message,
+                message: message.to_vec(),
                 started: Instant::now(),
                 attempt: Attempt(0),
                 candidates: BTreeSet::new(),
             },
         );
         let mut out = self.process(store, sid, actions, now_ms)?;
-        if let Some((_, parked)) = self.parked.remove(&sid) {
-            for (from, m) in parked {
-                out.extend(self.deliver(store, sid, from, m, now_ms)?);
-            }
+        for (from, m) in self.parked.take(&sid) {
+            out.extend(self.deliver(store, sid, from, m, now_ms)?);
         }
         Ok(out)
     }
@@ -297,18 +534,75 @@ impl<C: Ciphersuite> Suite<C> {
         if self.sessions.contains_key(&sid) {
             return self.deliver(store, sid, from, m, now_ms);
         }
-        if self.parked.len() >= MAX_PARKED_SESSIONS && !self.parked.contains_key(&sid) {
-            self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), "park_full"]).inc();
-            return Ok(vec![]);
+        if let Some(message) = self.by_sid.get(&sid).cloned() {
+            // An earlier round of a message this node signs (or the current one, failed
+            // here): the peer is behind, or back from away. Tell it where this node is.
+            return self.behind(store, from, &message, sid, now_ms);
         }
-        let entry = self.parked.entry(sid).or_insert_with(|| (Instant::now(), Vec::new()));
-        let from_sender = entry.1.iter().filter(|(f, _)| *f == from).count();
-        if entry.1.len() < MAX_PARKED_PER_SESSION && from_sender < MAX_PARKED_PER_SENDER {
-            entry.1.push((from, m));
+        if let Err(why) = self.parked.park(sid, from, m, body.len(), Instant::now()) {
+            self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), why.as_str()]).inc();
         }
         Ok(vec![])
     }
 
+    /// `from` sent a message of round `sid` of `message`, which is not running here. If
+    /// this node's own round failed and waits for its retry, the peer's return is a
+    /// reason to retry now; either way the peer gets a hint of the round to join.
+    fn behind(
+        &mut self,
+        store: &Store,
+        from: usize,
+        message: &[u8],
+        sid: SessionId,
+        now_ms: u64,
+    ) -> eyre::Result<Vec<Effect>> {
+        let now = Instant::now();
+        let Some(w) = self.wanted.get_mut(message) else { return Ok(vec![]) };
+        if w.hinted.get(&from).is_some_and(|at| now.saturating_duration_since(*at) < HINT_EVERY) {
+            return Ok(vec![]);
+        }
+        w.hinted.insert(from, now);
+        let mut out = Vec::new();
+        let mut round = w.round;
+        if w.retry_at.is_some() {
+            round = round.saturating_add(1);
+            info!(target: "signing", key = %self.kind, from, round, "a signer is back: retrying the failed session now");
+            out.extend(self.start_round(store, message, round, now_ms)?);
+        }
+        let mut payload = vec![TAG_ROUND, self.tag];
+        payload.extend_from_slice(&sid.0);
+        payload.extend_from_slice(&round.to_be_bytes());
+        out.push(Effect::Send { to: from, payload });
+        Ok(out)
+    }
+
+    /// A round hint from `from` (`session id | round`): it is in `round` of the message
+    /// whose earlier round `session id` is. Once `f + 1` peers are past this node's round,
+    /// it joins the highest round that many of them reached.
+    pub fn on_round_hint(&mut self, store: &Store, from: usize, body: &[u8], now_ms: u64) -> eyre::Result<Vec<Effect>> {
+        let (Some(sid), Some(round)) = (
+            body.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()),
+            body.get(32..36).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes),
+        ) else {
+            self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), "undecodable"]).inc();
+            return Ok(vec![]);
+        };
+        if body.len() != 36 || from >= self.n || from == self.me {
+            return Ok(vec![]);
+        }
+        let f = self.faulty();
+        let Some(message) = self.by_sid.get(&SessionId(sid)).cloned() else { return Ok(vec![]) };
+        let Some(w) = self.wanted.get_mut(&message) else { return Ok(vec![]) };
+        let h = w.hints.entry(from).or_default();
+        *h = (*h).max(round);
+        match agreed_round(&w.hints, f) {
+            Some(target) if target > w.round => {
+                info!(target: "signing", key = %self.kind, from = w.round, to = target, "peers are in a later round of this signing: joining it");
+                self.start_round(store, &message, target, now_ms)
+            }
+            _ => Ok(vec![]),
+        }
+    }
     fn deliver(
         &mut self,
         store: &Store,
@@ -323,10 +617,22 @@ impl<C: Ciphersuite> Suite<C> {
         self.process(store, sid, actions, now_ms)
     }
 
-    /// Time passed: attempts time out, parked messages expire.
+    /// Time passed: attempts time out, parked messages expire, failed sessions are
+    /// retried as their next round.
     pub fn tick(&mut self, store: &Store, now_ms: u64) -> eyre::Result<Vec<Effect>> {
-        self.parked.retain(|_, (at, _)| at.elapsed() < PARK_FOR);
+        let now = Instant::now();
+        self.parked.expire(now);
         let mut out = Vec::new();
+        let due: Vec<(Vec<u8>, u32)> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| w.retry_at.is_some_and(|at| at <= now))
+            .map(|(m, w)| (m.clone(), w.round.saturating_add(1)))
+            .collect();
+        for (message, round) in due {
+            info!(target: "signing", key = %self.kind, round, "retrying a failed signing session as a new round");
+            out.extend(self.start_round(store, &message, round, now_ms)?);
+        }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for sid in ids {
             if let Some(slot) = self.sessions.get_mut(&sid) {
@@ -376,7 +682,7 @@ impl<C: Ciphersuite> Suite<C> {
                                 warn!(target: "signing", session = ?sid, "TEST FAULT: withholding a signature share");
                                 continue;
                             }
-                            None => {}
+                            Some(SigningFault::SilentOnMints) | None => {}
                         }
                     }
                     if let (Some(i), Some(payload)) = (self.index(&to), self.encode(&message)) {
@@ -426,6 +732,12 @@ impl<C: Ciphersuite> Suite<C> {
                     let Some(slot) = self.sessions.remove(&sid) else { continue };
                     let attempt = slot.attempt;
                     let bytes = signature.serialize().map_err(|e| eyre::eyre!("serializing a signature: {e}"))?;
+                    // Every round's id answers late peers with the signature.
+                    let rounds = self.wanted.remove(&slot.message).map(|w| w.sids).unwrap_or_default();
+                    for r in rounds {
+                        self.by_sid.remove(&r);
+                        self.finished.insert(r, (attempt, signature));
+                    }
                     self.finished.insert(sid, (attempt, signature));
                     self.metrics.signing_sessions.with_label_values(&[kind.as_str(), "signed"]).inc();
                     self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "signed"]).inc();
@@ -458,12 +770,102 @@ impl<C: Ciphersuite> Suite<C> {
                     if let Some(slot) = self.sessions.remove(&sid) {
                         self.metrics.signing_sessions.with_label_values(&[kind.as_str(), "failed"]).inc();
                         self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "failed"]).inc();
-                        warn!(target: "signing", key = %kind, session = ?sid, error = %e, "signing session failed");
+                        let timeout_ms = self.config.timeout_ms;
+                        let retry = self.wanted.get_mut(&slot.message).map(|w| {
+                            w.failures = w.failures.saturating_add(1);
+                            let delay = retry_delay(timeout_ms, w.failures);
+                            w.retry_at = Some(Instant::now() + delay);
+                            (w.round, delay)
+                        });
+                        let (round, delay) = retry.unwrap_or_default();
+                        warn!(target: "signing", key = %kind, session = ?sid, round, retry_in_ms = delay.as_millis() as u64, error = %e, "signing session failed: it is retried as a new round");
                         out.push(Effect::Failed { kind, purpose: slot.purpose, error: e.to_string() });
                     }
                 }
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(i: u32) -> SessionId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        SessionId(b)
+    }
+
+    /// One peer opening session after session (random ids) used to take every parked
+    /// slot, so that honest peers' early messages were dropped (`park_full`). Each
+    /// sender now opens at most its share of the slots, and parks at most 1 MiB.
+    #[test]
+    fn one_sender_cannot_take_the_parking_of_the_others() {
+        let now = Instant::now();
+        let mut p: Parking<()> = Parking::new(4);
+        let mut parked = 0;
+        for i in 0..MAX_PARKED_SESSIONS as u32 {
+            if p.park(sid(i), 1, (), 100, now).is_ok() {
+                parked += 1;
+            }
+        }
+        assert_eq!(parked, MAX_PARKED_SESSIONS / 4, "a quarter of the slots for one of four");
+        assert_eq!(p.park(sid(u32::MAX), 1, (), 100, now), Err(ParkRefusal::SenderSessions));
+        // The others still park, in their own sessions and in the attacker's.
+        assert_eq!(p.park(sid(u32::MAX), 2, (), 100, now), Ok(()));
+        assert_eq!(p.park(sid(0), 3, (), 100, now), Ok(()));
+        // Bytes: a sender's big messages stop at its budget.
+        let mut q: Parking<()> = Parking::new(4);
+        let big = MAX_PARKED_BYTES_PER_SENDER / 4 + 1;
+        for i in 0..3 {
+            assert_eq!(q.park(sid(i), 1, (), big, now), Ok(()));
+        }
+        assert_eq!(q.park(sid(9), 1, (), big, now), Err(ParkRefusal::SenderBytes));
+        assert_eq!(q.park(sid(9), 2, (), big, now), Ok(()));
+        // Released when the session starts: the budget is given back.
+        let taken = q.take(&sid(0));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(q.park(sid(10), 1, (), big, now), Ok(()));
+        // And when parked sessions expire.
+        q.expire(now + PARK_FOR);
+        assert!(q.is_empty());
+        assert_eq!(q.load.values().map(|l| l.0 + l.1).sum::<usize>(), 0, "nothing left accounted");
+    }
+
+    #[test]
+    fn a_session_holds_a_bounded_number_of_messages_per_sender() {
+        let now = Instant::now();
+        let mut p: Parking<u32> = Parking::new(4);
+        for k in 0..MAX_PARKED_PER_SENDER as u32 {
+            assert_eq!(p.park(sid(1), 1, k, 10, now), Ok(()));
+        }
+        assert_eq!(p.park(sid(1), 1, 99, 10, now), Err(ParkRefusal::SessionFull));
+        assert_eq!(p.park(sid(1), 2, 7, 10, now), Ok(()));
+        let got: Vec<u32> = p.take(&sid(1)).into_iter().map(|(_, m)| m).collect();
+        assert_eq!(got.len(), MAX_PARKED_PER_SENDER + 1);
+        assert_eq!(got.last(), Some(&7), "in arrival order");
+    }
+
+    /// A node moves to a later round only when f + 1 peers say they reached it: one
+    /// Byzantine peer's claim of round 1,000 alone moves nobody.
+    #[test]
+    fn the_agreed_round_needs_f_plus_one_peers() {
+        let hints: BTreeMap<usize, u32> = [(1, 1_000)].into_iter().collect();
+        assert_eq!(agreed_round(&hints, 1), None);
+        let hints: BTreeMap<usize, u32> = [(1, 1_000), (2, 3)].into_iter().collect();
+        assert_eq!(agreed_round(&hints, 1), Some(3));
+        let hints: BTreeMap<usize, u32> = [(1, 4), (2, 3), (3, 5)].into_iter().collect();
+        assert_eq!(agreed_round(&hints, 1), Some(4));
+        assert_eq!(agreed_round(&hints, 0), Some(5));
+    }
+
+    #[test]
+    fn retries_back_off_up_to_a_minute() {
+        assert_eq!(retry_delay(3_000, 1), Duration::from_secs(6));
+        assert_eq!(retry_delay(3_000, 2), Duration::from_secs(12));
+        assert_eq!(retry_delay(3_000, 3), Duration::from_secs(24));
+        assert_eq!(retry_delay(3_000, 30), MAX_RETRY_DELAY);
     }
 }

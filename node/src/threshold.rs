@@ -9,18 +9,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use crate::{
+    bridge_key::BridgeKeys,
     config::NodeConfig,
     keys::{self, KeyKind},
     metrics::Metrics,
     relay::{self, MintJob},
     release::{self, Payout, Policy, Proposal, ReleaseError, TAG_RELEASE},
-    signing::{Effect, Purpose, SigningFault, Suite, TAG_BTC, TAG_EVM},
+    signing::{Effect, Purpose, SigningFault, Suite, TAG_BTC, TAG_EVM, TAG_ROUND},
 };
 use alloy::primitives::Address;
 use bitcoin::{OutPoint, ScriptBuf, Txid, hashes::Hash};
 use btcfi_chain_adapters::{
     SpendOutput, VaultSpend,
-    bitcoin::{BitcoinSource, BtcError, VaultUtxo},
+    bitcoin::{BitcoinSource, BtcError, MempoolVerdict, VaultUtxo},
     evm::{MintRequest, MintSignature},
 };
 use btcfi_p2p::{MessageKind, NetworkHandle, PeerId};
@@ -78,6 +79,9 @@ pub enum ReleaseStatus {
     Confirmed,
     /// Another release spending one of its inputs confirmed: it never will.
     Conflicted,
+    /// bitcoind's relay policy refuses it (a payout it blames was set apart): it is
+    /// never broadcast, and the next release pays the others.
+    Rejected,
 }
 
 /// A release this node validated, under `rel/` + txid in the `releases` column family.
@@ -195,6 +199,10 @@ async fn bounded<T>(call: impl Future<Output = Result<T, BtcError>>) -> Result<T
     }
 }
 
+/// The validator first in turn waits this long after a peg-out is certified before it
+/// proposes, so that peg-outs certified together are batched.
+const BATCH_WAIT: Duration = Duration::from_secs(2);
+
 /// Proposals kept for a re-check (they name UTXOs or peg-outs this node does not see
 /// at depth yet), in all and per proposer.
 const MAX_WAITING: usize = 64;
@@ -216,6 +224,10 @@ pub enum ReleaseFault {
     /// Send each fresh proposal as two releases with different inputs for the same
     /// peg-outs, each to a minority of the validators (an equivocating proposer).
     SplitProposals,
+    /// Propose at once (whatever the turn) at ten times the honest fee rate.
+    GreedyFee,
+    /// Propose at once at the honest fee rate, whatever the turn.
+    OutOfTurn,
 }
 
 /// Opens the epoch's group keys into signing suites.
@@ -225,6 +237,7 @@ struct SuiteOpener<'a> {
     n: usize,
     me: usize,
     timeout_ms: u64,
+    max_attempts: u32,
     passphrase: Option<&'a str>,
     fault: Option<SigningFault>,
     metrics: &'a Metrics,
@@ -243,6 +256,7 @@ impl SuiteOpener<'_> {
             key_package: k.key_package,
             public_key_package: k.public_key_package,
             timeout_ms: self.timeout_ms,
+            max_attempts: self.max_attempts,
         };
         let suite =
             Suite::new(kind, self.epoch, self.n, self.me, config, self.store, self.fault, self.metrics.clone())?;
@@ -297,9 +311,19 @@ pub struct Threshold {
     /// Stalled releases a merge was proposed for, and when.
     merged: BTreeMap<Txid, Instant>,
     merge_after: Duration,
-    /// Testing only: split fresh proposals between the validators.
-    split_proposals: bool,
+    /// This node's own fee estimate (sat/vB, clamped to the bounds), and when it was
+    /// read: what it proposes at, and the centre of the band it signs within.
+    fee_estimate: Option<u64>,
+    fee_estimated_at: Option<Instant>,
+    /// Testing only: a proposer's misbehaviour.
+    release_fault: Option<ReleaseFault>,
     key_checks_started: bool,
+    /// Every bridge's `groupKey()` against the epoch's evm key (None before the DKG).
+    bridge_keys: Option<BridgeKeys>,
+    /// Certified mints held back while their destination bridge holds another key.
+    held_mints: Vec<Attestation>,
+    /// Peers' proposals valid here, to ask bitcoind's policy about before signing.
+    to_check: Vec<(usize, Proposal)>,
 }
 
 impl std::fmt::Debug for Threshold {
@@ -330,6 +354,7 @@ impl Threshold {
             n,
             me,
             timeout_ms,
+            max_attempts: cfg.signing.max_attempts,
             passphrase,
             fault: faults.signing,
             metrics: &metrics,
@@ -381,7 +406,7 @@ impl Threshold {
             let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
             match rec.status {
                 ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
-                ReleaseStatus::Conflicted => {}
+                ReleaseStatus::Conflicted | ReleaseStatus::Rejected => {}
                 _ => {
                     let p = Proposal::decode(&hex::decode(&rec.proposal)?)
                         .map_err(|e| eyre::eyre!("stored release: {e}"))?;
@@ -412,11 +437,18 @@ impl Threshold {
             relay,
             finalized_at: BTreeMap::new(),
             policy: Policy {
-                vault_script,
-                peg_out_fee: cfg.bitcoin.peg_out_fee,
-                floor_sat_per_vb: cfg.bitcoin.fees.floor_sat_per_vb,
-                ceiling_sat_per_vb: cfg.bitcoin.fees.ceiling_sat_per_vb,
+                dust_relay_sat_per_kvb: cfg.release.dust_relay_sat_per_kvb,
+                max_fee_multiple: cfg.release.max_fee_multiple,
+                consolidation_inputs: cfg.release.consolidation_inputs,
+                ..Policy::new(
+                    vault_script,
+                    cfg.bitcoin.peg_out_fee,
+                    cfg.bitcoin.fees.floor_sat_per_vb,
+                    cfg.bitcoin.fees.ceiling_sat_per_vb,
+                )
             },
+            fee_estimate: None,
+            fee_estimated_at: None,
             confirmations: u64::from(cfg.bitcoin.confirmations),
             rbf_after: Duration::from_secs(cfg.bitcoin.rbf_after_secs),
             bitcoin,
@@ -434,9 +466,23 @@ impl Threshold {
             competing: BTreeMap::new(),
             merged: BTreeMap::new(),
             merge_after: Duration::from_millis(cfg.signing.merge_after_ms),
-            split_proposals: faults.release == Some(ReleaseFault::SplitProposals),
+            release_fault: faults.release,
             key_checks_started: false,
+            bridge_keys: None,
+            held_mints: Vec::new(),
+            to_check: Vec::new(),
         };
+        if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
+            && !cfg.evm.is_empty()
+        {
+            let parse = |v: &str| {
+                alloy::primitives::U256::from_str_radix(v.trim_start_matches("0x"), 16)
+                    .map_err(|e| eyre::eyre!("stored evm key coordinate {v}: {e}"))
+            };
+            let every = Duration::from_secs(cfg.signing.bridge_key_check_secs);
+            t.bridge_keys = Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), every));
+        }
+        t.metrics.vault_fee_alert.set(i64::try_from(cfg.release.daily_fee_alert_sats).unwrap_or(i64::MAX));
         for spend in spends {
             Self::count_payments(&mut t.paid, &spend.payouts, false);
             t.onchain.insert(spend.txid, spend.payouts);
@@ -465,6 +511,7 @@ impl Threshold {
                 ReleaseStatus::Replaced => "replaced",
                 ReleaseStatus::Confirmed => "confirmed",
                 ReleaseStatus::Conflicted => "conflicted",
+                ReleaseStatus::Rejected => "rejected",
             };
             *releases.entry(status).or_default() += 1;
         }
@@ -478,9 +525,27 @@ impl Threshold {
         })
     }
 
-    /// Which keys are missing or not yet verified (for `/ready`).
+    /// Why the bridge on `chain` may not be used now (its key is not this epoch's, or
+    /// not checked yet), if it may not.
+    fn bridge_not_ready(&self, chain: u64) -> Option<String> {
+        self.bridge_keys.as_ref().and_then(|k| k.not_ready(chain))
+    }
+
+    /// Mints held back by a bridge's key: signed once the bridge holds this epoch's key.
+    fn retry_held_mints(&mut self) -> eyre::Result<()> {
+        if self.held_mints.is_empty() {
+            return Ok(());
+        }
+        for att in std::mem::take(&mut self.held_mints) {
+            self.take_certified(&att)?;
+        }
+        Ok(())
+    }
+
+    /// Which keys are missing or not yet verified, and which bridges hold another key
+    /// (for `/ready`).
     pub fn not_ready(&self) -> Vec<String> {
-        let mut why = Vec::new();
+        let mut why = self.bridge_keys.as_ref().map(BridgeKeys::issues).unwrap_or_default();
         for kind in [KeyKind::Evm, KeyKind::Btc] {
             if !self.group_keys.contains_key(&kind) {
                 why.push(format!("no {kind} key for epoch {}: run `btcfi-node dkg`", self.epoch));
@@ -609,6 +674,13 @@ impl Threshold {
                     }
                     return Ok(());
                 }
+                if let Some(why) = self.bridge_not_ready(dest_chain.0) {
+                    if !self.held_mints.iter().any(|a| a.event == att.event) {
+                        warn!(target: "signing", event = %att.event, reason = %why, "mint held back: its bridge does not hold this epoch's key");
+                        self.held_mints.push(att.clone());
+                    }
+                    return Ok(());
+                }
                 let Some(bridge) = self.bridges.get(&dest_chain.0).copied() else {
                     error!(target: "signing", event = %att.event, chain = dest_chain.0, "certified for a destination chain this node has no bridge for: not signed");
                     return Ok(());
@@ -623,17 +695,10 @@ impl Threshold {
                 if let Some(why) = release::unpayable(&payout, &self.policy) {
                     // Certified, but no release can ever pay it: keep it out of every
                     // batch (it would hold up the others) and say so.
-                    if self.store.get(Cf::Releases, unpayable_key(&att.event))?.is_none() {
-                        error!(target: "release", event = %att.event, reason = %why, "certified peg-out can never be paid: left out of every release");
-                        self.metrics.releases.with_label_values(&["unpayable"]).inc();
-                        let mut b = Batch::new();
-                        b.put_json(
-                            Cf::Releases,
-                            unpayable_key(&att.event),
-                            &serde_json::json!({ "reason": why.to_string() }),
-                        )?;
-                        self.store.commit(b)?;
-                    }
+                    return self.set_apart(att.event, why.to_string());
+                }
+                // Set apart before (bitcoind's policy refused it): it stays apart.
+                if self.store.get(Cf::Releases, unpayable_key(&att.event))?.is_some() {
                     return Ok(());
                 }
                 self.pegouts.insert(att.event, payout);
@@ -641,6 +706,80 @@ impl Threshold {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps a certified peg-out out of every release from now on, with the reason (in
+    /// the store, for the API and across restarts).
+    fn set_apart(&mut self, event: EventId, reason: String) -> eyre::Result<()> {
+        self.pegouts.remove(&event);
+        self.pegout_seen.remove(&event);
+        if self.store.get(Cf::Releases, unpayable_key(&event))?.is_none() {
+            error!(target: "release", %event, %reason, "certified peg-out can never be paid: left out of every release");
+            self.metrics.releases.with_label_values(&["unpayable"]).inc();
+            let mut b = Batch::new();
+            b.put_json(Cf::Releases, unpayable_key(&event), &serde_json::json!({ "reason": reason }))?;
+            self.store.commit(b)?;
+        }
+        Ok(())
+    }
+
+    /// Why bitcoind's relay policy refuses `tx`, if it does. Refusals by scripts alone
+    /// (an unsigned release) pass; so does a bitcoind that cannot answer now (the check
+    /// before broadcast asks again).
+    async fn policy_refusal(&self, tx: bitcoin::Transaction) -> Option<String> {
+        let btc = self.bitcoin.as_ref()?;
+        match tokio::time::timeout(RPC_TIMEOUT, btc.test_mempool_accept(tx)).await {
+            Ok(Ok(MempoolVerdict::Policy(reason))) => Some(reason),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                debug!(target: "release", error = %e, "testmempoolaccept unavailable");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// `p` is refused by bitcoind's policy for `reason`: each payout is asked alone, and
+    /// those refused are set apart with the reason. Returns them.
+    async fn blame(&mut self, p: &Proposal, reason: &str) -> eyre::Result<Vec<EventId>> {
+        let mut blamed = Vec::new();
+        for (i, e) in p.payouts.iter().enumerate() {
+            let Some(probe) = release::payout_probe(p, i, &self.policy) else { continue };
+            if let Some(why) = self.policy_refusal(probe).await {
+                blamed.push((*e, why));
+            }
+        }
+        if blamed.is_empty() {
+            error!(target: "release", txid = %p.txid(), %reason, "bitcoind's policy refuses the release, and no payout alone: not signed");
+        }
+        let mut events = Vec::new();
+        for (e, why) in blamed {
+            self.set_apart(e, format!("Bitcoin Core's relay policy refuses its output: {why}"))?;
+            events.push(e);
+        }
+        Ok(events)
+    }
+
+    /// Proposals from peers that validated here, asked of bitcoind's policy before they
+    /// are accepted and signed.
+    async fn check_accepted(&mut self) -> eyre::Result<()> {
+        for (from, p) in std::mem::take(&mut self.to_check) {
+            if self.releases.contains_key(&p.txid()) {
+                continue;
+            }
+            if let Some(reason) = self.policy_refusal(p.tx.clone()).await {
+                let blamed = self.blame(&p, &reason).await?;
+                warn!(target: "release", txid = %p.txid(), from, %reason, blamed = blamed.len(), "release refused by bitcoind's relay policy: not signed");
+                self.metrics.release_refusals.with_label_values(&["mempool_policy"]).inc();
+                continue;
+            }
+            // The view may have moved while it waited (one tick at most).
+            match self.validate(&p) {
+                Ok(_) => self.accept(p, from)?,
+                Err(e) => self.refused(from, &p.txid(), &e),
+            }
+        }
+        Ok(())
     }
 
     /// Hands a signed mint to the relayer, after this node's turn (rank × takeover).
@@ -666,6 +805,17 @@ impl Threshold {
                 Some(s) => s.on_message(&self.store, from, body, now_ms())?,
                 None => vec![],
             },
+            TAG_ROUND => match body.split_first() {
+                Some((&TAG_EVM, hint)) => match self.evm.as_mut() {
+                    Some(s) => s.on_round_hint(&self.store, from, hint, now_ms())?,
+                    None => vec![],
+                },
+                Some((&TAG_BTC, hint)) => match self.btc.as_mut() {
+                    Some(s) => s.on_round_hint(&self.store, from, hint, now_ms())?,
+                    None => vec![],
+                },
+                _ => vec![],
+            },
             TAG_RELEASE => {
                 match Proposal::decode(body) {
                     Ok(p) => self.on_proposal(from, p)?,
@@ -689,8 +839,13 @@ impl Threshold {
             effects.extend(s.tick(&self.store, now_ms())?);
         }
         self.apply(effects)?;
+        if self.usable.contains(&KeyKind::Evm) {
+            self.retry_held_mints()?;
+        }
         if self.usable.contains(&KeyKind::Btc) {
+            self.refresh_fee_estimate().await;
             self.retry_waiting()?;
+            self.check_accepted().await?;
             self.resend_proposals();
             if self.bitcoin_synced {
                 self.maybe_merge().await?;
@@ -712,7 +867,7 @@ impl Threshold {
                     self.on_signed(kind, purpose, &message, &signature, signers, attempt)?;
                 }
                 Effect::Failed { kind, purpose, error } => {
-                    error!(target: "signing", key = %kind, ?purpose, %error, "signing failed: fewer than t responsive honest signers");
+                    error!(target: "signing", key = %kind, ?purpose, %error, "signing round failed (fewer than t responsive honest signers): retried as a new round after a backoff");
                 }
             }
         }
@@ -833,7 +988,7 @@ impl Threshold {
                     live.insert(*txid, release::Live::of(p));
                 }
                 ReleaseStatus::Confirmed => paid.extend(rec.payouts.iter().copied()),
-                ReleaseStatus::Conflicted => {}
+                ReleaseStatus::Conflicted | ReleaseStatus::Rejected => {}
             }
         }
         Locks { live, paid }
@@ -841,9 +996,19 @@ impl Threshold {
 
     fn validate(&self, p: &Proposal) -> Result<Vec<[u8; 32]>, ReleaseError> {
         let locks = self.locks();
-        let view = release::View { utxos: &self.utxos, live: &locks.live, paid: &locks.paid, certified: &self.pegouts };
+        let view = release::View {
+            utxos: &self.utxos,
+            live: &locks.live,
+            paid: &locks.paid,
+            certified: &self.pegouts,
+            fee_estimate: self.fee_estimate,
+        };
         if !self.bitcoin_synced {
             return Err(ReleaseError::NotSynced);
+        }
+        // Nothing burned on a bridge that holds another key is paid.
+        if let Some(e) = p.payouts.iter().find(|e| self.bridge_not_ready(e.chain.0).is_some()) {
+            return Err(ReleaseError::SourceNotReady(*e));
         }
         let hashes = release::validate(p, &view, &self.policy)?;
         // A release that supersedes live ones only once they had their chance: signing
@@ -892,7 +1057,8 @@ impl Threshold {
         self.releases
             .values()
             .filter(|(r, p)| {
-                r.status != ReleaseStatus::Conflicted && !self.onchain.contains_key(&display_txid(&p.txid()))
+                !matches!(r.status, ReleaseStatus::Conflicted | ReleaseStatus::Rejected)
+                    && !self.onchain.contains_key(&display_txid(&p.txid()))
             })
             .flat_map(|(r, _)| r.payouts.iter().copied())
             .collect()
@@ -910,10 +1076,11 @@ impl Threshold {
             None => {
                 warn!(target: "release", txid = %spend.txid, payouts = spend.payouts.len(), "a vault spend this node has no release for (restored database, or a release it never validated): its payments count against the peg-outs they match");
             }
-            Some((rec, _)) if rec.status != ReleaseStatus::Confirmed => {
+            Some((rec, p)) if rec.status != ReleaseStatus::Confirmed => {
                 rec.status = ReleaseStatus::Confirmed;
                 rec.confirmations = rec.confirmations.max(self.confirmations);
                 self.metrics.releases.with_label_values(&["confirmed"]).inc();
+                self.metrics.vault_fees_paid.inc_by(p.fee());
                 info!(target: "release", %txid, payouts = rec.payouts.len(), "release final on chain: peg-outs paid");
                 changed.push(txid);
             }
@@ -945,7 +1112,7 @@ impl Threshold {
     /// Finished releases leave memory (their records stay in the store); the peg-outs
     /// the confirmed ones paid are kept.
     fn retire_finished(&mut self) {
-        for t in self.releases_in(&[ReleaseStatus::Confirmed, ReleaseStatus::Conflicted]) {
+        for t in self.releases_in(&[ReleaseStatus::Confirmed, ReleaseStatus::Conflicted, ReleaseStatus::Rejected]) {
             if let Some((r, _)) = self.releases.remove(&t)
                 && r.status == ReleaseStatus::Confirmed
             {
@@ -979,8 +1146,13 @@ impl Threshold {
         }
         // A competing one sent again: checked again (it may be valid by now).
         self.competing.remove(&txid);
-        match self.validate(&p) {
-            Ok(_) => self.accept(p, from),
+        match self.validate(&p).and_then(|_| self.check_turn(from, &p)) {
+            Ok(()) => {
+                if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
+                    self.to_check.push((from, p));
+                }
+                Ok(())
+            }
             Err(e) if e.may_pass_later() => {
                 info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
                 let from_sender = self.waiting.iter().filter(|(f, _, _)| *f == from).count();
@@ -998,9 +1170,19 @@ impl Threshold {
                 // exact amounts, fee): a bogus rival must not spoil a merge.
                 let locks = self.locks();
                 let alone = BTreeMap::new();
-                let view =
-                    release::View { utxos: &self.utxos, live: &alone, paid: &locks.paid, certified: &self.pegouts };
+                let view = release::View {
+                    utxos: &self.utxos,
+                    live: &alone,
+                    paid: &locks.paid,
+                    certified: &self.pegouts,
+                    fee_estimate: self.fee_estimate,
+                };
                 let valid_alone = release::validate(&p, &view, &self.policy).is_ok();
+                // A rival from a validator out of turn is refused, not kept.
+                if valid_alone && let Err(e) = self.in_turn(from, &p) {
+                    self.refused(from, &txid, &e);
+                    return Ok(());
+                }
                 let from_sender = self.competing.values().filter(|(_, _, f)| *f == from).count();
                 if valid_alone && self.competing.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
                     self.competing.insert(txid, (p, Instant::now(), from));
@@ -1008,11 +1190,57 @@ impl Threshold {
                 Ok(())
             }
             Err(e) => {
-                warn!(target: "release", %txid, from, reason = %e, "release proposal refused");
-                self.metrics.releases.with_label_values(&["refused"]).inc();
+                self.refused(from, &txid, &e);
                 Ok(())
             }
         }
+    }
+
+    /// Counts and logs a refused proposal.
+    fn refused(&self, from: usize, txid: &Txid, e: &ReleaseError) {
+        warn!(target: "release", %txid, from, reason = %e, "release proposal refused");
+        self.metrics.releases.with_label_values(&["refused"]).inc();
+        self.metrics.release_refusals.with_label_values(&[e.reason()]).inc();
+    }
+
+    /// Whether validator `from` may propose `p` now. A fresh release (one that touches
+    /// no live release here) comes from the validator whose turn it is, in the order
+    /// [`Threshold::maybe_propose`] follows: for some peg-out it pays, `from` is ranked
+    /// first, or its rank × `takeover` passed since this node saw the peg-out certified
+    /// (half a `takeover` of slack for the validators' different views). Replacements and
+    /// merges are gated in [`Threshold::validate`] instead (their predecessors' time to
+    /// be signed or confirmed, a higher fee for the same inputs).
+    fn check_turn(&self, from: usize, p: &Proposal) -> Result<(), ReleaseError> {
+        let mine = release::Live::of(p);
+        let touches_live = self
+            .locks()
+            .live
+            .values()
+            .any(|l| !l.inputs.is_disjoint(&mine.inputs) || !l.payouts.is_disjoint(&mine.payouts));
+        if touches_live {
+            return Ok(());
+        }
+        self.in_turn(from, p)
+    }
+
+    /// Whether `from` is in turn for a fresh release paying `p`'s peg-outs: ranked first
+    /// for one of them, or ranked `r` and [`BATCH_WAIT`] + `r` × `takeover` passed since
+    /// this node saw it certified (less half a `takeover` of slack).
+    fn in_turn(&self, from: usize, p: &Proposal) -> Result<(), ReleaseError> {
+        if from == self.me {
+            return Ok(());
+        }
+        let mut best = usize::MAX;
+        for e in &p.payouts {
+            let rank = relay::rank(e, from, self.n);
+            let elapsed = self.pegout_seen.get(e).map_or(Duration::ZERO, Instant::elapsed);
+            let due = BATCH_WAIT + self.takeover * rank as u32;
+            if rank == 0 || elapsed + self.takeover / 2 >= due {
+                return Ok(());
+            }
+            best = best.min(rank);
+        }
+        Err(ReleaseError::NotInTurn { proposer: from, rank: best })
     }
 
     /// A release still being signed long after it was accepted, with a competing
@@ -1046,12 +1274,10 @@ impl Threshold {
                 .map(|(c, _, _)| release::Live::of(c))
                 .filter(|c| !c.inputs.is_disjoint(&mine.inputs) || !c.payouts.is_disjoint(&mine.payouts))
                 .collect();
-            let rate = match self.bitcoin.as_ref() {
-                Some(b) => {
-                    bounded(b.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb)
-                }
-                None => return Ok(()),
-            };
+            if self.bitcoin.is_none() {
+                return Ok(());
+            }
+            let rate = self.honest_rate();
             // One rival at a time: one that does not hold up (it names what this node
             // does not see, or it touches other releases) cannot block the others.
             let mut proposed = None;
@@ -1096,10 +1322,10 @@ impl Threshold {
             if at.elapsed() > Duration::from_secs(300) || self.releases.contains_key(&p.txid()) {
                 continue;
             }
-            match self.validate(&p) {
-                Ok(_) => self.accept(p, from)?,
+            match self.validate(&p).and_then(|_| self.check_turn(from, &p)) {
+                Ok(()) => self.to_check.push((from, p)),
                 Err(e) if e.may_pass_later() => self.waiting.push((from, p, at)),
-                Err(e) => warn!(target: "release", txid = %p.txid(), reason = %e, "release proposal refused"),
+                Err(e) => self.refused(from, &p.txid(), &e),
             }
         }
         Ok(())
@@ -1216,7 +1442,9 @@ impl Threshold {
     }
 
     async fn follow_releases(&mut self) -> eyre::Result<()> {
-        let Some(btc) = self.bitcoin.as_ref() else { return Ok(()) };
+        if self.bitcoin.is_none() {
+            return Ok(());
+        }
         let watched = self.releases_in(&[ReleaseStatus::Broadcast, ReleaseStatus::Replaced]);
         let mut changed = Vec::new();
         let mut stuck_releases = Vec::new();
@@ -1227,6 +1455,7 @@ impl Threshold {
                 debug!(target: "release", "following releases: time budget spent, the rest next tick");
                 break;
             }
+            let Some(btc) = self.bitcoin.as_ref() else { break };
             let confs = match bounded(btc.tx_confirmations(txid)).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -1238,10 +1467,11 @@ impl Threshold {
             let status = rec.status;
             match confs {
                 Some(c) if c >= self.confirmations => {
-                    let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
+                    let Some((rec, p)) = self.releases.get_mut(&txid) else { continue };
                     rec.status = ReleaseStatus::Confirmed;
                     rec.confirmations = c;
                     self.metrics.releases.with_label_values(&["confirmed"]).inc();
+                    self.metrics.vault_fees_paid.inc_by(p.fee());
                     info!(target: "release", %txid, confirmations = c, payouts = rec.payouts.len(), "release confirmed at depth: peg-outs paid");
                     changed.push(txid);
                 }
@@ -1272,6 +1502,26 @@ impl Threshold {
                     let refused_long = self.releases.get(&txid).is_some_and(|(r, _)| {
                         r.broadcast_ms.is_none() && now_ms().saturating_sub(r.created_ms) > self.bump_turn(&txid)
                     });
+                    // Asked first: a policy refusal blames payouts, which are set apart,
+                    // and the release is dropped so that the next one pays the others.
+                    if let Some(t) = &tx
+                        && let Some(reason) = self.policy_refusal(t.clone()).await
+                    {
+                        let Some((_, p)) = self.releases.get(&txid) else { continue };
+                        let p = p.clone();
+                        let blamed = self.blame(&p, &reason).await?;
+                        error!(target: "release", %txid, %reason, blamed = blamed.len(), "signed release refused by bitcoind's relay policy: dropped");
+                        if let Some((rec, _)) = self.releases.get_mut(&txid) {
+                            rec.status = ReleaseStatus::Rejected;
+                        }
+                        self.metrics.releases.with_label_values(&["rejected"]).inc();
+                        changed.push(txid);
+                        continue;
+                    }
+                    let btc = match self.bitcoin.as_ref() {
+                        Some(b) => b,
+                        None => continue,
+                    };
                     if let Some(tx) = tx {
                         match bounded(btc.broadcast(tx)).await {
                             Ok(_) => {
@@ -1298,6 +1548,7 @@ impl Threshold {
                     // Fully signed, evicted, and no replacement of it out there yet: it
                     // is still the best way to pay its peg-outs.
                     if let Ok(Some(tx)) = self.signed_tx(&txid)
+                        && let Some(btc) = self.bitcoin.as_ref()
                         && let Err(e) = bounded(btc.broadcast(tx)).await
                     {
                         debug!(target: "release", %txid, error = %e, "replaced release not re-broadcast");
@@ -1371,6 +1622,7 @@ impl Threshold {
             if other != txid
                 && rec.status != ReleaseStatus::Confirmed
                 && rec.status != ReleaseStatus::Conflicted
+                && rec.status != ReleaseStatus::Rejected
                 && p.tx.input.iter().any(|i| spent.contains(&i.previous_output))
             {
                 rec.status = ReleaseStatus::Conflicted;
@@ -1383,10 +1635,12 @@ impl Threshold {
 
     async fn replace(&mut self, txid: Txid) -> eyre::Result<()> {
         let Some((rec, p)) = self.releases.get(&txid) else { return Ok(()) };
-        let Some(btc) = self.bitcoin.as_ref() else { return Ok(()) };
-        let estimate =
-            bounded(btc.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb);
-        let rate = (rec.fee_rate_sat_per_vb.saturating_mul(2)).max(estimate).min(self.policy.ceiling_sat_per_vb);
+        if self.bitcoin.is_none() {
+            return Ok(());
+        }
+        // Twice the old rate, or the estimate, within the band the signers accept.
+        let band = self.policy.band_ceiling(self.fee_estimate);
+        let rate = (rec.fee_rate_sat_per_vb.saturating_mul(2)).max(self.honest_rate()).min(band);
         let Some(new) = release::bump(p, rate, &self.policy) else {
             warn!(target: "release", %txid, "stuck release cannot be bumped further (no change left or at the fee ceiling)");
             return Ok(());
@@ -1444,6 +1698,46 @@ impl Threshold {
         self.accept(p, self.me)
     }
 
+    /// Test faults: sends a proposal to the others without validating or accepting it.
+    fn send_faulty(&mut self, p: Result<Proposal, ReleaseError>, fault: &str) -> eyre::Result<()> {
+        self.last_proposal = Some(Instant::now());
+        let Ok(p) = p else { return Ok(()) };
+        warn!(target: "release", txid = %p.txid(), fee = p.fee(), fault, "TEST FAULT: sending a release proposal honest signers must refuse");
+        let mut payload = vec![TAG_RELEASE];
+        payload.extend(p.encode());
+        for i in (0..self.n).filter(|i| *i != self.me) {
+            self.send(i, payload.clone());
+        }
+        Ok(())
+    }
+
+    /// The fee rate this node proposes at: its estimate, or the floor without one.
+    fn honest_rate(&self) -> u64 {
+        self.fee_estimate.unwrap_or(self.policy.floor_sat_per_vb)
+    }
+
+    /// Reads bitcoind's fee estimate again once it is older than ten seconds (bounded,
+    /// like every call of the release path). A failed read keeps the last estimate for
+    /// a minute, then falls back to none (the band centres on the floor).
+    async fn refresh_fee_estimate(&mut self) {
+        if self.fee_estimated_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        let Some(btc) = self.bitcoin.as_ref() else { return };
+        match bounded(btc.estimate_fee_rate()).await {
+            Ok(f) => {
+                self.fee_estimate = Some(f.sat_per_vb);
+                self.fee_estimated_at = Some(Instant::now());
+            }
+            Err(e) => {
+                debug!(target: "release", error = %e, "fee estimate unavailable");
+                if self.fee_estimated_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    self.fee_estimate = None;
+                }
+            }
+        }
+    }
+
     fn propose(&mut self, p: Proposal) -> eyre::Result<()> {
         if self.releases.contains_key(&p.txid()) {
             return Ok(());
@@ -1470,8 +1764,11 @@ impl Threshold {
         }
         let locks = self.locks();
         let (locked_inputs, locked_payouts) = (locks.inputs(), locks.payouts());
-        let mut unpaid: Vec<(&EventId, &Instant)> =
-            self.pegout_seen.iter().filter(|(e, _)| !locked_payouts.contains(e)).collect();
+        let mut unpaid: Vec<(&EventId, &Instant)> = self
+            .pegout_seen
+            .iter()
+            .filter(|(e, _)| !locked_payouts.contains(e) && self.bridge_not_ready(e.chain.0).is_none())
+            .collect();
         if unpaid.is_empty() {
             return Ok(());
         }
@@ -1490,22 +1787,39 @@ impl Threshold {
         });
         let Some((&oldest, &since)) = unpaid.first().copied() else { return Ok(()) };
         let rank = relay::rank(&oldest, self.me, self.n) as u32;
+        let faulty_now = matches!(self.release_fault, Some(ReleaseFault::GreedyFee | ReleaseFault::OutOfTurn));
         // Rank 0 waits a moment to batch peg-outs certified together.
-        if since.elapsed() < Duration::from_secs(2) + self.takeover * rank {
+        if !faulty_now && since.elapsed() < BATCH_WAIT + self.takeover * rank {
             return Ok(());
         }
         let payouts: Vec<Payout> = unpaid.iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect();
         let available: Vec<(OutPoint, Sats)> =
             self.utxos.iter().filter(|(op, _)| !locked_inputs.contains(op)).map(|(op, a)| (*op, *a)).collect();
-        let rate = match self.bitcoin.as_ref() {
-            Some(b) => {
-                bounded(b.estimate_fee_rate()).await.map(|f| f.sat_per_vb).unwrap_or(self.policy.floor_sat_per_vb)
+        if self.bitcoin.is_none() {
+            return Ok(());
+        }
+        let rate = self.honest_rate();
+        match self.release_fault {
+            Some(ReleaseFault::GreedyFee) => {
+                let greedy = rate.saturating_mul(10).min(self.policy.ceiling_sat_per_vb);
+                return self.send_faulty(release::build(&available, &payouts, greedy, &self.policy), "greedy fee");
             }
-            None => return Ok(()),
-        };
+            Some(ReleaseFault::OutOfTurn) if rank > 0 => {
+                return self.send_faulty(release::build(&available, &payouts, rate, &self.policy), "out of turn");
+            }
+            _ => {}
+        }
         match release::build(&available, &payouts, rate, &self.policy) {
-            Ok(p) if self.split_proposals => self.propose_split(p, &available, &payouts, rate),
+            Ok(p) if self.release_fault == Some(ReleaseFault::SplitProposals) => {
+                self.propose_split(p, &available, &payouts, rate)
+            }
             Ok(p) => {
+                if let Some(reason) = self.policy_refusal(p.tx.clone()).await {
+                    let blamed = self.blame(&p, &reason).await?;
+                    warn!(target: "release", txid = %p.txid(), %reason, blamed = blamed.len(), "own release refused by bitcoind's relay policy: the next one goes without what it blames");
+                    self.last_proposal = Some(Instant::now());
+                    return Ok(());
+                }
                 info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), rate, rank, "proposing a release");
                 self.propose(p)
             }

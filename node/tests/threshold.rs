@@ -49,6 +49,8 @@ struct Net {
     miner: tokio::task::JoinHandle<()>,
     /// Whether the miner task mines (a block every 700 ms) or holds off.
     mining: Arc<AtomicBool>,
+    /// The DKG's group keys, as `btcfi-node dkg` printed them.
+    keys: serde_json::Value,
 }
 
 impl Drop for Net {
@@ -57,16 +59,52 @@ impl Drop for Net {
     }
 }
 
+/// How a test network differs from the default one.
+struct Opts {
+    /// Validator `i` runs with `faults[i]`.
+    faults: [Option<&'static str>; 4],
+    /// Releases are replaced (RBF) after this long unconfirmed.
+    rbf_after_secs: u64,
+    /// Stalled releases are merged with a competing one after this long.
+    merge_after_ms: u64,
+    /// The bridge of this chain gets no key (its `groupKey()` is zero), and the
+    /// validators are started without waiting for them to be ready.
+    unkeyed: Option<usize>,
+    /// Attempts of a signing session before it fails and is retried as a new round.
+    max_attempts: u32,
+    /// bitcoind's own extra options (a relay policy).
+    bitcoind_args: &'static [&'static str],
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            faults: [None; 4],
+            rbf_after_secs: 600,
+            merge_after_ms: 600_000,
+            unkeyed: None,
+            max_attempts: 64,
+            bitcoind_args: &[],
+        }
+    }
+}
+
 /// bitcoind, two anvil chains with bridges, 4 validators after their DKG, the EVM
 /// group key installed in both bridges; validator `i` runs with `faults[i]`.
-async fn network(faults: [Option<&str>; 4]) -> Net {
-    network_with(faults, 600, 600_000).await
+async fn network(faults: [Option<&'static str>; 4]) -> Net {
+    network_opts(Opts { faults, ..Opts::default() }).await
 }
 
 /// [`network`], with releases replaced (RBF) after `rbf_after_secs` unconfirmed, and
 /// stalled ones merged with a competing one after `merge_after_ms`.
-async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_after_ms: u64) -> Net {
-    let btc = Arc::new(Bitcoind::start().await.unwrap());
+async fn network_with(faults: [Option<&'static str>; 4], rbf_after_secs: u64, merge_after_ms: u64) -> Net {
+    network_opts(Opts { faults, rbf_after_secs, merge_after_ms, ..Opts::default() }).await
+}
+
+async fn network_opts(o: Opts) -> Net {
+    let Opts { faults, rbf_after_secs, merge_after_ms, unkeyed, max_attempts, bitcoind_args } = o;
+    let btc = Bitcoind::start_with(bitcoind_args).await.unwrap();
+    let btc = Arc::new(btc);
     let start = btc.block_count().await.unwrap() + 1;
     let mut chains = Vec::new();
     for id in [31337u64, 31338] {
@@ -84,7 +122,7 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_afte
         });
     }
     setup.extra = format!(
-        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\n\n\
+        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\n\n\
          [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
     );
     let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
@@ -107,7 +145,10 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_afte
     }
     let keys = dkg_all(&nodes.iter().collect::<Vec<_>>());
     let (x, y) = (keys["evm"]["x"].as_str().unwrap(), keys["evm"]["y"].as_str().unwrap());
-    for c in &chains {
+    for (i, c) in chains.iter().enumerate() {
+        if unkeyed == Some(i) {
+            continue;
+        }
         let r = as_account(c, 0)
             .setInitialKey(U256::from_str(x).unwrap(), U256::from_str(y).unwrap())
             .send()
@@ -119,7 +160,11 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_afte
         assert!(r.status(), "setInitialKey");
     }
     let vault = common::vault_of(&keys);
-    common::start_all(&mut nodes).await;
+    if unkeyed.is_some() {
+        nodes.iter_mut().for_each(Validator::start);
+    } else {
+        common::start_all(&mut nodes).await;
+    }
     // A block a second, as a live chain would.
     let mining = Arc::new(AtomicBool::new(true));
     let miner = {
@@ -134,7 +179,7 @@ async fn network_with(faults: [Option<&str>; 4], rbf_after_secs: u64, merge_afte
             }
         })
     };
-    Net { btc, chains, nodes, vault, miner, mining }
+    Net { btc, chains, nodes, vault, miner, mining, keys }
 }
 
 impl Net {
@@ -571,4 +616,212 @@ async fn a_release_split_by_its_proposer_is_merged_and_pays_once() {
     assert_eq!(tx.vin.len(), 2, "the merge conflicts with both halves' releases: {paid}");
     let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
     assert_eq!(received, Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once");
+}
+
+/// Honest signers' refusals of release proposals for `reason`, per validator.
+fn refusals(net: &Net, reason: &str) -> Vec<f64> {
+    net.nodes.iter().map(|n| n.metric("btcfi_release_refusals_total", &format!("reason=\"{reason}\""))).collect()
+}
+
+/// Waits until `burn` is paid at depth (as validator 0 sees it), printing the release
+/// logs on a timeout.
+async fn wait_paid(net: &Net, burn: &str) -> serde_json::Value {
+    wait_until("the peg-out paid at depth", Duration::from_secs(150), || async {
+        net.nodes[0].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
+    })
+    .await
+    .unwrap_or_else(|e| {
+        for n in &net.nodes {
+            let lines: Vec<String> =
+                n.log().lines().filter(|l| l.contains("\"target\":\"release")).map(str::to_owned).collect();
+            eprintln!("--- {}:\n{}", n.name, lines.join("\n"));
+        }
+        panic!("{e}")
+    })
+}
+
+/// One validator proposes every release at ten times the honest fee rate (within the
+/// configured ceiling), at once, whatever the turn. Every honest signer refuses it
+/// (its fee is above twice their own estimate); the peg-out is paid by an honest
+/// proposal at the honest rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_at_ten_times_the_honest_fee_rate_is_refused_by_every_honest_signer() {
+    let greedy = 1;
+    let mut faults = [None; 4];
+    faults[greedy] = Some("greedy-fee-proposals");
+    let net = network(faults).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    net.deposit(0, user, 1_000_000).await;
+    net.wait_balance(0, user, 1_000_000).await;
+
+    let payee = net.btc.new_address().await.unwrap();
+    let burn = net.burn_to_bitcoin(0, 7, 400_000, &payee).await;
+    let paid = wait_paid(&net, &burn).await;
+    assert!(net.nodes[greedy].log().contains("TEST FAULT: sending a release proposal"), "it proposed");
+    let refused = refusals(&net, "fee_out_of_band");
+    for (i, r) in refused.iter().enumerate().filter(|(i, _)| *i != greedy) {
+        assert!(*r >= 1.0, "validator {i} refused the greedy proposal: {refused:?}");
+    }
+    // Paid by an honest release: the floor rate of 2 sat/vB (regtest has no estimate),
+    // so at most twice that, never the greedy 20.
+    let rate = paid["release"]["fee_rate_sat_per_vb"].as_u64().unwrap();
+    assert!(rate <= 4, "honest fee rate, not the greedy one: {paid}");
+    let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
+    assert_eq!(received, Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once");
+    assert!(
+        net.metric_sum("btcfi_vault_fees_paid_sats_total", "") >= paid["release"]["network_fee_sats"].as_f64().unwrap()
+    );
+}
+
+/// One validator proposes at once, at the honest rate, though its turn (rank × takeover
+/// after the peg-out was certified) has not come. Every honest signer refuses it; the
+/// validator in turn proposes, and the peg-out is paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
+    let eager = 2;
+    let mut faults = [None; 4];
+    faults[eager] = Some("out-of-turn-proposals");
+    let net = network(faults).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    net.deposit(0, user, 3_000_000).await;
+    net.wait_balance(0, user, 3_000_000).await;
+
+    // A burn for which the faulty validator is not first in turn (it is, for a quarter
+    // of event ids: such a burn is simply paid by it, in turn).
+    let mut out_of_turn = None;
+    for _ in 0..8 {
+        let payee = net.btc.new_address().await.unwrap();
+        let burn = net.burn_to_bitcoin(0, 7, 300_000, &payee).await;
+        let event: EventId = burn.parse().unwrap();
+        if btcfi_node::relay::rank(&event, eager, 4) > 0 {
+            out_of_turn = Some((burn, payee));
+            break;
+        }
+        wait_paid(&net, &burn).await;
+    }
+    let (burn, payee) = out_of_turn.expect("a burn out of the faulty validator's turn");
+    wait_paid(&net, &burn).await;
+    let refused = refusals(&net, "not_in_turn");
+    for (i, r) in refused.iter().enumerate().filter(|(i, _)| *i != eager) {
+        assert!(*r >= 1.0, "validator {i} refused the out-of-turn proposal: {refused:?}");
+    }
+    let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
+    assert_eq!(received, Amount::from_sat(300_000 - PEG_OUT_FEE), "paid once");
+}
+
+/// A bridge whose `groupKey()` is not the epoch's evm key (here: never set) makes its
+/// chain not ready, with the reason, and nothing to it is signed; once the bridge holds
+/// the key (checked periodically), the mint that waited is signed and minted. The other
+/// chain works throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_holding_another_key_gets_nothing_signed_until_it_holds_the_epochs() {
+    let net = network_opts(Opts { unkeyed: Some(1), ..Opts::default() }).await;
+    let unkeyed = net.chains[1].anvil.chain_id();
+    for n in &net.nodes {
+        wait_until(&format!("{} names the bridge", n.name), Duration::from_secs(90), || async {
+            let s = n.get("/v1/status")?;
+            let why: Vec<String> =
+                s["not_ready"].as_array()?.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect();
+            let about_bridge = |r: &String| r.contains(&format!("chain {unkeyed}")) && r.contains("groupKey()");
+            (!why.is_empty() && why.iter().all(about_bridge)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", n.get("/v1/status").unwrap_or_default()));
+    }
+    let user = net.chains[0].anvil.dev_address(7);
+    let held = net.deposit(1, user, 700_000).await;
+    net.deposit(0, user, 500_000).await;
+    net.wait_balance(0, user, 500_000).await;
+    // Certified like any other, but not signed: its bridge would not take our key.
+    let rec = wait_until("the held deposit certified", Duration::from_secs(60), || async {
+        net.nodes[0].get(&format!("/v1/attestations/{held}")).filter(|v| v["certificate"]["digest"].is_string())
+    })
+    .await
+    .unwrap();
+    assert_ne!(rec["status"], "signed", "{rec}");
+    assert!(rec["signature"].is_null(), "{rec}");
+    assert_eq!(net.balance(1, user).await, 0);
+
+    // The bridge gets the epoch's key: the mint that waited is signed and minted.
+    let keys = &net.keys;
+    let (x, y) = (keys["evm"]["x"].as_str().unwrap(), keys["evm"]["y"].as_str().unwrap());
+    let r = as_account(&net.chains[1], 0)
+        .setInitialKey(U256::from_str(x).unwrap(), U256::from_str(y).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(r.status());
+    net.wait_balance(1, user, 700_000).await;
+    for n in &net.nodes {
+        n.wait_ready().await;
+    }
+}
+
+/// bitcoind relays less than the node's own checks allow (a `-dustrelayfee` twice the
+/// default: dust limits twice the node's). A burn that leaves exactly the node's dust
+/// limit after the fee passes the node's check and the contract's minimum, but bitcoind's
+/// `testmempoolaccept` refuses any release paying it: the node blames that payout, sets
+/// it apart (`unpayable`, with bitcoind's reason), and the burn made right after it is
+/// paid. Without the check, the release holding both was signed and never relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_bitcoinds_policy_refuses_is_set_apart_and_the_others_are_paid() {
+    let net = network_opts(Opts { bitcoind_args: &["-dustrelayfee=0.00006"], ..Opts::default() }).await;
+    let user = net.chains[0].anvil.dev_address(7);
+    net.deposit(0, user, 1_000_000).await;
+    net.wait_balance(0, user, 1_000_000).await;
+
+    let small_payee = net.btc.new_address().await.unwrap();
+    // Exactly the node's own dust limit for its type after the fee: below bitcoind's.
+    let script = small_payee.script_pubkey();
+    let dust = btcfi_node::release::Policy::new(script.clone(), btcfi_types::Sats(0), 1, 1).dust_limit(&script);
+    let small = net.burn_to_bitcoin(0, 7, PEG_OUT_FEE + dust, &small_payee).await;
+    let payee = net.btc.new_address().await.unwrap();
+    let regular = net.burn_to_bitcoin(0, 7, 300_000, &payee).await;
+    wait_paid(&net, &regular).await;
+    let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
+    assert_eq!(received, Amount::from_sat(300_000 - PEG_OUT_FEE));
+    for n in &net.nodes {
+        let v = wait_until("the small payout set apart", Duration::from_secs(30), || async {
+            n.get(&format!("/v1/attestations/{small}")).filter(|v| v["status"] == "unpayable")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}: {:?}", n.name, n.get(&format!("/v1/attestations/{small}"))));
+        assert!(v.to_string().contains("dust"), "bitcoind's reason is named: {v}");
+    }
+    let nothing = net.btc.rpc(move |c| c.get_received_by_address(&small_payee, Some(0))).await.unwrap();
+    assert_eq!(nothing, Amount::ZERO);
+}
+
+/// A mint whose signers were away for longer than a whole session: with one validator
+/// stopped and another taking no part in signing, the two left cannot reach t = 3, and
+/// the session fails. The round is retried by itself with backoff (and at once when a
+/// signer is back); the stopped validators come back (without their fault), join the
+/// round their peers are in, and the mint that waited is signed and minted. Before
+/// retries, a failed session could never sign that message again in the epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_whose_signers_were_away_for_longer_than_a_session_is_signed_when_they_return() {
+    // A session gives up after 4 attempts here (64 by default: minutes at this timeout).
+    let faults = [None, None, Some("silent-on-mints"), None];
+    let mut net = network_opts(Opts { faults, max_attempts: 4, ..Opts::default() }).await;
+    net.nodes[3].kill();
+    let user = net.chains[0].anvil.dev_address(7);
+    let failed = |net: &Net| net.nodes[0].metric("btcfi_signing_sessions_total", "outcome=\"failed\"");
+    net.deposit(0, user, 800_000).await;
+    wait_until("a failed session", Duration::from_secs(90), || async { (failed(&net) >= 1.0).then_some(()) })
+        .await
+        .unwrap();
+    // The silent one stops too; the round fails again while two are away.
+    net.nodes[2].kill();
+    wait_until("a retried round failed too", Duration::from_secs(90), || async { (failed(&net) >= 2.0).then_some(()) })
+        .await
+        .unwrap();
+    assert_eq!(net.balance(0, user).await, 0);
+    net.nodes[2].fault = None;
+    net.nodes[2].start();
+    net.nodes[3].start();
+    net.wait_balance(0, user, 800_000).await;
+    assert!(net.nodes[0].log().contains("retried as a new round"), "the round was retried");
 }

@@ -35,9 +35,8 @@ impl Evm {
         Self { anvil, deployed, key, rng }
     }
 
-    /// Mints `sats` to dev account `user` (signed by the group key), then the user burns
-    /// them towards Bitcoin. Returns the burn's event id `chain:tx:log index`.
-    async fn mint_and_burn(&mut self, user: usize, sats: u64) -> String {
+    /// Mints `sats` to dev account `user`, signed by the dealer group key.
+    async fn mint(&mut self, user: usize, sats: u64) {
         let to = self.anvil.dev_address(user);
         let event_id = self.rng.bytes32();
         let msg = mint_message(self.anvil.chain_id(), self.deployed.bridge, event_id, to, sats);
@@ -45,6 +44,25 @@ impl Evm {
         let bridge = IBridge::new(self.deployed.bridge, self.anvil.wallet_provider(0));
         let r = bridge.mint(B256::from(event_id), to, sats, sig.rx, sig.ry, sig.z).send().await.unwrap();
         assert!(r.get_receipt().await.unwrap().status());
+    }
+
+    /// Hands the bridge over to the validators' DKG key (`rotateKey`, signed by the
+    /// dealer key): the node signs nothing for a bridge that holds another key.
+    async fn rotate_to(&mut self, keys: &serde_json::Value) {
+        let parse = |v: &serde_json::Value| {
+            alloy::primitives::U256::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+        };
+        let (x, y) = (parse(&keys["evm"]["x"]), parse(&keys["evm"]["y"]));
+        let bridge = IBridge::new(self.deployed.bridge, self.anvil.wallet_provider(0));
+        let msg = bridge.rotateMessage(x, y).call().await.unwrap();
+        let sig = self.key.sign(&mut self.rng, msg.0);
+        let r = bridge.rotateKey(x, y, sig.rx, sig.ry, sig.z).send().await.unwrap();
+        assert!(r.get_receipt().await.unwrap().status(), "rotateKey");
+    }
+
+    /// Dev account `user` burns `sats` towards Bitcoin. Returns the burn's event id
+    /// `chain:tx:log index`.
+    async fn burn(&mut self, user: usize, sats: u64) -> String {
         let as_user = IBridge::new(self.deployed.bridge, self.anvil.wallet_provider(user));
         let script = bitcoin::ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([9; 20]));
         let receipt =
@@ -92,6 +110,10 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     assert!(String::from_utf8_lossy(&check.stdout).contains("rpc_password = \"***\""), "password masked");
     let keys = dkg_all(&nodes.iter().collect::<Vec<_>>());
     let vault = common::vault_of(&keys);
+    // Wrapped BTC for the burn below, minted under the dealer key; then the bridge is
+    // the validators'.
+    evm.mint(2, 70_000).await;
+    evm.rotate_to(&keys).await;
     common::start_all(&mut nodes).await;
 
     // One deposit: all four certify the same digest.
@@ -107,7 +129,7 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     assert!(["signing", "submission"].contains(&dep["gate"].as_str().unwrap()), "{dep}");
 
     // A burn on the EVM chain: reported at depth 2 by every node's EVM adapter, certified.
-    let burn = evm.mint_and_burn(2, 70_000).await;
+    let burn = evm.burn(2, 70_000).await;
     evm.anvil.mine(2).await.unwrap();
     wait_certified(&nodes.iter().collect::<Vec<_>>(), &burn).await;
     let b = nodes[2].get(&format!("/v1/attestations/{burn}")).unwrap();

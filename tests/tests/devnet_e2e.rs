@@ -273,6 +273,31 @@ fn devnet_round_trip_on_every_chain() {
         assert_eq!(format!("0x{}", word(r, 1)), y, "{}: groupKey().py", c["name"]);
     }
 
+    // A burn that would leave less than its script type's dust after the peg-out fee
+    // (2,400 sat to P2PKH: 400 sat, below P2PKH's 546) is refused by every bridge, with
+    // the minimum it needs; the round trips right after it are paid.
+    let p2pkh = format!("76a914{}88ac", "11".repeat(20));
+    let calldata = format!(
+        "{}{:064x}{:064x}{:064x}{}{}",
+        &keccak_selector("burnToBitcoin(uint64,bytes)")[..10],
+        fee + 400,
+        64,
+        25,
+        p2pkh,
+        "0".repeat(14)
+    );
+    let below = &keccak_selector("AmountBelowMinimum(uint64)")[..10];
+    for c in evm {
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
+            "params": [{"to": c["bridge_address"], "from": format!("0x{}", "ab".repeat(20)), "data": calldata}, "latest"]});
+        let (_, body) = http("POST", c["rpc_url"].as_str().unwrap(), Some(&req.to_string()), None);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let data =
+            v["error"]["data"].as_str().unwrap_or_else(|| panic!("{}: the small burn must revert: {v}", c["name"]));
+        assert!(data.starts_with(below), "{}: AmountBelowMinimum expected: {v}", c["name"]);
+        assert_eq!(word_u64(&data[10..], 0), fee + 546, "{}: the minimum to P2PKH", c["name"]);
+    }
+
     // The round trips.
     let summary_path = devnet.dir.join("demo-summary.json");
     let demo =

@@ -25,8 +25,22 @@ pub enum ReleaseError {
     TooSmall(EventId),
     #[error("peg-out {0} pays a non-standard script that Bitcoin nodes would not relay")]
     NonStandard(EventId),
-    #[error("fee rate {rate} sat/vB outside [{floor}, {ceiling}]")]
+    #[error(
+        "fee rate {rate} sat/vB outside [{floor}, {ceiling}] (the ceiling is the lower of the configured one and max_fee_multiple times this signer's own estimate)"
+    )]
     FeeOutOfBounds { rate: u64, floor: u64, ceiling: u64 },
+    #[error(
+        "it spends {inputs} inputs where its payouts and fee need at most {allowed} (with the consolidation allowance)"
+    )]
+    TooManyInputs { inputs: usize, allowed: usize },
+    #[error("its weight {weight} WU exceeds the standard limit of 400,000 WU that Bitcoin nodes relay")]
+    TooHeavy { weight: u64 },
+    #[error(
+        "validator {proposer} proposed out of turn (rank {rank} for every peg-out it pays, whose turn has not come)"
+    )]
+    NotInTurn { proposer: usize, rank: usize },
+    #[error("peg-out {0} was burned on a bridge that does not hold this epoch's key: not paid")]
+    SourceNotReady(EventId),
     #[error("the vault holds {have} sat spendable, the release needs {need}")]
     InsufficientFunds { have: u64, need: u64 },
     #[error("sighash: {0}")]
@@ -44,6 +58,19 @@ pub enum ReleaseError {
 }
 
 impl ReleaseError {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReleaseError::FeeOutOfBounds { .. } => "fee_out_of_band",
+            ReleaseError::NotInTurn { .. } => "not_in_turn",
+            ReleaseError::TooManyInputs { .. } => "too_many_inputs",
+            ReleaseError::NonStandard(_) | ReleaseError::TooSmall(_) | ReleaseError::TooHeavy { .. } => "non_standard",
+            ReleaseError::WrongOutput { .. } | ReleaseError::ForeignOutput(_) => "wrong_outputs",
+            ReleaseError::Malformed(_) => "malformed",
+            _ => "other",
+        }
+    }
+
     /// Whether the proposal may become valid later in this node's view (it is kept
     /// and checked again), as opposed to refused for good.
     pub fn may_pass_later(&self) -> bool {
@@ -54,6 +81,7 @@ impl ReleaseError {
                 | ReleaseError::PaidOnChain(_)
                 | ReleaseError::NotSynced
                 | ReleaseError::TooEarly(_)
+                | ReleaseError::SourceNotReady(_)
         )
     }
 }

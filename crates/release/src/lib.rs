@@ -12,7 +12,15 @@
 //!   script `amount - peg_out_fee`, plus at most one change output to the vault;
 //! - every payout is a peg-out this node certified, not paid or promised elsewhere
 //!   (a replacement must spend the very same inputs, so at most one can confirm);
-//! - the fee rate lies within the configured bounds.
+//! - the fee rate lies within the configured bounds, and at most `max_fee_multiple`
+//!   times this signer's own fee estimate (one validator cannot give the vault to the
+//!   miners);
+//! - it spends no more inputs than the payouts and fee need, plus those it must spend
+//!   to conflict with the live releases it supersedes, plus at most
+//!   `consolidation_inputs`;
+//! - every payout is relayed by Bitcoin nodes (a standard template, at or above the dust
+//!   limit of its own output type at `dust_relay_sat_per_kvb`), and the whole
+//!   transaction is within the standard weight.
 //!
 //! Then one `btc` signing session per input signs its BIP341 key-path sighash
 //! (SIGHASH_DEFAULT). With every signature in, any validator assembles the witnesses,
@@ -41,8 +49,14 @@ pub use error::ReleaseError;
 pub const TAG_RELEASE: u8 = 3;
 /// Version byte of an encoded [`Proposal`].
 pub const PROPOSAL_VERSION: u8 = 1;
-/// Smallest output the release creates (P2TR dust limit).
-pub const DUST: u64 = 330;
+/// Bitcoin Core's default `-dustrelayfee`, in sat per 1,000 vB.
+pub const DEFAULT_DUST_RELAY_SAT_PER_KVB: u64 = 3_000;
+/// A proposal may pay at most this multiple of the signer's own fee estimate.
+pub const DEFAULT_MAX_FEE_MULTIPLE: u64 = 2;
+/// Inputs a proposal may spend beyond those its payouts and fee need.
+pub const DEFAULT_CONSOLIDATION_INPUTS: usize = 2;
+/// Largest standard transaction weight (Bitcoin Core's `MAX_STANDARD_TX_WEIGHT`).
+pub const MAX_STANDARD_WEIGHT: u64 = bitcoin::policy::MAX_STANDARD_TX_WEIGHT as u64;
 /// Most payouts in one release.
 pub const MAX_PAYOUTS: usize = 200;
 /// Most inputs in one release.
@@ -63,6 +77,47 @@ pub struct Policy {
     pub peg_out_fee: Sats,
     pub floor_sat_per_vb: u64,
     pub ceiling_sat_per_vb: u64,
+    /// The dust relay fee that sets each output type's dust limit (sat per 1,000 vB).
+    pub dust_relay_sat_per_kvb: u64,
+    /// A proposal's fee rate may be at most this multiple of the signer's own estimate.
+    pub max_fee_multiple: u64,
+    /// Inputs beyond those needed that a proposal may spend (consolidation).
+    pub consolidation_inputs: usize,
+}
+
+impl Policy {
+    /// A policy with Bitcoin Core's default dust relay fee and the default fee band and
+    /// consolidation allowance.
+    pub fn new(vault_script: ScriptBuf, peg_out_fee: Sats, floor_sat_per_vb: u64, ceiling_sat_per_vb: u64) -> Self {
+        Self {
+            vault_script,
+            peg_out_fee,
+            floor_sat_per_vb,
+            ceiling_sat_per_vb,
+            dust_relay_sat_per_kvb: DEFAULT_DUST_RELAY_SAT_PER_KVB,
+            max_fee_multiple: DEFAULT_MAX_FEE_MULTIPLE,
+            consolidation_inputs: DEFAULT_CONSOLIDATION_INPUTS,
+        }
+    }
+
+    /// The dust limit of an output to `script`: the smallest value Bitcoin nodes relay
+    /// (Bitcoin Core's `GetDustThreshold`: what spending it would cost at the dust relay
+    /// fee; P2PKH 546, P2SH 540, P2WPKH 294, P2WSH and P2TR 330 sat at the default).
+    pub fn dust_limit(&self, script: &ScriptBuf) -> u64 {
+        let spend: u64 = if script.is_witness_program() { 32 + 4 + 1 + 107 / 4 + 4 } else { 32 + 4 + 1 + 107 + 4 };
+        // TxOut: value (8) + compact-size length + script.
+        let len = script.len() as u64;
+        let prefix = if len < 0xfd { 1 } else { 3 };
+        let size = spend.saturating_add(8).saturating_add(prefix).saturating_add(len);
+        size.saturating_mul(self.dust_relay_sat_per_kvb) / 1_000
+    }
+
+    /// The highest fee rate a proposal may pay when this signer estimates `estimate`
+    /// sat/vB (`None`: its estimate is unavailable, the floor stands in).
+    pub fn band_ceiling(&self, estimate: Option<u64>) -> u64 {
+        let base = estimate.unwrap_or(self.floor_sat_per_vb).max(self.floor_sat_per_vb);
+        base.saturating_mul(self.max_fee_multiple.max(1)).min(self.ceiling_sat_per_vb)
+    }
 }
 
 /// An unsigned release.
@@ -150,11 +205,22 @@ pub fn signed_vsize(tx: &Transaction) -> u64 {
 }
 
 fn payout_value(p: &Payout, policy: &Policy) -> Option<u64> {
-    p.amount.0.checked_sub(policy.peg_out_fee.0).filter(|v| *v >= DUST)
+    p.amount.0.checked_sub(policy.peg_out_fee.0).filter(|v| *v >= policy.dust_limit(&p.script))
+}
+
+/// The smallest change output the release creates (the vault script's dust limit).
+fn change_dust(policy: &Policy) -> u64 {
+    policy.dust_limit(&policy.vault_script)
+}
+
+/// Weight of `tx` once every input carries a 64-byte key-path signature.
+pub fn signed_weight(tx: &Transaction) -> u64 {
+    signed_vsize(tx).saturating_mul(4)
 }
 
 /// Why a certified peg-out can never be paid (its amount does not cover the peg-out
-/// fee plus dust, or its script is not relayed by Bitcoin nodes), if it cannot. Such a
+/// fee plus the dust limit of its output type, or its script is not a standard
+/// template that Bitcoin nodes relay), if it cannot. Such a
 /// payout is left out of every release, so that it never holds up the others.
 pub fn unpayable(p: &Payout, policy: &Policy) -> Option<ReleaseError> {
     if payout_value(p, policy).is_none() {
@@ -194,10 +260,10 @@ pub fn build_with(
     }
     let mut outputs = Vec::new();
     for p in &payouts {
-        let v = payout_value(p, policy).ok_or(ReleaseError::TooSmall(p.event))?;
         if !is_standard_payout(&p.script) {
             return Err(ReleaseError::NonStandard(p.event));
         }
+        let v = payout_value(p, policy).ok_or(ReleaseError::TooSmall(p.event))?;
         outputs.push(TxOut { value: Amount::from_sat(v), script_pubkey: p.script.clone() });
     }
     let overflow = || ReleaseError::Malformed("amounts overflow");
@@ -230,7 +296,10 @@ pub fn build_with(
         with_change.output.push(change.clone());
         let fee = fee_at(&with_change)?;
         let spent = pay.checked_add(fee).ok_or_else(overflow)?;
-        if let Some(left) = have.checked_sub(spent).filter(|left| *left >= DUST) {
+        if signed_weight(&with_change) > MAX_STANDARD_WEIGHT {
+            return Err(ReleaseError::TooHeavy { weight: signed_weight(&with_change) });
+        }
+        if let Some(left) = have.checked_sub(spent).filter(|left| *left >= change_dust(policy)) {
             let mut out = with_change;
             if let Some(c) = out.output.last_mut() {
                 c.value = Amount::from_sat(left);
@@ -256,11 +325,29 @@ pub fn bump(old: &Proposal, fee_rate: u64, policy: &Policy) -> Option<Proposal> 
     let change = tx.output.last_mut().filter(|o| o.script_pubkey == policy.vault_script)?;
     let others = all_out.checked_sub(change.value.to_sat())?;
     let new_change = have.checked_sub(others)?.checked_sub(fee)?;
-    if new_change < DUST || new_change >= change.value.to_sat() {
+    if new_change < change_dust(policy) || new_change >= change.value.to_sat() {
         return None;
     }
     change.value = Amount::from_sat(new_change);
     Some(Proposal { tx, prevouts: old.prevouts.clone(), payouts: old.payouts.clone() })
+}
+
+/// The unsigned transaction that pays only payout `index` of `p` (same inputs, same
+/// fee, the rest as change to the vault): to ask Bitcoin Core which payout its policy
+/// refuses when it refuses the whole release. `None` if `index` is not a payout.
+pub fn payout_probe(p: &Proposal, index: usize, policy: &Policy) -> Option<Transaction> {
+    if index >= p.payouts.len() {
+        return None;
+    }
+    let out = p.tx.output.get(index)?.clone();
+    let have = total(&p.prevouts).ok()?;
+    let change = have.checked_sub(out.value.to_sat())?.checked_sub(p.fee())?;
+    let mut tx = p.tx.clone();
+    tx.output = vec![out];
+    if change > 0 {
+        tx.output.push(TxOut { value: Amount::from_sat(change), script_pubkey: policy.vault_script.clone() });
+    }
+    Some(tx)
 }
 
 /// BIP341 key-path sighashes (SIGHASH_DEFAULT) of every input.
@@ -304,6 +391,8 @@ pub struct View<'a> {
     pub paid: &'a BTreeSet<EventId>,
     /// Certified peg-outs.
     pub certified: &'a BTreeMap<EventId, Payout>,
+    /// This node's own fee estimate (sat/vB), if it has one: the fee band's centre.
+    pub fee_estimate: Option<u64>,
 }
 
 /// Validates `p` against this node's own view; returns the sighashes to sign.
@@ -383,28 +472,69 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
         }
     }
     if let Some(change) = tx.output.get(p.payouts.len())
-        && (change.script_pubkey != policy.vault_script || change.value.to_sat() < DUST)
+        && (change.script_pubkey != policy.vault_script || change.value.to_sat() < change_dust(policy))
     {
         return Err(ReleaseError::ForeignOutput(p.payouts.len()));
+    }
+    let weight = signed_weight(tx);
+    if weight > MAX_STANDARD_WEIGHT {
+        return Err(ReleaseError::TooHeavy { weight });
     }
     let (inp, out) = (total(&p.prevouts)?, total(&tx.output)?);
     let fee = inp.checked_sub(out).ok_or(ReleaseError::Malformed("outputs exceed inputs"))?;
     let vsize = signed_vsize(tx);
     let rate = fee / vsize.max(1);
-    // Without change, up to dust plus a change output's cost may go to the fee.
+    // The band: never above the ceiling, nor above `max_fee_multiple` times this
+    // signer's own estimate. Without change, up to dust plus a change output's cost
+    // (43 vB) may go to the fee.
+    let ceiling = policy.band_ceiling(view.fee_estimate);
     let slack = if tx.output.len() == p.payouts.len() {
-        DUST.saturating_add(43u64.saturating_mul(policy.ceiling_sat_per_vb))
+        change_dust(policy).saturating_add(43u64.saturating_mul(ceiling))
     } else {
         0
     };
-    if rate < policy.floor_sat_per_vb || fee > policy.ceiling_sat_per_vb.saturating_mul(vsize).saturating_add(slack) {
-        return Err(ReleaseError::FeeOutOfBounds {
-            rate,
-            floor: policy.floor_sat_per_vb,
-            ceiling: policy.ceiling_sat_per_vb,
-        });
+    if rate < policy.floor_sat_per_vb || fee > ceiling.saturating_mul(vsize).saturating_add(slack) {
+        return Err(ReleaseError::FeeOutOfBounds { rate, floor: policy.floor_sat_per_vb, ceiling });
     }
+    check_inputs_needed(p, view, policy, fee)?;
     sighashes(tx, &p.prevouts)
+}
+
+/// Refuses a proposal that spends more inputs than it needs: those it shares with live
+/// releases (it must conflict with each release it supersedes), then as many of the
+/// rest, largest first, as the payouts and its fee need, plus at most
+/// `consolidation_inputs`. (Otherwise one validator could sweep the whole vault into a
+/// release, locking every UTXO while it is signed, or pay a fee on hundreds of inputs.)
+fn check_inputs_needed(p: &Proposal, view: &View<'_>, policy: &Policy, fee: u64) -> Result<(), ReleaseError> {
+    let overflow = ReleaseError::Malformed("amounts overflow");
+    let shared: BTreeSet<OutPoint> = view.live.values().flat_map(|l| l.inputs.iter().copied()).collect();
+    let mut required = 0usize;
+    let mut covered = 0u64;
+    let mut rest = Vec::new();
+    for (txin, prev) in p.tx.input.iter().zip(&p.prevouts) {
+        if shared.contains(&txin.previous_output) {
+            required = required.saturating_add(1);
+            covered = covered.checked_add(prev.value.to_sat()).ok_or(overflow.clone())?;
+        } else {
+            rest.push(prev.value.to_sat());
+        }
+    }
+    let payouts = p.tx.output.get(..p.payouts.len()).ok_or(ReleaseError::Malformed("outputs"))?;
+    let need = total(payouts)?.checked_add(fee).ok_or(overflow.clone())?;
+    rest.sort_unstable_by(|a, b| b.cmp(a));
+    let mut needed = 0usize;
+    for v in rest {
+        if covered >= need {
+            break;
+        }
+        covered = covered.checked_add(v).ok_or(overflow.clone())?;
+        needed = needed.saturating_add(1);
+    }
+    let allowed = required.saturating_add(needed).saturating_add(policy.consolidation_inputs);
+    if p.tx.input.len() > allowed {
+        return Err(ReleaseError::TooManyInputs { inputs: p.tx.input.len(), allowed });
+    }
+    Ok(())
 }
 
 /// The sum of `outputs`' values; refuses any value above 21 M BTC and any overflow
@@ -524,7 +654,7 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy { vault_script: vault(), peg_out_fee: Sats(2_000), floor_sat_per_vb: 1, ceiling_sat_per_vb: 100 }
+        Policy::new(vault(), Sats(2_000), 1, 100)
     }
 
     fn event(i: u8) -> EventId {
@@ -540,6 +670,7 @@ mod tests {
         certified: BTreeMap<EventId, Payout>,
         live: BTreeMap<Txid, Live>,
         paid: BTreeSet<EventId>,
+        estimate: Option<u64>,
     }
 
     impl Fixture {
@@ -551,11 +682,17 @@ mod tests {
                 .into_iter()
                 .map(|(e, a, s)| (e, Payout { event: e, amount: Sats(a), script: p2wpkh(s) }))
                 .collect();
-            Self { utxos, certified, live: BTreeMap::new(), paid: BTreeSet::new() }
+            Self { utxos, certified, live: BTreeMap::new(), paid: BTreeSet::new(), estimate: Some(50) }
         }
 
         fn view(&self) -> View<'_> {
-            View { utxos: &self.utxos, live: &self.live, paid: &self.paid, certified: &self.certified }
+            View {
+                utxos: &self.utxos,
+                live: &self.live,
+                paid: &self.paid,
+                certified: &self.certified,
+                fee_estimate: self.estimate,
+            }
         }
 
         fn build(&self, rate: u64) -> Proposal {
@@ -747,12 +884,118 @@ mod tests {
     #[test]
     fn unpayable_peg_outs_are_named() {
         let pol = policy();
-        let small = Payout { event: event(1), amount: Sats(2_000 + DUST - 1), script: p2wpkh(1) };
+        let dust = pol.dust_limit(&p2wpkh(1));
+        let small = Payout { event: event(1), amount: Sats(2_000 + dust - 1), script: p2wpkh(1) };
         assert!(matches!(unpayable(&small, &pol), Some(ReleaseError::TooSmall(_))));
         let odd = Payout { event: event(2), amount: Sats(100_000), script: ScriptBuf::from(vec![0x51]) };
         assert!(matches!(unpayable(&odd, &pol), Some(ReleaseError::NonStandard(_))));
-        let fine = Payout { event: event(3), amount: Sats(2_000 + DUST), script: p2wpkh(3) };
+        let fine = Payout { event: event(3), amount: Sats(2_000 + dust), script: p2wpkh(3) };
         assert!(unpayable(&fine, &pol).is_none());
+    }
+
+    fn script(bytes: &[u8]) -> ScriptBuf {
+        ScriptBuf::from(bytes.to_vec())
+    }
+
+    fn templates() -> Vec<(&'static str, ScriptBuf, u64)> {
+        let with = |head: &[u8], body: &[u8], tail: &[u8]| script(&[head, body, tail].concat());
+        vec![
+            ("p2pkh", with(&[0x76, 0xa9, 0x14], &[1; 20], &[0x88, 0xac]), 546),
+            ("p2sh", with(&[0xa9, 0x14], &[2; 20], &[0x87]), 540),
+            ("p2wpkh", with(&[0x00, 0x14], &[3; 20], &[]), 294),
+            ("p2wsh", with(&[0x00, 0x20], &[4; 32], &[]), 330),
+            ("p2tr", with(&[0x51, 0x20], &[5; 32], &[]), 330),
+        ]
+    }
+
+    /// The dust limit is computed per output type, exactly as Bitcoin Core does (and as
+    /// rust-bitcoin's `minimal_non_dust` does at the default relay fee), not one number.
+    #[test]
+    fn the_dust_limit_is_that_of_each_output_type() {
+        let pol = policy();
+        for (name, s, expected) in templates() {
+            assert!(is_standard_payout(&s), "{name}");
+            assert_eq!(pol.dust_limit(&s), expected, "{name}");
+            assert_eq!(pol.dust_limit(&s), s.minimal_non_dust().to_sat(), "{name}");
+        }
+        let mut doubled = policy();
+        doubled.dust_relay_sat_per_kvb = 6_000;
+        assert_eq!(doubled.dust_limit(&templates()[0].1), 1_092);
+    }
+
+    /// A 2,400-sat burn to P2PKH leaves 400 sat after the 2,000-sat fee: below P2PKH's
+    /// 546-sat dust, so it is set apart (it would make the whole release non-standard),
+    /// while the same amount to P2WPKH (294) is paid. With the former single P2TR dust
+    /// number (330) the P2PKH payout entered releases that no node relays.
+    #[test]
+    fn a_payout_below_its_own_types_dust_never_enters_a_release() {
+        let pol = policy();
+        let t = templates();
+        let (p2pkh, p2wpkh) = (t[0].clone(), t[2].clone());
+        let bad = Payout { event: event(1), amount: Sats(2_400), script: p2pkh.1 };
+        assert_eq!(unpayable(&bad, &pol), Some(ReleaseError::TooSmall(event(1))));
+        let good = Payout { event: event(2), amount: Sats(2_400), script: p2wpkh.1 };
+        assert_eq!(unpayable(&good, &pol), None);
+        let utxos = vec![(outpoint(1), Sats(1_000_000))];
+        assert_eq!(build(&utxos, &[bad.clone(), good.clone()], 5, &pol), Err(ReleaseError::TooSmall(event(1))));
+        let p = build(&utxos, &[good], 5, &pol).expect("the good one alone");
+        assert_eq!(p.tx.output[0].value.to_sat(), 400);
+        // Not standard: bare OP_TRUE, OP_RETURN, a P2WPKH push of 19 bytes.
+        for s in [script(&[0x51]), script(&[0x6a, 0x01, 0x00]), script(&[[0x00, 0x13].as_slice(), &[0; 19]].concat())] {
+            let odd = Payout { event: event(3), amount: Sats(100_000), script: s };
+            assert_eq!(unpayable(&odd, &pol), Some(ReleaseError::NonStandard(event(3))));
+        }
+    }
+
+    /// A proposal at ten times the honest rate is refused, though under the configured
+    /// ceiling; twice this signer's estimate is the most it accepts.
+    #[test]
+    fn a_fee_rate_far_above_the_signers_own_estimate_is_refused() {
+        let mut f = Fixture::new();
+        f.estimate = Some(5);
+        let pol = policy();
+        assert_eq!(pol.band_ceiling(Some(5)), 10);
+        validate(&f.build(5), &f.view(), &pol).expect("the honest rate");
+        validate(&f.build(10), &f.view(), &pol).expect("twice the estimate");
+        let greedy = f.build(50);
+        assert!(50 <= pol.ceiling_sat_per_vb);
+        let e = validate(&greedy, &f.view(), &pol).expect_err("ten times the estimate");
+        assert!(matches!(e, ReleaseError::FeeOutOfBounds { ceiling: 10, .. }), "{e}");
+        // Without an estimate of its own, the signer centres the band on the floor.
+        f.estimate = None;
+        assert!(matches!(validate(&f.build(5), &f.view(), &pol), Err(ReleaseError::FeeOutOfBounds { .. })));
+        validate(&f.build(2), &f.view(), &pol).expect("within twice the floor");
+    }
+
+    /// Spending every vault UTXO for a payout that one covers is refused beyond the
+    /// consolidation allowance.
+    #[test]
+    fn a_proposal_spends_no_more_inputs_than_it_needs_plus_the_allowance() {
+        let mut f = Fixture::new();
+        for i in 4..10 {
+            f.utxos.insert(outpoint(i), Sats(10_000));
+        }
+        let mut pol = policy();
+        let all: Vec<(OutPoint, Sats)> = f.utxos.iter().map(|(o, a)| (*o, *a)).collect();
+        let payouts: Vec<Payout> = f.certified.values().cloned().collect();
+        // Every UTXO required: nine inputs for what one covers.
+        let sweep = build_with(&all, &[], &payouts, 5, &pol).expect("build");
+        assert_eq!(sweep.tx.input.len(), 9);
+        let e = validate(&sweep, &f.view(), &pol).expect_err("sweep");
+        assert_eq!(e, ReleaseError::TooManyInputs { inputs: 9, allowed: 3 });
+        // The largest plus two small ones: within the allowance.
+        let three: Vec<(OutPoint, Sats)> = all.iter().filter(|(o, _)| [1, 4, 5].contains(&o.vout)).copied().collect();
+        let consolidating = build_with(&three, &[], &payouts, 5, &pol).expect("build");
+        validate(&consolidating, &f.view(), &pol).expect("two consolidation inputs");
+        pol.consolidation_inputs = 0;
+        let e = validate(&consolidating, &f.view(), &pol).expect_err("no allowance");
+        assert_eq!(e, ReleaseError::TooManyInputs { inputs: 3, allowed: 1 });
+        // Inputs shared with a live release it supersedes do not count against it.
+        f.lock(&consolidating);
+        let mut pol = policy();
+        pol.consolidation_inputs = 0;
+        let bumped = bump(&consolidating, 10, &pol).expect("bump");
+        validate(&bumped, &f.view(), &pol).expect("a replacement keeps its inputs");
     }
 
     #[test]

@@ -86,8 +86,20 @@ pub const MAX_FIELD_LEN: usize = 64 * 1024;
 pub struct SessionId(pub [u8; 32]);
 
 impl SessionId {
-    /// The id of a session signing `message` in `epoch` with `signers`.
+    /// The id of a session signing `message` in `epoch` with `signers` (round 0).
     pub fn derive<C: Ciphersuite>(message: &[u8], epoch: u64, signers: &BTreeSet<Identifier<C>>) -> Self {
+        Self::derive_round(message, epoch, signers, 0)
+    }
+
+    /// The id of round `round` of signing `message`: a session that failed (its
+    /// attempts ran out while signers were away) is retried as a new session, with
+    /// fresh attempts, under the id of the next round. Round 0 is [`SessionId::derive`].
+    pub fn derive_round<C: Ciphersuite>(
+        message: &[u8],
+        epoch: u64,
+        signers: &BTreeSet<Identifier<C>>,
+        round: u32,
+    ) -> Self {
         let mut h = Sha256::new();
         h.update((SESSION_TAG.len() as u64).to_be_bytes());
         h.update(SESSION_TAG);
@@ -100,6 +112,11 @@ impl SessionId {
         }
         h.update((message.len() as u64).to_be_bytes());
         h.update(message);
+        // Round 0 hashes as before rounds existed.
+        if round > 0 {
+            h.update(b"round");
+            h.update(round.to_be_bytes());
+        }
         SessionId(h.finalize().into())
     }
 }
@@ -289,6 +306,9 @@ pub enum Input<C: Ciphersuite> {
         epoch: u64,
         /// The epoch's signer set.
         signers: BTreeSet<Identifier<C>>,
+        /// The round (0, then one more per retry of a failed session): part of the
+        /// session id.
+        round: u32,
     },
     /// A message from an authenticated peer (the transport vouches for `from`).
     Message {
@@ -416,6 +436,9 @@ pub struct SessionConfig<C: Ciphersuite> {
     /// How long the coordinator waits for commitments and shares before it ends an
     /// attempt; others wait twice as long for the coordinator.
     pub timeout_ms: u64,
+    /// Attempts before the session fails (at most [`MAX_ATTEMPTS`]); the node then
+    /// retries the message as a new session round.
+    pub max_attempts: u32,
 }
 
 /// The coordinator's bookkeeping for the current attempt.
@@ -546,7 +569,9 @@ impl<C: Ciphersuite> Session<C> {
         let mut out = Vec::new();
         let me = self.ctx.me;
         let result = match input {
-            Input::Start { message, epoch, signers } => self.start(message, epoch, signers, now_ms, &mut out),
+            Input::Start { message, epoch, signers, round } => {
+                self.start(message, epoch, signers, round, now_ms, &mut out)
+            }
             Input::Message { from, message } => match self.on_message(from, message, now_ms, &mut out) {
                 Ok(()) => Ok(()),
                 Err(error) => {
@@ -583,6 +608,7 @@ impl<C: Ciphersuite> Session<C> {
         message: Vec<u8>,
         epoch: u64,
         signers: BTreeSet<Identifier<C>>,
+        round: u32,
         now_ms: u64,
         out: &mut Out<C>,
     ) -> Result<(), SessionError> {
@@ -599,7 +625,7 @@ impl<C: Ciphersuite> Session<C> {
         if signers.len() < self.ctx.threshold || signers.iter().any(|s| !shares.contains_key(s)) {
             return Err(SessionError::SignerSetTooSmall { signers: signers.len(), threshold: self.ctx.threshold });
         }
-        let session = SessionId::derive(&message, epoch, &signers);
+        let session = SessionId::derive_round(&message, epoch, &signers, round);
         let running = Running {
             session,
             message,
@@ -624,8 +650,9 @@ impl<C: Ciphersuite> Session<C> {
     fn begin_attempt(&mut self, attempt: Attempt, excluded: BTreeSet<Identifier<C>>, now_ms: u64, out: &mut Out<C>) {
         let Session { ctx, state } = self;
         let State::Running(run) = state else { return };
-        if attempt.0 >= MAX_ATTEMPTS {
-            out.push(Action::Failed(SessionError::TooManyAttempts { attempts: MAX_ATTEMPTS }));
+        let max = ctx.config.max_attempts.clamp(1, MAX_ATTEMPTS);
+        if attempt.0 >= max {
+            out.push(Action::Failed(SessionError::TooManyAttempts { attempts: max }));
             self.state = State::Failed;
             return;
         }

@@ -76,7 +76,12 @@ impl<C: Ciphersuite> Net<C> {
             .into_iter()
             .enumerate()
             .map(|(i, (id, key_package))| {
-                let config = SessionConfig { key_package, public_key_package: public.clone(), timeout_ms: TIMEOUT_MS };
+                let config = SessionConfig {
+                    key_package,
+                    public_key_package: public.clone(),
+                    timeout_ms: TIMEOUT_MS,
+                    max_attempts: MAX_ATTEMPTS,
+                };
                 let node_seed = seed.wrapping_mul(1000).wrapping_add(i as u64);
                 let session = Session::new(config.clone(), Box::new(ChaCha20Rng::seed_from_u64(node_seed)), []);
                 let node = Node {
@@ -125,7 +130,7 @@ impl<C: Ciphersuite> Net<C> {
     }
 
     fn start(&mut self, id: Identifier<C>) {
-        let input = Input::Start { message: self.message.clone(), epoch: EPOCH, signers: self.ids() };
+        let input = Input::Start { message: self.message.clone(), epoch: EPOCH, signers: self.ids(), round: 0 };
         self.feed(id, input);
     }
 
@@ -443,7 +448,8 @@ fn package_before_start_is_refused() {
     let mut iter = packages.into_iter();
     let (id, key_package) = iter.next().expect("one");
     let (other, _) = iter.next().expect("two");
-    let config = SessionConfig { key_package, public_key_package: public, timeout_ms: TIMEOUT_MS };
+    let config =
+        SessionConfig { key_package, public_key_package: public, timeout_ms: TIMEOUT_MS, max_attempts: MAX_ATTEMPTS };
     let mut session = Session::new(config, Box::new(ChaCha20Rng::seed_from_u64(1)), []);
     let package = SigningPackage::new(BTreeMap::new(), &[1; 32]);
     let actions = session.handle(
@@ -456,7 +462,7 @@ fn package_before_start_is_refused() {
     assert!(matches!(actions.as_slice(), [Action::Refused { error: SessionError::NotStarted, .. }]));
     // Too short a message is refused at start.
     let signers: BTreeSet<_> = [id, other].into_iter().collect();
-    let actions = session.handle(Input::Start { message: vec![1; 31], epoch: 0, signers }, 0);
+    let actions = session.handle(Input::Start { message: vec![1; 31], epoch: 0, signers, round: 0 }, 0);
     assert!(matches!(actions.as_slice(), [Action::Refused { error: SessionError::MessageTooShort { len: 31 }, .. }]));
 }
 
@@ -530,6 +536,10 @@ fn session_id_binds_message_epoch_and_signers() {
     assert_ne!(a, SessionId::derive(&[2; 32], 1, &ids));
     assert_ne!(a, SessionId::derive(&[1; 32], 2, &ids));
     assert_ne!(a, SessionId::derive(&[1; 32], 1, &fewer));
+    // Each retry round of the same message is another session; round 0 is the original.
+    assert_eq!(a, SessionId::derive_round(&[1; 32], 1, &ids, 0));
+    let rounds: BTreeSet<_> = (0..16).map(|r| SessionId::derive_round(&[1; 32], 1, &ids, r)).collect();
+    assert_eq!(rounds.len(), 16);
     // The coordinator rotates across attempts.
     let coords: BTreeSet<_> = (0..32).map(|i| coordinator(&a, Attempt(i), &ids).expect("some")).collect();
     assert!(coords.len() > 1);
@@ -546,9 +556,15 @@ fn start_persists_before_the_commitment_leaves() {
     let session = SessionId::derive(&message, EPOCH, &signers);
     let coord = coordinator(&session, Attempt(0), &signers).expect("coordinator");
     for (id, key_package) in packages {
-        let config = SessionConfig { key_package, public_key_package: public.clone(), timeout_ms: TIMEOUT_MS };
+        let config = SessionConfig {
+            key_package,
+            public_key_package: public.clone(),
+            timeout_ms: TIMEOUT_MS,
+            max_attempts: MAX_ATTEMPTS,
+        };
         let mut node = Session::new(config, Box::new(ChaCha20Rng::seed_from_u64(5)), []);
-        let actions = node.handle(Input::Start { message: message.clone(), epoch: EPOCH, signers: signers.clone() }, 0);
+        let actions =
+            node.handle(Input::Start { message: message.clone(), epoch: EPOCH, signers: signers.clone(), round: 0 }, 0);
         let record = CommitmentIssued { session, attempt: Attempt(0) };
         let persist = actions.iter().position(|a| matches!(a, Action::Persist(r) if *r == record));
         let send = actions.iter().position(|a| matches!(a, Action::Send { message: Message::Commitment { .. }, .. }));
@@ -639,10 +655,11 @@ fn a_session_without_enough_signers_gives_up_after_max_attempts() {
     let (packages, public) = keys::<Evm>(3, 4, 15);
     let signers: BTreeSet<_> = packages.keys().copied().collect();
     let (_, key_package) = packages.into_iter().next().expect("one");
-    let config = SessionConfig { key_package, public_key_package: public, timeout_ms: TIMEOUT_MS };
+    let config =
+        SessionConfig { key_package, public_key_package: public, timeout_ms: TIMEOUT_MS, max_attempts: MAX_ATTEMPTS };
     let mut session = Session::new(config, Box::new(ChaCha20Rng::seed_from_u64(2)), []);
     // Alone: nobody else ever answers.
-    let mut actions = session.handle(Input::Start { message: vec![9; 32], epoch: EPOCH, signers }, 0);
+    let mut actions = session.handle(Input::Start { message: vec![9; 32], epoch: EPOCH, signers, round: 0 }, 0);
     let mut now = 0;
     let mut attempts = 0u32;
     loop {

@@ -32,6 +32,12 @@ impl Bitcoind {
     /// Starts bitcoind in regtest with `-txindex`, creates wallet `miner` and mines
     /// 101 blocks so that it has spendable coins.
     pub async fn start() -> eyre::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Bitcoind::start`] with extra command-line options (a policy setting such as
+    /// `-dustrelayfee=…`).
+    pub async fn start_with(extra: &[&str]) -> eyre::Result<Self> {
         let bin = tool("BITCOIND", "bitcoind")?;
         let mut last_err = None;
         for _ in 0..5 {
@@ -48,6 +54,7 @@ impl Bitcoind {
                 .arg(format!("-port={p2p_port}"))
                 .arg(format!("-rpcuser={RPC_USER}"))
                 .arg(format!("-rpcpassword={RPC_PASSWORD}"))
+                .args(extra)
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log))
                 .kill_on_drop(true)
