@@ -24,6 +24,7 @@ pub struct Metrics {
     pub rpc_errors: IntCounterVec,
     pub rpc_latency: prometheus::GaugeVec,
     pub rpc_head: IntGaugeVec,
+    pub rpc_disagreements: IntCounterVec,
     pub signing_sessions: IntCounterVec,
     pub signing_commitments: IntCounterVec,
     pub signing_attempts: IntCounterVec,
@@ -128,6 +129,12 @@ impl Metrics {
                 &r,
                 "btcfi_rpc_endpoint_head_height",
                 "Head height an RPC endpoint last reported.",
+                &["chain", "endpoint"],
+            )?,
+            rpc_disagreements: counter_vec(
+                &r,
+                "btcfi_rpc_disagreements_total",
+                "Ranges of logs an endpoint answered differently from the endpoint that served them.",
                 &["chain", "endpoint"],
             )?,
             signing_sessions: counter_vec(
@@ -235,6 +242,8 @@ impl Metrics {
             if let Some(l) = h.last_latency {
                 self.rpc_latency.with_label_values(&labels).set(l.as_secs_f64());
             }
+            let dis = self.rpc_disagreements.with_label_values(&labels);
+            dis.inc_by(h.disagreements.saturating_sub(dis.get()));
             if let Some(head) = h.last_head {
                 self.rpc_head.with_label_values(&labels).set(i64::try_from(head).unwrap_or(i64::MAX));
             }
@@ -270,7 +279,7 @@ mod tests {
         for v in [&m.rpc_healthy, &m.rpc_head] {
             v.with_label_values(&["c", "e"]);
         }
-        for v in [&m.rpc_requests, &m.rpc_errors] {
+        for v in [&m.rpc_requests, &m.rpc_errors, &m.rpc_disagreements] {
             v.with_label_values(&["c", "e"]);
         }
         m.rpc_latency.with_label_values(&["c", "e"]);

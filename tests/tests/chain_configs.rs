@@ -52,6 +52,7 @@ fn mainnet_defaults_are_the_documented_finality_rules() {
         assert_eq!(c.chain_id, ChainId(id));
         assert_eq!(c.finality, Finality::Tag(FinalityTag::Finalized), "{name}");
         assert_eq!(c.endpoints.len(), 2, "{name}: a second endpoint for failover");
+        assert_eq!(c.min_agreeing_endpoints, 2, "{name}: an event counts once two endpoints agree");
     }
 }
 

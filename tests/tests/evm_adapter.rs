@@ -406,6 +406,62 @@ async fn with_the_first_endpoint_killed_the_adapter_follows_through_the_second()
     drop(forwarder);
 }
 
+/// With `min_agreeing_endpoints = 2`, a burn counts only once a second endpoint returns
+/// the same logs for its range. A second endpoint in front of the same node (a loopback
+/// forwarder) agrees, and the burn is reported once. One serving another chain with the
+/// same id and the same bridge address, where the burn never happened, disagrees:
+/// nothing from that range is reported, the disagreement is counted against it, and
+/// polls fail with a typed, retryable error. With one endpoint enough, the same pair
+/// reports the burn (what the rule holds back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_counts_only_once_two_independent_endpoints_return_it() {
+    let mut chain = Chain::start(31344).await;
+    chain.fund(USER, 100_000).await;
+    let other = Chain::start(31344).await;
+    assert_eq!(other.bridge, chain.bridge, "same deployer, same nonce: same bridge address");
+    let (nonce, block) = chain.burn_to_btc(USER, 5_000).await;
+    chain.anvil.mine(1).await.unwrap();
+    let height = chain.head().await;
+    other.anvil.mine(height + 1).await.unwrap();
+
+    let forwarder = Forwarder::start(0, chain.anvil.port()).await;
+    let mut config =
+        chain.config(vec![chain.anvil.url(), format!("http://127.0.0.1:{}", forwarder.port)], Finality::Depth(1));
+    config.min_agreeing_endpoints = 2;
+    let mut agreeing = EvmSource::new(config, None, 1).unwrap();
+    let events = drain_to(&mut agreeing, block).await;
+    assert_eq!(events.iter().filter_map(nonce_of).collect::<Vec<_>>(), vec![nonce]);
+    assert!(agreeing.endpoint_health().iter().all(|h| h.disagreements == 0));
+
+    let mut config = chain.config(vec![chain.anvil.url(), other.anvil.url()], Finality::Depth(1));
+    config.min_agreeing_endpoints = 2;
+    let mut lied_to = EvmSource::new(config.clone(), None, 1).unwrap();
+    let start = Instant::now();
+    let refused = loop {
+        match lied_to.poll().await {
+            Ok(out) => {
+                assert!(out.events.iter().filter_map(nonce_of).next().is_none(), "reported without agreement");
+                assert!(out.checkpoint.cursor.height < block, "the cursor passed the burn without agreement");
+            }
+            Err(e) => break e,
+        }
+        assert!(start.elapsed() < DEADLINE, "no disagreement seen");
+    };
+    assert!(matches!(root(&refused), EvmError::Disagreement { agreeing: 1, needed: 2, .. }), "{refused}");
+    assert!(refused.is_retryable());
+    assert!(lied_to.endpoint_health()[1].disagreements >= 1, "{:?}", lied_to.endpoint_health());
+    // Again and again: the range is read anew, never reported.
+    for _ in 0..3 {
+        assert!(lied_to.poll().await.is_err());
+    }
+
+    config.min_agreeing_endpoints = 1;
+    let mut trusting = EvmSource::new(config, None, 1).unwrap();
+    let events = drain_to(&mut trusting, block).await;
+    assert_eq!(events.iter().filter_map(nonce_of).collect::<Vec<_>>(), vec![nonce]);
+    drop(forwarder);
+}
+
 /// An endpoint whose head lags the best one by more than the threshold is demoted as
 /// stale, and the up-to-date one serves (two anvils with one chain id, one behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

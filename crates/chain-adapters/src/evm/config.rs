@@ -167,6 +167,15 @@ pub struct EvmChainConfig {
     /// (none: whatever the fee estimate says).
     #[serde(default)]
     pub max_fee_per_gas_gwei: Option<u64>,
+    /// An event counts only once this many distinct endpoints return the same logs
+    /// (same blocks, same block hashes, same contents) for its range; fewer, and the
+    /// range is read again later. 2 or more on a real network, 1 on a devnet.
+    #[serde(default = "default_min_agreeing_endpoints")]
+    pub min_agreeing_endpoints: usize,
+}
+
+fn default_min_agreeing_endpoints() -> usize {
+    1
 }
 
 impl EvmChainConfig {
@@ -193,6 +202,7 @@ impl EvmChainConfig {
             retry_backoff_ms: default_retry_backoff_ms(),
             max_retry_backoff_ms: default_max_retry_backoff_ms(),
             max_fee_per_gas_gwei: None,
+            min_agreeing_endpoints: default_min_agreeing_endpoints(),
         }
     }
 
@@ -246,11 +256,27 @@ impl EvmChainConfig {
         if self.request_timeout_ms == 0 {
             return Err(bad("request_timeout_ms", "must be positive".into()));
         }
-        let mut urls = Vec::with_capacity(self.endpoints.len());
+        if self.min_agreeing_endpoints == 0 || self.min_agreeing_endpoints > self.endpoints.len() {
+            return Err(bad(
+                "min_agreeing_endpoints",
+                format!(
+                    "{} must be between 1 and the {} endpoint(s) listed",
+                    self.min_agreeing_endpoints,
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        let mut urls: Vec<Url> = Vec::with_capacity(self.endpoints.len());
         for (i, e) in self.endpoints.iter().enumerate() {
             let url = Url::parse(e).map_err(|err| bad(&format!("endpoints[{i}]"), format!("{err}")))?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(bad(&format!("endpoints[{i}]"), format!("scheme {:?}: only http and https", url.scheme())));
+            }
+            if urls.contains(&url) {
+                return Err(bad(
+                    &format!("endpoints[{i}]"),
+                    "listed twice (agreement needs distinct endpoints)".into(),
+                ));
             }
             urls.push(url);
         }

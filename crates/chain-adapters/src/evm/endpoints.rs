@@ -44,6 +44,8 @@ pub struct EndpointHealth {
     pub last_latency: Option<Duration>,
     /// Why it was last demoted or failed.
     pub last_error: Option<String>,
+    /// Times it answered a range of logs differently from the endpoint that served it.
+    pub disagreements: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ struct Endpoint {
     last_head: Option<u64>,
     last_latency: Option<Duration>,
     last_error: Option<String>,
+    disagreements: u64,
 }
 
 /// Timing and staleness policy of an [`EndpointSet`].
@@ -117,6 +120,7 @@ impl EndpointSet {
                 last_head: None,
                 last_latency: None,
                 last_error: None,
+                disagreements: 0,
             });
         }
         Ok(Self { endpoints, chain_id, policy, last_probe: None, last_used: None })
@@ -138,8 +142,49 @@ impl EndpointSet {
                 last_head: e.last_head,
                 last_latency: e.last_latency,
                 last_error: e.last_error.clone(),
+                disagreements: e.disagreements,
             })
             .collect()
+    }
+
+    /// Endpoints configured.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Runs `f` against endpoint `i` alone (no failover): to ask a second endpoint
+    /// what the first one said. A fault demotes it, as in [`EndpointSet::call`].
+    pub async fn call_at<T, F, Fut>(&mut self, i: usize, method: &'static str, f: F) -> Result<T, EvmError>
+    where
+        F: Fn(RootProvider) -> Fut,
+        Fut: Future<Output = Result<T, TransportError>>,
+    {
+        if self.endpoints.get(i).is_none_or(|e| matches!(e.state, State::Disabled)) {
+            return Err(EvmError::Config { key: format!("endpoints[{i}]"), reason: "disabled or missing".into() });
+        }
+        match self.attempt(i, method, &f).await {
+            Ok(v) => {
+                self.restore(i);
+                Ok(v)
+            }
+            Err(Failure::Answer(err)) => Err(err),
+            Err(Failure::Fault(err)) => {
+                self.demote(i, err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Endpoint `i` answered differently from the one that served the call.
+    pub fn record_disagreement(&mut self, i: usize, reason: String) {
+        if let Some(e) = self.endpoints.get_mut(i) {
+            e.disagreements = e.disagreements.saturating_add(1);
+            e.last_error = Some(reason);
+        }
     }
 
     /// Index of the endpoint that answered the last successful call.

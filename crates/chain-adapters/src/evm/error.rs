@@ -73,6 +73,13 @@ pub enum EvmError {
     #[error("signing failed: {0}")]
     Signing(String),
 
+    /// Fewer than `min_agreeing_endpoints` endpoints returned the same logs for a range:
+    /// nothing in it is reported; the range is read again at the next poll.
+    #[error(
+        "only {agreeing} of the {needed} endpoints needed agree on the logs of blocks {from}..={to}; nothing reported from that range"
+    )]
+    Disagreement { from: u64, to: u64, agreeing: usize, needed: usize },
+
     /// A transaction was not mined before the deadline.
     #[error("transaction {tx_hash} not mined within {waited:?}")]
     NotMined { tx_hash: String, waited: Duration },
@@ -90,6 +97,7 @@ impl EvmError {
             | EvmError::RangeRefused { .. }
             | EvmError::StartBlockAhead { .. }
             | EvmError::ChainMoved { .. }
+            | EvmError::Disagreement { .. }
             | EvmError::NotMined { .. } => true,
             EvmError::AllEndpointsFailed { last, .. } => last.is_retryable(),
             EvmError::Config { .. }

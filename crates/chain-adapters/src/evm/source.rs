@@ -37,7 +37,7 @@ use alloy::{
 use async_trait::async_trait;
 use btcfi_types::{Attestation, ChainId, EventId, TxHash};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tracing::{debug, error, info, instrument, warn};
 
 /// Recent cursors kept for walking back after a reorg below finality.
@@ -385,15 +385,83 @@ impl EvmSource {
     }
 
     /// Reads logs of `from..=to`, shrinking the range while the provider refuses.
-    async fn logs(&mut self, from: u64, final_height: u64) -> Result<(u64, Vec<Log>), EvmError> {
+    /// The bridge's burn logs of blocks `from..=to`.
+    fn filter(&self, from: u64, to: u64) -> Filter {
+        Filter::new().address(self.config.bridge).event_signature(burn_topics().to_vec()).from_block(from).to_block(to)
+    }
+
+    /// Asks the other endpoints for the logs of `from..=to` until
+    /// `min_agreeing_endpoints` (with the one that served `logs`) returned exactly the
+    /// same; an endpoint that answers otherwise is counted as disagreeing and logged.
+    async fn confirm_logs(
+        &mut self,
+        from: u64,
+        to: u64,
+        logs: &[Log],
+        served_by: Option<usize>,
+    ) -> Result<(), EvmError> {
+        let needed = self.config.min_agreeing_endpoints;
+        if needed <= 1 || logs.is_empty() {
+            return Ok(());
+        }
+        type Print = (Option<B256>, Option<B256>, Option<u64>, Address, Vec<B256>, Vec<u8>);
+        let print = |logs: &[Log]| -> BTreeSet<Print> {
+            logs.iter()
+                .map(|l| {
+                    (
+                        l.block_hash,
+                        l.transaction_hash,
+                        l.log_index,
+                        l.address(),
+                        l.topics().to_vec(),
+                        l.data().data.to_vec(),
+                    )
+                })
+                .collect()
+        };
+        let want = print(logs);
+        let primary = served_by;
+        let filter = self.filter(from, to);
+        let mut agreeing = 1usize;
+        for i in (0..self.endpoints.len()).filter(|i| Some(*i) != primary) {
+            if agreeing >= needed {
+                break;
+            }
+            let answer = self
+                .endpoints
+                .call_at(i, "eth_getLogs", |p| {
+                    let filter = filter.clone();
+                    async move { p.get_logs(&filter).await }
+                })
+                .await;
+            match answer {
+                Ok(other) if print(&other) == want => agreeing += 1,
+                Ok(other) => {
+                    let reason = format!(
+                        "blocks {from}..={to}: {} logs where the serving endpoint returned {}, or other contents",
+                        other.len(),
+                        logs.len()
+                    );
+                    warn!(target: "chain::evm", chain = %self.config.name, endpoint = i, %reason, "endpoints disagree on the bridge's logs");
+                    self.endpoints.record_disagreement(i, reason);
+                }
+                Err(e) => {
+                    debug!(target: "chain::evm", chain = %self.config.name, endpoint = i, error = %e, "no second answer for the logs")
+                }
+            }
+        }
+        if agreeing < needed {
+            return Err(EvmError::Disagreement { from, to, agreeing, needed });
+        }
+        Ok(())
+    }
+
+    /// The logs of the next range from `from`, its end, and the endpoint that served them.
+    async fn logs(&mut self, from: u64, final_height: u64) -> Result<(u64, Vec<Log>, Option<usize>), EvmError> {
         loop {
             let size = self.range.current();
             let to = from.saturating_add(size - 1).min(final_height);
-            let filter = Filter::new()
-                .address(self.config.bridge)
-                .event_signature(burn_topics().to_vec())
-                .from_block(from)
-                .to_block(to);
+            let filter = self.filter(from, to);
             let result = self
                 .endpoints
                 .call("eth_getLogs", |p| {
@@ -402,7 +470,7 @@ impl EvmSource {
                 })
                 .await;
             match result {
-                Ok(logs) => return Ok((to, logs)),
+                Ok(logs) => return Ok((to, logs, self.endpoints.last_used())),
                 Err(err) if err.is_range_refusal() => {
                     let asked = to - from + 1;
                     debug!(target: "chain::evm", chain = %self.config.name, from, to, error = %err, "log range refused");
@@ -446,7 +514,7 @@ impl EvmSource {
 
     async fn scan(&mut self, cursor: BlockRef, final_height: u64) -> Result<PollOutcome, EvmError> {
         let from = cursor.height + 1;
-        let (to, mut logs) = self.logs(from, final_height).await?;
+        let (to, mut logs, served_by) = self.logs(from, final_height).await?;
         self.range.succeeded();
         // The end of the range becomes the cursor; its hash is read after the logs,
         // and a reorg in between shows up as a non-canonical cursor at the next poll.
@@ -486,6 +554,9 @@ impl EvmSource {
                 .map_or(from, |(b, _, _)| b.height);
             return Err(EvmError::ChainMoved { height });
         }
+        // Independent endpoints must say the same before anything in the range counts.
+        let logs: Vec<Log> = checked.iter().map(|(_, _, l)| l.clone()).collect();
+        self.confirm_logs(from, to, &logs, served_by).await?;
 
         let mut events = Vec::new();
         for (block, id, log) in checked {
