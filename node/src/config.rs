@@ -385,8 +385,13 @@ impl NodeConfig {
         if self.release.consolidation_inputs > 50 {
             errs.push("release.consolidation_inputs: at most 50".into());
         }
-        if !(1..=100_000).contains(&self.release.dust_relay_sat_per_kvb) {
-            errs.push("release.dust_relay_sat_per_kvb: between 1 and 100000".into());
+        // The bridge contract's minimum burn uses Bitcoin Core's default (3,000): a higher
+        // rate here would set apart burns the contract accepted.
+        if !(1..=crate::release::DEFAULT_DUST_RELAY_SAT_PER_KVB).contains(&self.release.dust_relay_sat_per_kvb) {
+            errs.push(format!(
+                "release.dust_relay_sat_per_kvb: between 1 and {} (the bridge's minimum burn assumes Bitcoin Core's default; run bitcoind with -dustrelayfee at or below it)",
+                crate::release::DEFAULT_DUST_RELAY_SAT_PER_KVB
+            ));
         }
         match (&self.relayer.private_key, &self.relayer.private_key_file) {
             (Some(_), Some(_)) => {

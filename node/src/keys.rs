@@ -78,8 +78,6 @@ pub enum KeyError {
     NoPassphrase,
     #[error("the passphrase is shorter than {MIN_PASSPHRASE_LEN} characters")]
     WeakPassphrase,
-    #[error("reading the passphrase file {path}: {source}")]
-    PassphraseFile { path: String, source: std::io::Error },
     #[error(transparent)]
     SecretFile(#[from] SecretFileError),
     #[error("wrong passphrase for the {kind} key of epoch {epoch} (or its record was altered): the key stays sealed")]
@@ -100,7 +98,7 @@ pub enum KeyError {
 pub enum SecretFileError {
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path} is readable by other users (mode {mode:o}): `chmod 600 {path}`, owned by the node's user")]
+    #[error("{path} is readable or writable by other users (mode {mode:o}): `chmod 600 {path}`")]
     Exposed { path: String, mode: u32 },
     #[error("{path} is empty")]
     Empty { path: String },
@@ -109,8 +107,12 @@ pub enum SecretFileError {
 /// The secret held in `path` (its first line, without surrounding whitespace). The file
 /// must not be readable or writable by group or others.
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, SecretFileError> {
+    use std::io::Read;
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| SecretFileError::Read { path: shown.clone(), source })?;
+    let read = |source| SecretFileError::Read { path: shown.clone(), source };
+    // One handle for the mode check and the read: the file cannot be swapped between.
+    let mut file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -121,8 +123,11 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, SecretFileErro
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let text = std::fs::read_to_string(path).map_err(|source| SecretFileError::Read { path: shown.clone(), source })?;
-    let secret = text.lines().next().unwrap_or_default().trim().to_owned();
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read)?;
+    // The first line, as written: only its line ending is dropped (a passphrase may
+    // start or end with spaces).
+    let secret = text.lines().next().unwrap_or_default().to_owned();
     if secret.is_empty() {
         return Err(SecretFileError::Empty { path: shown });
     }

@@ -537,7 +537,7 @@ impl<C: Ciphersuite> Suite<C> {
         if let Some(message) = self.by_sid.get(&sid).cloned() {
             // An earlier round of a message this node signs (or the current one, failed
             // here): the peer is behind, or back from away. Tell it where this node is.
-            return self.behind(store, from, &message, sid, now_ms);
+            return self.behind(store, from, &message, sid, m, now_ms);
         }
         if let Err(why) = self.parked.park(sid, from, m, body.len(), Instant::now()) {
             self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), why.as_str()]).inc();
@@ -545,35 +545,105 @@ impl<C: Ciphersuite> Suite<C> {
         Ok(vec![])
     }
 
-    /// `from` sent a message of round `sid` of `message`, which is not running here. If
-    /// this node's own round failed and waits for its retry, the peer's return is a
-    /// reason to retry now; either way the peer gets a hint of the round to join.
+    /// `from` sent `m`, of round `sid` of `message`, which is not running here: a round
+    /// before this node's, or its own round that failed here.
+    ///
+    /// - A signature (of any round) finishes the signing here, once it verifies.
+    /// - If this node's round failed and waits for its retry, the peer's message means a
+    ///   signer is back: the next round starts at once (the failed one's attempts are
+    ///   spent), rather than after the backoff.
+    /// - A peer in an earlier round than this node's gets a hint of it; it joins once
+    ///   `f + 1` peers say the same ([`Suite::on_round_hint`]).
     fn behind(
         &mut self,
         store: &Store,
         from: usize,
         message: &[u8],
         sid: SessionId,
+        m: Message<C>,
         now_ms: u64,
     ) -> eyre::Result<Vec<Effect>> {
-        let now = Instant::now();
-        let Some(w) = self.wanted.get_mut(message) else { return Ok(vec![]) };
-        if w.hinted.get(&from).is_some_and(|at| now.saturating_duration_since(*at) < HINT_EVERY) {
-            return Ok(vec![]);
+        if let Message::Signature { signature, attempt, .. } = &m {
+            return self.adopt(message, *signature, *attempt);
         }
-        w.hinted.insert(from, now);
+        let now = Instant::now();
+        let Some(w) = self.wanted.get(message) else { return Ok(vec![]) };
+        let (mut round, failed) = (w.round, w.retry_at.is_some());
+        let peer_round = w.sids.iter().position(|s| *s == sid).unwrap_or(0) as u32;
+        let hint_due = w.hinted.get(&from).is_none_or(|at| now.saturating_duration_since(*at) >= HINT_EVERY);
         let mut out = Vec::new();
-        let mut round = w.round;
-        if w.retry_at.is_some() {
+        if failed {
             round = round.saturating_add(1);
-            info!(target: "signing", key = %self.kind, from, round, "a signer is back: retrying the failed session now");
+            info!(target: "signing", key = %self.kind, from, round, "a signer is back: the next round starts now");
             out.extend(self.start_round(store, message, round, now_ms)?);
         }
-        let mut payload = vec![TAG_ROUND, self.tag];
-        payload.extend_from_slice(&sid.0);
-        payload.extend_from_slice(&round.to_be_bytes());
-        out.push(Effect::Send { to: from, payload });
+        if peer_round < round && hint_due {
+            if let Some(w) = self.wanted.get_mut(message) {
+                w.hinted.insert(from, now);
+            }
+            let mut payload = vec![TAG_ROUND, self.tag];
+            payload.extend_from_slice(&sid.0);
+            payload.extend_from_slice(&round.to_be_bytes());
+            out.push(Effect::Send { to: from, payload });
+        }
         Ok(out)
+    }
+
+    /// A peer's signature over `message`, from a round other than the one running here:
+    /// if it verifies under the group key, the signing is done (as if this node's own
+    /// session had produced it).
+    fn adopt(&mut self, message: &[u8], signature: Signature<C>, attempt: Attempt) -> eyre::Result<Vec<Effect>> {
+        if self.config.public_key_package.verifying_key().verify(message, &signature).is_err() {
+            self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), "invalid"]).inc();
+            return Ok(vec![]);
+        }
+        let Some(w) = self.wanted.get(message) else { return Ok(vec![]) };
+        let current = w.sids.last().copied();
+        let purpose = w.purpose.clone();
+        let slot = current.and_then(|sid| self.sessions.remove(&sid));
+        let (started, candidates) =
+            slot.map(|s| (s.started, s.candidates)).unwrap_or((Instant::now(), BTreeSet::new()));
+        let Some(sid) = current else { return Ok(vec![]) };
+        info!(target: "signing", key = %self.kind, ?purpose, "signature from another round adopted");
+        Ok(vec![self.finish(sid, message.to_vec(), purpose, signature, attempt, started, candidates)?])
+    }
+
+    /// The signing of `message` is done: every round's id answers late peers with the
+    /// signature, and the node is told.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        sid: SessionId,
+        message: Vec<u8>,
+        purpose: Purpose,
+        signature: Signature<C>,
+        attempt: Attempt,
+        started: Instant,
+        candidates: BTreeSet<Identifier<C>>,
+    ) -> eyre::Result<Effect> {
+        let kind = self.kind;
+        let bytes = signature.serialize().map_err(|e| eyre::eyre!("serializing a signature: {e}"))?;
+        let rounds = self.wanted.remove(&message).map(|w| w.sids).unwrap_or_default();
+        for r in rounds {
+            self.by_sid.remove(&r);
+            self.sessions.remove(&r);
+            self.finished.insert(r, (attempt, signature));
+        }
+        self.finished.insert(sid, (attempt, signature));
+        self.metrics.signing_sessions.with_label_values(&[kind.as_str(), "signed"]).inc();
+        self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "signed"]).inc();
+        self.metrics.signing_latency.with_label_values(&[kind.as_str()]).observe(started.elapsed().as_secs_f64());
+        info!(target: "signing", key = %kind, session = ?sid, ?purpose, elapsed_ms = started.elapsed().as_millis() as u64, "signed");
+        let signers = candidates.iter().filter_map(|c| self.index(c)).collect();
+        Ok(Effect::Signed {
+            kind,
+            purpose,
+            message,
+            signature: bytes,
+            signers,
+            attempt: attempt.0,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// A round hint from `from` (`session id | round`): it is in `round` of the message
@@ -730,32 +800,15 @@ impl<C: Ciphersuite> Suite<C> {
                 }
                 Action::Done(signature) => {
                     let Some(slot) = self.sessions.remove(&sid) else { continue };
-                    let attempt = slot.attempt;
-                    let bytes = signature.serialize().map_err(|e| eyre::eyre!("serializing a signature: {e}"))?;
-                    // Every round's id answers late peers with the signature.
-                    let rounds = self.wanted.remove(&slot.message).map(|w| w.sids).unwrap_or_default();
-                    for r in rounds {
-                        self.by_sid.remove(&r);
-                        self.finished.insert(r, (attempt, signature));
-                    }
-                    self.finished.insert(sid, (attempt, signature));
-                    self.metrics.signing_sessions.with_label_values(&[kind.as_str(), "signed"]).inc();
-                    self.metrics.signing_attempts.with_label_values(&[kind.as_str(), "signed"]).inc();
-                    self.metrics
-                        .signing_latency
-                        .with_label_values(&[kind.as_str()])
-                        .observe(slot.started.elapsed().as_secs_f64());
-                    info!(target: "signing", key = %kind, session = ?sid, purpose = ?slot.purpose, elapsed_ms = slot.started.elapsed().as_millis() as u64, "signed");
-                    let signers = slot.candidates.iter().filter_map(|c| self.index(c)).collect();
-                    out.push(Effect::Signed {
-                        kind,
-                        purpose: slot.purpose,
-                        message: slot.message,
-                        signature: bytes,
-                        signers,
-                        attempt: attempt.0,
-                        elapsed: slot.started.elapsed(),
-                    });
+                    out.push(self.finish(
+                        sid,
+                        slot.message,
+                        slot.purpose,
+                        signature,
+                        slot.attempt,
+                        slot.started,
+                        slot.candidates,
+                    )?);
                 }
                 Action::Refused { from, error } => {
                     let reason = refusal_reason(&error);

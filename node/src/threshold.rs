@@ -79,9 +79,6 @@ pub enum ReleaseStatus {
     Confirmed,
     /// Another release spending one of its inputs confirmed: it never will.
     Conflicted,
-    /// bitcoind's relay policy refuses it (a payout it blames was set apart): it is
-    /// never broadcast, and the next release pays the others.
-    Rejected,
 }
 
 /// A release this node validated, under `rel/` + txid in the `releases` column family.
@@ -226,7 +223,8 @@ pub enum ReleaseFault {
     SplitProposals,
     /// Propose at once (whatever the turn) at ten times the honest fee rate.
     GreedyFee,
-    /// Propose at once at the honest fee rate, whatever the turn.
+    /// Propose at once at the honest fee rate, whatever the turn (from the smallest
+    /// vault UTXO).
     OutOfTurn,
 }
 
@@ -324,6 +322,8 @@ pub struct Threshold {
     held_mints: Vec<Attestation>,
     /// Peers' proposals valid here, to ask bitcoind's policy about before signing.
     to_check: Vec<(usize, Proposal)>,
+    /// Signed releases bitcoind's policy refused to broadcast (named once).
+    policy_refused: BTreeSet<Txid>,
 }
 
 impl std::fmt::Debug for Threshold {
@@ -406,7 +406,7 @@ impl Threshold {
             let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
             match rec.status {
                 ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
-                ReleaseStatus::Conflicted | ReleaseStatus::Rejected => {}
+                ReleaseStatus::Conflicted => {}
                 _ => {
                     let p = Proposal::decode(&hex::decode(&rec.proposal)?)
                         .map_err(|e| eyre::eyre!("stored release: {e}"))?;
@@ -471,6 +471,7 @@ impl Threshold {
             bridge_keys: None,
             held_mints: Vec::new(),
             to_check: Vec::new(),
+            policy_refused: BTreeSet::new(),
         };
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
@@ -480,7 +481,8 @@ impl Threshold {
                     .map_err(|e| eyre::eyre!("stored evm key coordinate {v}: {e}"))
             };
             let every = Duration::from_secs(cfg.signing.bridge_key_check_secs);
-            t.bridge_keys = Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), every));
+            t.bridge_keys =
+                Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), cfg.bitcoin.peg_out_fee.0, every));
         }
         t.metrics.vault_fee_alert.set(i64::try_from(cfg.release.daily_fee_alert_sats).unwrap_or(i64::MAX));
         for spend in spends {
@@ -511,7 +513,6 @@ impl Threshold {
                 ReleaseStatus::Replaced => "replaced",
                 ReleaseStatus::Confirmed => "confirmed",
                 ReleaseStatus::Conflicted => "conflicted",
-                ReleaseStatus::Rejected => "rejected",
             };
             *releases.entry(status).or_default() += 1;
         }
@@ -723,32 +724,43 @@ impl Threshold {
         Ok(())
     }
 
-    /// Why bitcoind's relay policy refuses `tx`, if it does. Refusals by scripts alone
-    /// (an unsigned release) pass; so does a bitcoind that cannot answer now (the check
-    /// before broadcast asks again).
-    async fn policy_refusal(&self, tx: bitcoin::Transaction) -> Option<String> {
-        let btc = self.bitcoin.as_ref()?;
-        match tokio::time::timeout(RPC_TIMEOUT, btc.test_mempool_accept(tx)).await {
-            Ok(Ok(MempoolVerdict::Policy(reason))) => Some(reason),
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => {
-                debug!(target: "release", error = %e, "testmempoolaccept unavailable");
-                None
-            }
-            Err(_) => None,
+    /// Why bitcoind's relay policy refuses `tx`, if it does (`Ok(None)`: it passes, or
+    /// only its missing signatures stop it). `Err`: bitcoind cannot tell now, and
+    /// nothing is signed or set apart on that.
+    async fn policy_refusal(&self, tx: bitcoin::Transaction) -> Result<Option<String>, String> {
+        let btc = self.bitcoin.as_ref().ok_or("no bitcoind")?;
+        match bounded(btc.test_mempool_accept(tx)).await? {
+            MempoolVerdict::Policy(reason) => Ok(Some(reason)),
+            _ => Ok(None),
         }
     }
 
-    /// `p` is refused by bitcoind's policy for `reason`: each payout is asked alone, and
-    /// those refused are set apart with the reason. Returns them.
-    async fn blame(&mut self, p: &Proposal, reason: &str) -> eyre::Result<Vec<EventId>> {
+    /// The payouts of `p` that bitcoind's policy refuses alone (each in a copy of the
+    /// release that pays only it), with the reason; only reasons about an output
+    /// blame one. Empty if bitcoind could not answer for every probe.
+    async fn probe_payouts(&self, p: &Proposal) -> Vec<(EventId, String)> {
         let mut blamed = Vec::new();
         for (i, e) in p.payouts.iter().enumerate() {
             let Some(probe) = release::payout_probe(p, i, &self.policy) else { continue };
-            if let Some(why) = self.policy_refusal(probe).await {
+            if let Ok(Some(why)) = self.policy_refusal(probe).await
+                && btcfi_chain_adapters::bitcoin::mempool::blames_an_output(&why)
+            {
                 blamed.push((*e, why));
             }
         }
+        blamed
+    }
+
+    /// What [`Threshold::probe_payouts`] blames in release `txid`, for the log.
+    async fn blamed_payouts(&self, txid: &Txid) -> Vec<EventId> {
+        let Some((_, p)) = self.releases.get(txid) else { return Vec::new() };
+        self.probe_payouts(p).await.into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// `p` (not signed by anyone) is refused by bitcoind's policy for `reason`: the
+    /// payouts refused alone are set apart with the reason. Returns them.
+    async fn blame(&mut self, p: &Proposal, reason: &str) -> eyre::Result<Vec<EventId>> {
+        let blamed = self.probe_payouts(p).await;
         if blamed.is_empty() {
             error!(target: "release", txid = %p.txid(), %reason, "bitcoind's policy refuses the release, and no payout alone: not signed");
         }
@@ -763,15 +775,30 @@ impl Threshold {
     /// Proposals from peers that validated here, asked of bitcoind's policy before they
     /// are accepted and signed.
     async fn check_accepted(&mut self) -> eyre::Result<()> {
+        let budget = Instant::now() + FOLLOW_BUDGET;
         for (from, p) in std::mem::take(&mut self.to_check) {
             if self.releases.contains_key(&p.txid()) {
                 continue;
             }
-            if let Some(reason) = self.policy_refusal(p.tx.clone()).await {
-                let blamed = self.blame(&p, &reason).await?;
-                warn!(target: "release", txid = %p.txid(), from, %reason, blamed = blamed.len(), "release refused by bitcoind's relay policy: not signed");
-                self.metrics.release_refusals.with_label_values(&["mempool_policy"]).inc();
+            if Instant::now() > budget {
+                // A slow bitcoind: the rest next tick (the main loop must not stall).
+                self.to_check.push((from, p));
                 continue;
+            }
+            match self.policy_refusal(p.tx.clone()).await {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    let blamed = self.blame(&p, &reason).await?;
+                    warn!(target: "release", txid = %p.txid(), from, %reason, blamed = blamed.len(), "release refused by bitcoind's relay policy: not signed");
+                    self.metrics.release_refusals.with_label_values(&["mempool_policy"]).inc();
+                    continue;
+                }
+                Err(e) => {
+                    // Not signed on bitcoind's silence: asked again next tick.
+                    debug!(target: "release", txid = %p.txid(), error = %e, "testmempoolaccept unavailable: the proposal waits");
+                    self.to_check.push((from, p));
+                    continue;
+                }
             }
             // The view may have moved while it waited (one tick at most).
             match self.validate(&p) {
@@ -988,7 +1015,7 @@ impl Threshold {
                     live.insert(*txid, release::Live::of(p));
                 }
                 ReleaseStatus::Confirmed => paid.extend(rec.payouts.iter().copied()),
-                ReleaseStatus::Conflicted | ReleaseStatus::Rejected => {}
+                ReleaseStatus::Conflicted => {}
             }
         }
         Locks { live, paid }
@@ -996,12 +1023,29 @@ impl Threshold {
 
     fn validate(&self, p: &Proposal) -> Result<Vec<[u8; 32]>, ReleaseError> {
         let locks = self.locks();
+        // Rivals it may merge: their inputs count as needed, like those of live releases.
+        let rival_inputs: BTreeSet<OutPoint> =
+            self.competing.values().flat_map(|(c, _, _)| c.tx.input.iter().map(|i| i.previous_output)).collect();
+        // A replacement's band is centred on what the release it replaces paid, when
+        // that is above this node's estimate (otherwise RBF could bump only once).
+        let mine = release::Live::of(p);
+        let replaced_rate = locks
+            .live
+            .iter()
+            .filter(|(_, l)| !l.inputs.is_disjoint(&mine.inputs))
+            .filter_map(|(t, _)| self.releases.get(t).map(|(r, _)| r.fee_rate_sat_per_vb))
+            .max();
+        let fee_estimate = match (self.fee_estimate, replaced_rate) {
+            (Some(e), Some(r)) => Some(e.max(r)),
+            (e, r) => e.or(r),
+        };
         let view = release::View {
             utxos: &self.utxos,
             live: &locks.live,
             paid: &locks.paid,
             certified: &self.pegouts,
-            fee_estimate: self.fee_estimate,
+            fee_estimate,
+            rival_inputs: &rival_inputs,
         };
         if !self.bitcoin_synced {
             return Err(ReleaseError::NotSynced);
@@ -1057,8 +1101,7 @@ impl Threshold {
         self.releases
             .values()
             .filter(|(r, p)| {
-                !matches!(r.status, ReleaseStatus::Conflicted | ReleaseStatus::Rejected)
-                    && !self.onchain.contains_key(&display_txid(&p.txid()))
+                r.status != ReleaseStatus::Conflicted && !self.onchain.contains_key(&display_txid(&p.txid()))
             })
             .flat_map(|(r, _)| r.payouts.iter().copied())
             .collect()
@@ -1112,7 +1155,7 @@ impl Threshold {
     /// Finished releases leave memory (their records stay in the store); the peg-outs
     /// the confirmed ones paid are kept.
     fn retire_finished(&mut self) {
-        for t in self.releases_in(&[ReleaseStatus::Confirmed, ReleaseStatus::Conflicted, ReleaseStatus::Rejected]) {
+        for t in self.releases_in(&[ReleaseStatus::Confirmed, ReleaseStatus::Conflicted]) {
             if let Some((r, _)) = self.releases.remove(&t)
                 && r.status == ReleaseStatus::Confirmed
             {
@@ -1170,12 +1213,14 @@ impl Threshold {
                 // exact amounts, fee): a bogus rival must not spoil a merge.
                 let locks = self.locks();
                 let alone = BTreeMap::new();
+                let none = BTreeSet::new();
                 let view = release::View {
                     utxos: &self.utxos,
                     live: &alone,
                     paid: &locks.paid,
                     certified: &self.pegouts,
                     fee_estimate: self.fee_estimate,
+                    rival_inputs: &none,
                 };
                 let valid_alone = release::validate(&p, &view, &self.policy).is_ok();
                 // A rival from a validator out of turn is refused, not kept.
@@ -1502,20 +1547,19 @@ impl Threshold {
                     let refused_long = self.releases.get(&txid).is_some_and(|(r, _)| {
                         r.broadcast_ms.is_none() && now_ms().saturating_sub(r.created_ms) > self.bump_turn(&txid)
                     });
-                    // Asked first: a policy refusal blames payouts, which are set apart,
-                    // and the release is dropped so that the next one pays the others.
+                    // Asked first. A signed release that bitcoind's policy now refuses
+                    // (its policy changed since the release was checked before signing)
+                    // stays live: its signatures exist, another node's mempool or a miner
+                    // may still confirm it, so its payouts stay promised to it (freeing
+                    // them could pay them twice). It is named once, with what it blames.
                     if let Some(t) = &tx
-                        && let Some(reason) = self.policy_refusal(t.clone()).await
+                        && let Ok(Some(reason)) = self.policy_refusal(t.clone()).await
                     {
-                        let Some((_, p)) = self.releases.get(&txid) else { continue };
-                        let p = p.clone();
-                        let blamed = self.blame(&p, &reason).await?;
-                        error!(target: "release", %txid, %reason, blamed = blamed.len(), "signed release refused by bitcoind's relay policy: dropped");
-                        if let Some((rec, _)) = self.releases.get_mut(&txid) {
-                            rec.status = ReleaseStatus::Rejected;
+                        if self.policy_refused.insert(txid) {
+                            let blamed = self.blamed_payouts(&txid).await;
+                            error!(target: "release", %txid, %reason, blamed = ?blamed, "signed release refused by bitcoind's relay policy: not broadcast from here; its payouts stay promised to it");
+                            self.metrics.releases.with_label_values(&["refused_by_policy"]).inc();
                         }
-                        self.metrics.releases.with_label_values(&["rejected"]).inc();
-                        changed.push(txid);
                         continue;
                     }
                     let btc = match self.bitcoin.as_ref() {
@@ -1622,7 +1666,6 @@ impl Threshold {
             if other != txid
                 && rec.status != ReleaseStatus::Confirmed
                 && rec.status != ReleaseStatus::Conflicted
-                && rec.status != ReleaseStatus::Rejected
                 && p.tx.input.iter().any(|i| spent.contains(&i.previous_output))
             {
                 rec.status = ReleaseStatus::Conflicted;
@@ -1639,7 +1682,8 @@ impl Threshold {
             return Ok(());
         }
         // Twice the old rate, or the estimate, within the band the signers accept.
-        let band = self.policy.band_ceiling(self.fee_estimate);
+        let centre = self.fee_estimate.map_or(rec.fee_rate_sat_per_vb, |e| e.max(rec.fee_rate_sat_per_vb));
+        let band = self.policy.band_ceiling(Some(centre));
         let rate = (rec.fee_rate_sat_per_vb.saturating_mul(2)).max(self.honest_rate()).min(band);
         let Some(new) = release::bump(p, rate, &self.policy) else {
             warn!(target: "release", %txid, "stuck release cannot be bumped further (no change left or at the fee ceiling)");
@@ -1717,8 +1761,7 @@ impl Threshold {
     }
 
     /// Reads bitcoind's fee estimate again once it is older than ten seconds (bounded,
-    /// like every call of the release path). A failed read keeps the last estimate for
-    /// a minute, then falls back to none (the band centres on the floor).
+    /// like every call of the release path). A failed read keeps the last estimate.
     async fn refresh_fee_estimate(&mut self) {
         if self.fee_estimated_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
             return;
@@ -1729,12 +1772,8 @@ impl Threshold {
                 self.fee_estimate = Some(f.sat_per_vb);
                 self.fee_estimated_at = Some(Instant::now());
             }
-            Err(e) => {
-                debug!(target: "release", error = %e, "fee estimate unavailable");
-                if self.fee_estimated_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    self.fee_estimate = None;
-                }
-            }
+            // The last estimate stands until bitcoind answers again.
+            Err(e) => debug!(target: "release", error = %e, "fee estimate unavailable"),
         }
     }
 
@@ -1805,7 +1844,11 @@ impl Threshold {
                 return self.send_faulty(release::build(&available, &payouts, greedy, &self.policy), "greedy fee");
             }
             Some(ReleaseFault::OutOfTurn) if rank > 0 => {
-                return self.send_faulty(release::build(&available, &payouts, rate, &self.policy), "out of turn");
+                // From the smallest UTXO (not the one the validator in turn spends), so
+                // that it is never taken for a replacement of that one's release.
+                let smallest: Vec<(OutPoint, Sats)> =
+                    available.iter().min_by_key(|(_, a)| *a).copied().into_iter().collect();
+                return self.send_faulty(release::build(&smallest, &payouts, rate, &self.policy), "out of turn");
             }
             _ => {}
         }
@@ -1814,11 +1857,19 @@ impl Threshold {
                 self.propose_split(p, &available, &payouts, rate)
             }
             Ok(p) => {
-                if let Some(reason) = self.policy_refusal(p.tx.clone()).await {
-                    let blamed = self.blame(&p, &reason).await?;
-                    warn!(target: "release", txid = %p.txid(), %reason, blamed = blamed.len(), "own release refused by bitcoind's relay policy: the next one goes without what it blames");
-                    self.last_proposal = Some(Instant::now());
-                    return Ok(());
+                match self.policy_refusal(p.tx.clone()).await {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => {
+                        let blamed = self.blame(&p, &reason).await?;
+                        warn!(target: "release", txid = %p.txid(), %reason, blamed = blamed.len(), "own release refused by bitcoind's relay policy: the next one goes without what it blames");
+                        self.last_proposal = Some(Instant::now());
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        debug!(target: "release", error = %e, "testmempoolaccept unavailable: not proposing yet");
+                        self.last_proposal = Some(Instant::now());
+                        return Ok(());
+                    }
                 }
                 info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), rate, rank, "proposing a release");
                 self.propose(p)

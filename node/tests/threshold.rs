@@ -683,8 +683,10 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     faults[eager] = Some("out-of-turn-proposals");
     let net = network(faults).await;
     let user = net.chains[0].anvil.dev_address(7);
-    net.deposit(0, user, 3_000_000).await;
-    net.wait_balance(0, user, 3_000_000).await;
+    // Two vault UTXOs: the faulty validator spends the smaller, the one in turn the larger.
+    net.deposit(0, user, 1_600_000).await;
+    net.deposit(0, user, 1_500_000).await;
+    net.wait_balance(0, user, 3_100_000).await;
 
     // A burn for which the faulty validator is not first in turn (it is, for a quarter
     // of event ids: such a burn is simply paid by it, in turn).

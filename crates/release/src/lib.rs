@@ -113,10 +113,15 @@ impl Policy {
     }
 
     /// The highest fee rate a proposal may pay when this signer estimates `estimate`
-    /// sat/vB (`None`: its estimate is unavailable, the floor stands in).
+    /// sat/vB. `None` (a signer that never read an estimate): the configured ceiling
+    /// alone bounds it, rather than refusing every honest proposal.
     pub fn band_ceiling(&self, estimate: Option<u64>) -> u64 {
-        let base = estimate.unwrap_or(self.floor_sat_per_vb).max(self.floor_sat_per_vb);
-        base.saturating_mul(self.max_fee_multiple.max(1)).min(self.ceiling_sat_per_vb)
+        match estimate {
+            Some(e) => {
+                e.max(self.floor_sat_per_vb).saturating_mul(self.max_fee_multiple.max(1)).min(self.ceiling_sat_per_vb)
+            }
+            None => self.ceiling_sat_per_vb,
+        }
     }
 }
 
@@ -344,7 +349,9 @@ pub fn payout_probe(p: &Proposal, index: usize, policy: &Policy) -> Option<Trans
     let change = have.checked_sub(out.value.to_sat())?.checked_sub(p.fee())?;
     let mut tx = p.tx.clone();
     tx.output = vec![out];
-    if change > 0 {
+    // Change below the vault's dust limit goes to the fee: the probe must not be
+    // refused for an output of its own.
+    if change >= change_dust(policy) {
         tx.output.push(TxOut { value: Amount::from_sat(change), script_pubkey: policy.vault_script.clone() });
     }
     Some(tx)
@@ -393,6 +400,9 @@ pub struct View<'a> {
     pub certified: &'a BTreeMap<EventId, Payout>,
     /// This node's own fee estimate (sat/vB), if it has one: the fee band's centre.
     pub fee_estimate: Option<u64>,
+    /// Inputs of rival releases this one may merge (a split batch's other half): like
+    /// those of live releases, it may spend them beyond what its payouts need.
+    pub rival_inputs: &'a BTreeSet<OutPoint>,
 }
 
 /// Validates `p` against this node's own view; returns the sighashes to sign.
@@ -507,7 +517,8 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
 /// release, locking every UTXO while it is signed, or pay a fee on hundreds of inputs.)
 fn check_inputs_needed(p: &Proposal, view: &View<'_>, policy: &Policy, fee: u64) -> Result<(), ReleaseError> {
     let overflow = ReleaseError::Malformed("amounts overflow");
-    let shared: BTreeSet<OutPoint> = view.live.values().flat_map(|l| l.inputs.iter().copied()).collect();
+    let shared: BTreeSet<OutPoint> =
+        view.live.values().flat_map(|l| l.inputs.iter().copied()).chain(view.rival_inputs.iter().copied()).collect();
     let mut required = 0usize;
     let mut covered = 0u64;
     let mut rest = Vec::new();
@@ -671,6 +682,7 @@ mod tests {
         live: BTreeMap<Txid, Live>,
         paid: BTreeSet<EventId>,
         estimate: Option<u64>,
+        rivals: BTreeSet<OutPoint>,
     }
 
     impl Fixture {
@@ -682,7 +694,14 @@ mod tests {
                 .into_iter()
                 .map(|(e, a, s)| (e, Payout { event: e, amount: Sats(a), script: p2wpkh(s) }))
                 .collect();
-            Self { utxos, certified, live: BTreeMap::new(), paid: BTreeSet::new(), estimate: Some(50) }
+            Self {
+                utxos,
+                certified,
+                live: BTreeMap::new(),
+                paid: BTreeSet::new(),
+                estimate: Some(50),
+                rivals: BTreeSet::new(),
+            }
         }
 
         fn view(&self) -> View<'_> {
@@ -692,6 +711,7 @@ mod tests {
                 paid: &self.paid,
                 certified: &self.certified,
                 fee_estimate: self.estimate,
+                rival_inputs: &self.rivals,
             }
         }
 
@@ -961,10 +981,10 @@ mod tests {
         assert!(50 <= pol.ceiling_sat_per_vb);
         let e = validate(&greedy, &f.view(), &pol).expect_err("ten times the estimate");
         assert!(matches!(e, ReleaseError::FeeOutOfBounds { ceiling: 10, .. }), "{e}");
-        // Without an estimate of its own, the signer centres the band on the floor.
+        // A signer that never read an estimate is bounded by the ceiling alone.
         f.estimate = None;
-        assert!(matches!(validate(&f.build(5), &f.view(), &pol), Err(ReleaseError::FeeOutOfBounds { .. })));
-        validate(&f.build(2), &f.view(), &pol).expect("within twice the floor");
+        validate(&f.build(50), &f.view(), &pol).expect("under the ceiling");
+        assert!(matches!(validate(&f.build(101), &f.view(), &pol), Err(ReleaseError::FeeOutOfBounds { .. })));
     }
 
     /// Spending every vault UTXO for a payout that one covers is refused beyond the
@@ -996,6 +1016,52 @@ mod tests {
         pol.consolidation_inputs = 0;
         let bumped = bump(&consolidating, 10, &pol).expect("bump");
         validate(&bumped, &f.view(), &pol).expect("a replacement keeps its inputs");
+    }
+
+    /// A split batch's merge spends every input of both halves. Where this node holds
+    /// one half (its inputs live), the other half's inputs (a rival it keeps) are
+    /// needed too: without counting them, an honest merge of a one-input half and a
+    /// three-input half was refused as spending too many inputs.
+    #[test]
+    fn a_merge_may_spend_every_input_of_the_rival_it_merges() {
+        let mut f = Fixture::new();
+        for i in 4..7 {
+            f.utxos.insert(outpoint(i), Sats(200_000));
+        }
+        let pol = policy();
+        let payouts: Vec<Payout> = f.certified.values().cloned().collect();
+        let half_a = build_with(&[(outpoint(1), Sats(1_000_000))], &[], &payouts, 5, &pol).expect("a");
+        let three: Vec<(OutPoint, Sats)> = (4..7).map(|i| (outpoint(i), Sats(200_000))).collect();
+        let half_b = build_with(&three, &[], &payouts, 5, &pol).expect("b");
+        f.lock(&half_a);
+        let mut all = vec![(outpoint(1), Sats(1_000_000))];
+        all.extend(three.iter().copied());
+        let merge = build_with(&all, &[], &payouts, 5, &pol).expect("merge");
+        assert_eq!(merge.tx.input.len(), 4);
+        let e = validate(&merge, &f.view(), &pol).expect_err("the rival's inputs not counted");
+        assert!(matches!(e, ReleaseError::TooManyInputs { inputs: 4, .. }), "{e}");
+        f.rivals = Live::of(&half_b).inputs;
+        validate(&merge, &f.view(), &pol).expect("the rival's inputs are needed to conflict with it");
+    }
+
+    /// The probe that asks bitcoind about one payout alone never carries change below
+    /// the vault's dust limit (which bitcoind would refuse for itself).
+    #[test]
+    fn a_payout_probe_pays_that_payout_and_no_dust_change() {
+        let f = Fixture::new();
+        let p = f.build(5);
+        let probe = payout_probe(&p, 1, &policy()).expect("probe");
+        assert_eq!(probe.output[0], p.tx.output[1]);
+        assert_eq!(probe.input, p.tx.input);
+        let out: u64 = probe.output.iter().map(|o| o.value.to_sat()).sum();
+        assert_eq!(out + p.fee(), 1_000_000, "same inputs, same fee");
+        assert!(payout_probe(&p, 2, &policy()).is_none(), "change is not a payout");
+        // Without change, the rest below dust goes to the fee.
+        let mut tight = p.clone();
+        tight.tx.output.truncate(2);
+        tight.prevouts[0].value = Amount::from_sat(298_000 + 148_000 + tight.fee().min(5_000));
+        let probe = payout_probe(&tight, 0, &policy()).expect("probe");
+        assert!(probe.output.iter().skip(1).all(|o| o.value.to_sat() >= policy().dust_limit(&vault())));
     }
 
     #[test]

@@ -51,6 +51,19 @@ pub fn classify(reason: &str) -> MempoolVerdict {
     }
 }
 
+/// The policy reasons that name an output (its value or its script), and so can blame
+/// the payout a release pays with it; the others (`version`, `tx-size`, inputs, ...)
+/// concern the whole transaction.
+const OUTPUT_REASONS: &[&str] = &["dust", "scriptpubkey", "bare-multisig", "multi-op-return"];
+
+/// Whether a policy `reason` is about one of the transaction's outputs.
+pub fn blames_an_output(reason: &str) -> bool {
+    let r = reason.trim();
+    OUTPUT_REASONS
+        .iter()
+        .any(|p| r.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ':', '-', ','])))
+}
+
 impl BitcoinSource {
     /// `testmempoolaccept` of one transaction (nothing is broadcast).
     pub async fn test_mempool_accept(&self, tx: Transaction) -> Result<MempoolVerdict, BtcError> {
@@ -83,5 +96,11 @@ mod tests {
         assert!(matches!(classify("min relay fee not met, 100 < 141"), MempoolVerdict::Other(_)));
         assert!(matches!(classify("txn-mempool-conflict"), MempoolVerdict::Other(_)));
         assert!(matches!(classify("dustx"), MempoolVerdict::Other(_)));
+        assert!(blames_an_output("dust") && blames_an_output("dust-nonanchor") && blames_an_output("scriptpubkey"));
+        assert!(
+            !blames_an_output("tx-size")
+                && !blames_an_output("version")
+                && !blames_an_output("bad-txns-nonstandard-inputs")
+        );
     }
 }
