@@ -223,8 +223,8 @@ pub enum ReleaseFault {
     SplitProposals,
     /// Propose at once (whatever the turn) at ten times the honest fee rate.
     GreedyFee,
-    /// Propose at once at the honest fee rate, whatever the turn (from the smallest
-    /// vault UTXO).
+    /// Propose at once at the honest fee rate, whatever the turn and whatever is
+    /// promised already (from the smallest vault UTXO).
     OutOfTurn,
 }
 
@@ -874,6 +874,9 @@ impl Threshold {
             self.retry_waiting()?;
             self.check_accepted().await?;
             self.resend_proposals();
+            if self.release_fault == Some(ReleaseFault::OutOfTurn) && self.bitcoin_synced {
+                self.propose_out_of_turn()?;
+            }
             if self.bitcoin_synced {
                 self.maybe_merge().await?;
             }
@@ -1183,12 +1186,19 @@ impl Threshold {
     }
 
     fn on_proposal(&mut self, from: usize, p: Proposal) -> eyre::Result<()> {
-        let txid = p.txid();
-        if self.releases.contains_key(&txid) {
+        if self.releases.contains_key(&p.txid()) {
             return Ok(());
         }
         // A competing one sent again: checked again (it may be valid by now).
-        self.competing.remove(&txid);
+        self.competing.remove(&p.txid());
+        self.judge(from, p, Instant::now(), true)
+    }
+
+    /// Validates a proposal from `from` (received at `at`) and files it: to be checked
+    /// against bitcoind's policy and signed, kept for a re-check, kept as a rival for a
+    /// merge, or refused. Proposals re-checked from `waiting` go the same way.
+    fn judge(&mut self, from: usize, p: Proposal, at: Instant, fresh: bool) -> eyre::Result<()> {
+        let txid = p.txid();
         match self.validate(&p).and_then(|_| self.check_turn(from, &p)) {
             Ok(()) => {
                 if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
@@ -1197,11 +1207,13 @@ impl Threshold {
                 Ok(())
             }
             Err(e) if e.may_pass_later() => {
-                info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
+                if fresh {
+                    info!(target: "release", %txid, from, reason = %e, "proposal not valid in this node's view yet; will re-check");
+                }
                 let from_sender = self.waiting.iter().filter(|(f, _, _)| *f == from).count();
                 let known = self.waiting.iter().any(|(_, w, _)| w.txid() == txid);
                 if !known && self.waiting.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
-                    self.waiting.push((from, p, Instant::now()));
+                    self.waiting.push((from, p, at));
                 }
                 Ok(())
             }
@@ -1367,11 +1379,9 @@ impl Threshold {
             if at.elapsed() > Duration::from_secs(300) || self.releases.contains_key(&p.txid()) {
                 continue;
             }
-            match self.validate(&p).and_then(|_| self.check_turn(from, &p)) {
-                Ok(()) => self.to_check.push((from, p)),
-                Err(e) if e.may_pass_later() => self.waiting.push((from, p, at)),
-                Err(e) => self.refused(from, &p.txid(), &e),
-            }
+            // As when it arrived: a rival by now (another release took its peg-outs)
+            // is kept for a merge or refused out of turn, not refused for competing.
+            self.judge(from, p, at, false)?;
         }
         Ok(())
     }
@@ -1742,6 +1752,34 @@ impl Threshold {
         self.accept(p, self.me)
     }
 
+    /// Test fault: every tick, a release of the peg-outs not yet paid for which this
+    /// node is not first in turn (promised to a live release or not), from the smallest
+    /// free vault UTXO (never the one the validator in turn spends, so that it is never
+    /// taken for a replacement of its release).
+    fn propose_out_of_turn(&mut self) -> eyre::Result<()> {
+        let locks = self.locks();
+        let payouts: Vec<Payout> = self
+            .pegout_seen
+            .keys()
+            .filter(|e| !locks.paid.contains(e) && relay::rank(e, self.me, self.n) > 0)
+            .filter_map(|e| self.pegouts.get(e).cloned())
+            .collect();
+        if payouts.is_empty() {
+            return Ok(());
+        }
+        let inputs = locks.inputs();
+        let smallest: Vec<(OutPoint, Sats)> = self
+            .utxos
+            .iter()
+            .filter(|(op, _)| !inputs.contains(op))
+            .min_by_key(|(_, a)| **a)
+            .map(|(o, a)| (*o, *a))
+            .into_iter()
+            .collect();
+        let rate = self.honest_rate();
+        self.send_faulty(release::build(&smallest, &payouts, rate, &self.policy), "out of turn")
+    }
+
     /// Test faults: sends a proposal to the others without validating or accepting it.
     fn send_faulty(&mut self, p: Result<Proposal, ReleaseError>, fault: &str) -> eyre::Result<()> {
         self.last_proposal = Some(Instant::now());
@@ -1826,7 +1864,7 @@ impl Threshold {
         });
         let Some((&oldest, &since)) = unpaid.first().copied() else { return Ok(()) };
         let rank = relay::rank(&oldest, self.me, self.n) as u32;
-        let faulty_now = matches!(self.release_fault, Some(ReleaseFault::GreedyFee | ReleaseFault::OutOfTurn));
+        let faulty_now = self.release_fault == Some(ReleaseFault::GreedyFee);
         // Rank 0 waits a moment to batch peg-outs certified together.
         if !faulty_now && since.elapsed() < BATCH_WAIT + self.takeover * rank {
             return Ok(());
@@ -1838,19 +1876,9 @@ impl Threshold {
             return Ok(());
         }
         let rate = self.honest_rate();
-        match self.release_fault {
-            Some(ReleaseFault::GreedyFee) => {
-                let greedy = rate.saturating_mul(10).min(self.policy.ceiling_sat_per_vb);
-                return self.send_faulty(release::build(&available, &payouts, greedy, &self.policy), "greedy fee");
-            }
-            Some(ReleaseFault::OutOfTurn) if rank > 0 => {
-                // From the smallest UTXO (not the one the validator in turn spends), so
-                // that it is never taken for a replacement of that one's release.
-                let smallest: Vec<(OutPoint, Sats)> =
-                    available.iter().min_by_key(|(_, a)| *a).copied().into_iter().collect();
-                return self.send_faulty(release::build(&smallest, &payouts, rate, &self.policy), "out of turn");
-            }
-            _ => {}
+        if self.release_fault == Some(ReleaseFault::GreedyFee) {
+            let greedy = rate.saturating_mul(10).min(self.policy.ceiling_sat_per_vb);
+            return self.send_faulty(release::build(&available, &payouts, greedy, &self.policy), "greedy fee");
         }
         match release::build(&available, &payouts, rate, &self.policy) {
             Ok(p) if self.release_fault == Some(ReleaseFault::SplitProposals) => {

@@ -623,6 +623,15 @@ fn refusals(net: &Net, reason: &str) -> Vec<f64> {
     net.nodes.iter().map(|n| n.metric("btcfi_release_refusals_total", &format!("reason=\"{reason}\""))).collect()
 }
 
+/// Every validator's release log lines, for a failed assertion.
+fn print_release_logs(net: &Net) {
+    for n in &net.nodes {
+        let lines: Vec<String> =
+            n.log().lines().filter(|l| l.contains("\"target\":\"release")).map(str::to_owned).collect();
+        eprintln!("--- {}:\n{}", n.name, lines.join("\n"));
+    }
+}
+
 /// Waits until `burn` is paid at depth (as validator 0 sees it), printing the release
 /// logs on a timeout.
 async fn wait_paid(net: &Net, burn: &str) -> serde_json::Value {
@@ -631,11 +640,7 @@ async fn wait_paid(net: &Net, burn: &str) -> serde_json::Value {
     })
     .await
     .unwrap_or_else(|e| {
-        for n in &net.nodes {
-            let lines: Vec<String> =
-                n.log().lines().filter(|l| l.contains("\"target\":\"release")).map(str::to_owned).collect();
-            eprintln!("--- {}:\n{}", n.name, lines.join("\n"));
-        }
+        print_release_logs(net);
         panic!("{e}")
     })
 }
@@ -705,6 +710,9 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     wait_paid(&net, &burn).await;
     let refused = refusals(&net, "not_in_turn");
     for (i, r) in refused.iter().enumerate().filter(|(i, _)| *i != eager) {
+        if *r < 1.0 {
+            print_release_logs(&net);
+        }
         assert!(*r >= 1.0, "validator {i} refused the out-of-turn proposal: {refused:?}");
     }
     let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
