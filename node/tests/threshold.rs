@@ -618,6 +618,13 @@ async fn a_release_split_by_its_proposer_is_merged_and_pays_once() {
     assert_eq!(received, Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once");
 }
 
+/// Faults for a network where validator `i` alone misbehaves with `fault`.
+fn one_faulty(i: usize, fault: &'static str) -> [Option<&'static str>; 4] {
+    let mut faults = [None; 4];
+    faults[i] = Some(fault);
+    faults
+}
+
 /// Honest signers' refusals of release proposals for `reason`, per validator.
 fn refusals(net: &Net, reason: &str) -> Vec<f64> {
     net.nodes.iter().map(|n| n.metric("btcfi_release_refusals_total", &format!("reason=\"{reason}\""))).collect()
@@ -652,9 +659,7 @@ async fn wait_paid(net: &Net, burn: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_at_ten_times_the_honest_fee_rate_is_refused_by_every_honest_signer() {
     let greedy = 1;
-    let mut faults = [None; 4];
-    faults[greedy] = Some("greedy-fee-proposals");
-    let net = network(faults).await;
+    let net = network(one_faulty(greedy, "greedy-fee-proposals")).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -684,9 +689,7 @@ async fn a_proposal_at_ten_times_the_honest_fee_rate_is_refused_by_every_honest_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     let eager = 2;
-    let mut faults = [None; 4];
-    faults[eager] = Some("out-of-turn-proposals");
-    let net = network(faults).await;
+    let net = network(one_faulty(eager, "out-of-turn-proposals")).await;
     let user = net.chains[0].anvil.dev_address(7);
     // Two vault UTXOs: the faulty validator spends the smaller, the one in turn the larger.
     net.deposit(0, user, 1_600_000).await;

@@ -310,17 +310,7 @@ mod tests {
                     signature: s,
                 })
             }),
-            (any::<u64>(), arb_event(), any::<[u8; 32]>(), arb_signatures()).prop_map(|(e, ev, d, sigs)| {
-                Message::Certificate(Certificate {
-                    epoch: Epoch(e),
-                    event: ev,
-                    digest: Digest(d),
-                    signatures: sigs
-                        .into_iter()
-                        .map(|(v, s)| ValidatorSignature { validator: ValidatorIndex(v), signature: s })
-                        .collect(),
-                })
-            }),
+            arb_certificate().prop_map(Message::Certificate),
             (any::<u64>(), proptest::collection::vec(arb_event(), 0..20))
                 .prop_map(|(e, events)| Message::CertificateRequest(CertificateRequest { epoch: Epoch(e), events })),
             proptest::collection::vec(arb_certificate(), 0..4)
