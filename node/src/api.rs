@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use btcfi_chain_adapters::ChainEvent;
+use btcfi_chain_adapters::{ChainEvent, Rejected};
 use btcfi_consensus::{ValidatorIndex, persist::PeerVoteRecord, quorum};
 use btcfi_p2p::NetworkHandle;
 use btcfi_store::{Cf, Store};
@@ -115,6 +115,8 @@ pub struct ApiState {
     pub status: Arc<RwLock<StatusSnapshot>>,
     pub net: NetworkHandle,
     pub peers: Vec<PeerId>,
+    /// What a refund of a rejected deposit keeps (the peg-out fee).
+    pub refund_fee: u64,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -226,6 +228,9 @@ fn kind_json(a: &Attestation) -> Value {
         }
         AttestationKind::EvmToEvm { nonce, dest_chain, recipient, amount } => {
             json!({"type": "evm_to_evm", "nonce": nonce, "destination_chain": dest_chain.0, "recipient": recipient.to_string(), "amount_sats": amount.0})
+        }
+        AttestationKind::Refund { amount, script_pubkey } => {
+            json!({"type": "refund", "amount_sats": amount.0, "script_pubkey": hex::encode(script_pubkey)})
         }
     }
 }
@@ -349,12 +354,51 @@ fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<Value>,
             "replaces": r.replaces,
         });
     }
+    // A rejected deposit paid back: where, how much, and how far.
+    if let ChainEvent::Rejected(Rejected { refund: Some(att), .. }) = &stored.event
+        && let AttestationKind::Refund { amount, script_pubkey } = &att.kind
+    {
+        let fee = v["release"]["peg_out_fee_sats"].as_u64().unwrap_or(s.refund_fee);
+        let status = match v["status"].as_str() {
+            Some("paid") => "refunded",
+            Some("unpayable") => "unpayable",
+            _ => "refunding",
+        };
+        v["refund"] = json!({
+            "status": status,
+            "script_pubkey": hex::encode(script_pubkey),
+            "deposit_sats": amount.0,
+            "refund_fee_sats": fee,
+            "refund_sats": amount.0.saturating_sub(fee),
+            "digest": att.digest().to_string(),
+            "certified": certified.is_some(),
+            "txid": v["release"]["txid"].clone(),
+        });
+        if status != "unpayable" {
+            v["status"] = json!(status);
+        }
+    }
+    // Reorged out past finality: whatever was done with it, it is never acted on again.
+    if stored.reorged.is_some() {
+        v["status"] = json!("reorged");
+    }
     Ok(Some(v))
 }
 
-/// Where an event stands: seen, voted, signed (mints), being paid or paid (peg-outs).
-const STATUSES: [&str; 8] =
-    ["observed", "certified", "signed", "releasing", "paid", "unpayable", "rejected", "reorged"];
+/// Where an event stands: seen, voted, signed (mints), being paid or paid (peg-outs),
+/// rejected and being paid back or paid back (refunds), or reorged out past finality.
+const STATUSES: [&str; 10] = [
+    "observed",
+    "certified",
+    "signed",
+    "releasing",
+    "paid",
+    "unpayable",
+    "rejected",
+    "refunding",
+    "refunded",
+    "reorged",
+];
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
@@ -446,6 +490,8 @@ async fn get_deposit(State(s): State<ApiState>, Path(outpoint): Path<String>) ->
             _ => "submission",
         },
         Some("rejected") => "rejected",
+        Some("refunding") => "refund",
+        Some("refunded") => "done",
         Some("reorged") => "reorged",
         _ => "depth",
     };

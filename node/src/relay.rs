@@ -35,7 +35,7 @@ pub fn rank(event: &EventId, me: usize, n: usize) -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayRecord {
     pub chain_id: u64,
-    /// `submitted`, `already_consumed`, `reverted`, `failed`, `mined`.
+    /// `submitted`, `already_consumed`, `reverted`, `failed`, `mined`, `reorged`.
     pub outcome: String,
     pub tx_hash: Option<String>,
     pub detail: Option<String>,
@@ -116,6 +116,14 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
     for attempt in 0..MAX_TRIES {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(5u64 << attempt.min(4))).await;
+        }
+        // Its event left the canonical chain past finality since it was signed: never
+        // relayed (checked before every submission, the store being the truth).
+        if matches!(crate::state::get_event(&store, &event), Ok(Some(r)) if r.reorged.is_some()) {
+            warn!(target: "relay", chain = %name, %event, "event reorged out past finality: mint not relayed");
+            count("reorged");
+            save(&record("reorged", None, None));
+            return;
         }
         let submitted = dest.lock().await.submit_mint(&job.request).await;
         let tx_hash = match submitted {

@@ -16,7 +16,8 @@ use crate::{
     threshold::{self, Faults, Threshold},
 };
 use btcfi_chain_adapters::{
-    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, VaultSpend, bitcoin::BitcoinSource, evm::EvmSource,
+    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, Rejected, VaultSpend, bitcoin::BitcoinSource,
+    evm::EvmSource,
 };
 use btcfi_consensus::{Action, Alert, Config as CoreConfig, Consensus, Epoch, Input, Message, ValidatorIndex};
 use btcfi_p2p::{ChainHeights, MessageKind, NetworkConfig, NetworkEvent, NetworkHandle, NetworkService, ValidatorPeer};
@@ -374,7 +375,10 @@ pub async fn run_with(
     // Chains.
     let (chain_tx, mut chain_rx) = mpsc::channel::<ChainUpdate>(64);
     let btc_cp = load_checkpoint(&store, ChainId::BITCOIN)?;
-    let btc = BitcoinSource::new(cfg.bitcoin.clone(), btc_cp).await.wrap_err("starting the Bitcoin adapter")?;
+    // A deposit memo naming a chain without a bridge here is a rejection (refunded).
+    let mut btc_cfg = cfg.bitcoin.clone();
+    btc_cfg.destination_chains = cfg.evm.iter().map(|c| c.chain_id.0).collect();
+    let btc = BitcoinSource::new(btc_cfg, btc_cp).await.wrap_err("starting the Bitcoin adapter")?;
     match btc.has_txindex().await {
         Ok(true) => {}
         Ok(false) => {
@@ -412,8 +416,14 @@ pub async fn run_with(
 
     let (catch_up_tx, mut catch_up_rx) = mpsc::channel::<Input>(64);
     let snapshot = Arc::new(RwLock::new(StatusSnapshot::new(&cfg, me, n, core.quorum())));
-    let api_state =
-        ApiState { store: store.clone(), metrics: metrics.clone(), status: snapshot.clone(), net: net.clone(), peers };
+    let api_state = ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        status: snapshot.clone(),
+        net: net.clone(),
+        peers,
+        refund_fee: cfg.bitcoin.peg_out_fee.0,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .wrap_err_with(|| format!("api.listen {}: address in use or not allowed; choose another", cfg.api.listen))?;
@@ -450,12 +460,19 @@ pub async fn run_with(
         next_peer: 0,
         threshold,
     };
-    ctx.threshold.resume()?;
+    let events = state::load_events(&store)?;
+    // Events reorged out past finality are never acted on, whatever else is stored.
+    let reorged = events.iter().filter(|r| r.reorged.is_some()).map(|r| r.event.id()).collect();
+    ctx.threshold.resume(reorged)?;
 
     // Re-feed stored observations: after a crash between storing an event and voting.
-    for rec in state::load_events(&store)? {
-        if let (ChainEvent::Observed(o), None) = (&rec.event, rec.reorged) {
-            ctx.feed(&mut core, Input::Observed(o.attestation.clone())).await?;
+    for rec in events {
+        match (&rec.event, rec.reorged) {
+            (ChainEvent::Observed(o), None) => ctx.feed(&mut core, Input::Observed(o.attestation.clone())).await?,
+            (ChainEvent::Rejected(Rejected { refund: Some(att), .. }), None) => {
+                ctx.feed(&mut core, Input::Observed(att.clone())).await?;
+            }
+            _ => {}
         }
     }
 
@@ -543,9 +560,21 @@ async fn on_chain(
     {
         ctx.threshold.set_bitcoin_progress(cp.cursor.height, h.finalized);
     }
+    // A rejected deposit worth refunding gets its refund attestation (stored with it).
+    let events: Vec<ChainEvent> = u
+        .events
+        .into_iter()
+        .map(|ev| match ev {
+            ChainEvent::Rejected(mut r) => {
+                r.refund = ctx.threshold.refund_for(&r);
+                ChainEvent::Rejected(r)
+            }
+            other => other,
+        })
+        .collect();
     // Events and the checkpoint after them: one atomic write.
     let mut batch = Batch::new();
-    for ev in &u.events {
+    for ev in &events {
         let kind = match ev {
             ChainEvent::Observed(_) => "observed",
             ChainEvent::Rejected(_) => "rejected",
@@ -580,17 +609,23 @@ async fn on_chain(
     }
     batch.put_json(Cf::Cursors, cursor_key(u.chain), &cp)?;
     ctx.store.commit(batch).wrap_err("persisting chain events")?;
-    for ev in u.events {
+    for ev in events {
         match ev {
             ChainEvent::Observed(o) => {
                 ctx.metrics.observations.inc();
                 ctx.threshold.on_final(o.attestation.event);
                 ctx.feed(core, Input::Observed(o.attestation)).await?;
             }
+            ChainEvent::Rejected(Rejected { refund: Some(att), .. }) => {
+                ctx.metrics.observations.inc();
+                ctx.threshold.on_final(att.event);
+                ctx.feed(core, Input::Observed(att)).await?;
+            }
             ChainEvent::VaultSpend(spend) => ctx.threshold.on_vault_spend(spend)?,
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
                 ctx.threshold.on_vault_spend_reorged(&id.tx);
             }
+            ChainEvent::Reorged { id, .. } => ctx.threshold.on_reorged(id)?,
             _ => {}
         }
     }

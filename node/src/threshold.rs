@@ -20,7 +20,7 @@ use crate::{
 use alloy::primitives::Address;
 use bitcoin::{OutPoint, ScriptBuf, Txid, hashes::Hash};
 use btcfi_chain_adapters::{
-    SpendOutput, VaultSpend,
+    Rejected, SpendOutput, VaultSpend,
     bitcoin::{BitcoinSource, BtcError, MempoolVerdict, VaultUtxo},
     evm::{MintRequest, MintSignature},
 };
@@ -324,6 +324,12 @@ pub struct Threshold {
     to_check: Vec<(usize, Proposal)>,
     /// Signed releases bitcoind's policy refused to broadcast (named once).
     policy_refused: BTreeSet<Txid>,
+    /// Events whose block left the canonical chain after they were reported final (a
+    /// reorg deeper than finality): never signed, relayed or paid (from the store at
+    /// start, then as the adapters report them).
+    reorged: BTreeSet<EventId>,
+    /// Live releases whose withdrawal (leaving reorged peg-outs out) cannot be built.
+    withdraw_failed: BTreeSet<Txid>,
 }
 
 impl std::fmt::Debug for Threshold {
@@ -472,6 +478,8 @@ impl Threshold {
             held_mints: Vec::new(),
             to_check: Vec::new(),
             policy_refused: BTreeSet::new(),
+            reorged: BTreeSet::new(),
+            withdraw_failed: BTreeSet::new(),
         };
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
@@ -580,7 +588,10 @@ impl Threshold {
     }
 
     /// Resumes work left by a restart: unsigned certified attestations, releases.
-    pub fn resume(&mut self) -> eyre::Result<()> {
+    /// Picks up what the store holds after a start: `reorged` are the events stored as
+    /// reorged out past finality (never acted on, whatever else the store holds).
+    pub fn resume(&mut self, reorged: BTreeSet<EventId>) -> eyre::Result<()> {
+        self.reorged = reorged;
         for rec in crate::state::all_certified(&self.store)? {
             self.take_certified(&rec.attestation)?;
         }
@@ -594,6 +605,8 @@ impl Threshold {
 
     /// An event became final on its chain (for the finality-to-signature histogram).
     pub fn on_final(&mut self, event: EventId) {
+        // Reported final again (the same burn or deposit in the new chain): it stands.
+        self.reorged.remove(&event);
         if self.finalized_at.len() < 100_000 {
             self.finalized_at.insert(event, Instant::now());
         }
@@ -649,7 +662,7 @@ impl Threshold {
     /// A certified attestation: sign its mint, or queue its payout.
     pub fn on_certified(&mut self, att: &Attestation) -> eyre::Result<()> {
         self.take_certified(att)?;
-        if matches!(att.kind, AttestationKind::PegOut { .. }) {
+        if matches!(att.kind, AttestationKind::PegOut { .. } | AttestationKind::Refund { .. }) {
             self.update_pending_gauge();
         }
         Ok(())
@@ -658,6 +671,10 @@ impl Threshold {
     /// [`Threshold::on_certified`] without the pending gauge (which walks every
     /// peg-out: [`Threshold::resume`] updates it once, not once per record).
     fn take_certified(&mut self, att: &Attestation) -> eyre::Result<()> {
+        if self.reorged.contains(&att.event) {
+            warn!(target: "signing", event = %att.event, "certified, but its block left the canonical chain past finality: never signed, relayed or paid");
+            return Ok(());
+        }
         match &att.kind {
             AttestationKind::PegIn { dest_chain, recipient, amount }
             | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
@@ -682,15 +699,14 @@ impl Threshold {
                     }
                     return Ok(());
                 }
-                let Some(bridge) = self.bridges.get(&dest_chain.0).copied() else {
+                let Some(message) = self.mint_message_of(att) else {
                     error!(target: "signing", event = %att.event, chain = dest_chain.0, "certified for a destination chain this node has no bridge for: not signed");
                     return Ok(());
                 };
-                let message =
-                    mint_message(dest_chain.0, bridge, att.event.contract_id(), Address::from(recipient.0), amount.0);
-                self.start(KeyKind::Evm, message.to_vec(), Purpose::Mint { event: att.event })
+                self.start(KeyKind::Evm, message, Purpose::Mint { event: att.event })
             }
-            AttestationKind::PegOut { amount, script_pubkey, .. } => {
+            AttestationKind::PegOut { amount, script_pubkey, .. }
+            | AttestationKind::Refund { amount, script_pubkey } => {
                 let payout =
                     Payout { event: att.event, amount: *amount, script: ScriptBuf::from(script_pubkey.clone()) };
                 if let Some(why) = release::unpayable(&payout, &self.policy) {
@@ -878,6 +894,7 @@ impl Threshold {
                 self.propose_out_of_turn()?;
             }
             if self.bitcoin_synced {
+                self.maybe_withdraw()?;
                 self.maybe_merge().await?;
             }
             self.maybe_propose().await?;
@@ -936,12 +953,16 @@ impl Threshold {
                     .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
                 let evm = EvmSignature::from_frost(&sig)?;
                 let Some(rec) = crate::state::get_certified(&self.store, &event)? else { return Ok(()) };
+                if self.reorged.contains(&event) {
+                    warn!(target: "signing", %event, "mint signed, but its event was reorged out past finality: not relayed");
+                    return Ok(());
+                }
                 let (dest, recipient, amount) = match rec.attestation.kind {
                     AttestationKind::PegIn { dest_chain, recipient, amount }
                     | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
                         (dest_chain, recipient, amount)
                     }
-                    AttestationKind::PegOut { .. } => return Ok(()),
+                    AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => return Ok(()),
                 };
                 let bridge = self.bridges.get(&dest.0).copied().unwrap_or_default();
                 let word = |b: &[u8; 32]| format!("0x{}", hex::encode(b));
@@ -1031,12 +1052,15 @@ impl Threshold {
             self.competing.values().flat_map(|(c, _, _)| c.tx.input.iter().map(|i| i.previous_output)).collect();
         // A replacement's band is centred on what the release it replaces paid, when
         // that is above this node's estimate (otherwise RBF could bump only once).
+        // (Its old fee over the new size too: a withdrawal pays the old fee and a little
+        // more from fewer outputs.)
         let mine = release::Live::of(p);
+        let vsize = release::signed_vsize(&p.tx).max(1);
         let replaced_rate = locks
             .live
             .iter()
             .filter(|(_, l)| !l.inputs.is_disjoint(&mine.inputs))
-            .filter_map(|(t, _)| self.releases.get(t).map(|(r, _)| r.fee_rate_sat_per_vb))
+            .filter_map(|(t, _)| self.releases.get(t).map(|(r, _)| r.fee_rate_sat_per_vb.max(r.fee_sats / vsize)))
             .max();
         let fee_estimate = match (self.fee_estimate, replaced_rate) {
             (Some(e), Some(r)) => Some(e.max(r)),
@@ -1068,7 +1092,10 @@ impl Threshold {
                 continue;
             }
             let Some((rec, q)) = self.releases.get(t) else { continue };
+            // One paying a reorged peg-out is replaced at once (by its withdrawal).
+            let withdrawn = rec.payouts.iter().any(|e| self.reorged.contains(e));
             let (since, wait) = match rec.status {
+                _ if withdrawn => (0, Duration::ZERO),
                 ReleaseStatus::Signing => (rec.created_ms, self.merge_after),
                 ReleaseStatus::Broadcast => (rec.broadcast_ms.unwrap_or(rec.created_ms), self.rbf_after),
                 _ => continue,
@@ -1298,6 +1325,119 @@ impl Threshold {
             best = best.min(rank);
         }
         Err(ReleaseError::NotInTurn { proposer: from, rank: best })
+    }
+
+    /// The refund of a rejected Bitcoin deposit, if one is due: back to the script of
+    /// its transaction's first input ([`Rejected::refund_to`]), the deposit less the
+    /// peg-out fee, when that script is one a release can pay and the rest is above its
+    /// dust limit. Decided from the chain and the config alone, so that every honest
+    /// validator attests the same refund.
+    pub fn refund_for(&self, r: &Rejected) -> Option<Attestation> {
+        if r.id.chain != ChainId::BITCOIN {
+            return None;
+        }
+        let (script, amount) = (r.refund_to.clone()?, r.amount?);
+        let payout = Payout { event: r.id, amount, script: ScriptBuf::from(script.clone()) };
+        if let Some(why) = release::unpayable(&payout, &self.policy) {
+            info!(target: "release", event = %r.id, reason = %why, "rejected deposit not refunded: no release can pay it back");
+            return None;
+        }
+        info!(target: "release", event = %r.id, amount = amount.0, "rejected deposit: refund to its first input's script attested");
+        Some(Attestation { event: r.id, kind: AttestationKind::Refund { amount, script_pubkey: script } })
+    }
+
+    /// An event reported final earlier left the canonical chain (a reorg deeper than
+    /// finality; already stored as reorged): from now on it is never signed, relayed or
+    /// paid. A mint being signed is abandoned; a peg-out (or refund) waiting for a
+    /// release is dropped; one in a live release is left out by that release's
+    /// withdrawal ([`Threshold::maybe_withdraw`]).
+    pub fn on_reorged(&mut self, event: EventId) -> eyre::Result<()> {
+        if !self.reorged.insert(event) {
+            return Ok(());
+        }
+        self.held_mints.retain(|a| a.event != event);
+        self.deferred.retain(|(_, _, p)| !matches!(p, Purpose::Mint { event: e } if *e == event));
+        self.to_check.retain(|(_, p)| !p.payouts.contains(&event));
+        self.waiting.retain(|(_, p, _)| !p.payouts.contains(&event));
+        self.competing.retain(|_, (p, _, _)| !p.payouts.contains(&event));
+        let was_payout = self.pegouts.remove(&event).is_some();
+        self.pegout_seen.remove(&event);
+        if let Some(rec) = crate::state::get_certified(&self.store, &event)?
+            && let Some(message) = self.mint_message_of(&rec.attestation)
+            && let Some(suite) = self.evm.as_mut()
+        {
+            suite.abandon(&message);
+        }
+        let paid_by: Vec<String> = self
+            .releases
+            .iter()
+            .filter(|(_, (r, _))| r.status == ReleaseStatus::Confirmed && r.payouts.contains(&event))
+            .map(|(t, _)| t.to_string())
+            .collect();
+        if !paid_by.is_empty() {
+            error!(target: "release", %event, releases = ?paid_by, "a peg-out reorged out past finality was paid already");
+        } else if was_payout {
+            warn!(target: "release", %event, "peg-out reorged out past finality: left out of every release from now on");
+        }
+        self.update_pending_gauge();
+        Ok(())
+    }
+
+    /// The mint message of a mint attestation (None for payouts, or an unknown bridge).
+    fn mint_message_of(&self, att: &Attestation) -> Option<Vec<u8>> {
+        match &att.kind {
+            AttestationKind::PegIn { dest_chain, recipient, amount }
+            | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
+                let bridge = self.bridges.get(&dest_chain.0).copied()?;
+                Some(
+                    mint_message(dest_chain.0, bridge, att.event.contract_id(), Address::from(recipient.0), amount.0)
+                        .to_vec(),
+                )
+            }
+            AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => None,
+        }
+    }
+
+    /// Live releases (being signed or in mempools) that pay a reorged peg-out: each is
+    /// replaced by its withdrawal, the same inputs paying the others
+    /// ([`release::withdraw`]). Every honest validator builds the very same
+    /// transaction, so they all sign one; the signers accept it without the usual wait
+    /// for a replacement, since the release it replaces must not confirm.
+    fn maybe_withdraw(&mut self) -> eyre::Result<()> {
+        if self.reorged.is_empty() {
+            return Ok(());
+        }
+        let heads: Vec<(Txid, Proposal)> = self
+            .releases
+            .iter()
+            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast))
+            .filter(|(_, (r, _))| r.payouts.iter().any(|e| self.reorged.contains(e)))
+            .map(|(t, (_, p))| (*t, p.clone()))
+            .collect();
+        for (txid, p) in heads {
+            if self.withdraw_failed.contains(&txid) {
+                continue;
+            }
+            match release::withdraw(&p, &self.reorged, &self.policy) {
+                Ok(w) if self.releases.contains_key(&w.txid()) => {}
+                Ok(w) => match self.validate(&w) {
+                    Ok(_) => {
+                        info!(target: "release", old = %txid, new = %w.txid(), payouts = w.payouts.len(), "release pays a reorged peg-out: proposing its withdrawal");
+                        self.metrics.releases.with_label_values(&["withdrawn"]).inc();
+                        self.propose(w)?;
+                    }
+                    Err(e) => {
+                        error!(target: "release", %txid, error = %e, "release pays a reorged peg-out and its withdrawal does not validate");
+                        self.withdraw_failed.insert(txid);
+                    }
+                },
+                Err(e) => {
+                    error!(target: "release", %txid, error = %e, "release pays a reorged peg-out and cannot be withdrawn");
+                    self.withdraw_failed.insert(txid);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A release still being signed long after it was accepted, with a competing

@@ -218,6 +218,13 @@ impl Net {
     /// `burnToBitcoin(amount, payee)` on `chain` by anvil dev account `account`, made
     /// final; the burn's event id.
     async fn burn_to_bitcoin(&self, chain: usize, account: usize, amount: u64, payee: &bitcoin::Address) -> String {
+        let id = self.burn_unmined(chain, account, amount, payee).await;
+        self.chains[chain].anvil.mine(3).await.unwrap();
+        id
+    }
+
+    /// [`Net::burn_to_bitcoin`] in a block of its own, not yet final.
+    async fn burn_unmined(&self, chain: usize, account: usize, amount: u64, payee: &bitcoin::Address) -> String {
         let c = &self.chains[chain];
         let receipt = as_account(c, account)
             .burnToBitcoin(amount, payee.script_pubkey().to_bytes().into())
@@ -228,7 +235,6 @@ impl Net {
             .await
             .unwrap();
         assert!(receipt.status());
-        c.anvil.mine(3).await.unwrap();
         let log = receipt.inner.logs().iter().find(|l| l.address() == c.bridge).unwrap();
         format!("{}:{}:{}", c.anvil.chain_id(), hex::encode(receipt.transaction_hash.0), log.log_index.unwrap())
     }
@@ -241,6 +247,12 @@ impl Net {
         let sid = SessionId::derive::<Secp256K1Sha256>(&msg, 1, &ids);
         let coord = coordinator(&sid, Attempt(0), &ids).unwrap();
         (1..=4u16).position(|i| Identifier::try_from(i).unwrap() == coord).unwrap()
+    }
+
+    /// What a wallet address of bitcoind received in blocks.
+    async fn received(&self, a: &bitcoin::Address) -> u64 {
+        let a = a.clone();
+        self.btc.rpc(move |c| c.get_received_by_address(&a, Some(1))).await.unwrap().to_sat()
     }
 
     fn metric_sum(&self, name: &str, filter: &str) -> f64 {
@@ -834,4 +846,140 @@ async fn a_mint_whose_signers_were_away_for_longer_than_a_session_is_signed_when
     net.nodes[3].start();
     net.wait_balance(0, user, 800_000).await;
     assert!(net.nodes[0].log().contains("retried as a new round"), "the round was retried");
+}
+
+/// Two burns paid by one release that waits in the mempool; then the second burn's
+/// block is reorged out past the EVM chain's finality. Every validator replaces the
+/// release by its withdrawal (same inputs, the first burn's payout alone), which is the
+/// one that confirms: the reorged peg-out is never paid, the other is, exactly. The
+/// API says `reorged`, the alert's counter moved, and a validator restarted afterwards
+/// holds nothing for the reorged peg-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and_never_paid() {
+    let mut net = network([None; 4]).await;
+    let user = net.chains[1].anvil.dev_address(7);
+    net.deposit(1, user, 1_000_000).await;
+    net.wait_balance(1, user, 1_000_000).await;
+    let (kept_payee, gone_payee) = (net.btc.new_address().await.unwrap(), net.btc.new_address().await.unwrap());
+    // No blocks from now: the release stays in the mempool.
+    net.mining.store(false, Ordering::SeqCst);
+    let kept = net.burn_unmined(1, 7, 300_000, &kept_payee).await;
+    let gone = net.burn_unmined(1, 7, 200_000, &gone_payee).await;
+    net.chains[1].anvil.mine(3).await.unwrap();
+    let mempool = || async {
+        net.btc.rpc(|c| c.get_raw_mempool()).await.unwrap().into_iter().map(|t| t.to_string()).collect::<Vec<_>>()
+    };
+    let release_of = |burn: &str| {
+        net.nodes[0]
+            .get(&format!("/v1/attestations/{burn}"))
+            .and_then(|v| v["release"]["txid"].as_str().map(str::to_owned))
+    };
+    let first = wait_until("one release paying both burns in the mempool", Duration::from_secs(90), || async {
+        let (a, b) = (release_of(&kept)?, release_of(&gone)?);
+        (a == b && mempool().await.contains(&a)).then_some(a)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        print_release_logs(&net);
+        panic!("{e}")
+    });
+
+    // The second burn's block and the three after it replaced by empty ones: deeper
+    // than the depth-2 finality the validators use.
+    net.chains[1].anvil.reorg(4).await.unwrap();
+    net.chains[1].anvil.mine(1).await.unwrap();
+    wait_until("every validator saw the reorg", Duration::from_secs(60), || async {
+        net.nodes
+            .iter()
+            .all(|n| n.get(&format!("/v1/attestations/{gone}")).is_some_and(|v| v["status"] == "reorged"))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        for n in &net.nodes {
+            eprintln!("--- {}:\n{}", n.name, tail(&n.log()));
+        }
+        panic!("{e}")
+    });
+    let second = wait_until("the withdrawal in the mempool", Duration::from_secs(90), || async {
+        let txid = release_of(&kept)?;
+        let pool = mempool().await;
+        (txid != first && pool.contains(&txid) && !pool.contains(&first)).then_some(txid)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        print_release_logs(&net);
+        panic!("{e}")
+    });
+    let txid = bitcoin::Txid::from_str(&second).unwrap();
+    let tx = net.btc.rpc(move |c| c.get_raw_transaction(&txid, None)).await.unwrap();
+    assert!(tx.output.iter().all(|o| o.script_pubkey != gone_payee.script_pubkey()), "{tx:?}");
+    assert!(net.metric_sum("btcfi_chain_events_total", "kind=\"reorged\"") >= 4.0, "the alert's counter");
+
+    net.mining.store(true, Ordering::SeqCst);
+    let paid = wait_paid(&net, &kept).await;
+    assert_eq!(paid["release"]["txid"], second.as_str(), "{paid}");
+    assert_eq!(paid["release"]["paid_sats"], 300_000 - PEG_OUT_FEE, "{paid}");
+    assert_eq!(net.received(&kept_payee).await, 300_000 - PEG_OUT_FEE);
+    assert_eq!(net.received(&gone_payee).await, 0, "the reorged peg-out is never paid");
+
+    // Restarted, a validator holds nothing for it: no peg-out pending, none proposed.
+    net.nodes[2].kill();
+    let before = net.nodes[2].log().matches("proposing a release").count();
+    net.nodes[2].start();
+    net.nodes[2].wait_ready().await;
+    wait_until("the restarted validator's view", Duration::from_secs(30), || async {
+        net.nodes[2].get(&format!("/v1/attestations/{kept}")).filter(|v| v["status"] == "paid")
+    })
+    .await
+    .unwrap();
+    assert_eq!(net.nodes[2].metric("btcfi_releases_pending", ""), 0.0);
+    assert_eq!(net.nodes[2].log().matches("proposing a release").count(), before);
+    assert!(net.nodes[2].log().contains("never signed, relayed or paid"));
+    assert_eq!(net.received(&gone_payee).await, 0);
+}
+
+/// A deposit whose memo is malformed, and one whose memo names a chain without a
+/// bridge: both rejected, and both paid back by a certified refund release to the
+/// script of their transaction's first input, exactly the deposit less the refund fee
+/// the API states. One too small to pay back stays rejected, with no refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_with_a_malformed_memo_comes_back_to_its_sender_less_the_refund_fee() {
+    let net = network([None; 4]).await;
+    let bad = net.btc.send_deposit(&net.vault, Amount::from_sat(250_000), Some(b"BTCFI\x01short")).await.unwrap();
+    let memo = DepositMemo { dest_chain: ChainId(999), recipient: EvmAddress([7; 20]) }.encode();
+    let unknown = net.btc.send_deposit(&net.vault, Amount::from_sat(180_000), Some(&memo)).await.unwrap();
+    let tiny = net.btc.send_deposit(&net.vault, Amount::from_sat(PEG_OUT_FEE + 200), Some(b"junk")).await.unwrap();
+    let view = |d: &btcfi_testkit::DepositTx| net.nodes[1].get(&format!("/v1/deposits/{}:{}", d.txid, d.vout));
+    let refunded = wait_until("both refunds paid at depth", Duration::from_secs(180), || async {
+        let (a, b) = (view(&bad)?, view(&unknown)?);
+        (a["status"] == "refunded" && b["status"] == "refunded").then_some((a, b))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        print_release_logs(&net);
+        eprintln!("{:?}\n{:?}", view(&bad), view(&unknown));
+        panic!("{e}")
+    });
+    for (d, amount, v) in [(&bad, 250_000u64, &refunded.0), (&unknown, 180_000, &refunded.1)] {
+        assert!(v["reason"].is_string(), "{v}");
+        assert_eq!(v["refund"]["refund_fee_sats"], PEG_OUT_FEE, "{v}");
+        assert_eq!(v["refund"]["refund_sats"], amount - PEG_OUT_FEE, "{v}");
+        // The sender: the script its transaction's first input spent.
+        let txid = d.txid;
+        let deposit = net.btc.rpc(move |c| c.get_raw_transaction(&txid, None)).await.unwrap();
+        let prev = deposit.input[0].previous_output;
+        let funding = net.btc.rpc(move |c| c.get_raw_transaction(&prev.txid, None)).await.unwrap();
+        let sender = funding.output[prev.vout as usize].script_pubkey.clone();
+        assert_eq!(v["refund"]["script_pubkey"], hex::encode(sender.as_bytes()), "{v}");
+        let refund = bitcoin::Txid::from_str(v["refund"]["txid"].as_str().unwrap()).unwrap();
+        let tx = net.btc.rpc(move |c| c.get_raw_transaction_info(&refund, None)).await.unwrap();
+        assert!(tx.confirmations.unwrap_or(0) >= 2, "in a block, at depth");
+        let back: Vec<Amount> =
+            tx.vout.iter().filter(|o| o.script_pub_key.hex == sender.to_bytes()).map(|o| o.value).collect();
+        assert!(back.contains(&Amount::from_sat(amount - PEG_OUT_FEE)), "{back:?}");
+    }
+    let small = view(&tiny).unwrap();
+    assert_eq!(small["status"], "rejected", "{small}");
+    assert!(small["refund"].is_null(), "{small}");
 }

@@ -13,6 +13,10 @@ use std::{
     io::{Read, Write},
     net::TcpListener,
     str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 const MEMO_RECIPIENT: [u8; 20] = [0xab; 20];
@@ -47,6 +51,7 @@ async fn config(btc: &Bitcoind, vault: &Address, confirmations: u32) -> eyre::Re
         start_height: btc.block_count().await? + 1,
         max_blocks_per_poll: 50,
         reorg_window: 20,
+        destination_chains: vec![],
     })
 }
 
@@ -333,6 +338,11 @@ async fn vault_spends_update_the_utxo_set_and_broadcast_is_followed() -> eyre::R
 
 /// A loopback HTTP server that answers every JSON-RPC request with `body(id)`.
 fn bad_node(body: fn(&serde_json::Value) -> String) -> String {
+    serve(move |req| body(&req["id"]))
+}
+
+/// A loopback HTTP server that answers every JSON-RPC request with `answer(request)`.
+fn serve(answer: impl Fn(&serde_json::Value) -> String + Send + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -363,7 +373,7 @@ fn bad_node(body: fn(&serde_json::Value) -> String) -> String {
             };
             let Some(req) = request else { continue };
             let req: serde_json::Value = serde_json::from_str(&req).unwrap_or_default();
-            let payload = body(&req["id"]);
+            let payload = answer(&req);
             let _ = write!(
                 s,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -394,6 +404,7 @@ async fn bad_answers_from_the_node_are_typed_errors() -> eyre::Result<()> {
         start_height: 0,
         max_blocks_per_poll: 1,
         reorg_window: 10,
+        destination_chains: vec![],
     };
     let truncated = bad_node(|id| format!("{{\"result\": 12, \"error\": null, \"id\": {id}"));
     let wrong_type = bad_node(|id| format!("{{\"result\": \"twelve\", \"error\": null, \"id\": {id}}}"));
@@ -415,5 +426,181 @@ async fn bad_answers_from_the_node_are_typed_errors() -> eyre::Result<()> {
     // An adapter over a broken node fails to start with a typed error, not a panic.
     let e = BitcoinSource::new(cfg_for(bad_node(|id| format!("{{\"id\": {id}, \"result\": [1,2"))), None).await;
     assert!(matches!(e, Err(BtcError::BadResponse { .. })), "{e:?}");
+    Ok(())
+}
+
+/// The scriptPubKey of the output that the first input of `txid` spends, read from bitcoind.
+async fn first_input_script(btc: &Bitcoind, txid: bitcoin::Txid) -> eyre::Result<Vec<u8>> {
+    let tx = btc.rpc(move |c| c.get_raw_transaction(&txid, None)).await?;
+    let prev = tx.input.first().ok_or_else(|| eyre::eyre!("{txid} has no inputs"))?.previous_output;
+    let funding = btc.rpc(move |c| c.get_raw_transaction(&prev.txid, None)).await?;
+    let out = usize::try_from(prev.vout)?;
+    Ok(funding.output.get(out).ok_or_else(|| eyre::eyre!("no output {prev}"))?.script_pubkey.to_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_deposits_report_where_a_refund_would_go_and_wait_for_their_tier() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    let mut cfg = config(&btc, &vault, 2).await?;
+    cfg.tiers = vec![ConfirmationTier { min_amount: Sats(100_000_000), confirmations: 4 }];
+    let mut src = BitcoinSource::new(cfg.clone(), None).await?;
+
+    // A block whose coinbase pays the vault (50 BTC, no memo of ours): rejected, with
+    // nowhere to refund to, so reported at the base depth although above the tier.
+    let addr = vault.to_string();
+    let v: serde_json::Value = btc.rpc(move |c| c.call("generateblock", &[json!(addr), json!([])])).await?;
+    let coinbase_block = bitcoin::BlockHash::from_str(v["hash"].as_str().unwrap_or_default())?;
+    let coinbase = btc.rpc(move |c| c.get_block(&coinbase_block)).await?.txdata[0].compute_txid();
+
+    let good = btc.send_deposit(&vault, Amount::from_sat(50_000_000), Some(&memo(137))).await?;
+    let bad = btc.send_deposit(&vault, Amount::from_sat(20_000), Some(b"BTCFI\x01short")).await?;
+    let big_bad = btc.send_deposit(&vault, Amount::from_sat(150_000_000), None).await?;
+    let deposits_at = btc.block_count().await? + 1;
+    btc.mine(1).await?;
+    let events = poll(&mut src).await;
+    match events.as_slice() {
+        [ChainEvent::Rejected(r)] => {
+            assert_eq!(r.id, event_id(coinbase, 0));
+            assert_eq!(r.refund_to, None, "a coinbase has no input to refund to");
+            assert_eq!(r.refund, None);
+        }
+        other => panic!("only the coinbase block is final: {other:?}"),
+    }
+
+    btc.mine(1).await?;
+    let events = poll(&mut src).await;
+    assert_eq!(events.len(), 2, "the large refundable rejection waits for its tier: {events:#?}");
+    let find = |id: EventId| events.iter().find(|e| e.id() == id).unwrap_or_else(|| panic!("{id} missing"));
+    match find(event_id(good.txid, good.vout)) {
+        ChainEvent::Observed(o) => {
+            assert!(matches!(o.attestation.kind, AttestationKind::PegIn { amount: Sats(50_000_000), .. }), "{o:?}")
+        }
+        other => panic!("good deposit reported as {other:?}"),
+    }
+    let bad_script = first_input_script(&btc, bad.txid).await?;
+    match find(event_id(bad.txid, bad.vout)) {
+        ChainEvent::Rejected(r) => {
+            assert!(r.reason.contains("malformed memo"), "{}", r.reason);
+            assert_eq!(r.amount, Some(Sats(20_000)));
+            assert_eq!(r.refund_to.as_deref(), Some(bad_script.as_slice()), "refund to the first input's prevout");
+            assert_eq!(r.refund, None);
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    // Held across a restart, then reported at the tier's depth with its refund_to.
+    let mut src = BitcoinSource::new(cfg, Some(src.checkpoint()?)).await?;
+    btc.mine(1).await?;
+    assert!(poll(&mut src).await.is_empty(), "3 confirmations of 4");
+    btc.mine(1).await?;
+    let big_script = first_input_script(&btc, big_bad.txid).await?;
+    match poll(&mut src).await.as_slice() {
+        [ChainEvent::Rejected(r)] => {
+            assert_eq!(r.id, event_id(big_bad.txid, big_bad.vout));
+            assert!(r.reason.contains("no OP_RETURN"), "{}", r.reason);
+            assert_eq!(r.refund_to, Some(big_script));
+        }
+        other => panic!("the held rejection at 4 confirmations: {other:?}"),
+    }
+    btc.mine(2).await?;
+    assert!(poll(&mut src).await.is_empty(), "nothing twice");
+
+    // A reorg taking the deposits' block away surfaces every one reported from it,
+    // the rejection released from hold included.
+    btc.reorg_from(deposits_at, 7).await?;
+    let events = poll(&mut src).await;
+    let mut reorged: Vec<_> =
+        events.iter().filter_map(|e| if let ChainEvent::Reorged { id, .. } = e { Some(*id) } else { None }).collect();
+    reorged.sort();
+    let mut expected =
+        vec![event_id(good.txid, good.vout), event_id(bad.txid, bad.vout), event_id(big_bad.txid, big_bad.vout)];
+    expected.sort();
+    assert_eq!(reorged, expected, "{events:#?}");
+    Ok(())
+}
+
+/// A JSON-RPC proxy to bitcoind that, while `fail` is set, refuses `getblock <hash> 3`.
+fn proxy_failing_verbose_blocks(btc: &Bitcoind, fail: Arc<AtomicBool>) -> eyre::Result<String> {
+    let upstream = bitcoincore_rpc::Client::new(
+        &btc.rpc_url(),
+        bitcoincore_rpc::Auth::UserPass(btc.rpc_user().into(), btc.rpc_password().into()),
+    )?;
+    Ok(serve(move |req| {
+        let id = &req["id"];
+        let method = req["method"].as_str().unwrap_or_default();
+        let params = req["params"].as_array().cloned().unwrap_or_default();
+        let verbose_block = method == "getblock" && params.get(1) == Some(&json!(3));
+        let answer = if verbose_block && fail.load(Ordering::SeqCst) {
+            Err((-1, "injected failure".to_owned()))
+        } else {
+            upstream.call::<serde_json::Value>(method, &params).map_err(|e| match e {
+                bitcoincore_rpc::Error::JsonRpc(bitcoincore_rpc::jsonrpc::Error::Rpc(r)) => (r.code, r.message),
+                other => (-1, other.to_string()),
+            })
+        };
+        match answer {
+            Ok(result) => json!({ "result": result, "error": null, "id": id }).to_string(),
+            Err((code, message)) => {
+                json!({ "result": null, "error": { "code": code, "message": message }, "id": id }).to_string()
+            }
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prevout_lookup_fails_the_poll_and_the_block_is_processed_once_on_retry() -> eyre::Result<()> {
+    let btc = Bitcoind::start().await?;
+    let vault = vault_address(&btc).await?;
+    // Refusing from the start: a block without a rejected payment must not ask for it.
+    let fail = Arc::new(AtomicBool::new(true));
+    let mut cfg = config(&btc, &vault, 1).await?;
+    cfg.rpc_url = proxy_failing_verbose_blocks(&btc, fail.clone())?;
+    let mut src = BitcoinSource::new(cfg, None).await?;
+    let dep = btc.send_deposit(&vault, Amount::from_sat(10_000_000), Some(&memo(1))).await?;
+    btc.mine(1).await?;
+    assert_eq!(poll(&mut src).await.len(), 1, "a block with only a valid deposit needs no verbose block");
+
+    // One block with a release spending the deposit (change back to the vault) and a
+    // rejected deposit, so processing it needs the verbose block.
+    let user = btc.new_address().await?;
+    let inputs = json!([{ "txid": dep.txid.to_string(), "vout": dep.vout }]);
+    let outputs = json!([{ user.to_string(): 0.06 }, { vault.to_string(): 0.0399 }]);
+    let raw: String = btc.rpc(move |c| c.call("createrawtransaction", &[inputs, outputs])).await?;
+    let vault_wallet = btc.wallet("vault")?;
+    let signed: serde_json::Value =
+        tokio::task::spawn_blocking(move || vault_wallet.call("signrawtransactionwithwallet", &[json!(raw)])).await??;
+    let tx: bitcoin::Transaction =
+        bitcoin::consensus::encode::deserialize_hex(signed["hex"].as_str().unwrap_or_default())?;
+    let release = btc.rpc(move |c| c.send_raw_transaction(&tx)).await?;
+    let bad = btc.send_deposit(&vault, Amount::from_sat(20_000), None).await?;
+    btc.mine(1).await?;
+    for _ in 0..2 {
+        let r = src.poll().await;
+        assert!(r.is_err(), "the poll fails while the prevouts cannot be read: {r:?}");
+        assert_eq!(
+            src.vault_utxos().iter().map(|u| u.outpoint).collect::<Vec<_>>(),
+            vec![bitcoin::OutPoint { txid: dep.txid, vout: dep.vout }],
+            "the unprocessed block left the UTXO set alone"
+        );
+    }
+
+    fail.store(false, Ordering::SeqCst);
+    let events = poll(&mut src).await;
+    match events.as_slice() {
+        [ChainEvent::VaultSpend(spend), ChainEvent::Rejected(r)] => {
+            assert_eq!(spend.txid.to_string(), release.to_string());
+            assert_eq!(r.id, event_id(bad.txid, bad.vout));
+            assert_eq!(r.refund_to, Some(first_input_script(&btc, bad.txid).await?));
+        }
+        other => panic!("the release and the rejection, once: {other:?}"),
+    }
+    let mut utxos: Vec<_> = src.vault_utxos().iter().map(|u| (u.outpoint.txid, u.amount)).collect();
+    utxos.sort();
+    let mut expected = vec![(release, Sats(3_990_000)), (bad.txid, Sats(20_000))];
+    expected.sort();
+    assert_eq!(utxos, expected);
+    btc.mine(1).await?;
+    assert!(poll(&mut src).await.is_empty());
     Ok(())
 }

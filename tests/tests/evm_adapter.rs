@@ -187,7 +187,7 @@ fn nonce_of(e: &ChainEvent) -> Option<u64> {
     match e {
         ChainEvent::Observed(o) => match &o.attestation.kind {
             AttestationKind::PegOut { nonce, .. } | AttestationKind::EvmToEvm { nonce, .. } => Some(*nonce),
-            AttestationKind::PegIn { .. } => None,
+            AttestationKind::PegIn { .. } | AttestationKind::Refund { .. } => None,
         },
         _ => None,
     }

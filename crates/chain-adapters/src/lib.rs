@@ -52,13 +52,26 @@ pub struct Observed {
 }
 
 /// Something on a source chain that looked like a bridge event but must never be
-/// attested, kept so that it is visible to operators rather than silently dropped.
+/// attested as one, kept so that it is visible to operators rather than silently
+/// dropped (and, for Bitcoin, so that the node can refund it: see `refund_to`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     pub id: EventId,
     pub block: BlockRef,
     pub amount: Option<Sats>,
     pub reason: String,
+    /// Where a refund of this payment would go: for a rejected Bitcoin vault payment, the
+    /// scriptPubKey of the prevout of its transaction's first input, the one script the
+    /// chain itself shows the payer controlling (a rejected memo names no Bitcoin
+    /// address). `None` when that input is a coinbase or the node gave no prevout, and
+    /// for EVM rejections. Reporting it promises nothing: whether a refund is payable is
+    /// the node's decision.
+    #[serde(default)]
+    pub refund_to: Option<Vec<u8>>,
+    /// Always `None` from adapters: filled by the node when it decides to refund; the
+    /// attestation it certifies.
+    #[serde(default)]
+    pub refund: Option<Attestation>,
 }
 
 /// One output a vault spend pays outside the vault (a peg-out payment).
@@ -98,7 +111,9 @@ impl VaultSpend {
 pub enum ChainEvent {
     /// Final at the configured depth or tag; re-checked against the canonical chain.
     Observed(Observed),
-    /// Final, but not a valid bridge event (bad memo, dust, undecodable log).
+    /// Final, but not a valid bridge event (bad memo, dust, undecodable log). A
+    /// Bitcoin rejection that carries [`Rejected::refund_to`] is final at the depth its
+    /// transaction's tier asks for, since a refund pays out of the vault.
     Rejected(Rejected),
     /// Final: the vault paid these outputs (Bitcoin only). Never attested; the node
     /// counts the payments so that no peg-out is paid twice even if it forgot a release.

@@ -414,7 +414,9 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     if tx.input.is_empty() || tx.input.len() > MAX_INPUTS || p.prevouts.len() != tx.input.len() {
         return Err(ReleaseError::Malformed("inputs"));
     }
-    if p.payouts.is_empty() || p.payouts.len() > MAX_PAYOUTS {
+    // No payouts at all only to cancel a live release whose peg-outs are withdrawn
+    // here (see [`withdraw`]): it spends that release's inputs back to the vault.
+    if (p.payouts.is_empty() && !cancels_withdrawn(p, view)) || p.payouts.len() > MAX_PAYOUTS {
         return Err(ReleaseError::Malformed("payouts"));
     }
     if !p.payouts.iter().zip(p.payouts.iter().skip(1)).all(|(a, b)| a.to_bytes() < b.to_bytes()) {
@@ -448,6 +450,8 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     // paid in full by it (so nothing it promised is left to a release that can no
     // longer confirm). An RBF replacement (same inputs, same peg-outs) and the merge of
     // releases that split one batch (inputs of each, peg-outs of all) both qualify.
+    // Peg-outs no longer certified here (their burn was reorged out past finality) are
+    // the exception: a replacement must leave them out ([`withdraw`]).
     let pays: BTreeSet<EventId> = p.payouts.iter().copied().collect();
     let txid = p.txid();
     for (other, q) in view.live {
@@ -461,7 +465,7 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
             // Both could confirm: a second payment of the same peg-out.
             (None, Some(e)) => return Err(ReleaseError::PayoutLocked(e)),
             (Some(op), _) => {
-                if let Some(e) = q.payouts.difference(&pays).next() {
+                if let Some(e) = q.payouts.difference(&pays).find(|e| view.certified.contains_key(e)) {
                     return Err(ReleaseError::Strands { release: *other, event: *e, input: op });
                 }
             }
@@ -508,6 +512,64 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     }
     check_inputs_needed(p, view, policy, fee)?;
     sighashes(tx, &p.prevouts)
+}
+
+/// Whether `p` spends an input of a live release that pays a peg-out no longer
+/// certified here (withdrawn): the only case in which a release may pay nobody.
+fn cancels_withdrawn(p: &Proposal, view: &View<'_>) -> bool {
+    let inputs: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+    view.live
+        .values()
+        .any(|l| !l.inputs.is_disjoint(&inputs) && l.payouts.iter().any(|e| !view.certified.contains_key(e)))
+}
+
+/// The replacement of live release `old` that leaves out the `withdrawn` peg-outs
+/// (certified once, then reorged out past finality): the same inputs, the other
+/// payouts unchanged, the rest as change to the vault. Its fee is the old one plus
+/// 1 sat/vB of its own size (Bitcoin Core's incremental relay fee, so that it replaces
+/// `old` in mempools), at least the floor: the same on every validator, so that every
+/// honest one proposes the very same transaction. If every payout is withdrawn, it pays
+/// everything back to the vault (a cancel).
+pub fn withdraw(old: &Proposal, withdrawn: &BTreeSet<EventId>, policy: &Policy) -> Result<Proposal, ReleaseError> {
+    let overflow = || ReleaseError::Malformed("amounts overflow");
+    let mut outputs = Vec::new();
+    let mut payouts = Vec::new();
+    for (i, e) in old.payouts.iter().enumerate() {
+        if withdrawn.contains(e) {
+            continue;
+        }
+        outputs.push(old.tx.output.get(i).cloned().ok_or(ReleaseError::Malformed("outputs"))?);
+        payouts.push(*e);
+    }
+    if payouts.len() == old.payouts.len() {
+        return Err(ReleaseError::Malformed("nothing to withdraw"));
+    }
+    let have = total(&old.prevouts)?;
+    let pay = total(&outputs)?;
+    let mut tx =
+        Transaction { version: Version::TWO, lock_time: LockTime::ZERO, input: old.tx.input.clone(), output: outputs };
+    let fee_for = |tx: &Transaction| -> Result<u64, ReleaseError> {
+        let vsize = signed_vsize(tx);
+        let replacing = old.fee().checked_add(vsize).ok_or_else(overflow)?;
+        Ok(replacing.max(vsize.checked_mul(policy.floor_sat_per_vb).ok_or_else(overflow)?))
+    };
+    let mut with_change = tx.clone();
+    with_change.output.push(TxOut { value: Amount::ZERO, script_pubkey: policy.vault_script.clone() });
+    let fee = fee_for(&with_change)?;
+    let left = have.checked_sub(pay).and_then(|r| r.checked_sub(fee));
+    if let Some(left) = left.filter(|l| *l >= change_dust(policy)) {
+        if let Some(c) = with_change.output.last_mut() {
+            c.value = Amount::from_sat(left);
+        }
+        return Ok(Proposal { tx: with_change, prevouts: old.prevouts.clone(), payouts });
+    }
+    // Too little for change: the remainder goes to the fee (never with no output at all).
+    let need = pay.checked_add(fee_for(&tx)?).ok_or_else(overflow)?;
+    if payouts.is_empty() || have < need {
+        return Err(ReleaseError::InsufficientFunds { have, need });
+    }
+    tx.output.truncate(payouts.len());
+    Ok(Proposal { tx, prevouts: old.prevouts.clone(), payouts })
 }
 
 /// Refuses a proposal that spends more inputs than it needs: those it shares with live
@@ -834,6 +896,46 @@ mod tests {
         let third = build(&utxos, &[f2.certified[&event(3)].clone()], 5, &policy()).expect("build");
         let e = validate(&third, &f2.view(), &policy()).expect_err("input spent by another release");
         assert!(matches!(e, ReleaseError::Strands { .. }), "{e}");
+    }
+
+    /// A peg-out in a live release whose burn is reorged out past finality (no longer
+    /// certified here): the withdrawal pays the others from the same inputs at a higher
+    /// absolute fee, and is the one replacement that may leave a payout out; while the
+    /// peg-out is still certified, the same transaction strands it. With every payout
+    /// withdrawn, it pays everything back to the vault.
+    #[test]
+    fn a_reorged_peg_out_is_left_out_by_the_withdrawal_of_its_release() {
+        let mut f = Fixture::new();
+        let first = f.build(5);
+        f.lock(&first);
+        let gone: BTreeSet<EventId> = [event(2)].into_iter().collect();
+        let w = withdraw(&first, &gone, &policy()).expect("withdrawal");
+        assert_eq!(w.payouts, vec![event(1)]);
+        assert_eq!(Live::of(&w).inputs, Live::of(&first).inputs);
+        assert_eq!(w.tx.output[0], first.tx.output[0], "the other payout unchanged");
+        assert_eq!(w.tx.output.len(), 2, "one payout and change");
+        assert!(w.fee() >= first.fee() + signed_vsize(&w.tx), "replaces the old one in a mempool");
+        // Still certified here: the withdrawal would strand it.
+        let e = validate(&w, &f.view(), &policy()).expect_err("strands");
+        assert!(matches!(e, ReleaseError::Strands { event: e2, .. } if e2 == event(2)), "{e}");
+        // Withdrawn here: valid, and the same transaction on every validator.
+        f.certified.remove(&event(2));
+        validate(&w, &f.view(), &policy()).expect("valid once withdrawn");
+        assert_eq!(withdraw(&first, &gone, &policy()).expect("again").txid(), w.txid());
+        // A fresh release with no payouts is never valid; a cancel of this one is.
+        let all: BTreeSet<EventId> = [event(1), event(2)].into_iter().collect();
+        let cancel = withdraw(&first, &all, &policy()).expect("cancel");
+        assert!(cancel.payouts.is_empty());
+        assert_eq!(cancel.tx.output.len(), 1);
+        assert_eq!(cancel.tx.output[0].script_pubkey, vault());
+        f.certified.remove(&event(1));
+        validate(&cancel, &f.view(), &policy()).expect("cancel valid");
+        let mut lone = Fixture::new();
+        lone.certified.clear();
+        let e = validate(&cancel, &lone.view(), &policy()).expect_err("nothing to cancel");
+        assert!(matches!(e, ReleaseError::Malformed(_)), "{e}");
+        // Nothing withdrawn: not a withdrawal.
+        assert!(withdraw(&first, &BTreeSet::new(), &policy()).is_err());
     }
 
     /// A batch that split (one proposer sent two releases with different inputs for the

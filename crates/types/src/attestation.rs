@@ -34,6 +34,11 @@ pub enum AttestationKind {
     PegOut { nonce: u64, amount: Sats, script_pubkey: Vec<u8> },
     /// Wrapped BTC burned on one EVM chain; mint on another.
     EvmToEvm { nonce: u64, dest_chain: ChainId, recipient: EvmAddress, amount: Sats },
+    /// A rejected Bitcoin deposit (bad memo, unknown chain, below the minimum) paid back:
+    /// `amount` is what the deposit paid the vault, `script_pubkey` where it goes back
+    /// (its transaction's first input's script). Paid by a release like a peg-out, less
+    /// the same fee.
+    Refund { amount: Sats, script_pubkey: Vec<u8> },
 }
 
 /// One attested event.
@@ -46,6 +51,7 @@ pub struct Attestation {
 const TAG_PEG_IN: u8 = 1;
 const TAG_PEG_OUT: u8 = 2;
 const TAG_EVM_TO_EVM: u8 = 3;
+const TAG_REFUND: u8 = 4;
 /// Longest script a peg-out may pay to (bounds memory of a decoded message).
 pub const MAX_SCRIPT_LEN: usize = 10_000;
 
@@ -95,6 +101,12 @@ impl Attestation {
                 out.extend_from_slice(&recipient.0);
                 out.extend_from_slice(&amount.0.to_be_bytes());
             }
+            AttestationKind::Refund { amount, script_pubkey } => {
+                out.push(TAG_REFUND);
+                out.extend_from_slice(&amount.0.to_be_bytes());
+                out.extend_from_slice(&(script_pubkey.len() as u32).to_be_bytes());
+                out.extend_from_slice(script_pubkey);
+            }
         }
         out
     }
@@ -128,6 +140,14 @@ impl Attestation {
                 recipient: EvmAddress(r.array()?),
                 amount: Sats(r.u64()?),
             },
+            TAG_REFUND => {
+                let amount = Sats(r.u64()?);
+                let len = u32::from_be_bytes(r.array()?) as usize;
+                if len > MAX_SCRIPT_LEN {
+                    return Err(TypesError::MalformedAttestation("script too long"));
+                }
+                AttestationKind::Refund { amount, script_pubkey: r.take(len)?.to_vec() }
+            }
             _ => return Err(TypesError::MalformedAttestation("unknown kind")),
         };
         if !r.0.is_empty() {
@@ -145,7 +165,8 @@ impl Attestation {
         match &self.kind {
             AttestationKind::PegIn { amount, .. }
             | AttestationKind::PegOut { amount, .. }
-            | AttestationKind::EvmToEvm { amount, .. } => *amount,
+            | AttestationKind::EvmToEvm { amount, .. }
+            | AttestationKind::Refund { amount, .. } => *amount,
         }
     }
 
@@ -153,7 +174,7 @@ impl Attestation {
     pub fn destination(&self) -> ChainId {
         match &self.kind {
             AttestationKind::PegIn { dest_chain, .. } | AttestationKind::EvmToEvm { dest_chain, .. } => *dest_chain,
-            AttestationKind::PegOut { .. } => ChainId::BITCOIN,
+            AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => ChainId::BITCOIN,
         }
     }
 }
@@ -181,6 +202,8 @@ mod tests {
                     amount: Sats(a),
                 }
             }),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..80))
+                .prop_map(|(a, s)| AttestationKind::Refund { amount: Sats(a), script_pubkey: s }),
         ]
     }
 

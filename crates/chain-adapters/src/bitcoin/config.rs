@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// Tiers apply per transaction, not per output: the amount compared is the sum of all
 /// of the transaction's vault outputs (valid deposits and rejected ones alike; never the
 /// vault's own change), and every deposit of that transaction waits for the depth of the
-/// sum. Ten outputs of 4.9 BTC in one transaction wait like one output of 49 BTC.
+/// sum, as does every rejected one that could be refunded (a refund pays out of the
+/// vault). Ten outputs of 4.9 BTC in one transaction wait like one output of 49 BTC.
 /// Payments split over several transactions are each judged alone; a future governor
 /// will add per-window inflow/outflow limits (in sats, over windows of Bitcoin blocks)
 /// on top of the tiers.
@@ -85,6 +86,11 @@ pub struct BitcoinConfig {
     /// Processed blocks remembered for reorg handling; must exceed the deepest tier.
     #[serde(default = "default_window")]
     pub reorg_window: usize,
+    /// Chains a deposit memo may name (those with a bridge): a memo naming another is a
+    /// rejected, refundable deposit. Not read from the file: the node fills it from its
+    /// `[[evm]]` chains. Empty: any chain.
+    #[serde(skip)]
+    pub destination_chains: Vec<u64>,
 }
 
 fn default_peg_out_fee() -> Sats {

@@ -18,10 +18,14 @@ pub struct VaultUtxo {
 /// Why a vault output is not a valid deposit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectReason {
-    BelowMinimum { minimum: Sats },
+    BelowMinimum {
+        minimum: Sats,
+    },
     MissingMemo,
     MultipleMemos,
     MalformedMemo(MemoError),
+    /// The memo names a chain this validator has no bridge on.
+    UnknownChain(u64),
 }
 
 impl std::fmt::Display for RejectReason {
@@ -31,6 +35,7 @@ impl std::fmt::Display for RejectReason {
             RejectReason::MissingMemo => f.write_str("no OP_RETURN memo"),
             RejectReason::MultipleMemos => f.write_str("more than one OP_RETURN output"),
             RejectReason::MalformedMemo(e) => write!(f, "malformed memo: {e}"),
+            RejectReason::UnknownChain(c) => write!(f, "the memo names chain {c}, which has no bridge here"),
         }
     }
 }
@@ -143,6 +148,22 @@ pub fn scan_block(
     effect
 }
 
+/// Rejects the deposits whose memo names a destination chain not in `known` (the
+/// chains with a bridge; empty: no check), so that they are refunded rather than
+/// certified for a chain nobody can mint on.
+pub fn reject_unknown_destinations(payments: &mut [VaultPayment], known: &[u64]) {
+    if known.is_empty() {
+        return;
+    }
+    for p in payments {
+        if let Ok(m) = &p.memo
+            && !known.contains(&m.dest_chain.0)
+        {
+            p.memo = Err(RejectReason::UnknownChain(m.dest_chain.0));
+        }
+    }
+}
+
 /// What each transaction paid the vault, summed over all its vault outputs in
 /// `payments` (valid and rejected deposits alike). The vault's own change is never in
 /// `payments`, so it never counts. This is the amount confirmation tiers apply to: a
@@ -159,13 +180,18 @@ pub fn paid_per_tx(payments: &[VaultPayment]) -> BTreeMap<TxHash, Sats> {
     totals
 }
 
-/// Reverts [`scan_block`]'s effect on the UTXO set (a block left the best chain).
+/// Reverts [`scan_block`]'s effect on the UTXO set (a block left the best chain, or it
+/// could not be processed after all).
+///
+/// Spent outputs go back first and created ones leave last: an output both created and
+/// spent within the block (a release spending an earlier release's change) must end up
+/// absent, as it was before the block.
 pub fn undo_block(created: &[VaultUtxo], spent: &[VaultUtxo], utxos: &mut BTreeMap<OutPoint, VaultUtxo>) {
-    for u in created {
-        utxos.remove(&u.outpoint);
-    }
     for u in spent {
         utxos.insert(u.outpoint, *u);
+    }
+    for u in created {
+        utxos.remove(&u.outpoint);
     }
 }
 
@@ -218,6 +244,25 @@ mod tests {
     }
 
     #[test]
+    fn a_memo_naming_a_chain_without_a_bridge_is_a_rejection() {
+        let pay = |chain: u64| VaultPayment {
+            txid: TxHash([chain as u8; 32]),
+            vout: 0,
+            amount: Sats(50_000),
+            memo: Ok(DepositMemo {
+                dest_chain: btcfi_types::ChainId(chain),
+                recipient: btcfi_types::EvmAddress([1; 20]),
+            }),
+        };
+        let mut payments = vec![pay(1), pay(137)];
+        reject_unknown_destinations(&mut payments, &[]);
+        assert!(payments.iter().all(|p| p.memo.is_ok()), "no list: no check");
+        reject_unknown_destinations(&mut payments, &[1, 56]);
+        assert!(payments[0].memo.is_ok());
+        assert_eq!(payments[1].memo, Err(RejectReason::UnknownChain(137)));
+    }
+
+    #[test]
     fn deposit_change_and_rejections() {
         let v = vault();
         let mut utxos = BTreeMap::new();
@@ -257,5 +302,29 @@ mod tests {
         undo_block(&e2.created, &e2.spent, &mut utxos);
         assert!(utxos.contains_key(&spent));
         assert_eq!(utxos.len(), 5);
+    }
+
+    #[test]
+    fn undo_is_exact_for_an_output_created_and_spent_in_the_same_block() {
+        let v = vault();
+        let pay = |sat| TxOut { value: Amount::from_sat(sat), script_pubkey: v.clone() };
+        let mut utxos = BTreeMap::new();
+        let deposit = tx(vec![], vec![pay(50_000), op_return(&memo().encode())]);
+        scan_block(&block(vec![deposit.clone()]), 10, &v, Sats(1_000), &mut utxos);
+        let before = utxos.clone();
+        // Release 1 spends the deposit and pays change to the vault; release 2, in the same
+        // block, spends that change.
+        let r1 = tx(
+            vec![OutPoint { txid: deposit.compute_txid(), vout: 0 }],
+            vec![TxOut { value: Amount::from_sat(10_000), script_pubkey: ScriptBuf::new() }, pay(39_000)],
+        );
+        let r2 = tx(
+            vec![OutPoint { txid: r1.compute_txid(), vout: 1 }],
+            vec![TxOut { value: Amount::from_sat(10_000), script_pubkey: ScriptBuf::new() }, pay(28_000)],
+        );
+        let e = scan_block(&block(vec![r1, r2.clone()]), 11, &v, Sats(1_000), &mut utxos);
+        assert_eq!(utxos.keys().copied().collect::<Vec<_>>(), vec![OutPoint { txid: r2.compute_txid(), vout: 1 }]);
+        undo_block(&e.created, &e.spent, &mut utxos);
+        assert_eq!(utxos, before, "the change created and spent within the block is gone again");
     }
 }

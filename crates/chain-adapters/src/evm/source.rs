@@ -579,6 +579,8 @@ impl EvmSource {
                         block,
                         amount: refusal.amount,
                         reason: refusal.reason,
+                        refund_to: None,
+                        refund: None,
                     }));
                 }
             }
