@@ -137,6 +137,15 @@ pub struct SigningSection {
     /// Every bridge's `groupKey()` is checked against the epoch's evm key this often.
     #[serde(default = "default_bridge_key_check")]
     pub bridge_key_check_secs: u64,
+    /// Signing sessions run at once per key; more wait in a queue (key checks, then
+    /// release inputs, then mints, oldest first), so that a burst never runs thousands
+    /// of sessions, each with its own timeouts, at once.
+    #[serde(default = "default_max_sessions_in_flight")]
+    pub max_sessions_in_flight: usize,
+    /// A signing queue that has not been empty for this long makes the node not ready
+    /// (it signs more slowly than work arrives).
+    #[serde(default = "default_queue_saturated_secs")]
+    pub queue_saturated_secs: u64,
 }
 
 impl Default for SigningSection {
@@ -147,8 +156,18 @@ impl Default for SigningSection {
             merge_after_ms: default_merge_after(),
             bridge_key_check_secs: default_bridge_key_check(),
             max_attempts: default_max_attempts(),
+            max_sessions_in_flight: default_max_sessions_in_flight(),
+            queue_saturated_secs: default_queue_saturated_secs(),
         }
     }
+}
+
+fn default_max_sessions_in_flight() -> usize {
+    64
+}
+
+fn default_queue_saturated_secs() -> u64 {
+    120
 }
 
 fn default_max_attempts() -> u32 {
@@ -372,6 +391,9 @@ impl NodeConfig {
             errs.push(
                 "signing.merge_after_ms: at least twice signing.timeout_ms (a release needs time to be signed)".into(),
             );
+        }
+        if !(1..=4096).contains(&self.signing.max_sessions_in_flight) {
+            errs.push("signing.max_sessions_in_flight: between 1 and 4096".into());
         }
         if !(1..=btcfi_signer::session::MAX_ATTEMPTS).contains(&self.signing.max_attempts) {
             errs.push(format!("signing.max_attempts: between 1 and {}", btcfi_signer::session::MAX_ATTEMPTS));

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub vault_fees_paid: IntCounter,
     pub vault_fee_alert: IntGauge,
     pub key_usable: IntGaugeVec,
+    pub signing_queue: IntGaugeVec,
+    pub signing_in_flight: IntGaugeVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> eyre::Result<IntGaugeVec> {
@@ -225,6 +227,18 @@ impl Metrics {
                 "1 once the epoch's group key passed its test signature.",
                 &["key"],
             )?,
+            signing_queue: gauge_vec(
+                &r,
+                "btcfi_signing_queue_depth",
+                "Messages waiting for a free signing session slot, per key.",
+                &["key"],
+            )?,
+            signing_in_flight: gauge_vec(
+                &r,
+                "btcfi_signing_sessions_in_flight",
+                "Signing sessions running, per key (at most signing.max_sessions_in_flight).",
+                &["key"],
+            )?,
             registry: r,
         })
     }
@@ -287,6 +301,8 @@ mod tests {
         m.signing_culprits.with_label_values(&["k"]);
         m.signing_latency.with_label_values(&["k"]);
         m.key_usable.with_label_values(&["k"]);
+        m.signing_queue.with_label_values(&["k"]);
+        m.signing_in_flight.with_label_values(&["k"]);
         m.releases.with_label_values(&["o"]);
         m.release_refusals.with_label_values(&["r"]);
         m.relay_submissions.with_label_values(&["c", "o"]);

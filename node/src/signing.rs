@@ -224,6 +224,73 @@ impl<M> Parking<M> {
     }
 }
 
+/// Messages waiting for a free session slot (at most `signing.max_sessions_in_flight`
+/// sessions per key run at once): key checks first, then release inputs, then mints,
+/// oldest first within each. A queued message has no session yet, so nothing of it
+/// can time out; peers' early messages for it are parked until it starts.
+#[derive(Debug, Default)]
+pub struct StartQueue {
+    order: BTreeMap<(u8, u64), Vec<u8>>,
+    seq: u64,
+    /// Since when the queue has not been empty.
+    since: Option<Instant>,
+}
+
+fn priority(p: &Purpose) -> u8 {
+    match p {
+        Purpose::KeyCheck => 0,
+        Purpose::ReleaseInput { .. } => 1,
+        Purpose::Mint { .. } => 2,
+    }
+}
+
+impl StartQueue {
+    pub fn push(&mut self, message: Vec<u8>, purpose: &Purpose, now: Instant) {
+        self.seq = self.seq.wrapping_add(1);
+        self.order.insert((priority(purpose), self.seq), message);
+        self.since.get_or_insert(now);
+    }
+
+    /// The next message to start.
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let first = self.order.pop_first().map(|(_, m)| m);
+        if self.order.is_empty() {
+            self.since = None;
+        }
+        first
+    }
+
+    /// Drops `message` (no longer wanted).
+    pub fn remove(&mut self, message: &[u8]) {
+        self.order.retain(|_, m| m.as_slice() != message);
+        if self.order.is_empty() {
+            self.since = None;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// How long the queue has not been empty.
+    pub fn backlog_for(&self, now: Instant) -> Duration {
+        self.since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+}
+
+/// What a suite is doing, for readiness and the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    pub queued: usize,
+    pub backlog: Duration,
+}
+
 /// A message this node wants signed, across the rounds of its signing (a round is one
 /// session; a failed one is retried as the next round, with a fresh session id).
 struct Wanted {
@@ -280,6 +347,9 @@ pub struct Suite<C: Ciphersuite> {
     issued: BTreeSet<CommitmentIssued>,
     fault: Option<SigningFault>,
     metrics: Metrics,
+    /// Sessions run at once at most; the rest wait in `queue`.
+    max_in_flight: usize,
+    queue: StartQueue,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for Suite<C> {
@@ -334,6 +404,7 @@ impl<C: Ciphersuite> Suite<C> {
         store: &Store,
         fault: Option<SigningFault>,
         metrics: Metrics,
+        max_in_flight: usize,
     ) -> eyre::Result<Self> {
         let mut issued = BTreeSet::new();
         for (k, _) in store.scan_prefix(Cf::SigningAttempts, &[kind.byte()])? {
@@ -368,7 +439,23 @@ impl<C: Ciphersuite> Suite<C> {
             issued,
             fault,
             metrics,
+            max_in_flight: max_in_flight.max(1),
+            queue: StartQueue::default(),
         })
+    }
+
+    /// Sessions running, the limit, messages queued behind them and for how long.
+    pub fn load(&self) -> Load {
+        Load {
+            in_flight: self.sessions.len(),
+            max_in_flight: self.max_in_flight,
+            queued: self.queue.len(),
+            backlog: self.queue.backlog_for(Instant::now()),
+        }
+    }
+
+    fn has_slot(&self) -> bool {
+        self.sessions.len() < self.max_in_flight
     }
 
     /// The group's public key package.
@@ -404,6 +491,9 @@ impl<C: Ciphersuite> Suite<C> {
     /// longer wanted: its release was superseded). Its nonces die with it.
     pub fn abandon(&mut self, message: &[u8]) {
         let Some(w) = self.wanted.remove(message) else { return };
+        if w.sids.is_empty() {
+            self.queue.remove(message);
+        }
         for sid in &w.sids {
             self.by_sid.remove(sid);
             if let Some(slot) = self.sessions.remove(sid) {
@@ -459,6 +549,14 @@ impl<C: Ciphersuite> Suite<C> {
             hints: BTreeMap::new(),
             hinted: BTreeMap::new(),
         };
+        if !self.has_slot() {
+            // Every slot is taken: it waits its turn (nothing of it runs, or times out).
+            self.queue.push(message.clone(), &w.purpose, Instant::now());
+            self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "queued"]).inc();
+            self.wanted.insert(message, w);
+            debug!(target: "signing", key = %self.kind, queued = self.queue.len(), "every session slot taken: signing queued");
+            return Ok(vec![]);
+        }
         self.wanted.insert(message.clone(), w);
         self.start_round(store, &message, round, now_ms)
     }
@@ -699,10 +797,25 @@ impl<C: Ciphersuite> Suite<C> {
             .filter(|(_, w)| w.retry_at.is_some_and(|at| at <= now))
             .map(|(m, w)| (m.clone(), w.round.saturating_add(1)))
             .collect();
+        // Retries first (they are older), then the queue, as slots allow; a retry that
+        // finds no slot stays due.
         for (message, round) in due {
+            if !self.has_slot() {
+                break;
+            }
             info!(target: "signing", key = %self.kind, round, "retrying a failed signing session as a new round");
             out.extend(self.start_round(store, &message, round, now_ms)?);
         }
+        while self.has_slot() {
+            let Some(message) = self.queue.pop() else { break };
+            let Some(round) = self.wanted.get(&message).filter(|w| w.sids.is_empty()).map(|w| w.round) else {
+                continue;
+            };
+            out.extend(self.start_round(store, &message, round, now_ms)?);
+        }
+        let kind = self.kind.as_str();
+        self.metrics.signing_queue.with_label_values(&[kind]).set(self.queue.len() as i64);
+        self.metrics.signing_in_flight.with_label_values(&[kind]).set(self.sessions.len() as i64);
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for sid in ids {
             if let Some(slot) = self.sessions.get_mut(&sid) {
@@ -849,6 +962,31 @@ mod tests {
         let mut b = [0u8; 32];
         b[..4].copy_from_slice(&i.to_be_bytes());
         SessionId(b)
+    }
+
+    /// Key checks before release inputs before mints, oldest first within each; an
+    /// abandoned message leaves the queue; the backlog clock runs only while it is not
+    /// empty.
+    #[test]
+    fn the_start_queue_serves_key_checks_then_releases_then_mints_oldest_first() {
+        let now = Instant::now();
+        let mut q = StartQueue::default();
+        assert_eq!(q.backlog_for(now), Duration::ZERO);
+        let mint =
+            |i: u8| Purpose::Mint { event: EventId::new(btcfi_types::ChainId(1), btcfi_types::TxHash([i; 32]), 0) };
+        let input = |i: u32| Purpose::ReleaseInput { txid: "t".into(), input: i };
+        q.push(vec![1], &mint(1), now);
+        q.push(vec![2], &input(0), now);
+        q.push(vec![3], &mint(3), now);
+        q.push(vec![4], &Purpose::KeyCheck, now);
+        q.push(vec![5], &input(1), now);
+        q.push(vec![6], &mint(6), now);
+        assert_eq!(q.backlog_for(now + Duration::from_secs(5)), Duration::from_secs(5));
+        q.remove(&[3]);
+        let order: Vec<Vec<u8>> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, vec![vec![4], vec![2], vec![5], vec![1], vec![6]]);
+        assert!(q.is_empty());
+        assert_eq!(q.backlog_for(now + Duration::from_secs(9)), Duration::ZERO, "empty: no backlog");
     }
 
     /// One peer opening session after session (random ids) used to take every parked

@@ -236,6 +236,7 @@ struct SuiteOpener<'a> {
     me: usize,
     timeout_ms: u64,
     max_attempts: u32,
+    max_in_flight: usize,
     passphrase: Option<&'a str>,
     fault: Option<SigningFault>,
     metrics: &'a Metrics,
@@ -256,8 +257,17 @@ impl SuiteOpener<'_> {
             timeout_ms: self.timeout_ms,
             max_attempts: self.max_attempts,
         };
-        let suite =
-            Suite::new(kind, self.epoch, self.n, self.me, config, self.store, self.fault, self.metrics.clone())?;
+        let suite = Suite::new(
+            kind,
+            self.epoch,
+            self.n,
+            self.me,
+            config,
+            self.store,
+            self.fault,
+            self.metrics.clone(),
+            self.max_in_flight,
+        )?;
         Ok(Some((k.record.group_key, suite)))
     }
 }
@@ -330,6 +340,8 @@ pub struct Threshold {
     reorged: BTreeSet<EventId>,
     /// Live releases whose withdrawal (leaving reorged peg-outs out) cannot be built.
     withdraw_failed: BTreeSet<Txid>,
+    /// A signing queue not empty for this long makes the node not ready.
+    queue_saturated: Duration,
 }
 
 impl std::fmt::Debug for Threshold {
@@ -361,6 +373,7 @@ impl Threshold {
             me,
             timeout_ms,
             max_attempts: cfg.signing.max_attempts,
+            max_in_flight: cfg.signing.max_sessions_in_flight,
             passphrase,
             fault: faults.signing,
             metrics: &metrics,
@@ -480,6 +493,7 @@ impl Threshold {
             policy_refused: BTreeSet::new(),
             reorged: BTreeSet::new(),
             withdraw_failed: BTreeSet::new(),
+            queue_saturated: Duration::from_secs(cfg.signing.queue_saturated_secs),
         };
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
@@ -506,9 +520,14 @@ impl Threshold {
         let keys: serde_json::Map<String, serde_json::Value> = [KeyKind::Evm, KeyKind::Btc]
             .into_iter()
             .map(|k| {
+                let load = self.load(k);
                 let v = serde_json::json!({
                     "group_key": self.group_keys.get(&k),
                     "usable": self.usable.contains(&k),
+                    "sessions_in_flight": load.map(|l| l.in_flight),
+                    "max_sessions_in_flight": load.map(|l| l.max_in_flight),
+                    "queued": load.map(|l| l.queued),
+                    "queued_for_secs": load.map(|l| l.backlog.as_secs()),
                 });
                 (k.as_str().to_owned(), v)
             })
@@ -561,8 +580,26 @@ impl Threshold {
             } else if !self.usable.contains(&kind) {
                 why.push(format!("{kind} key not verified yet (test signature pending)"));
             }
+            if let Some(l) = self.load(kind)
+                && l.queued > 0
+                && l.backlog >= self.queue_saturated
+            {
+                why.push(format!(
+                    "{kind} signing saturated: {} waiting behind {} sessions in flight for {} s",
+                    l.queued,
+                    l.in_flight,
+                    l.backlog.as_secs()
+                ));
+            }
         }
         why
+    }
+
+    fn load(&self, kind: KeyKind) -> Option<crate::signing::Load> {
+        match kind {
+            KeyKind::Evm => self.evm.as_ref().map(Suite::load),
+            KeyKind::Btc => self.btc.as_ref().map(Suite::load),
+        }
     }
 
     /// Starts the test signatures of unverified keys once a threshold of validators is

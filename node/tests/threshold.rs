@@ -74,6 +74,8 @@ struct Opts {
     max_attempts: u32,
     /// bitcoind's own extra options (a relay policy).
     bitcoind_args: &'static [&'static str],
+    /// Signing sessions per key at once.
+    max_sessions_in_flight: usize,
 }
 
 impl Default for Opts {
@@ -85,6 +87,7 @@ impl Default for Opts {
             unkeyed: None,
             max_attempts: 64,
             bitcoind_args: &[],
+            max_sessions_in_flight: 64,
         }
     }
 }
@@ -102,7 +105,8 @@ async fn network_with(faults: [Option<&'static str>; 4], rbf_after_secs: u64, me
 }
 
 async fn network_opts(o: Opts) -> Net {
-    let Opts { faults, rbf_after_secs, merge_after_ms, unkeyed, max_attempts, bitcoind_args } = o;
+    let Opts { faults, rbf_after_secs, merge_after_ms, unkeyed, max_attempts, bitcoind_args, max_sessions_in_flight } =
+        o;
     let btc = Bitcoind::start_with(bitcoind_args).await.unwrap();
     let btc = Arc::new(btc);
     let start = btc.block_count().await.unwrap() + 1;
@@ -122,7 +126,7 @@ async fn network_opts(o: Opts) -> Net {
         });
     }
     setup.extra = format!(
-        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\n\n\
+        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\nmax_sessions_in_flight = {max_sessions_in_flight}\n\n\
          [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
     );
     let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
@@ -982,4 +986,40 @@ async fn a_deposit_with_a_malformed_memo_comes_back_to_its_sender_less_the_refun
     let small = view(&tiny).unwrap();
     assert_eq!(small["status"], "rejected", "{small}");
     assert!(small["refund"].is_null(), "{small}");
+}
+
+/// A burst of mints with two signing sessions per key at most: the rest wait in the
+/// queue (counted, and never more than two in flight when sampled), none of them fails
+/// for waiting, and every deposit is minted once, for its amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_once() {
+    let net = network_opts(Opts { max_sessions_in_flight: 2, ..Opts::default() }).await;
+    let users = [net.chains[0].anvil.dev_address(6), net.chains[1].anvil.dev_address(7)];
+    let mut want = [0u64; 2];
+    for i in 0..16u64 {
+        let chain = (i % 2) as usize;
+        let amount = 100_000 + i;
+        net.deposit(chain, users[chain], amount).await;
+        want[chain] += amount;
+    }
+    let mut peak = 0f64;
+    let done = wait_until("every deposit of the burst minted", Duration::from_secs(180), || {
+        for n in &net.nodes {
+            peak = peak.max(n.metric("btcfi_signing_sessions_in_flight", "key=\"evm\""));
+        }
+        async { (net.balance(0, users[0]).await == want[0] && net.balance(1, users[1]).await == want[1]).then_some(()) }
+    })
+    .await;
+    if let Err(e) = done {
+        print_release_logs(&net);
+        panic!("{e}: balances {} {}", net.balance(0, users[0]).await, net.balance(1, users[1]).await);
+    }
+    assert!(peak <= 2.0, "at most two sessions in flight, sampled {peak}");
+    assert!(net.metric_sum("btcfi_signing_sessions_total", "outcome=\"queued\"") >= 1.0, "the burst was queued");
+    assert_eq!(
+        net.metric_sum("btcfi_signing_sessions_total", "outcome=\"failed\""),
+        0.0,
+        "no session failed for waiting"
+    );
+    assert_eq!(net.metric_sum("btcfi_relay_submissions_total", "outcome=\"submitted\""), 16.0, "each minted once");
 }
