@@ -199,6 +199,8 @@ async fn bounded<T>(call: impl Future<Output = Result<T, BtcError>>) -> Result<T
 /// The validator first in turn waits this long after a peg-out is certified before it
 /// proposes, so that peg-outs certified together are batched.
 const BATCH_WAIT: Duration = Duration::from_secs(2);
+/// A withdrawal that does not validate yet is tried again after this long.
+const WITHDRAW_RETRY: Duration = Duration::from_secs(10);
 
 /// Proposals kept for a re-check (they name UTXOs or peg-outs this node does not see
 /// at depth yet), in all and per proposer.
@@ -338,8 +340,8 @@ pub struct Threshold {
     /// reorg deeper than finality): never signed, relayed or paid (from the store at
     /// start, then as the adapters report them).
     reorged: BTreeSet<EventId>,
-    /// Live releases whose withdrawal (leaving reorged peg-outs out) cannot be built.
-    withdraw_failed: BTreeSet<Txid>,
+    /// Releases paying a reorged peg-out, and when their withdrawal was last tried.
+    withdraw_tried: BTreeMap<Txid, Instant>,
     /// A signing queue not empty for this long makes the node not ready.
     queue_saturated: Duration,
 }
@@ -492,7 +494,7 @@ impl Threshold {
             to_check: Vec::new(),
             policy_refused: BTreeSet::new(),
             reorged: BTreeSet::new(),
-            withdraw_failed: BTreeSet::new(),
+            withdraw_tried: BTreeMap::new(),
             queue_saturated: Duration::from_secs(cfg.signing.queue_saturated_secs),
         };
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
@@ -642,8 +644,14 @@ impl Threshold {
 
     /// An event became final on its chain (for the finality-to-signature histogram).
     pub fn on_final(&mut self, event: EventId) {
-        // Reported final again (the same burn or deposit in the new chain): it stands.
-        self.reorged.remove(&event);
+        // Reported final again (the same burn or deposit in the new chain): it stands,
+        // and what it was certified for is taken up again.
+        if self.reorged.remove(&event)
+            && let Ok(Some(rec)) = crate::state::get_certified(&self.store, &event)
+            && let Err(e) = self.take_certified(&rec.attestation)
+        {
+            warn!(target: "signing", %event, error = %e, "cannot take up an event final again");
+        }
         if self.finalized_at.len() < 100_000 {
             self.finalized_at.insert(event, Instant::now());
         }
@@ -1084,20 +1092,36 @@ impl Threshold {
 
     fn validate(&self, p: &Proposal) -> Result<Vec<[u8; 32]>, ReleaseError> {
         let locks = self.locks();
+        // The withdrawal of a live release that pays a reorged peg-out: exactly the one
+        // transaction every honest validator builds from it, valid at once (the release
+        // it replaces must not confirm), without the fee band (its fee is the old one
+        // plus the incremental relay fee). Anything else goes the ordinary way.
+        if let Some(old) = self.withdrawal_base(p) {
+            if !self.bitcoin_synced {
+                return Err(ReleaseError::NotSynced);
+            }
+            let none = BTreeSet::new();
+            let view = release::View {
+                utxos: &self.utxos,
+                live: &locks.live,
+                paid: &locks.paid,
+                certified: &self.pegouts,
+                fee_estimate: self.fee_estimate,
+                rival_inputs: &none,
+            };
+            return release::validate_withdrawal(p, old, &self.reorged, &view, &self.policy);
+        }
         // Rivals it may merge: their inputs count as needed, like those of live releases.
         let rival_inputs: BTreeSet<OutPoint> =
             self.competing.values().flat_map(|(c, _, _)| c.tx.input.iter().map(|i| i.previous_output)).collect();
         // A replacement's band is centred on what the release it replaces paid, when
         // that is above this node's estimate (otherwise RBF could bump only once).
-        // (Its old fee over the new size too: a withdrawal pays the old fee and a little
-        // more from fewer outputs.)
         let mine = release::Live::of(p);
-        let vsize = release::signed_vsize(&p.tx).max(1);
         let replaced_rate = locks
             .live
             .iter()
             .filter(|(_, l)| !l.inputs.is_disjoint(&mine.inputs))
-            .filter_map(|(t, _)| self.releases.get(t).map(|(r, _)| r.fee_rate_sat_per_vb.max(r.fee_sats / vsize)))
+            .filter_map(|(t, _)| self.releases.get(t).map(|(r, _)| r.fee_rate_sat_per_vb))
             .max();
         let fee_estimate = match (self.fee_estimate, replaced_rate) {
             (Some(e), Some(r)) => Some(e.max(r)),
@@ -1129,10 +1153,7 @@ impl Threshold {
                 continue;
             }
             let Some((rec, q)) = self.releases.get(t) else { continue };
-            // One paying a reorged peg-out is replaced at once (by its withdrawal).
-            let withdrawn = rec.payouts.iter().any(|e| self.reorged.contains(e));
             let (since, wait) = match rec.status {
-                _ if withdrawn => (0, Duration::ZERO),
                 ReleaseStatus::Signing => (rec.created_ms, self.merge_after),
                 ReleaseStatus::Broadcast => (rec.broadcast_ms.unwrap_or(rec.created_ms), self.rbf_after),
                 _ => continue,
@@ -1399,6 +1420,16 @@ impl Threshold {
         self.competing.retain(|_, (p, _, _)| !p.payouts.contains(&event));
         let was_payout = self.pegouts.remove(&event).is_some();
         self.pegout_seen.remove(&event);
+        // Releases still being signed that pay it: no more signatures from here.
+        let signing: Vec<Txid> = self
+            .releases
+            .iter()
+            .filter(|(_, (r, _))| r.status == ReleaseStatus::Signing && r.payouts.contains(&event))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in signing {
+            self.abandon_sessions(&t);
+        }
         if let Some(rec) = crate::state::get_certified(&self.store, &event)?
             && let Some(message) = self.mint_message_of(&rec.attestation)
             && let Some(suite) = self.evm.as_mut()
@@ -1435,11 +1466,33 @@ impl Threshold {
         }
     }
 
+    /// Whether release `txid` pays an event reorged out past finality: it must not
+    /// confirm, so it is no longer signed, broadcast or bumped here.
+    fn pays_reorged(&self, txid: &Txid) -> bool {
+        self.releases.get(txid).is_some_and(|(r, _)| r.payouts.iter().any(|e| self.reorged.contains(e)))
+    }
+
+    /// The live release (being signed, broadcast or replaced) whose withdrawal `p` is,
+    /// if it is one: same inputs, and exactly [`release::withdraw`] of it.
+    fn withdrawal_base(&self, p: &Proposal) -> Option<&Proposal> {
+        if self.reorged.is_empty() {
+            return None;
+        }
+        let inputs = release::Live::of(p).inputs;
+        self.releases.iter().find_map(|(t, (r, q))| {
+            let live = matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast | ReleaseStatus::Replaced);
+            (live && self.pays_reorged(t) && release::Live::of(q).inputs == inputs)
+                .then_some(q)
+                .filter(|q| release::withdraw(q, &self.reorged, &self.policy).is_ok_and(|w| w == *p))
+        })
+    }
+
     /// Live releases (being signed or in mempools) that pay a reorged peg-out: each is
     /// replaced by its withdrawal, the same inputs paying the others
-    /// ([`release::withdraw`]). Every honest validator builds the very same
-    /// transaction, so they all sign one; the signers accept it without the usual wait
-    /// for a replacement, since the release it replaces must not confirm.
+    /// ([`release::withdraw`]). Every honest validator that saw the reorg builds the
+    /// very same transaction from the same release, so they all sign one. A withdrawal
+    /// that does not validate yet (bitcoind behind, say) is tried again every
+    /// [`WITHDRAW_RETRY`].
     fn maybe_withdraw(&mut self) -> eyre::Result<()> {
         if self.reorged.is_empty() {
             return Ok(());
@@ -1447,14 +1500,17 @@ impl Threshold {
         let heads: Vec<(Txid, Proposal)> = self
             .releases
             .iter()
-            .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast))
-            .filter(|(_, (r, _))| r.payouts.iter().any(|e| self.reorged.contains(e)))
+            .filter(|(t, (r, _))| {
+                matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast) && self.pays_reorged(t)
+            })
             .map(|(t, (_, p))| (*t, p.clone()))
             .collect();
+        self.withdraw_tried.retain(|t, _| heads.iter().any(|(h, _)| h == t));
         for (txid, p) in heads {
-            if self.withdraw_failed.contains(&txid) {
+            if self.withdraw_tried.get(&txid).is_some_and(|at| at.elapsed() < WITHDRAW_RETRY) {
                 continue;
             }
+            self.withdraw_tried.insert(txid, Instant::now());
             match release::withdraw(&p, &self.reorged, &self.policy) {
                 Ok(w) if self.releases.contains_key(&w.txid()) => {}
                 Ok(w) => match self.validate(&w) {
@@ -1464,13 +1520,11 @@ impl Threshold {
                         self.propose(w)?;
                     }
                     Err(e) => {
-                        error!(target: "release", %txid, error = %e, "release pays a reorged peg-out and its withdrawal does not validate");
-                        self.withdraw_failed.insert(txid);
+                        warn!(target: "release", %txid, error = %e, "release pays a reorged peg-out; its withdrawal does not validate yet");
                     }
                 },
                 Err(e) => {
                     error!(target: "release", %txid, error = %e, "release pays a reorged peg-out and cannot be withdrawn");
-                    self.withdraw_failed.insert(txid);
                 }
             }
         }
@@ -1616,6 +1670,9 @@ impl Threshold {
     }
 
     fn start_release_sessions(&mut self, txid: Txid) -> eyre::Result<()> {
+        if self.pays_reorged(&txid) {
+            return Ok(());
+        }
         let Some((rec, p)) = self.releases.get(&txid) else { return Ok(()) };
         let hashes = release::sighashes(&p.tx, &p.prevouts)?;
         let todo: Vec<(usize, [u8; 32])> = hashes
@@ -1718,6 +1775,8 @@ impl Threshold {
                         stuck_releases.push(txid);
                     }
                 }
+                // Pays a reorged peg-out: never broadcast from here (its withdrawal is).
+                None if self.pays_reorged(&txid) => {}
                 None if status == ReleaseStatus::Broadcast => {
                     // Not known to bitcoind (first time, or evicted): (re)broadcast.
                     let tx = match self.signed_tx(&txid) {
@@ -1808,7 +1867,10 @@ impl Threshold {
         }
         self.retire_finished();
         for t in stuck_releases {
-            self.replace(t).await?;
+            // One paying a reorged peg-out is withdrawn, not bumped.
+            if !self.pays_reorged(&t) {
+                self.replace(t).await?;
+            }
         }
         self.update_pending_gauge();
         Ok(())

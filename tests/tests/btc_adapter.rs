@@ -602,5 +602,27 @@ async fn a_failed_prevout_lookup_fails_the_poll_and_the_block_is_processed_once_
     assert_eq!(utxos, expected);
     btc.mine(1).await?;
     assert!(poll(&mut src).await.is_empty());
+
+    // Prevouts that stay unavailable (pruned undo data, say) do not stop the adapter for
+    // good: after a few failed polls the block goes through without refund scripts.
+    fail.store(true, Ordering::SeqCst);
+    let bad2 = btc.send_deposit(&vault, Amount::from_sat(30_000), None).await?;
+    btc.mine(1).await?;
+    let mut failed = 0;
+    let events = loop {
+        match src.poll().await {
+            Err(_) => failed += 1,
+            Ok(out) => break out.events,
+        }
+        assert!(failed < 10, "the adapter gives up on the prevouts");
+    };
+    assert!(failed >= 1, "it tried first");
+    match events.as_slice() {
+        [ChainEvent::Rejected(r)] => {
+            assert_eq!(r.id, event_id(bad2.txid, bad2.vout));
+            assert_eq!(r.refund_to, None, "no refund script: this node does not vote a refund");
+        }
+        other => panic!("the rejection, without refund script: {other:?}"),
+    }
     Ok(())
 }

@@ -414,9 +414,7 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     if tx.input.is_empty() || tx.input.len() > MAX_INPUTS || p.prevouts.len() != tx.input.len() {
         return Err(ReleaseError::Malformed("inputs"));
     }
-    // No payouts at all only to cancel a live release whose peg-outs are withdrawn
-    // here (see [`withdraw`]): it spends that release's inputs back to the vault.
-    if (p.payouts.is_empty() && !cancels_withdrawn(p, view)) || p.payouts.len() > MAX_PAYOUTS {
+    if p.payouts.is_empty() || p.payouts.len() > MAX_PAYOUTS {
         return Err(ReleaseError::Malformed("payouts"));
     }
     if !p.payouts.iter().zip(p.payouts.iter().skip(1)).all(|(a, b)| a.to_bytes() < b.to_bytes()) {
@@ -450,8 +448,8 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     // paid in full by it (so nothing it promised is left to a release that can no
     // longer confirm). An RBF replacement (same inputs, same peg-outs) and the merge of
     // releases that split one batch (inputs of each, peg-outs of all) both qualify.
-    // Peg-outs no longer certified here (their burn was reorged out past finality) are
-    // the exception: a replacement must leave them out ([`withdraw`]).
+    // (The one replacement that leaves payouts out, a release's withdrawal after a
+    // reorg, is checked by [`validate_withdrawal`] instead.)
     let pays: BTreeSet<EventId> = p.payouts.iter().copied().collect();
     let txid = p.txid();
     for (other, q) in view.live {
@@ -465,7 +463,7 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
             // Both could confirm: a second payment of the same peg-out.
             (None, Some(e)) => return Err(ReleaseError::PayoutLocked(e)),
             (Some(op), _) => {
-                if let Some(e) = q.payouts.difference(&pays).find(|e| view.certified.contains_key(e)) {
+                if let Some(e) = q.payouts.difference(&pays).next() {
                     return Err(ReleaseError::Strands { release: *other, event: *e, input: op });
                 }
             }
@@ -512,15 +510,6 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
     }
     check_inputs_needed(p, view, policy, fee)?;
     sighashes(tx, &p.prevouts)
-}
-
-/// Whether `p` spends an input of a live release that pays a peg-out no longer
-/// certified here (withdrawn): the only case in which a release may pay nobody.
-fn cancels_withdrawn(p: &Proposal, view: &View<'_>) -> bool {
-    let inputs: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
-    view.live
-        .values()
-        .any(|l| !l.inputs.is_disjoint(&inputs) && l.payouts.iter().any(|e| !view.certified.contains_key(e)))
 }
 
 /// The replacement of live release `old` that leaves out the `withdrawn` peg-outs
@@ -570,6 +559,40 @@ pub fn withdraw(old: &Proposal, withdrawn: &BTreeSet<EventId>, policy: &Policy) 
     }
     tx.output.truncate(payouts.len());
     Ok(Proposal { tx, prevouts: old.prevouts.clone(), payouts })
+}
+
+/// Validates `p` as the withdrawal of `old` (a live release this node validated and
+/// signs or signed) leaving out `withdrawn`: it must be exactly [`withdraw`]'s
+/// transaction, byte for byte, so that it pays nothing `old` did not pay (less the
+/// withdrawn payouts), sends the rest to the vault, and pays the old fee plus the
+/// incremental relay fee of its own size: no fee band applies, none is needed. Its
+/// inputs must still be vault UTXOs at depth and its payouts unpaid.
+pub fn validate_withdrawal(
+    p: &Proposal,
+    old: &Proposal,
+    withdrawn: &BTreeSet<EventId>,
+    view: &View<'_>,
+    policy: &Policy,
+) -> Result<Vec<[u8; 32]>, ReleaseError> {
+    let expected = withdraw(old, withdrawn, policy)?;
+    if expected != *p {
+        return Err(ReleaseError::Malformed("not the withdrawal of the release it replaces"));
+    }
+    if let Some(e) = p.payouts.iter().find(|e| view.paid.contains(e)) {
+        return Err(ReleaseError::PayoutLocked(*e));
+    }
+    for (txin, prev) in p.tx.input.iter().zip(&p.prevouts) {
+        let op = txin.previous_output;
+        match view.utxos.get(&op) {
+            Some(a) if a.0 == prev.value.to_sat() && prev.script_pubkey == policy.vault_script => {}
+            _ => return Err(ReleaseError::UnknownInput(op)),
+        }
+    }
+    let weight = signed_weight(&p.tx);
+    if weight > MAX_STANDARD_WEIGHT {
+        return Err(ReleaseError::TooHeavy { weight });
+    }
+    sighashes(&p.tx, &p.prevouts)
 }
 
 /// Refuses a proposal that spends more inputs than it needs: those it shares with live
@@ -898,11 +921,12 @@ mod tests {
         assert!(matches!(e, ReleaseError::Strands { .. }), "{e}");
     }
 
-    /// A peg-out in a live release whose burn is reorged out past finality (no longer
-    /// certified here): the withdrawal pays the others from the same inputs at a higher
-    /// absolute fee, and is the one replacement that may leave a payout out; while the
-    /// peg-out is still certified, the same transaction strands it. With every payout
-    /// withdrawn, it pays everything back to the vault.
+    /// A peg-out in a live release whose burn is reorged out past finality: the
+    /// withdrawal pays the others from the same inputs at a higher absolute fee, the
+    /// same transaction every time. As an ordinary proposal it strands the peg-out; as
+    /// the withdrawal of that release it is valid, and nothing else is (not another
+    /// fee, not one more payout left out). With every payout withdrawn, it pays
+    /// everything back to the vault in one output.
     #[test]
     fn a_reorged_peg_out_is_left_out_by_the_withdrawal_of_its_release() {
         let mut f = Fixture::new();
@@ -914,26 +938,32 @@ mod tests {
         assert_eq!(Live::of(&w).inputs, Live::of(&first).inputs);
         assert_eq!(w.tx.output[0], first.tx.output[0], "the other payout unchanged");
         assert_eq!(w.tx.output.len(), 2, "one payout and change");
-        assert!(w.fee() >= first.fee() + signed_vsize(&w.tx), "replaces the old one in a mempool");
-        // Still certified here: the withdrawal would strand it.
+        assert_eq!(w.fee(), first.fee() + signed_vsize(&w.tx), "replaces the old one in a mempool");
+        assert_eq!(withdraw(&first, &gone, &policy()).expect("again").txid(), w.txid());
+        // As an ordinary proposal: it strands the peg-out it leaves out.
         let e = validate(&w, &f.view(), &policy()).expect_err("strands");
         assert!(matches!(e, ReleaseError::Strands { event: e2, .. } if e2 == event(2)), "{e}");
-        // Withdrawn here: valid, and the same transaction on every validator.
-        f.certified.remove(&event(2));
-        validate(&w, &f.view(), &policy()).expect("valid once withdrawn");
-        assert_eq!(withdraw(&first, &gone, &policy()).expect("again").txid(), w.txid());
-        // A fresh release with no payouts is never valid; a cancel of this one is.
-        let all: BTreeSet<EventId> = [event(1), event(2)].into_iter().collect();
-        let cancel = withdraw(&first, &all, &policy()).expect("cancel");
+        // As the withdrawal of `first`: valid.
+        validate_withdrawal(&w, &first, &gone, &f.view(), &policy()).expect("the withdrawal");
+        // Any other transaction is not the withdrawal: more fee, or another payout out.
+        let mut greedy = w.clone();
+        greedy.tx.output[1].value = Amount::from_sat(greedy.tx.output[1].value.to_sat() - 5_000);
+        assert!(validate_withdrawal(&greedy, &first, &gone, &f.view(), &policy()).is_err());
+        let both: BTreeSet<EventId> = [event(1), event(2)].into_iter().collect();
+        let cancel = withdraw(&first, &both, &policy()).expect("cancel");
+        assert!(validate_withdrawal(&cancel, &first, &gone, &f.view(), &policy()).is_err(), "withdraws more");
         assert!(cancel.payouts.is_empty());
         assert_eq!(cancel.tx.output.len(), 1);
         assert_eq!(cancel.tx.output[0].script_pubkey, vault());
-        f.certified.remove(&event(1));
-        validate(&cancel, &f.view(), &policy()).expect("cancel valid");
-        let mut lone = Fixture::new();
-        lone.certified.clear();
-        let e = validate(&cancel, &lone.view(), &policy()).expect_err("nothing to cancel");
-        assert!(matches!(e, ReleaseError::Malformed(_)), "{e}");
+        validate_withdrawal(&cancel, &first, &both, &f.view(), &policy()).expect("cancel");
+        // A release with no payouts is never valid as an ordinary proposal.
+        assert!(matches!(validate(&cancel, &f.view(), &policy()), Err(ReleaseError::Malformed(_))));
+        // Its inputs spent meanwhile (not vault UTXOs any more): refused.
+        f.utxos.clear();
+        assert!(matches!(
+            validate_withdrawal(&w, &first, &gone, &f.view(), &policy()),
+            Err(ReleaseError::UnknownInput(_))
+        ));
         // Nothing withdrawn: not a withdrawal.
         assert!(withdraw(&first, &BTreeSet::new(), &policy()).is_err());
     }

@@ -393,7 +393,14 @@ pub struct BitcoinSource {
     vault: ScriptBuf,
     cursor: BlockRef,
     state: State,
+    /// Failed prevout look-ups (`getblock` verbosity 3) of the next block in a row.
+    prevout_failures: u32,
 }
+
+/// After this many failed prevout look-ups of one block in a row, the block is
+/// processed without refund scripts (its rejections are not refunded by this node's
+/// vote), rather than stopping the adapter for good.
+const MAX_PREVOUT_FAILURES: u32 = 5;
 
 impl BitcoinSource {
     /// Builds the adapter from its config and the last persisted checkpoint. Without a
@@ -424,7 +431,7 @@ impl BitcoinSource {
                 (BlockRef { height: below, hash: display_hash(&hash) }, State::default())
             }
         };
-        Ok(Self { cfg, rpc, vault, cursor, state })
+        Ok(Self { cfg, rpc, vault, cursor, state, prevout_failures: 0 })
     }
 
     /// An instance that never scans: for fee estimates, broadcasts and following
@@ -436,7 +443,14 @@ impl BitcoinSource {
             .map_err(|e| BtcError::Config(format!("bitcoin.vault_address: {e}")))?
             .script_pubkey();
         let rpc = BtcRpc::new(&cfg)?;
-        Ok(Self { cfg, rpc, vault, cursor: BlockRef { height: 0, hash: [0; 32] }, state: State::default() })
+        Ok(Self {
+            cfg,
+            rpc,
+            vault,
+            cursor: BlockRef { height: 0, hash: [0; 32] },
+            state: State::default(),
+            prevout_failures: 0,
+        })
     }
 
     /// The vault's script (P2TR output).
@@ -530,8 +544,17 @@ impl BitcoinSource {
             BTreeMap::new()
         } else {
             match self.rpc.first_input_scripts(hash, &rejected).await {
-                Ok(scripts) => scripts,
+                Ok(scripts) => {
+                    self.prevout_failures = 0;
+                    scripts
+                }
+                Err(e) if self.prevout_failures.saturating_add(1) >= MAX_PREVOUT_FAILURES => {
+                    warn!(target: "chain::btc", height, error = %e, "prevouts of the block's rejected deposits unavailable: processed without refund scripts");
+                    self.prevout_failures = 0;
+                    BTreeMap::new()
+                }
                 Err(e) => {
+                    self.prevout_failures = self.prevout_failures.saturating_add(1);
                     // The block is not processed: put the UTXO set back as it was, or the
                     // retry would no longer see the vault UTXOs this block spends (and
                     // would take a release's change for a deposit).
@@ -882,7 +905,7 @@ mod tests {
         let bytes = serde_json::to_vec(&state).unwrap();
         let state: State = serde_json::from_slice(&bytes).unwrap();
         let rpc = BtcRpc::new(&cfg).unwrap();
-        let mut src = BitcoinSource { cfg, rpc, vault: ScriptBuf::new(), cursor: block, state };
+        let mut src = BitcoinSource { cfg, rpc, vault: ScriptBuf::new(), cursor: block, state, prevout_failures: 0 };
         let mut events = Vec::new();
         src.release_held(block.height + 4, &mut events);
         assert!(events.is_empty(), "5 confirmations of 6: {events:?}");
