@@ -117,6 +117,19 @@ pub struct ApiState {
     pub peers: Vec<PeerId>,
     /// What a refund of a rejected deposit keeps (the peg-out fee).
     pub refund_fee: u64,
+    /// Asks the daemon loop why an event waits ([`ExplainRequest`]).
+    pub explain: tokio::sync::mpsc::Sender<ExplainRequest>,
+}
+
+/// An event id, and where the daemon loop answers why it waits (signing, queue, release).
+pub type ExplainRequest = (EventId, tokio::sync::oneshot::Sender<Option<Value>>);
+
+/// Why `id` waits, from the daemon loop; `None` if nothing waits or the loop does not
+/// answer within two seconds (it is busy: the rest of the view still stands).
+async fn waiting(s: &ApiState, id: EventId) -> Option<Value> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.explain.try_send((id, tx)).ok()?;
+    tokio::time::timeout(std::time::Duration::from_secs(2), rx).await.ok()?.ok()?
 }
 
 impl std::fmt::Debug for ApiState {
@@ -448,7 +461,11 @@ async fn list_attestations(
 
 async fn get_attestation(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let id: EventId = id.parse().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e}")))?;
-    event_view(&s, &id, true)?.map(Json).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no event {id}")))
+    let mut v = event_view(&s, &id, true)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no event {id}")))?;
+    if let Some(w) = waiting(&s, id).await {
+        v["waiting"] = w;
+    }
+    Ok(Json(v))
 }
 
 async fn get_deposit(State(s): State<ApiState>, Path(outpoint): Path<String>) -> ApiResult {
@@ -469,6 +486,9 @@ async fn get_deposit(State(s): State<ApiState>, Path(outpoint): Path<String>) ->
             "bitcoin_head_height": btc.map(|c| c.head),
         })));
     };
+    if let Some(w) = waiting(&s, id).await {
+        v["waiting"] = w;
+    }
     let gate = match v["status"].as_str() {
         Some("observed") => {
             let signed: Vec<String> = v["signers"]
@@ -519,7 +539,7 @@ fn openapi() -> Value {
             "/v1/attestations/{id}": {"get": {"summary": "One event: message, digest, certificate, signers.", "parameters": [
                 {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "<chain id>:<tx hash>:<index>"}
             ], "responses": {"200": {"description": "OK"}, "400": {"description": "bad id"}, "404": {"description": "unknown"}}}},
-            "/v1/deposits/{outpoint}": {"get": {"summary": "Where a deposit stands and which gate holds it.", "parameters": [
+            "/v1/deposits/{outpoint}": {"get": {"summary": "Where a deposit stands, which gate holds it, and (`waiting`) why: queued for a signing slot, the session, its attempt, the signers missing, the next retry.", "parameters": [
                 {"name": "outpoint", "in": "path", "required": true, "schema": {"type": "string"}, "description": "<txid>:<vout>"}
             ], "responses": {"200": {"description": "OK"}, "400": {"description": "bad outpoint"}}}},
             "/v1/openapi.json": get("This document.")

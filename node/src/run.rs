@@ -415,6 +415,7 @@ pub async fn run_with(
     drop(chain_tx);
 
     let (catch_up_tx, mut catch_up_rx) = mpsc::channel::<Input>(64);
+    let (explain_tx, mut explain_rx) = mpsc::channel::<api::ExplainRequest>(64);
     let snapshot = Arc::new(RwLock::new(StatusSnapshot::new(&cfg, me, n, core.quorum())));
     let api_state = ApiState {
         store: store.clone(),
@@ -423,6 +424,7 @@ pub async fn run_with(
         net: net.clone(),
         peers,
         refund_fee: cfg.bitcoin.peg_out_fee.0,
+        explain: explain_tx,
     };
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -498,6 +500,9 @@ pub async fn run_with(
             }
             Some(update) = chain_rx.recv() => {
                 if let Err(e) = on_chain(&mut ctx, &mut core, &snapshot, update).await { break Err(e) }
+            }
+            Some((id, reply)) = explain_rx.recv() => {
+                let _ = reply.send(ctx.threshold.explain(&id));
             }
             Some(input) = catch_up_rx.recv() => {
                 if let Err(e) = ctx.feed(&mut core, input).await { break Err(e) }

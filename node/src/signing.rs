@@ -276,6 +276,11 @@ impl StartQueue {
         self.order.is_empty()
     }
 
+    /// Where `message` stands in the queue (0 = next), if it is queued.
+    pub fn position(&self, message: &[u8]) -> Option<usize> {
+        self.order.values().position(|m| m.as_slice() == message)
+    }
+
     /// How long the queue has not been empty.
     pub fn backlog_for(&self, now: Instant) -> Duration {
         self.since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
@@ -452,6 +457,53 @@ impl<C: Ciphersuite> Suite<C> {
             queued: self.queue.len(),
             backlog: self.queue.backlog_for(Instant::now()),
         }
+    }
+
+    /// Why `message` is not signed yet, for the API: queued (and where), failed and
+    /// waiting for its next round (and when), or signing (session, round, attempt, its
+    /// coordinator, the signers eligible and left out, and, when this node coordinates,
+    /// those whose commitment or share it still waits for). Validators by index.
+    pub fn explain(&self, message: &[u8]) -> Option<serde_json::Value> {
+        use serde_json::json;
+        let w = self.wanted.get(message)?;
+        let index = |id: &Identifier<C>| self.index(id);
+        let list = |set: &BTreeSet<Identifier<C>>| set.iter().filter_map(index).collect::<Vec<usize>>();
+        if w.sids.is_empty() {
+            return Some(json!({
+                "state": "queued",
+                "position": self.queue.position(message),
+                "queued": self.queue.len(),
+                "sessions_in_flight": self.sessions.len(),
+                "max_sessions_in_flight": self.max_in_flight,
+            }));
+        }
+        let sid = w.sids.last().copied()?;
+        if let Some(at) = w.retry_at {
+            return Some(json!({
+                "state": "retrying",
+                "session": hex::encode(sid.0),
+                "round": w.round,
+                "failed_rounds": w.failures,
+                "next_round_in_ms": at.saturating_duration_since(Instant::now()).as_millis() as u64,
+            }));
+        }
+        let slot = self.sessions.get(&sid)?;
+        let p = slot.session.progress();
+        let waiting_for = |have: &Option<BTreeSet<Identifier<C>>>, p: &btcfi_signer::session::Progress<C>| {
+            have.as_ref().map(|h| list(&p.candidates.difference(h).copied().collect()))
+        };
+        Some(json!({
+            "state": "signing",
+            "session": hex::encode(sid.0),
+            "round": w.round,
+            "attempt": p.as_ref().map(|p| p.attempt.0),
+            "coordinator": p.as_ref().and_then(|p| index(&p.coordinator)),
+            "candidates": p.as_ref().map(|p| list(&p.candidates)),
+            "excluded": p.as_ref().map(|p| list(&p.excluded)),
+            "missing_commitments": p.as_ref().and_then(|p| waiting_for(&p.committed, p)),
+            "missing_shares": p.as_ref().and_then(|p| waiting_for(&p.shared, p)),
+            "running_for_ms": slot.started.elapsed().as_millis() as u64,
+        }))
     }
 
     fn has_slot(&self) -> bool {

@@ -1466,6 +1466,60 @@ impl Threshold {
         }
     }
 
+    /// Why `event` waits, as this node sees it now (None: nothing pending here): a mint
+    /// held by its bridge's key, queued or being signed (the session, its attempt, the
+    /// signers missing, the next retry); a payout waiting for a release, or in one
+    /// being signed (which inputs, and their sessions); reorged.
+    pub fn explain(&self, event: &EventId) -> Option<serde_json::Value> {
+        use serde_json::json;
+        if self.reorged.contains(event) {
+            return Some(
+                json!({"state": "reorged", "detail": "reorged out past finality: never signed, relayed or paid"}),
+            );
+        }
+        if let Some(a) = self.held_mints.iter().find(|a| a.event == *event) {
+            return Some(json!({"state": "held", "reason": self.bridge_not_ready(a.destination().0)}));
+        }
+        if self.pegouts.contains_key(event) {
+            let live = self
+                .releases
+                .iter()
+                .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast))
+                .filter(|(_, (r, _))| r.payouts.contains(event))
+                .max_by_key(|(_, (r, _))| r.created_ms);
+            let Some((txid, (rec, p))) = live else {
+                return Some(json!({
+                    "state": "waiting for a release",
+                    "certified_for_secs": self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
+                    "proposer_rank_of_this_node": relay::rank(event, self.me, self.n),
+                }));
+            };
+            let hashes = release::sighashes(&p.tx, &p.prevouts).unwrap_or_default();
+            let sessions: Vec<serde_json::Value> = rec
+                .signatures
+                .iter()
+                .zip(&hashes)
+                .enumerate()
+                .filter(|(_, (sig, _))| sig.is_none())
+                .map(|(i, (_, h))| json!({"input": i, "session": self.btc.as_ref().and_then(|b| b.explain(h))}))
+                .collect();
+            return Some(json!({
+                "state": "releasing",
+                "release": txid.to_string(),
+                "status": rec.status,
+                "inputs": rec.signatures.len(),
+                "inputs_signed": rec.signatures.iter().filter(|s| s.is_some()).count(),
+                "unsigned_inputs": sessions,
+            }));
+        }
+        let rec = crate::state::get_certified(&self.store, event).ok()??;
+        let message = self.mint_message_of(&rec.attestation)?;
+        if !self.usable.contains(&KeyKind::Evm) {
+            return Some(json!({"state": "waiting for the evm key's test signature"}));
+        }
+        self.evm.as_ref()?.explain(&message)
+    }
+
     /// Whether release `txid` pays an event reorged out past finality: it must not
     /// confirm, so it is no longer signed, broadcast or bumped here.
     fn pays_reorged(&self, txid: &Txid) -> bool {

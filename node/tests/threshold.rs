@@ -996,16 +996,27 @@ async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_onc
     let net = network_opts(Opts { max_sessions_in_flight: 2, ..Opts::default() }).await;
     let users = [net.chains[0].anvil.dev_address(6), net.chains[1].anvil.dev_address(7)];
     let mut want = [0u64; 2];
+    let mut events = Vec::new();
     for i in 0..16u64 {
         let chain = (i % 2) as usize;
         let amount = 100_000 + i;
-        net.deposit(chain, users[chain], amount).await;
+        events.push(net.deposit(chain, users[chain], amount).await);
         want[chain] += amount;
     }
     let mut peak = 0f64;
+    // What the API says of the mints that wait: queued (where), or signing (which
+    // session, attempt, coordinator).
+    let mut explained: Vec<serde_json::Value> = Vec::new();
     let done = wait_until("every deposit of the burst minted", Duration::from_secs(180), || {
         for n in &net.nodes {
             peak = peak.max(n.metric("btcfi_signing_sessions_in_flight", "key=\"evm\""));
+        }
+        for e in &events {
+            if let Some(w) = net.nodes[0].get(&format!("/v1/attestations/{e}")).map(|v| v["waiting"].clone())
+                && !w.is_null()
+            {
+                explained.push(w);
+            }
         }
         async { (net.balance(0, users[0]).await == want[0] && net.balance(1, users[1]).await == want[1]).then_some(()) }
     })
@@ -1022,4 +1033,16 @@ async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_onc
         "no session failed for waiting"
     );
     assert_eq!(net.metric_sum("btcfi_relay_submissions_total", "outcome=\"submitted\""), 16.0, "each minted once");
+    assert!(!explained.is_empty(), "the API explained a waiting mint");
+    for w in &explained {
+        match w["state"].as_str() {
+            Some("queued") => assert!(w["position"].is_u64() && w["queued"].as_u64() >= Some(1), "{w}"),
+            Some("signing") => {
+                assert!(w["session"].is_string() && w["attempt"].is_u64() && w["coordinator"].is_u64(), "{w}")
+            }
+            Some("retrying") => assert!(w["next_round_in_ms"].is_u64(), "{w}"),
+            _ => panic!("an explanation of a waiting mint: {w}"),
+        }
+    }
+    eprintln!("explanations seen: {}, e.g. {}", explained.len(), explained[0]);
 }

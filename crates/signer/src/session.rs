@@ -442,6 +442,20 @@ pub struct SessionConfig<C: Ciphersuite> {
 }
 
 /// The coordinator's bookkeeping for the current attempt.
+/// A running session's current attempt, as [`Session::progress`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress<C: Ciphersuite> {
+    pub attempt: Attempt,
+    pub coordinator: Identifier<C>,
+    /// Signers eligible in this attempt.
+    pub candidates: BTreeSet<Identifier<C>>,
+    /// Signers left out of it (silent or cheating before).
+    pub excluded: BTreeSet<Identifier<C>>,
+    /// When this node coordinates: whose commitments, and whose shares, it holds.
+    pub committed: Option<BTreeSet<Identifier<C>>>,
+    pub shared: Option<BTreeSet<Identifier<C>>>,
+}
+
 struct Coordinating<C: Ciphersuite> {
     arrived: BTreeMap<Identifier<C>, SigningCommitments<C>>,
     /// When the t-th commitment arrived (the grace period for the rest starts).
@@ -554,6 +568,21 @@ impl<C: Ciphersuite> Session<C> {
             State::Running(r) => Some(r.attempt),
             _ => None,
         }
+    }
+
+    /// Where the current attempt stands, while running: for an operator asking why a
+    /// signature waits.
+    pub fn progress(&self) -> Option<Progress<C>> {
+        let State::Running(r) = &self.state else { return None };
+        let coordinating = r.coordinating.as_ref();
+        Some(Progress {
+            attempt: r.attempt,
+            coordinator: r.coordinator,
+            candidates: r.candidates.clone(),
+            excluded: r.excluded.clone(),
+            committed: coordinating.map(|c| c.arrived.keys().copied().collect()),
+            shared: coordinating.map(|c| c.shares.keys().copied().collect()),
+        })
     }
 
     /// The signature, once done.
