@@ -230,7 +230,9 @@ impl<M> Parking<M> {
 /// can time out; peers' early messages for it are parked until it starts.
 #[derive(Debug, Default)]
 pub struct StartQueue {
-    order: BTreeMap<(u8, u64), Vec<u8>>,
+    /// By (priority, 0 if peers already sign it else 1, arrival).
+    order: BTreeMap<(u8, u8, u64), Vec<u8>>,
+    keys: BTreeMap<Vec<u8>, (u8, u8, u64)>,
     seq: u64,
     /// Since when the queue has not been empty.
     since: Option<Instant>,
@@ -246,14 +248,36 @@ fn priority(p: &Purpose) -> u8 {
 
 impl StartQueue {
     pub fn push(&mut self, message: Vec<u8>, purpose: &Purpose, now: Instant) {
+        if self.keys.contains_key(&message) {
+            return;
+        }
         self.seq = self.seq.wrapping_add(1);
-        self.order.insert((priority(purpose), self.seq), message);
+        let key = (priority(purpose), 1, self.seq);
+        self.order.insert(key, message.clone());
+        self.keys.insert(message, key);
         self.since.get_or_insert(now);
+    }
+
+    /// Peers already sign `message`: it goes before the others of its priority (so
+    /// that validators whose queues drain at different speeds do not start one session
+    /// minutes apart, their attempts drifting out of each other's reach).
+    pub fn promote(&mut self, message: &[u8]) {
+        let Some(key) = self.keys.get_mut(message) else { return };
+        if key.1 == 0 {
+            return;
+        }
+        if let Some(m) = self.order.remove(key) {
+            key.1 = 0;
+            self.order.insert(*key, m);
+        }
     }
 
     /// The next message to start.
     pub fn pop(&mut self) -> Option<Vec<u8>> {
         let first = self.order.pop_first().map(|(_, m)| m);
+        if let Some(m) = &first {
+            self.keys.remove(m);
+        }
         if self.order.is_empty() {
             self.since = None;
         }
@@ -262,7 +286,9 @@ impl StartQueue {
 
     /// Drops `message` (no longer wanted).
     pub fn remove(&mut self, message: &[u8]) {
-        self.order.retain(|_, m| m.as_slice() != message);
+        if let Some(key) = self.keys.remove(message) {
+            self.order.remove(&key);
+        }
         if self.order.is_empty() {
             self.since = None;
         }
@@ -278,7 +304,8 @@ impl StartQueue {
 
     /// Where `message` stands in the queue (0 = next), if it is queued.
     pub fn position(&self, message: &[u8]) -> Option<usize> {
-        self.order.values().position(|m| m.as_slice() == message)
+        let key = self.keys.get(message)?;
+        Some(self.order.range(..*key).count())
     }
 
     /// How long the queue has not been empty.
@@ -355,6 +382,8 @@ pub struct Suite<C: Ciphersuite> {
     /// Sessions run at once at most; the rest wait in `queue`.
     max_in_flight: usize,
     queue: StartQueue,
+    /// The session id each queued message will start under.
+    queued_sids: BTreeMap<SessionId, Vec<u8>>,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for Suite<C> {
@@ -446,6 +475,7 @@ impl<C: Ciphersuite> Suite<C> {
             metrics,
             max_in_flight: max_in_flight.max(1),
             queue: StartQueue::default(),
+            queued_sids: BTreeMap::new(),
         })
     }
 
@@ -545,6 +575,7 @@ impl<C: Ciphersuite> Suite<C> {
         let Some(w) = self.wanted.remove(message) else { return };
         if w.sids.is_empty() {
             self.queue.remove(message);
+            self.queued_sids.remove(&self.sid_of(message, w.round));
         }
         for sid in &w.sids {
             self.by_sid.remove(sid);
@@ -604,6 +635,7 @@ impl<C: Ciphersuite> Suite<C> {
         if !self.has_slot() {
             // Every slot is taken: it waits its turn (nothing of it runs, or times out).
             self.queue.push(message.clone(), &w.purpose, Instant::now());
+            self.queued_sids.insert(self.sid_of(&message, round), message.clone());
             self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "queued"]).inc();
             self.wanted.insert(message, w);
             debug!(target: "signing", key = %self.kind, queued = self.queue.len(), "every session slot taken: signing queued");
@@ -691,6 +723,10 @@ impl<C: Ciphersuite> Suite<C> {
         }
         if let Err(why) = self.parked.park(sid, from, m, body.len(), Instant::now()) {
             self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), why.as_str()]).inc();
+        }
+        // Queued here, but a peer signs it already: it starts next.
+        if let Some(message) = self.queued_sids.get(&sid).cloned() {
+            self.queue.promote(&message);
         }
         Ok(vec![])
     }
@@ -863,6 +899,7 @@ impl<C: Ciphersuite> Suite<C> {
             let Some(round) = self.wanted.get(&message).filter(|w| w.sids.is_empty()).map(|w| w.round) else {
                 continue;
             };
+            self.queued_sids.remove(&self.sid_of(&message, round));
             out.extend(self.start_round(store, &message, round, now_ms)?);
         }
         let kind = self.kind.as_str();
@@ -1035,8 +1072,10 @@ mod tests {
         q.push(vec![6], &mint(6), now);
         assert_eq!(q.backlog_for(now + Duration::from_secs(5)), Duration::from_secs(5));
         q.remove(&[3]);
+        // Peers sign mint 6 already: it goes before the other mints, not before releases.
+        q.promote(&[6]);
         let order: Vec<Vec<u8>> = std::iter::from_fn(|| q.pop()).collect();
-        assert_eq!(order, vec![vec![4], vec![2], vec![5], vec![1], vec![6]]);
+        assert_eq!(order, vec![vec![4], vec![2], vec![5], vec![6], vec![1]]);
         assert!(q.is_empty());
         assert_eq!(q.backlog_for(now + Duration::from_secs(9)), Duration::ZERO, "empty: no backlog");
     }

@@ -61,7 +61,9 @@ pub(crate) fn build_swarm(config: &NetworkConfig, metrics: &Metrics) -> Result<S
         .with_max_established(Some(n.saturating_mul(per_peer)));
 
     let codec = RequestCodec::new(limits.max_direct_payload, Some(metrics.clone()));
-    let rr_config = request_response::Config::default().with_request_timeout(config.request_timeout);
+    let rr_config = request_response::Config::default()
+        .with_request_timeout(config.request_timeout)
+        .with_max_concurrent_streams(limits.max_concurrent_streams);
     let keypair = config.keypair.clone();
     let version = config.node_version.clone();
 

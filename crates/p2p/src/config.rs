@@ -36,10 +36,17 @@ pub struct Limits {
     pub max_gossip_payload: usize,
     /// Largest request or response payload (catch-up answers can be large).
     pub max_direct_payload: usize,
-    /// Gossip each validator may author, per second with bursts, as seen by this node.
+    /// Gossip each validator may author, per second with bursts, as seen by this node
+    /// (one vote and one certificate per event: the burst lets a block of thousands of
+    /// deposits through at once; a flood is still cut off at the rate).
     pub gossip_rate: RateLimit,
-    /// Requests each validator may send this node.
+    /// Requests each validator may send this node. Signing runs on requests (a few
+    /// per session and peer, sessions in flight in the tens): at 50 a second a burst of
+    /// mints was throttled here, its attempts timed out and were retried.
     pub request_rate: RateLimit,
+    /// Request streams open at once per connection (libp2p request-response drops
+    /// inbound streams beyond it; its default of 100 was reached by a signing burst).
+    pub max_concurrent_streams: usize,
     /// Connections kept per peer (2 lets simultaneous dials both succeed).
     pub max_connections_per_peer: u32,
     /// Inbound connections still in the handshake. Refusal of non-validators happens
@@ -54,8 +61,9 @@ impl Default for Limits {
         Limits {
             max_gossip_payload: 256 * 1024,
             max_direct_payload: 4 * 1024 * 1024,
-            gossip_rate: RateLimit::new(500.0, 2_000),
-            request_rate: RateLimit::new(50.0, 200),
+            gossip_rate: RateLimit::new(1_000.0, 20_000),
+            request_rate: RateLimit::new(2_000.0, 8_000),
+            max_concurrent_streams: 512,
             max_connections_per_peer: 2,
             max_pending_incoming: 32,
             event_queue: 16_384,
@@ -171,6 +179,9 @@ impl NetworkConfig {
             if !rate.per_second.is_finite() || rate.per_second < 0.0 || rate.burst == 0 {
                 return bad(key, "per_second must be a finite non-negative number and burst at least 1");
             }
+        }
+        if l.max_concurrent_streams == 0 {
+            return bad("p2p.limits.max_concurrent_streams", "must be at least 1");
         }
         if l.max_connections_per_peer == 0 {
             return bad("p2p.limits.max_connections_per_peer", "must be at least 1");
