@@ -44,7 +44,11 @@
 //!   candidates (a slow signer is not a malicious one); proven culprits stay excluded.
 //! * Messages for a later attempt than the node's own (a peer saw the attempt end
 //!   first) are kept, bounded ([`MAX_EARLY_MESSAGES`], [`MAX_EARLY_PER_SENDER`], at most
-//!   [`EARLY_WINDOW`] attempts ahead), and replayed when the node gets there.
+//!   [`EARLY_WINDOW`] attempts ahead), and replayed when the node gets there. A node
+//!   further behind (it started the session late: validators queue sessions under
+//!   load) joins its peers once `n - t + 1` of them were seen beyond the window: it
+//!   begins the attempt after the latest end announced to it, with that
+//!   announcement's exclusions, as they did.
 //! * A session fails after [`MAX_ATTEMPTS`] attempts; a `NewAttempt` whose exclusions
 //!   would leave fewer than `t` candidates is refused.
 //!
@@ -442,6 +446,13 @@ pub struct SessionConfig<C: Ciphersuite> {
 }
 
 /// The coordinator's bookkeeping for the current attempt.
+fn run_attempt<C: Ciphersuite>(state: &State<C>) -> Attempt {
+    match state {
+        State::Running(r) => r.attempt,
+        _ => Attempt(0),
+    }
+}
+
 /// A running session's current attempt, as [`Session::progress`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress<C: Ciphersuite> {
@@ -482,6 +493,12 @@ struct Running<C: Ciphersuite> {
     /// Messages for a later attempt than ours (a peer moved on first): replayed when
     /// this node reaches that attempt. Bounded by [`MAX_EARLY_MESSAGES`].
     early: Vec<(Identifier<C>, Message<C>)>,
+    /// Peers seen in attempts beyond [`EARLY_WINDOW`] (the highest each), and the latest
+    /// such `NewAttempt` (ended attempt, its sender, the exclusions it announced): a node
+    /// that started late joins the attempt `n − t + 1` peers are in (see
+    /// [`Session::catch_up`]).
+    ahead: BTreeMap<Identifier<C>, Attempt>,
+    announced: Option<(Attempt, Identifier<C>, BTreeSet<Identifier<C>>)>,
 }
 
 /// Most messages for later attempts a session keeps.
@@ -669,6 +686,8 @@ impl<C: Ciphersuite> Session<C> {
             coordinating: None,
             culprits: BTreeSet::new(),
             early: Vec::new(),
+            ahead: BTreeMap::new(),
+            announced: None,
         };
         self.state = State::Running(Box::new(running));
         self.begin_attempt(Attempt(0), BTreeSet::new(), now_ms, out);
@@ -766,10 +785,20 @@ impl<C: Ciphersuite> Session<C> {
             // A peer is ahead of us (we have not seen the attempt end yet): keep it,
             // bounded per sender and in how far ahead it may be.
             let from_sender = run.early.iter().filter(|(f, _)| *f == from).count();
-            if attempt.0 > run.attempt.0.saturating_add(EARLY_WINDOW)
-                || run.early.len() >= MAX_EARLY_MESSAGES
-                || from_sender >= MAX_EARLY_PER_SENDER
-            {
+            if attempt.0 > run.attempt.0.saturating_add(EARLY_WINDOW) {
+                let seen = run.ahead.entry(from).or_insert(attempt);
+                *seen = (*seen).max(attempt);
+                if let Message::NewAttempt { excluded, .. } = &message
+                    && run.announced.as_ref().is_none_or(|(a, _, _)| attempt > *a)
+                {
+                    run.announced = Some((attempt, from, excluded.clone()));
+                }
+                if self.catch_up(now_ms, out) {
+                    return Ok(());
+                }
+                return Err(SessionError::StaleAttempt { attempt, current: run_attempt(&self.state) });
+            }
+            if run.early.len() >= MAX_EARLY_MESSAGES || from_sender >= MAX_EARLY_PER_SENDER {
                 return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
             }
             run.early.push((from, message));
@@ -835,6 +864,36 @@ impl<C: Ciphersuite> Session<C> {
                 Ok(())
             }
         }
+    }
+
+    /// A node far behind its peers (it started late, or its timeouts ran slower) joins
+    /// them: once `n − t + 1` peers (so one honest at least) were seen in attempts beyond
+    /// the window, and one announced the end of attempt `a` at or below what they reached,
+    /// with its exclusions, this node begins attempt `a + 1` as they did (that sender as
+    /// the previous coordinator, those exclusions). One Byzantine peer alone moves
+    /// nobody. Returns whether it jumped.
+    fn catch_up(&mut self, now_ms: u64, out: &mut Out<C>) -> bool {
+        let threshold = self.ctx.threshold;
+        let State::Running(run) = &mut self.state else { return false };
+        let f = run.signers.len().saturating_sub(threshold);
+        let mut seen: Vec<Attempt> = run.ahead.values().copied().collect();
+        seen.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(reached) = seen.get(f).copied() else { return false };
+        let Some((ended, sender, excluded)) = run.announced.clone() else { return false };
+        if ended > reached
+            || ended.0 < run.attempt.0.saturating_add(EARLY_WINDOW)
+            || !excluded.is_subset(&run.signers)
+            || run.signers.difference(&excluded).count() < threshold
+        {
+            return false;
+        }
+        let Some(next) = ended.next() else { return false };
+        run.coordinator = sender;
+        run.early.clear();
+        run.ahead.clear();
+        run.announced = None;
+        self.begin_attempt(next, excluded, now_ms, out);
+        true
     }
 
     /// Signer side: answer the coordinator's package with a share, at most once.

@@ -648,6 +648,11 @@ fn messages_far_ahead_or_a_flood_from_one_peer_are_not_kept() {
     }
     let flood = node.session.handle(Input::Message { from: sender, message: commit(1) }, 10);
     assert!(refused(&flood), "one sender cannot fill the buffer: {flood:?}");
+    // One peer announcing attempts far ahead moves nobody (n − t + 1 = 2 must be seen).
+    let far_end = Message::NewAttempt { session, ended: Attempt(20), excluded: BTreeSet::new() };
+    let moved = node.session.handle(Input::Message { from: sender, message: far_end }, 10);
+    assert!(refused(&moved), "{moved:?}");
+    assert_eq!(node.session.attempt(), Some(Attempt(0)), "a lone peer cannot push a session on");
 }
 
 #[test]
@@ -678,4 +683,41 @@ fn a_session_without_enough_signers_gives_up_after_max_attempts() {
         assert!(now < 10_000 * TIMEOUT_MS, "still running after {attempts} attempts");
         actions = session.handle(Input::Tick, now);
     }
+}
+
+/// Two signers start at once, a third ten timeouts later and the fourth twenty (their
+/// queues drained at different speeds): the first two are attempts ahead, beyond the
+/// window of messages a session keeps. The late one joins the attempt the others are in
+/// once two of them (n − t + 1) were seen there, and the session signs; before, the
+/// attempts never met and the session ran out of attempts.
+#[test]
+fn a_signer_that_starts_long_after_the_others_joins_their_attempt() {
+    let mut net = Net::<Evm>::new(3, 4, 21);
+    let ids: Vec<Identifier<Evm>> = net.ids().into_iter().collect();
+    net.start(ids[0]);
+    net.start(ids[1]);
+    let late = [(ids[2], 10 * TIMEOUT_MS), (ids[3], 20 * TIMEOUT_MS)];
+    loop {
+        while let Some((from, to, bytes)) = net.queue.pop_front() {
+            let message = Message::decode(&bytes).expect("decode");
+            net.feed(to, Input::Message { from, message });
+        }
+        if net.nodes.values().all(|n| n.done.is_some()) {
+            break;
+        }
+        assert!(net.now < 40 * TIMEOUT_MS, "no signature; attempts {:?}", net.attempts);
+        net.now += TICK_MS;
+        for (id, at) in late {
+            if net.now == at {
+                net.start(id);
+            }
+        }
+        for id in net.ids() {
+            if net.nodes[&id].session.session_id().is_some() {
+                net.feed(id, Input::Tick);
+            }
+        }
+    }
+    net.check_signed();
+    assert!(net.final_attempt(ids[2]) > Attempt(EARLY_WINDOW), "the late signer skipped ahead: {:?}", net.attempts);
 }

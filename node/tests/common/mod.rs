@@ -250,13 +250,16 @@ impl Validator {
         })
         .await
         .unwrap_or_else(|e| {
-            let log: String = self
-                .log()
+            let full = self.log();
+            let log: String = full
                 .lines()
                 .filter(|l| l.contains("signing") || l.contains("WARN") || l.contains("ERROR"))
                 .collect::<Vec<_>>()
                 .join("\n");
-            panic!("{e}: {:?}\n{log}", self.get("/ready"))
+            // The last lines whatever they say (a start-up error is not a WARN line).
+            let lines: Vec<&str> = full.lines().collect();
+            let last = lines[lines.len().saturating_sub(30)..].join("\n");
+            panic!("{e}: {:?}\n{log}\n--- last lines of {}:\n{last}", self.get("/ready"), self.name)
         });
     }
 }
