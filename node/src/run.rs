@@ -16,8 +16,7 @@ use crate::{
     threshold::{self, Faults, Threshold},
 };
 use btcfi_chain_adapters::{
-    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, Rejected, VaultSpend, bitcoin::BitcoinSource,
-    evm::EvmSource,
+    ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, VaultSpend, bitcoin::BitcoinSource, evm::EvmSource,
 };
 use btcfi_consensus::{Action, Alert, Config as CoreConfig, Consensus, Epoch, Input, Message, ValidatorIndex};
 use btcfi_p2p::{ChainHeights, MessageKind, NetworkConfig, NetworkEvent, NetworkHandle, NetworkService, ValidatorPeer};
@@ -469,12 +468,8 @@ pub async fn run_with(
 
     // Re-feed stored observations: after a crash between storing an event and voting.
     for rec in events {
-        match (&rec.event, rec.reorged) {
-            (ChainEvent::Observed(o), None) => ctx.feed(&mut core, Input::Observed(o.attestation.clone())).await?,
-            (ChainEvent::Rejected(Rejected { refund: Some(att), .. }), None) => {
-                ctx.feed(&mut core, Input::Observed(att.clone())).await?;
-            }
-            _ => {}
+        if let (Some(att), None) = (rec.event.attestation(), rec.reorged) {
+            ctx.feed(&mut core, Input::Observed(att.clone())).await?;
         }
     }
 
@@ -615,17 +610,13 @@ async fn on_chain(
     batch.put_json(Cf::Cursors, cursor_key(u.chain), &cp)?;
     ctx.store.commit(batch).wrap_err("persisting chain events")?;
     for ev in events {
+        if let Some(att) = ev.attestation() {
+            ctx.metrics.observations.inc();
+            ctx.threshold.on_final(att.event);
+            ctx.feed(core, Input::Observed(att.clone())).await?;
+            continue;
+        }
         match ev {
-            ChainEvent::Observed(o) => {
-                ctx.metrics.observations.inc();
-                ctx.threshold.on_final(o.attestation.event);
-                ctx.feed(core, Input::Observed(o.attestation)).await?;
-            }
-            ChainEvent::Rejected(Rejected { refund: Some(att), .. }) => {
-                ctx.metrics.observations.inc();
-                ctx.threshold.on_final(att.event);
-                ctx.feed(core, Input::Observed(att)).await?;
-            }
             ChainEvent::VaultSpend(spend) => ctx.threshold.on_vault_spend(spend)?,
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
                 ctx.threshold.on_vault_spend_reorged(&id.tx);

@@ -1092,25 +1092,6 @@ impl Threshold {
 
     fn validate(&self, p: &Proposal) -> Result<Vec<[u8; 32]>, ReleaseError> {
         let locks = self.locks();
-        // The withdrawal of a live release that pays a reorged peg-out: exactly the one
-        // transaction every honest validator builds from it, valid at once (the release
-        // it replaces must not confirm), without the fee band (its fee is the old one
-        // plus the incremental relay fee). Anything else goes the ordinary way.
-        if let Some(old) = self.withdrawal_base(p) {
-            if !self.bitcoin_synced {
-                return Err(ReleaseError::NotSynced);
-            }
-            let none = BTreeSet::new();
-            let view = release::View {
-                utxos: &self.utxos,
-                live: &locks.live,
-                paid: &locks.paid,
-                certified: &self.pegouts,
-                fee_estimate: self.fee_estimate,
-                rival_inputs: &none,
-            };
-            return release::validate_withdrawal(p, old, &self.reorged, &view, &self.policy);
-        }
         // Rivals it may merge: their inputs count as needed, like those of live releases.
         let rival_inputs: BTreeSet<OutPoint> =
             self.competing.values().flat_map(|(c, _, _)| c.tx.input.iter().map(|i| i.previous_output)).collect();
@@ -1137,6 +1118,13 @@ impl Threshold {
         };
         if !self.bitcoin_synced {
             return Err(ReleaseError::NotSynced);
+        }
+        // The withdrawal of a live release that pays a reorged peg-out: exactly the one
+        // transaction every honest validator builds from it, valid at once (the release
+        // it replaces must not confirm), without the fee band (its fee is the old one
+        // plus the incremental relay fee). Anything else goes the ordinary way.
+        if let Some(old) = self.withdrawal_base(p) {
+            return release::validate_withdrawal(p, old, &self.reorged, &view, &self.policy);
         }
         // Nothing burned on a bridge that holds another key is paid.
         if let Some(e) = p.payouts.iter().find(|e| self.bridge_not_ready(e.chain.0).is_some()) {
@@ -1571,7 +1559,7 @@ impl Threshold {
                     Ok(_) => {
                         info!(target: "release", old = %txid, new = %w.txid(), payouts = w.payouts.len(), "release pays a reorged peg-out: proposing its withdrawal");
                         self.metrics.releases.with_label_values(&["withdrawn"]).inc();
-                        self.propose(w)?;
+                        self.send_proposal(w)?;
                     }
                     Err(e) => {
                         warn!(target: "release", %txid, error = %e, "release pays a reorged peg-out; its withdrawal does not validate yet");
@@ -2116,6 +2104,11 @@ impl Threshold {
             warn!(target: "release", reason = %e, "own release proposal does not validate: not sent");
             return Ok(());
         }
+        self.send_proposal(p)
+    }
+
+    /// Sends `p` (validated here already) to the others and signs it.
+    fn send_proposal(&mut self, p: Proposal) -> eyre::Result<()> {
         let mut payload = vec![TAG_RELEASE];
         payload.extend(p.encode());
         for i in (0..self.n).filter(|i| *i != self.me) {

@@ -6,16 +6,20 @@
 //   4. wait until a block holds a payment of exactly amount - peg_out_fee to it.
 // Prints every step with elapsed times; exits 1 on any mismatch or timeout; --json FILE
 // writes a machine-readable summary (also on failure, with what was reached).
-import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import {
   addressWord,
+  api,
   btc,
+  BurnToBitcoin,
   bytesTail,
   call,
+  contractEventId,
   devnetDir,
   fatal,
   loadDevnet,
+  memo,
+  Minted,
   rpc,
   sats,
   selector,
@@ -84,30 +88,6 @@ const pegOutFee = Number(B.peg_out_fee ?? 2000);
 summary.peg_out_fee = pegOutFee;
 summary.vault_address = B.vault_address;
 
-const Minted = topic("Minted(bytes32,address,uint64)");
-const BurnToBitcoin = topic("BurnToBitcoin(uint64,address,uint64,bytes)");
-
-/// The id the bridge records as consumed for a deposit: sha256("BTCFI-EVENT-v1" ||
-/// chain id 0 (u64 BE) || txid (display order) || vout (u32 BE)); see EventId::contract_id.
-function contractEventId(txid, vout) {
-  const b = Buffer.alloc(8 + 32 + 4);
-  Buffer.from(txid, "hex").copy(b, 8);
-  b.writeUInt32BE(vout, 40);
-  return "0x" + createHash("sha256").update("BTCFI-EVENT-v1").update(b).digest("hex");
-}
-
-const memo = (chainId, recipient) =>
-  Buffer.from("BTCFI").toString("hex") + "01" + BigInt(chainId).toString(16).padStart(16, "0") + recipient.slice(2).toLowerCase();
-
-async function api(v, path) {
-  const res = await fetch(v.api_url + path, { signal: AbortSignal.timeout(5000) });
-  const text = await res.text();
-  try {
-    return JSON.parse(text);
-  } catch (_) {
-    return { status_code: res.status, body: text };
-  }
-}
 
 // Wallet calls that pick coins run one at a time (two fundings must not pick the same coin).
 let walletLock = Promise.resolve();

@@ -2,6 +2,7 @@
 // over fetch (EVM and bitcoind), polling with a deadline, and the little ABI encoding
 // the bridge needs. No ethers: selectors come from js-sha3, which ships with the npm
 // `solc` package that scripts/devnet/install-deps.sh installs into $BTCFI_DEPS.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -115,3 +116,31 @@ export const btc = (sats) => {
 };
 /// A BTC amount as bitcoind prints it (a JSON number) in satoshis.
 export const sats = (amount) => Math.round(Number(amount) * 1e8);
+
+/// The id the bridge records as consumed for a deposit: sha256("BTCFI-EVENT-v1" ||
+/// chain id 0 (u64 BE) || txid (display order) || vout (u32 BE)); see EventId::contract_id.
+export function contractEventId(txid, vout) {
+  const b = Buffer.alloc(8 + 32 + 4);
+  Buffer.from(txid, "hex").copy(b, 8);
+  b.writeUInt32BE(vout, 40);
+  return "0x" + createHash("sha256").update("BTCFI-EVENT-v1").update(b).digest("hex");
+}
+
+/// The deposit memo (OP_RETURN data, hex): "BTCFI" | 01 | chain id u64 BE | recipient.
+export const memo = (chainId, recipient) =>
+  Buffer.from("BTCFI").toString("hex") + "01" + BigInt(chainId).toString(16).padStart(16, "0") + recipient.slice(2).toLowerCase();
+
+/// The bridge events the scripts follow (log topic 0).
+export const Minted = topic("Minted(bytes32,address,uint64)");
+export const BurnToBitcoin = topic("BurnToBitcoin(uint64,address,uint64,bytes)");
+
+/// GET `path` on validator `v`'s API: its JSON, or { status_code, body } if it is not JSON.
+export async function api(v, path) {
+  const res = await fetch(v.api_url + path, { signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    return { status_code: res.status, body: text };
+  }
+}

@@ -16,21 +16,24 @@
 //      distinct; each paid once the block scan finds amount - peg_out_fee paid to it;
 //   5. prints throughput, latency percentiles and counts; exits 1 on anything missing,
 //      duplicated, wrong, or a timeout; --json FILE writes the same (also on failure).
-import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import {
   addressWord,
+  api,
   btc,
+  BurnToBitcoin,
   bytesTail,
   call,
+  contractEventId,
   devnetDir,
   loadDevnet,
+  memo,
+  Minted,
   rpc,
   sats,
   selector,
   sendTx,
   sleep,
-  topic,
   word,
   wordAt,
 } from "./lib.mjs";
@@ -193,16 +196,6 @@ const bitcoind = (method, params = [], wallet = null) =>
   retrying(() => rpc(wallet ? `${B.rpc_url}/wallet/${wallet}` : B.rpc_url, method, params, auth));
 const evm = (c, method, params = []) => retrying(() => rpc(c.rpc_url, method, params));
 
-async function api(v, path) {
-  const res = await fetch(v.api_url + path, { signal: AbortSignal.timeout(5000) });
-  const text = await res.text();
-  try {
-    return JSON.parse(text);
-  } catch (_) {
-    return { status_code: res.status, body: text };
-  }
-}
-
 /// `f` on every item, at most `limit` at once; resolves when all are done (errors are
 /// the callback's business).
 async function pool(items, limit, f) {
@@ -216,18 +209,6 @@ async function pool(items, limit, f) {
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-/// sha256("BTCFI-EVENT-v1" || chain id 0 (u64 BE) || txid || vout (u32 BE)), as demo.mjs.
-function contractEventId(txid, vout) {
-  const b = Buffer.alloc(8 + 32 + 4);
-  Buffer.from(txid, "hex").copy(b, 8);
-  b.writeUInt32BE(vout, 40);
-  return "0x" + createHash("sha256").update("BTCFI-EVENT-v1").update(b).digest("hex");
-}
-const memo = (chainId, recipient) =>
-  Buffer.from("BTCFI").toString("hex") + "01" + BigInt(chainId).toString(16).padStart(16, "0") + recipient.slice(2).toLowerCase();
-
-const Minted = topic("Minted(bytes32,address,uint64)");
-const BurnToBitcoin = topic("BurnToBitcoin(uint64,address,uint64,bytes)");
 
 // ---------------------------------------------------------------- statistics
 

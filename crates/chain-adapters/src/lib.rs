@@ -132,6 +132,16 @@ impl ChainEvent {
             ChainEvent::Reorged { id, .. } => *id,
         }
     }
+
+    /// What this event asks the validators to attest: an observed event's attestation,
+    /// or the refund the node attached to a rejected deposit.
+    pub fn attestation(&self) -> Option<&Attestation> {
+        match self {
+            ChainEvent::Observed(o) => Some(&o.attestation),
+            ChainEvent::Rejected(r) => r.refund.as_ref(),
+            ChainEvent::VaultSpend(_) | ChainEvent::Reorged { .. } => None,
+        }
+    }
 }
 
 /// Result of one poll: events in chain order and the checkpoint that follows them.

@@ -438,10 +438,7 @@ pub fn validate(p: &Proposal, view: &View<'_>, policy: &Policy) -> Result<Vec<[u
         if txin.sequence != Sequence::ENABLE_RBF_NO_LOCKTIME {
             return Err(ReleaseError::Malformed("input sequence must be 0xfffffffd (RBF, no time lock)"));
         }
-        match view.utxos.get(&op) {
-            Some(a) if a.0 == prev.value.to_sat() && prev.script_pubkey == policy.vault_script => {}
-            _ => return Err(ReleaseError::UnknownInput(op)),
-        }
+        check_vault_input(op, prev, view, policy)?;
     }
     // Every live release that `p` touches (an input or a peg-out in common) must
     // conflict with it (an input in common: at most one of the two confirms) and be
@@ -561,6 +558,14 @@ pub fn withdraw(old: &Proposal, withdrawn: &BTreeSet<EventId>, policy: &Policy) 
     Ok(Proposal { tx, prevouts: old.prevouts.clone(), payouts })
 }
 
+/// `op`, spending `prev`, is a vault UTXO at depth of exactly that amount.
+fn check_vault_input(op: OutPoint, prev: &TxOut, view: &View<'_>, policy: &Policy) -> Result<(), ReleaseError> {
+    match view.utxos.get(&op) {
+        Some(a) if a.0 == prev.value.to_sat() && prev.script_pubkey == policy.vault_script => Ok(()),
+        _ => Err(ReleaseError::UnknownInput(op)),
+    }
+}
+
 /// Validates `p` as the withdrawal of `old` (a live release this node validated and
 /// signs or signed) leaving out `withdrawn`: it must be exactly [`withdraw`]'s
 /// transaction, byte for byte, so that it pays nothing `old` did not pay (less the
@@ -582,11 +587,7 @@ pub fn validate_withdrawal(
         return Err(ReleaseError::PayoutLocked(*e));
     }
     for (txin, prev) in p.tx.input.iter().zip(&p.prevouts) {
-        let op = txin.previous_output;
-        match view.utxos.get(&op) {
-            Some(a) if a.0 == prev.value.to_sat() && prev.script_pubkey == policy.vault_script => {}
-            _ => return Err(ReleaseError::UnknownInput(op)),
-        }
+        check_vault_input(txin.previous_output, prev, view, policy)?;
     }
     let weight = signed_weight(&p.tx);
     if weight > MAX_STANDARD_WEIGHT {
