@@ -124,8 +124,8 @@ async fn chain_task<S: ChainSource>(
 
 fn kind_of(m: &Message) -> MessageKind {
     match m {
-        Message::Vote(_) => MessageKind::Observation,
-        Message::Certificate(_) => MessageKind::Certificate,
+        Message::Vote(_) | Message::Votes(_) => MessageKind::Observation,
+        Message::Certificate(_) | Message::Certificates(_) => MessageKind::Certificate,
         Message::CertificateRequest(_) => MessageKind::CatchUpRequest,
         Message::CertificateResponse(_) => MessageKind::CatchUpResponse,
     }
@@ -140,7 +140,14 @@ struct Ctx {
     catch_up_tx: mpsc::Sender<Input>,
     next_peer: usize,
     threshold: Threshold,
+    /// Votes each validator may send, per second with bursts, on top of the p2p
+    /// layer's message and byte budgets: a vote costs a signature check here.
+    vote_budget: BTreeMap<ValidatorIndex, btcfi_p2p::TokenBucket>,
 }
+
+/// Votes a validator may author per second here, and at once: a burst of 10,000
+/// deposits is 10,000 votes per validator, a flood is cut off at the rate.
+const VOTE_RATE: btcfi_p2p::RateLimit = btcfi_p2p::RateLimit::new(5_000.0, 50_000);
 
 type Core = Consensus<IdentitySigner, SetVerifier>;
 
@@ -221,7 +228,22 @@ impl Ctx {
             NetworkEvent::Gossip { from, payload, .. } => {
                 let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
                 match Message::decode(&payload) {
-                    Ok(m) => self.feed(core, Input::from_message(idx, m)).await?,
+                    Ok(m) => {
+                        let votes = match &m {
+                            Message::Vote(_) => 1,
+                            Message::Votes(b) => b.votes.len() as u64,
+                            _ => 0,
+                        };
+                        let now = std::time::Instant::now();
+                        let budget =
+                            self.vote_budget.entry(idx).or_insert_with(|| btcfi_p2p::TokenBucket::new(VOTE_RATE, now));
+                        if votes > 0 && !budget.try_take_n(votes, now) {
+                            self.metrics.votes.with_label_values(&["rate_limited"]).inc_by(votes);
+                            warn!(target: "p2p::gossip", %from, votes, "votes over the validator's budget dropped (it rebroadcasts)");
+                            return Ok(());
+                        }
+                        self.feed(core, Input::from_message(idx, m)).await?
+                    }
                     Err(e) => warn!(target: "p2p::gossip", %from, error = %e, "undecodable consensus message dropped"),
                 }
             }
@@ -460,6 +482,7 @@ pub async fn run_with(
         catch_up_tx,
         next_peer: 0,
         threshold,
+        vote_budget: BTreeMap::new(),
     };
     let events = state::load_events(&store)?;
     // Events reorged out past finality are never acted on, whatever else is stored.
@@ -467,10 +490,10 @@ pub async fn run_with(
     ctx.threshold.resume(reorged)?;
 
     // Re-feed stored observations: after a crash between storing an event and voting.
-    for rec in events {
-        if let (Some(att), None) = (rec.event.attestation(), rec.reorged) {
-            ctx.feed(&mut core, Input::Observed(att.clone())).await?;
-        }
+    let stored: Vec<_> =
+        events.into_iter().filter(|r| r.reorged.is_none()).filter_map(|r| r.event.attestation().cloned()).collect();
+    if !stored.is_empty() {
+        ctx.feed(&mut core, Input::ObservedMany(stored)).await?;
     }
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -609,11 +632,13 @@ async fn on_chain(
     }
     batch.put_json(Cf::Cursors, cursor_key(u.chain), &cp)?;
     ctx.store.commit(batch).wrap_err("persisting chain events")?;
+    // Observations of one poll: fed together (one persist, votes gossiped in batches).
+    let mut observed = Vec::new();
     for ev in events {
         if let Some(att) = ev.attestation() {
             ctx.metrics.observations.inc();
             ctx.threshold.on_final(att.event);
-            ctx.feed(core, Input::Observed(att.clone())).await?;
+            observed.push(att.clone());
             continue;
         }
         match ev {
@@ -624,6 +649,9 @@ async fn on_chain(
             ChainEvent::Reorged { id, .. } => ctx.threshold.on_reorged(id)?,
             _ => {}
         }
+    }
+    if !observed.is_empty() {
+        ctx.feed(core, Input::ObservedMany(observed)).await?;
     }
     Ok(())
 }

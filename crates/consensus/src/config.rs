@@ -90,14 +90,15 @@ pub struct Config {
 impl Config {
     /// A config with operator defaults: votes on unseen events expire after an hour,
     /// re-observation after five minutes, rebroadcast every 15 s backing off to 5 min,
-    /// catch-up after one minute, 1,000 pending events and 64 evidence records per peer.
+    /// catch-up after one minute, 25,000 pending events (a burst of deposits seen by
+    /// peers first) and 64 evidence records per peer.
     pub fn new(epoch: Epoch, validators: u16, own_index: ValidatorIndex) -> Self {
         Self {
             epoch,
             validators,
             own_index,
             vote_expiry_ms: 60 * 60 * 1000,
-            max_pending_events_per_peer: 1_000,
+            max_pending_events_per_peer: 25_000,
             reobserve_after_ms: 5 * 60 * 1000,
             reobserve_min_vouchers: max_faulty(validators) + 1,
             rebroadcast_interval_ms: 15_000,

@@ -75,11 +75,13 @@ pub use machine::{Action, Alert, Consensus, EventStatus, Input, MemoryUsage, Reo
 pub use persist::{PersistedState, StateDelta};
 pub use test_crypto::{InsecureTestCrypto, InsecureTestSigner};
 pub use vote::{
-    Certificate, CertificateRequest, CertificateResponse, Equivocation, Signature, VOTE_DOMAIN, VOTE_SIGNING_LEN,
-    VOTE_VERSION, ValidatorSignature, Vote, VoteSigner, VoteVerifier, vote_signing_bytes,
+    BatchedVote, Certificate, CertificateRequest, CertificateResponse, Equivocation, Signature, VOTE_DOMAIN,
+    VOTE_SIGNING_LEN, VOTE_VERSION, ValidatorSignature, Vote, VoteBatch, VoteSigner, VoteVerifier, vote_signing_bytes,
 };
 pub use wire::{
-    MAX_CERTIFICATE_SIGNATURES, MAX_REQUEST_EVENTS, MAX_RESPONSE_CERTIFICATES, MAX_SIGNATURE_LEN, Message, WIRE_VERSION,
+    MAX_BATCH_BYTES, MAX_BATCH_CERTIFICATES, MAX_BATCH_VOTES, MAX_CERTIFICATE_SIGNATURES, MAX_REQUEST_EVENTS,
+    MAX_RESPONSE_CERTIFICATES, MAX_SIGNATURE_LEN, Message, VOTE_BATCH_HEADER_LEN, WIRE_VERSION, batched_vote_len,
+    certificate_body_len,
 };
 
 #[cfg(test)]

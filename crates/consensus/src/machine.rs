@@ -3,9 +3,10 @@
 
 use crate::persist::{CertifiedRecord, Change, NetworkCertificateRecord, OwnVoteRecord, PeerVoteRecord};
 use crate::{
-    Certificate, CertificateRequest, CertificateResponse, Config, Epoch, Equivocation, Error, MAX_REQUEST_EVENTS,
-    MAX_RESPONSE_CERTIFICATES, Message, Millis, PersistedState, StateDelta, ValidatorIndex, ValidatorSignature, Vote,
-    VoteSigner, VoteVerifier,
+    Certificate, CertificateRequest, CertificateResponse, Config, Epoch, Equivocation, Error, MAX_BATCH_BYTES,
+    MAX_BATCH_CERTIFICATES, MAX_BATCH_VOTES, MAX_REQUEST_EVENTS, MAX_RESPONSE_CERTIFICATES, Message, Millis,
+    PersistedState, StateDelta, ValidatorIndex, ValidatorSignature, Vote, VoteBatch, VoteSigner, VoteVerifier,
+    certificate_body_len,
 };
 use btcfi_types::{Attestation, Digest, EventId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,8 +17,14 @@ use std::fmt;
 pub enum Input {
     /// This node's adapters saw `Attestation` final (and re-checked its inclusion).
     Observed(Attestation),
+    /// Many observations at once (a block of deposits): one call, one persist, own
+    /// votes broadcast in batches. The same as feeding each as [`Input::Observed`].
+    ObservedMany(Vec<Attestation>),
     /// A vote gossiped by a peer (or relayed; the signature names the voter).
     Vote(Vote),
+    /// Many votes of one validator, as gossiped together: each counted like an
+    /// [`Input::Vote`] of its own, with one combined output.
+    Votes(VoteBatch),
     /// A certificate, gossiped or received in answer to a catch-up request. Verified
     /// signature by signature before it is believed.
     Certificate(Certificate),
@@ -38,7 +45,9 @@ impl Input {
     pub fn from_message(from: ValidatorIndex, message: Message) -> Self {
         match message {
             Message::Vote(v) => Input::Vote(v),
+            Message::Votes(b) => Input::Votes(b),
             Message::Certificate(c) => Input::Certificate(c),
+            Message::Certificates(certificates) => Input::CertificateResponse(CertificateResponse { certificates }),
             Message::CertificateRequest(request) => Input::CertificateRequest { from, request },
             Message::CertificateResponse(response) => Input::CertificateResponse(response),
         }
@@ -297,15 +306,73 @@ struct Out {
 }
 
 impl Out {
+    /// The persist first, then the other actions in order, with votes and certificates
+    /// to broadcast packed into batches when there are several (one gossip message per
+    /// [`MAX_BATCH_VOTES`] votes or [`MAX_BATCH_CERTIFICATES`] certificates, and
+    /// [`MAX_BATCH_BYTES`]), placed where the first of them was.
     fn finish(self) -> Vec<Action> {
-        if self.changes.is_empty() {
-            return self.actions;
-        }
         let mut all = Vec::with_capacity(self.actions.len() + 1);
-        all.push(Action::Persist(StateDelta { changes: self.changes }));
-        all.extend(self.actions);
+        if !self.changes.is_empty() {
+            all.push(Action::Persist(StateDelta { changes: self.changes }));
+        }
+        let votes = self.actions.iter().filter(|a| matches!(a, Action::Broadcast(Message::Vote(_)))).count();
+        let certs = self.actions.iter().filter(|a| matches!(a, Action::Broadcast(Message::Certificate(_)))).count();
+        if votes < 2 && certs < 2 {
+            all.extend(self.actions);
+            return all;
+        }
+        let (mut vote_list, mut cert_list) = (Vec::new(), Vec::new());
+        let (mut vote_at, mut cert_at) = (None, None);
+        for a in self.actions {
+            match a {
+                Action::Broadcast(Message::Vote(v)) if votes >= 2 => {
+                    vote_at.get_or_insert(all.len());
+                    vote_list.push(v);
+                }
+                Action::Broadcast(Message::Certificate(c)) if certs >= 2 => {
+                    cert_at.get_or_insert(all.len());
+                    cert_list.push(c);
+                }
+                other => all.push(other),
+            }
+        }
+        let mut inserts: Vec<(usize, Vec<Action>)> = Vec::new();
+        if let Some(at) = vote_at {
+            let batches = VoteBatch::pack(vote_list, MAX_BATCH_VOTES, MAX_BATCH_BYTES);
+            inserts.push((at, batches.into_iter().map(|b| Action::Broadcast(Message::Votes(b))).collect()));
+        }
+        if let Some(at) = cert_at {
+            let batches = pack_certificates(cert_list);
+            inserts.push((at, batches.into_iter().map(|c| Action::Broadcast(Message::Certificates(c))).collect()));
+        }
+        // Later positions first, so earlier ones stay valid.
+        inserts.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        for (at, actions) in inserts {
+            let at = at.min(all.len());
+            all.splice(at..at, actions);
+        }
         all
     }
+}
+
+/// Certificates in batches of at most [`MAX_BATCH_CERTIFICATES`] and about
+/// [`MAX_BATCH_BYTES`] each, in order.
+fn pack_certificates(certificates: Vec<Certificate>) -> Vec<Vec<Certificate>> {
+    let mut out: Vec<(Vec<Certificate>, usize)> = Vec::new();
+    for c in certificates {
+        let size = certificate_body_len(&c);
+        let full = out
+            .last()
+            .is_none_or(|(b, len)| b.len() >= MAX_BATCH_CERTIFICATES || len.saturating_add(size) > MAX_BATCH_BYTES);
+        if full {
+            out.push((Vec::new(), 4));
+        }
+        if let Some((b, len)) = out.last_mut() {
+            b.push(c);
+            *len += size;
+        }
+    }
+    out.into_iter().map(|(b, _)| b).collect()
 }
 
 /// The consensus core of one validator for one epoch.
@@ -462,7 +529,17 @@ impl<S: VoteSigner, V: VoteVerifier> Consensus<S, V> {
         let mut out = Out::default();
         match input {
             Input::Observed(a) => self.on_observed(a, now, &mut out),
+            Input::ObservedMany(all) => {
+                for a in all {
+                    self.on_observed(a, now, &mut out);
+                }
+            }
             Input::Vote(v) => self.on_vote(v, now, &mut out),
+            Input::Votes(batch) => {
+                for v in batch.votes().take(MAX_BATCH_VOTES) {
+                    self.on_vote(v, now, &mut out);
+                }
+            }
             Input::Certificate(c) => self.on_certificate(c, now, &mut out),
             Input::CertificateRequest { from, request } => self.on_request(from, &request, &mut out),
             Input::CertificateResponse(response) => {

@@ -797,3 +797,123 @@ proptest! {
         prop_assert!(core.pending_counters().is_empty());
     }
 }
+
+// ---- batches --------------------------------------------------------------------------
+
+fn vote_batches(actions: &[Action]) -> Vec<VoteBatch> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Broadcast(Message::Votes(b)) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A block of 3,000 deposits observed at once: one persist, its votes in three signed
+/// gossip messages (not 3,000), each vote inside valid on its own; fed to the other
+/// validators as batches, every event certifies everywhere, and the certificates go
+/// out in batches too.
+#[test]
+fn a_burst_is_voted_and_certified_in_batches() {
+    let fx = Fixture::new(4);
+    let burst: Vec<Attestation> = (0..3_000).map(|i| attestation(i, 1_000 + u64::from(i))).collect();
+    let mut nodes: Vec<Core> = (0..4).map(|v| fx.node(v)).collect();
+    let mut outbox: Vec<(u16, Vec<Action>)> = Vec::new();
+    for (v, node) in nodes.iter_mut().enumerate() {
+        let acts = run(node, Input::ObservedMany(burst.clone()), 0);
+        let own = changes(&acts).iter().filter(|c| matches!(c, Change::OwnVote(_))).count();
+        assert_eq!(own, 3_000, "one persist holds every own vote");
+        assert!(!broadcasts_vote(&acts), "no vote goes alone in a burst");
+        let batches = vote_batches(&acts);
+        assert_eq!(batches.len(), 3, "3,000 votes in batches of {MAX_BATCH_VOTES}");
+        for b in &batches {
+            assert!(b.votes.len() <= MAX_BATCH_VOTES);
+            assert!(Message::Votes(b.clone()).encode().len() <= MAX_BATCH_BYTES);
+            assert_eq!(b.validator, ValidatorIndex(v as u16));
+            assert!(b.votes().all(|vote| vote.verify(&fx.crypto)), "each vote is signed on its own");
+            let decoded = Message::decode(&Message::Votes(b.clone()).encode()).unwrap();
+            assert_eq!(decoded, Message::Votes(b.clone()));
+        }
+        outbox.push((v as u16, acts));
+    }
+    let mut certificate_batches = 0;
+    for (from, acts) in outbox {
+        for b in vote_batches(&acts) {
+            for (to, node) in nodes.iter_mut().enumerate() {
+                if to as u16 == from {
+                    continue;
+                }
+                let acts = run(node, Input::from_message(ValidatorIndex(from), Message::Votes(b.clone())), 1);
+                certificate_batches += acts
+                    .iter()
+                    .filter(|a| matches!(a, Action::Broadcast(Message::Certificates(c)) if c.len() > 1))
+                    .count();
+                assert!(!acts.iter().any(|a| matches!(a, Action::Broadcast(Message::Certificate(_)))));
+            }
+        }
+    }
+    for node in &nodes {
+        assert_eq!(node.stats().certified, 3_000);
+        assert_eq!(node.stats().votes_accepted, 9_000, "each vote counted once per validator");
+    }
+    assert!(certificate_batches >= 4, "certificates gossiped in batches: {certificate_batches}");
+}
+
+/// Inside a batch each vote stands alone: a forged entry is dropped and the others
+/// count; two digests for one event in one batch are equivocation, whose evidence is
+/// two single signed votes that verify without the batch.
+#[test]
+fn a_batch_is_judged_vote_by_vote() {
+    let fx = Fixture::new(4);
+    let a = attestation(1, 10);
+    let b = attestation(2, 20);
+    let c = attestation(3, 30);
+    let c_other = attestation(3, 31);
+    let mut core = fx.node(0);
+    run(&mut core, Input::ObservedMany(vec![a.clone(), b.clone(), c.clone()]), 0);
+    let mut forged = fx.vote(1, &b);
+    forged.signature = fx.vote(2, &b).signature;
+    let votes = vec![fx.vote(1, &a), forged, fx.vote(1, &c), fx.vote(1, &c_other)];
+    let batch = VoteBatch::pack(votes, MAX_BATCH_VOTES, MAX_BATCH_BYTES);
+    assert_eq!(batch.len(), 1);
+    let acts = run(&mut core, Input::Votes(batch[0].clone()), 1);
+    assert_eq!(core.stats().votes_bad_signature, 1, "the forged entry, alone");
+    assert_eq!(core.stats().votes_accepted, 2);
+    assert_eq!(core.stats().equivocations, 1);
+    let evidence: Vec<&Equivocation> = acts
+        .iter()
+        .filter_map(|x| match x {
+            Action::Equivocation(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evidence.len(), 1);
+    assert!(evidence[0].verify(&fx.crypto), "evidence holds single signed votes");
+    assert_eq!((evidence[0].first.digest, evidence[0].second.digest), (c.digest(), c_other.digest()));
+    // Peer 1's vote on `a` counts: with peer 2's, `a` certifies; `b` still waits.
+    let acts = run(&mut core, Input::Vote(fx.vote(2, &a)), 2);
+    assert_eq!(certified(&acts).len(), 1);
+    assert!(matches!(core.status(&b.event), EventStatus::Observed { matching: 1, .. }));
+}
+
+/// Packing splits by validator and epoch, by count and by bytes, and keeps order.
+#[test]
+fn vote_batches_are_packed_by_voter_count_and_size() {
+    let fx = Fixture::new(4);
+    let mut votes = Vec::new();
+    for i in 0..2_500u32 {
+        votes.push(fx.vote((i % 2) as u16, &attestation(i, 1)));
+    }
+    let batches = VoteBatch::pack(votes.clone(), 1_000, usize::MAX);
+    let sizes: Vec<(u16, usize)> = batches.iter().map(|b| (b.validator.0, b.votes.len())).collect();
+    assert_eq!(sizes, [(0, 1_000), (0, 250), (1, 1_000), (1, 250)]);
+    let back: Vec<Vote> = batches.iter().flat_map(|b| b.votes().collect::<Vec<_>>()).collect();
+    let mut want = votes.clone();
+    want.sort_by_key(|v| v.validator);
+    assert_eq!(back, want, "every vote once, in order per voter");
+    let small = VoteBatch::pack(votes, usize::MAX, 10_000);
+    assert!(
+        small.iter().all(|b| b.encoded_len() <= 10_000 && Message::Votes(b.clone()).encode().len() == b.encoded_len())
+    );
+}

@@ -90,6 +90,72 @@ impl Vote {
     }
 }
 
+/// One vote inside a [`VoteBatch`]: what a [`Vote`] says, less the epoch and validator
+/// that the batch names once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchedVote {
+    pub event: EventId,
+    pub digest: Digest,
+    pub signature: Signature,
+}
+
+/// Many votes of one validator in one epoch, gossiped as one message.
+///
+/// Batching changes the transport only: each entry is a vote signed on its own
+/// ([`vote_signing_bytes`]), counted per digest and per validator like a lone vote,
+/// and one entry is a whole signed statement, so equivocation evidence and
+/// certificates still hold single votes. A bad signature drops its entry, not the
+/// batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VoteBatch {
+    pub epoch: Epoch,
+    pub validator: ValidatorIndex,
+    /// At most [`MAX_BATCH_VOTES`](crate::MAX_BATCH_VOTES) on the wire.
+    pub votes: Vec<BatchedVote>,
+}
+
+impl VoteBatch {
+    /// The votes of the batch.
+    pub fn votes(&self) -> impl Iterator<Item = Vote> + '_ {
+        self.votes.iter().map(|v| Vote {
+            epoch: self.epoch,
+            event: v.event,
+            digest: v.digest,
+            validator: self.validator,
+            signature: v.signature.clone(),
+        })
+    }
+
+    /// Groups `votes` by (epoch, validator) into batches of at most `max_votes` votes
+    /// and about `max_bytes` encoded bytes each, in order.
+    pub fn pack(votes: impl IntoIterator<Item = Vote>, max_votes: usize, max_bytes: usize) -> Vec<VoteBatch> {
+        type Key = (Epoch, ValidatorIndex);
+        let mut groups: std::collections::BTreeMap<Key, Vec<(VoteBatch, usize)>> = Default::default();
+        for v in votes {
+            let batches = groups.entry((v.epoch, v.validator)).or_default();
+            let size = crate::wire::batched_vote_len(&v.signature);
+            let full = batches
+                .last()
+                .is_none_or(|(b, len)| b.votes.len() >= max_votes.max(1) || len.saturating_add(size) > max_bytes);
+            if full {
+                let empty = VoteBatch { epoch: v.epoch, validator: v.validator, votes: Vec::new() };
+                batches.push((empty, crate::wire::VOTE_BATCH_HEADER_LEN));
+            }
+            if let Some((b, len)) = batches.last_mut() {
+                b.votes.push(BatchedVote { event: v.event, digest: v.digest, signature: v.signature });
+                *len += size;
+            }
+        }
+        groups.into_values().flatten().map(|(b, _)| b).collect()
+    }
+
+    /// Length of the wire encoding.
+    pub fn encoded_len(&self) -> usize {
+        crate::wire::VOTE_BATCH_HEADER_LEN
+            + self.votes.iter().map(|v| crate::wire::batched_vote_len(&v.signature)).sum::<usize>()
+    }
+}
+
 /// One validator's signature inside a [`Certificate`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ValidatorSignature {

@@ -6,6 +6,8 @@
 //! type 0x02   certificate: epoch u64 | event id 44 | digest 32 | count u16 | count × (validator u16 | sig)
 //! type 0x03   request:     epoch u64 | count u16 | count × event id 44
 //! type 0x04   response:    count u16 | count × certificate body (as in type 0x02, without type/version)
+//! type 0x05   votes:       epoch u64 | validator u16 | count u16 | count × (event id 44 | digest 32 | sig)
+//! type 0x06   certificates: count u16 | count × certificate body
 //! sig         = len u16 | len bytes                           (len <= MAX_SIGNATURE_LEN)
 //! ```
 //!
@@ -13,14 +15,15 @@
 //! [`WireError::DuplicateSigner`], whatever the signature bytes.
 //!
 //! Integers are big-endian; the event id is [`EventId::to_bytes`]. Counts are bounded
-//! ([`MAX_CERTIFICATE_SIGNATURES`], [`MAX_REQUEST_EVENTS`], [`MAX_RESPONSE_CERTIFICATES`])
+//! ([`MAX_CERTIFICATE_SIGNATURES`], [`MAX_REQUEST_EVENTS`], [`MAX_RESPONSE_CERTIFICATES`],
+//! [`MAX_BATCH_VOTES`], [`MAX_BATCH_CERTIFICATES`])
 //! and nothing is pre-allocated beyond what the remaining input could hold, so a decoded
 //! message is never much larger than its bytes. [`Message::decode`] never panics: every
 //! malformed input is a [`WireError`].
 
 use crate::{
-    Certificate, CertificateRequest, CertificateResponse, Epoch, Signature, ValidatorIndex, ValidatorSignature, Vote,
-    WireError, config::MAX_VALIDATORS,
+    BatchedVote, Certificate, CertificateRequest, CertificateResponse, Epoch, Signature, ValidatorIndex,
+    ValidatorSignature, Vote, VoteBatch, WireError, config::MAX_VALIDATORS,
 };
 use btcfi_types::{Digest, EventId};
 use std::collections::BTreeSet;
@@ -32,14 +35,35 @@ pub const MAX_SIGNATURE_LEN: usize = 128;
 /// Most signatures in one certificate (the validator set is at most this large).
 pub const MAX_CERTIFICATE_SIGNATURES: usize = MAX_VALIDATORS as usize;
 /// Most events in one certificate request.
-pub const MAX_REQUEST_EVENTS: usize = 64;
+pub const MAX_REQUEST_EVENTS: usize = 256;
 /// Most certificates in one response (one per requested event).
 pub const MAX_RESPONSE_CERTIFICATES: usize = MAX_REQUEST_EVENTS;
+/// Most votes in one [`Message::Votes`].
+pub const MAX_BATCH_VOTES: usize = 1024;
+/// Most certificates in one [`Message::Certificates`].
+pub const MAX_BATCH_CERTIFICATES: usize = 256;
+/// The encoded size a batch is packed to at most (below the default gossip payload
+/// limit of 256 KiB; one vote or certificate larger than it still goes alone).
+pub const MAX_BATCH_BYTES: usize = 192 * 1024;
+/// Bytes of a votes message before its entries: type, version, epoch, validator, count.
+pub const VOTE_BATCH_HEADER_LEN: usize = 2 + 8 + 2 + 2;
+
+/// Bytes of one entry of a votes message.
+pub fn batched_vote_len(signature: &Signature) -> usize {
+    EventId::ENCODED_LEN + 32 + 2 + signature.0.len().min(usize::from(u16::MAX))
+}
+
+/// Bytes of one certificate body (as inside a response or a certificates message).
+pub fn certificate_body_len(c: &Certificate) -> usize {
+    MIN_CERTIFICATE_BODY + c.signatures.iter().map(|s| 2 + 2 + s.signature.0.len()).sum::<usize>()
+}
 
 const TYPE_VOTE: u8 = 0x01;
 const TYPE_CERTIFICATE: u8 = 0x02;
 const TYPE_REQUEST: u8 = 0x03;
 const TYPE_RESPONSE: u8 = 0x04;
+const TYPE_VOTES: u8 = 0x05;
+const TYPE_CERTIFICATES: u8 = 0x06;
 /// Smallest encodings, to bound pre-allocation by the bytes actually left.
 const MIN_SIGNATURE_ENTRY: usize = 2 + 2;
 const MIN_CERTIFICATE_BODY: usize = 8 + EventId::ENCODED_LEN + 32 + 2;
@@ -55,6 +79,10 @@ pub enum Message {
     CertificateRequest(CertificateRequest),
     /// The answer to one request: the certificates the peer holds among those asked.
     CertificateResponse(CertificateResponse),
+    /// Many votes of one validator, gossiped as one message (see [`VoteBatch`]).
+    Votes(VoteBatch),
+    /// Many certificates, gossiped as one message when a burst certifies at once.
+    Certificates(Vec<Certificate>),
 }
 
 impl Message {
@@ -66,6 +94,8 @@ impl Message {
             Message::Certificate(c) => write_certificate(&mut out, c),
             Message::CertificateRequest(r) => write_request(&mut out, r),
             Message::CertificateResponse(r) => write_response(&mut out, r),
+            Message::Votes(b) => write_votes(&mut out, b),
+            Message::Certificates(c) => write_certificates(&mut out, c),
         }
         out
     }
@@ -74,7 +104,8 @@ impl Message {
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader(bytes);
         let kind = r.u8()?;
-        if !matches!(kind, TYPE_VOTE | TYPE_CERTIFICATE | TYPE_REQUEST | TYPE_RESPONSE) {
+        if !matches!(kind, TYPE_VOTE | TYPE_CERTIFICATE | TYPE_REQUEST | TYPE_RESPONSE | TYPE_VOTES | TYPE_CERTIFICATES)
+        {
             return Err(WireError::UnknownType(kind));
         }
         let version = r.u8()?;
@@ -99,6 +130,26 @@ impl Message {
                     events.push(r.event()?);
                 }
                 Message::CertificateRequest(CertificateRequest { epoch, events })
+            }
+            TYPE_VOTES => {
+                let epoch = Epoch(r.u64()?);
+                let validator = ValidatorIndex(r.u16()?);
+                let count = r.count("batched votes", MAX_BATCH_VOTES)?;
+                let mut votes = Vec::with_capacity(r.capacity(count, EventId::ENCODED_LEN + 32 + 2));
+                for _ in 0..count {
+                    let event = r.event()?;
+                    let digest = Digest(r.array()?);
+                    votes.push(BatchedVote { event, digest, signature: r.signature()? });
+                }
+                Message::Votes(VoteBatch { epoch, validator, votes })
+            }
+            TYPE_CERTIFICATES => {
+                let count = r.count("batched certificates", MAX_BATCH_CERTIFICATES)?;
+                let mut certificates = Vec::with_capacity(r.capacity(count, MIN_CERTIFICATE_BODY));
+                for _ in 0..count {
+                    certificates.push(r.certificate()?);
+                }
+                Message::Certificates(certificates)
             }
             _ => {
                 let count = r.count("response certificates", MAX_RESPONSE_CERTIFICATES)?;
@@ -193,6 +244,28 @@ fn write_response(out: &mut Vec<u8>, r: &CertificateResponse) {
     let count = u16::try_from(r.certificates.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&count.to_be_bytes());
     for c in r.certificates.iter().take(usize::from(count)) {
+        write_certificate_body(out, c);
+    }
+}
+
+fn write_votes(out: &mut Vec<u8>, b: &VoteBatch) {
+    header(out, TYPE_VOTES);
+    out.extend_from_slice(&b.epoch.0.to_be_bytes());
+    out.extend_from_slice(&b.validator.0.to_be_bytes());
+    let count = u16::try_from(b.votes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&count.to_be_bytes());
+    for v in b.votes.iter().take(usize::from(count)) {
+        out.extend_from_slice(&v.event.to_bytes());
+        out.extend_from_slice(&v.digest.0);
+        write_signature(out, &v.signature);
+    }
+}
+
+fn write_certificates(out: &mut Vec<u8>, certificates: &[Certificate]) {
+    header(out, TYPE_CERTIFICATES);
+    let count = u16::try_from(certificates.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&count.to_be_bytes());
+    for c in certificates.iter().take(usize::from(count)) {
         write_certificate_body(out, c);
     }
 }
@@ -315,6 +388,16 @@ mod tests {
                 .prop_map(|(e, events)| Message::CertificateRequest(CertificateRequest { epoch: Epoch(e), events })),
             proptest::collection::vec(arb_certificate(), 0..4)
                 .prop_map(|certificates| Message::CertificateResponse(CertificateResponse { certificates })),
+            (any::<u64>(), any::<u16>(), proptest::collection::vec((arb_event(), any::<[u8; 32]>(), arb_sig()), 0..20))
+                .prop_map(|(e, v, votes)| Message::Votes(VoteBatch {
+                    epoch: Epoch(e),
+                    validator: ValidatorIndex(v),
+                    votes: votes
+                        .into_iter()
+                        .map(|(event, d, signature)| BatchedVote { event, digest: Digest(d), signature })
+                        .collect(),
+                })),
+            proptest::collection::vec(arb_certificate(), 0..4).prop_map(Message::Certificates),
         ]
     }
 

@@ -582,7 +582,17 @@ impl Sim {
             Message::Vote(v) => {
                 self.pool_votes.entry((v.event, v.digest)).or_default().insert(v.validator, v.signature.clone());
             }
+            Message::Votes(batch) => {
+                for v in batch.votes() {
+                    self.pool_votes.entry((v.event, v.digest)).or_default().insert(v.validator, v.signature.clone());
+                }
+            }
             Message::Certificate(c) => self.pool_certificate(c),
+            Message::Certificates(all) => {
+                for c in all {
+                    self.pool_certificate(c);
+                }
+            }
             Message::CertificateResponse(r) => {
                 for c in &r.certificates {
                     self.pool_certificate(c);

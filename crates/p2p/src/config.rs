@@ -36,10 +36,15 @@ pub struct Limits {
     pub max_gossip_payload: usize,
     /// Largest request or response payload (catch-up answers can be large).
     pub max_direct_payload: usize,
-    /// Gossip each validator may author, per second with bursts, as seen by this node
-    /// (one vote and one certificate per event: the burst lets a block of thousands of
-    /// deposits through at once; a flood is still cut off at the rate).
+    /// Gossip messages each validator may author, per second with bursts, as seen by
+    /// this node. Votes and certificates are batched (up to 1,024 votes in a message),
+    /// so a block of thousands of deposits is a few dozen messages; a flood of small
+    /// messages is cut off at the rate.
     pub gossip_rate: RateLimit,
+    /// Gossip bytes each validator may author, per second with bursts: votes and
+    /// certificates travel in batches, so the budget is in bytes as well as messages
+    /// (a 10,000-deposit burst is a few MiB; a flood of large messages is cut off).
+    pub gossip_bytes_rate: RateLimit,
     /// Requests each validator may send this node. Signing runs on requests (a few
     /// per session and peer, sessions in flight in the tens): at 50 a second a burst of
     /// mints was throttled here, its attempts timed out and were retried.
@@ -61,7 +66,8 @@ impl Default for Limits {
         Limits {
             max_gossip_payload: 256 * 1024,
             max_direct_payload: 4 * 1024 * 1024,
-            gossip_rate: RateLimit::new(1_000.0, 20_000),
+            gossip_rate: RateLimit::new(200.0, 2_000),
+            gossip_bytes_rate: RateLimit::new(8.0 * 1024.0 * 1024.0, 64 * 1024 * 1024),
             request_rate: RateLimit::new(2_000.0, 8_000),
             max_concurrent_streams: 512,
             max_connections_per_peer: 2,
@@ -175,7 +181,11 @@ impl NetworkConfig {
         if l.max_direct_payload == 0 || l.max_direct_payload > 256 * 1024 * 1024 {
             return bad("p2p.limits.max_direct_payload", "must be between 1 byte and 256 MiB");
         }
-        for (key, rate) in [("p2p.limits.gossip_rate", l.gossip_rate), ("p2p.limits.request_rate", l.request_rate)] {
+        for (key, rate) in [
+            ("p2p.limits.gossip_rate", l.gossip_rate),
+            ("p2p.limits.gossip_bytes_rate", l.gossip_bytes_rate),
+            ("p2p.limits.request_rate", l.request_rate),
+        ] {
             if !rate.per_second.is_finite() || rate.per_second < 0.0 || rate.burst == 0 {
                 return bad(key, "per_second must be a finite non-negative number and burst at least 1");
             }

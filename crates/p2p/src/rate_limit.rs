@@ -41,12 +41,19 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
+        self.try_take_n(1, now)
+    }
+
+    /// Takes `n` tokens if there are that many (a message of `n` bytes, a batch of `n`
+    /// votes); takes none otherwise. More than the burst is never allowed.
+    pub fn try_take_n(&mut self, n: u64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now.max(self.last);
         let refilled = self.tokens + elapsed * self.limit.per_second.max(0.0);
         self.tokens = refilled.min(f64::from(self.limit.burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = n as f64;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -69,8 +76,13 @@ impl PeerRateLimiter {
     /// Whether `peer` may send one more message now. Call only for validators: the
     /// map grows by one bucket per distinct peer.
     pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.allow_n(peer, 1, now)
+    }
+
+    /// Whether `peer` may spend `n` more tokens now (bytes, for a byte budget).
+    pub(crate) fn allow_n(&mut self, peer: PeerId, n: u64, now: Instant) -> bool {
         let limit = self.limit;
-        self.buckets.entry(peer).or_insert_with(|| TokenBucket::new(limit, now)).try_take(now)
+        self.buckets.entry(peer).or_insert_with(|| TokenBucket::new(limit, now)).try_take_n(n, now)
     }
 }
 
@@ -109,5 +121,17 @@ mod tests {
         assert!(limiter.allow(a, t0));
         assert!(!limiter.allow(a, t0));
         assert!(limiter.allow(b, t0));
+    }
+
+    #[test]
+    fn a_cost_is_taken_whole_or_not_at_all() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(RateLimit::new(100.0, 1_000), t0);
+        assert!(bucket.try_take_n(600, t0));
+        assert!(!bucket.try_take_n(600, t0), "400 left");
+        assert!(bucket.try_take_n(400, t0), "a refused cost took nothing");
+        assert!(!bucket.try_take_n(1, t0));
+        assert!(bucket.try_take_n(100, t0 + Duration::from_secs(1)));
+        assert!(!TokenBucket::new(RateLimit::new(1e9, 1_000), t0).try_take_n(1_001, t0 + Duration::from_secs(9)));
     }
 }

@@ -325,6 +325,7 @@ impl NetworkService {
             topics,
             topic_kinds,
             gossip_limiter: PeerRateLimiter::new(config.limits.gossip_rate),
+            gossip_bytes_limiter: PeerRateLimiter::new(config.limits.gossip_bytes_rate),
             request_limiter: PeerRateLimiter::new(config.limits.request_rate),
             max_gossip_payload: config.limits.max_gossip_payload,
             max_direct_payload: config.limits.max_direct_payload,
@@ -482,6 +483,7 @@ struct Driver {
     topics: BTreeMap<MessageKind, IdentTopic>,
     topic_kinds: HashMap<TopicHash, MessageKind>,
     gossip_limiter: PeerRateLimiter,
+    gossip_bytes_limiter: PeerRateLimiter,
     request_limiter: PeerRateLimiter,
     max_gossip_payload: usize,
     max_direct_payload: usize,
@@ -751,7 +753,10 @@ impl Driver {
             debug!(target: "p2p::gossip", %author, len = message.data.len(), "oversize gossip");
             return refuse(&self.metrics, DropReason::Oversize, MessageAcceptance::Reject);
         }
-        if !self.gossip_limiter.allow(author, Instant::now()) {
+        let now = Instant::now();
+        if !self.gossip_limiter.allow(author, now)
+            || !self.gossip_bytes_limiter.allow_n(author, message.data.len() as u64, now)
+        {
             trace!(target: "p2p::gossip", %author, "rate limited");
             return refuse(&self.metrics, DropReason::RateLimited, MessageAcceptance::Ignore);
         }

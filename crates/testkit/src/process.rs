@@ -8,6 +8,17 @@ use std::{
 
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
+    // At run time first: cargo and nextest set CARGO_MANIFEST_DIR for the test process
+    // (the test's own package). A binary built in another clone that shares the target
+    // dir would otherwise read that clone's tree, or a deleted one.
+    let is_root = |p: &Path| p.join("Cargo.lock").is_file() && p.join("contracts").is_dir();
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let cwd = std::env::current_dir().ok();
+    for start in runtime.iter().chain(cwd.iter()) {
+        if let Some(root) = start.ancestors().find(|p| is_root(p)) {
+            return root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        }
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| PathBuf::from("."))
 }
 

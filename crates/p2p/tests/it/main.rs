@@ -351,6 +351,48 @@ async fn a_flooding_validator_is_rate_limited() {
     }
 }
 
+/// Few messages, each large: the message rate lets them all through, the byte budget
+/// does not. Small gossip of the same validator still passes once the budget refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_flooding_bytes_is_cut_off_by_its_byte_budget() {
+    const SENT: usize = 20;
+    const SIZE: usize = 50_000;
+    const BURST_BYTES: u32 = 200_000;
+    let mut nodes = network(2, |i, c| {
+        if i != 0 {
+            c.limits.gossip_rate = RateLimit::new(1_000.0, 1_000);
+            c.limits.gossip_bytes_rate = RateLimit::new(10_000.0, BURST_BYTES);
+        }
+        c.heartbeat_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let flooder = nodes[0].peer;
+    let started = Instant::now();
+    for i in 0..SENT {
+        let mut payload = vec![b'x'; SIZE];
+        payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        nodes[0].handle.publish(MessageKind::Observation, payload).await.unwrap();
+    }
+    let node = &mut nodes[1];
+    let mut seen = Vec::new();
+    drain_until(&mut node.service, &mut seen, |seen, s| {
+        gossip_from(seen, flooder, MessageKind::Observation).len() as u64 + s.metrics().rate_limited() == SENT as u64
+    })
+    .await;
+    let delivered = gossip_from(&seen, flooder, MessageKind::Observation).len();
+    let budget = f64::from(BURST_BYTES) + 10_000.0 * started.elapsed().as_secs_f64();
+    assert!((delivered * SIZE) as f64 <= budget, "delivered {delivered} × {SIZE} B over a budget of {budget} B");
+    assert!(delivered >= 3, "the burst lets some through: {delivered}");
+    assert!(node.handle.metrics().rate_limited() >= (SENT - delivered) as u64);
+    // A small message passes: the budget is in bytes.
+    nodes[0].handle.publish(MessageKind::Observation, b"small".to_vec()).await.unwrap();
+    let node = &mut nodes[1];
+    drain_until(&mut node.service, &mut seen, |seen, _| {
+        gossip_from(seen, flooder, MessageKind::Observation).contains(&&b"small"[..])
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_carry_version_and_heights() {
     let mut nodes = network(2, |i, c| {
