@@ -30,6 +30,8 @@ contract Bridge {
     bytes32 private constant MINT_TAG = keccak256("BTCFI-MINT-v1");
     bytes32 private constant ROTATE_TAG = keccak256("BTCFI-ROTATE-v1");
     bytes32 private constant CHAIN_TAG = keccak256("BTCFI-CHAIN-v1");
+    bytes32 private constant BATCH_TAG = keccak256("BTCFI-MINT-BATCH-v1");
+    bytes32 private constant LEAF_TAG = keccak256("BTCFI-MINT-LEAF-v1");
     /// @notice Longest Bitcoin output script the bridge could ever accept (Bitcoin's own
     /// script size limit). The standard templates it does accept are at most 34 bytes.
     uint256 public constant MAX_SCRIPT_LEN = 10_000;
@@ -63,8 +65,21 @@ contract Bridge {
     mapping(bytes32 eventId => bool) public consumed;
     /// @notice Destination chains `burnToChain` accepts.
     mapping(uint64 chainId => bool) public knownChain;
+    /// @notice Batch roots whose group-key signature this contract verified: each of
+    /// their leaves mints with its Merkle proof alone (once, like any event id).
+    mapping(bytes32 root => bool) public acceptedRoot;
+
+    /// @notice One mint of a batch: the leaf is `mintLeaf(eventId, recipient, amountSats)`.
+    struct MintLeaf {
+        bytes32 eventId;
+        address recipient;
+        uint64 amountSats;
+    }
 
     event Minted(bytes32 indexed eventId, address indexed recipient, uint64 amountSats);
+    /// @notice The group key's signature on `batchMessage(root)` was verified; the root's
+    /// leaves can mint.
+    event BatchAccepted(bytes32 indexed root);
     event BurnToBitcoin(uint64 indexed nonce, address indexed from, uint64 amountSats, bytes btcScriptPubKey);
     event BurnToChain(
         uint64 indexed nonce, address indexed from, uint64 destChainId, address recipient, uint64 amountSats
@@ -100,6 +115,12 @@ contract Bridge {
     error UnknownChain(uint64 chainId);
     /// @notice `rotateKey` while paused to a key the guardian did not approve.
     error RotationNotApproved();
+    /// @notice `mintWithProof` under a root that no verified signature accepted.
+    error UnknownRoot(bytes32 root);
+    /// @notice The proof does not lead from this mint's leaf to the batch root.
+    error InvalidProof(bytes32 eventId);
+    /// @notice `mintBatch` with a different number of leaves and proofs.
+    error LengthMismatch();
 
     modifier whenNotPaused() {
         if (paused) revert BridgePaused();
@@ -223,6 +244,69 @@ contract Bridge {
         emit Minted(eventId, recipient, amountSats);
     }
 
+    // ---------------------------------------------------------------- batched mints
+
+    /// @notice Accepts the batch root `root` on a group-key signature of
+    /// `batchMessage(root)`; a root accepted before costs nothing more. Anyone may
+    /// submit. After it, each leaf mints with `mintWithProof`.
+    function acceptBatch(bytes32 root, uint256 rx, uint256 ry, uint256 z) external whenNotPaused {
+        _acceptBatch(root, rx, ry, z);
+    }
+
+    /// @notice Mints the leaves of one batch in one transaction: the root's signature is
+    /// verified once (skipped if the root was accepted before), then each leaf with its
+    /// proof. A leaf whose event id already minted (another batch, a single `mint`, a
+    /// relayer ahead of this one) is skipped, not an error, so overlapping batches and
+    /// racing relayers are harmless; a leaf with a bad proof reverts the whole call.
+    /// @return minted How many leaves minted now.
+    function mintBatch(
+        bytes32 root,
+        uint256 rx,
+        uint256 ry,
+        uint256 z,
+        MintLeaf[] calldata leaves,
+        bytes32[][] calldata proofs
+    ) external whenNotPaused returns (uint256 minted) {
+        if (leaves.length != proofs.length) revert LengthMismatch();
+        _acceptBatch(root, rx, ry, z);
+        for (uint256 i = 0; i < leaves.length; i++) {
+            MintLeaf calldata leaf = leaves[i];
+            if (consumed[leaf.eventId]) continue;
+            _mintLeaf(root, leaf, proofs[i]);
+            minted++;
+        }
+    }
+
+    /// @notice Mints one leaf of an accepted batch root with its Merkle proof.
+    function mintWithProof(bytes32 root, MintLeaf calldata leaf, bytes32[] calldata proof) external whenNotPaused {
+        if (!acceptedRoot[root]) revert UnknownRoot(root);
+        if (consumed[leaf.eventId]) revert AlreadyConsumed(leaf.eventId);
+        _mintLeaf(root, leaf, proof);
+    }
+
+    function _acceptBatch(bytes32 root, uint256 rx, uint256 ry, uint256 z) private {
+        if (acceptedRoot[root]) return;
+        uint256 px = _px;
+        if (px == 0) revert KeyNotSet();
+        if (!FROST.verify(_batchMessage(root), px, _py, rx, ry, z)) revert InvalidSignature();
+        acceptedRoot[root] = true;
+        emit BatchAccepted(root);
+    }
+
+    /// @dev The caller checked that the event id is unconsumed and the root accepted.
+    function _mintLeaf(bytes32 root, MintLeaf calldata leaf, bytes32[] calldata proof) private {
+        if (leaf.recipient == address(0)) revert InvalidRecipient();
+        if (leaf.amountSats == 0) revert InvalidAmount();
+        bytes32 node = _leaf(leaf.eventId, leaf.recipient, leaf.amountSats);
+        for (uint256 j = 0; j < proof.length; j++) {
+            node = _hashPair(node, proof[j]);
+        }
+        if (node != root) revert InvalidProof(leaf.eventId);
+        consumed[leaf.eventId] = true;
+        token.bridgeMint(leaf.recipient, leaf.amountSats);
+        emit Minted(leaf.eventId, leaf.recipient, leaf.amountSats);
+    }
+
     // ---------------------------------------------------------------- burn
 
     /// @notice Burns `amountSats` of the caller's wrapped BTC (no approval needed) and
@@ -315,6 +399,19 @@ contract Bridge {
         return _mintMessage(eventId, recipient, amountSats);
     }
 
+    /// @notice The 32-byte message the group key signs for a batch of mints with Merkle
+    /// root `root`: keccak256(abi.encode(keccak256("BTCFI-MINT-BATCH-v1"), chainid, this, root)).
+    function batchMessage(bytes32 root) external view returns (bytes32) {
+        return _batchMessage(root);
+    }
+
+    /// @notice The leaf of one mint in a batch:
+    /// keccak256(abi.encode(keccak256("BTCFI-MINT-LEAF-v1"), eventId, recipient, uint64 amountSats)).
+    /// Inner nodes hash two words, the smaller first; a node without a sibling moves up.
+    function mintLeaf(bytes32 eventId, address recipient, uint64 amountSats) external pure returns (bytes32) {
+        return _leaf(eventId, recipient, amountSats);
+    }
+
     /// @notice The 32-byte message the current group key signs to rotate to (newPx, newPy).
     function rotateMessage(uint256 newPx, uint256 newPy) external view returns (bytes32) {
         return _rotateMessage(rotationNonce, newPx, newPy);
@@ -340,6 +437,18 @@ contract Bridge {
 
     function _mintMessage(bytes32 eventId, address recipient, uint64 amountSats) private view returns (bytes32) {
         return keccak256(abi.encode(MINT_TAG, block.chainid, address(this), eventId, recipient, amountSats));
+    }
+
+    function _batchMessage(bytes32 root) private view returns (bytes32) {
+        return keccak256(abi.encode(BATCH_TAG, block.chainid, address(this), root));
+    }
+
+    function _leaf(bytes32 eventId, address recipient, uint64 amountSats) private pure returns (bytes32) {
+        return keccak256(abi.encode(LEAF_TAG, eventId, recipient, amountSats));
+    }
+
+    function _hashPair(bytes32 a, bytes32 b) private pure returns (bytes32) {
+        return a <= b ? keccak256(abi.encode(a, b)) : keccak256(abi.encode(b, a));
     }
 
     function _rotateMessage(uint64 nonce, uint256 newPx, uint256 newPy) private view returns (bytes32) {

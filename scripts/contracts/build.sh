@@ -29,7 +29,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Source unit names are relative to contracts/ (base path), so artifacts are named
 # <File>_sol_<Contract>.{bin,abi}.
-if ! (cd "$src" && "$SOLCJS" --bin --abi --optimize --base-path . -o "$tmp" ./*.sol); then
+if ! (cd "$src" && "$SOLCJS" --bin --abi --optimize --optimize-runs 100000 --base-path . -o "$tmp" ./*.sol); then
     echo "build.sh: solcjs failed" >&2
     exit 1
 fi

@@ -23,7 +23,9 @@ use btcfi_chain_adapters::evm::bindings::{
     IBridge::{self, IBridgeErrors, IBridgeInstance},
     IWrappedBTC::{self, IWrappedBTCInstance},
 };
-use btcfi_signer::evm::{EvmSignature, mint_message, rotate_message};
+use btcfi_signer::evm::{
+    EvmSignature, batch_message, merkle_proofs, merkle_root, mint_leaf, mint_message, rotate_message,
+};
 use btcfi_testkit::{
     Anvil,
     contracts::{BridgeConfig, Deployed, KeyedBridge, abi_json, deploy_bridge, deploy_bridge_with},
@@ -287,6 +289,8 @@ async fn a_valid_signature_mints_exactly_once() {
     // A second event mints on top.
     let receipt = f.mint(B256::repeat_byte(0x02), recipient, 1).await;
     println!("gas: whole mint transaction (receipt gasUsed, second mint) = {}", receipt.gas_used);
+    // A mint to a holder, before batched mints were added to the contract: never worse.
+    assert!(receipt.gas_used <= 75_593, "a single mint costs {} gas, more than 75,593", receipt.gas_used);
     assert_eq!(f.balance(recipient).await, U256::from(amount + 1));
 }
 
@@ -904,4 +908,178 @@ async fn rotation_while_paused_needs_the_guardians_approval_of_exactly_that_key(
     send(guardian.approveRotation(other_key.px, other_key.py)).await;
     send(relayer.rotateKey(other_key.px, other_key.py, to_other.rx, to_other.ry, to_other.z)).await;
     assert_eq!(relayer.rotationNonce().call().await.unwrap(), 3);
+}
+
+// ------------------------------------------------------------------ batched mints
+
+/// A batch: its leaves (sorted by event id, as the node builds them), root and proofs.
+struct Batch {
+    leaves: Vec<IBridge::MintLeaf>,
+    root: B256,
+    proofs: Vec<Vec<B256>>,
+}
+
+fn batch_of(mints: &[(B256, Address, u64)]) -> Batch {
+    let mut mints = mints.to_vec();
+    mints.sort();
+    let hashes: Vec<[u8; 32]> = mints.iter().map(|(e, r, a)| mint_leaf(e.0, *r, *a)).collect();
+    let root = B256::from(merkle_root(&hashes).unwrap());
+    let proofs = merkle_proofs(&hashes).into_iter().map(|p| p.into_iter().map(B256::from).collect()).collect();
+    let leaves =
+        mints.iter().map(|(e, r, a)| IBridge::MintLeaf { eventId: *e, recipient: *r, amountSats: *a }).collect();
+    Batch { leaves, root, proofs }
+}
+
+impl Fixture {
+    fn sign_batch(&mut self, root: B256) -> EvmSignature {
+        self.sign(batch_message(CHAIN_ID, self.deployed.bridge, root.0))
+    }
+}
+
+fn event(i: u32) -> B256 {
+    keccak256(i.to_be_bytes())
+}
+
+/// One signature over a Merkle root mints a whole batch in one transaction, each event
+/// once; a replayed or overlapping batch mints only what is new; single leaves mint
+/// with their proof under an accepted root; a bad root signature, a bad proof, a leaf
+/// changed under its proof and an unknown root are all refused. Gas is printed.
+#[tokio::test]
+async fn a_signed_batch_root_mints_each_leaf_once_with_its_proof() {
+    let mut f = Fixture::new(21).await;
+    let users: Vec<Address> = (4..8).map(|i| f.anvil.dev_address(i)).collect();
+    let mints: Vec<(B256, Address, u64)> =
+        (0..8u32).map(|i| (event(i), users[i as usize % 4], 10_000 + u64::from(i))).collect();
+    let b = batch_of(&mints);
+
+    // The contract's leaf and message are the Rust signer's, byte for byte.
+    let bridge = f.bridge(RELAYER);
+    for l in &b.leaves {
+        let onchain = bridge.mintLeaf(l.eventId, l.recipient, l.amountSats).call().await.unwrap();
+        assert_eq!(onchain.0, mint_leaf(l.eventId.0, l.recipient, l.amountSats));
+    }
+    assert_eq!(
+        bridge.batchMessage(b.root).call().await.unwrap().0,
+        batch_message(CHAIN_ID, f.deployed.bridge, b.root.0)
+    );
+
+    // A signature on anything but this root's batch message is refused.
+    let wrong = f.sign(batch_message(CHAIN_ID + 1, f.deployed.bridge, b.root.0));
+    reverts(
+        bridge.mintBatch(b.root, wrong.rx, wrong.ry, wrong.z, b.leaves.clone(), b.proofs.clone()),
+        invalid_signature(),
+    )
+    .await;
+    let single = f.sign(f.mint_message(b.root, users[0], 1));
+    reverts(bridge.acceptBatch(b.root, single.rx, single.ry, single.z), invalid_signature()).await;
+    let short = b.proofs[..7].to_vec();
+    let sig = f.sign_batch(b.root);
+    reverts(
+        bridge.mintBatch(b.root, sig.rx, sig.ry, sig.z, b.leaves.clone(), short),
+        IBridgeErrors::LengthMismatch(IBridge::LengthMismatch {}),
+    )
+    .await;
+
+    // The whole batch in one transaction.
+    let receipt = send(bridge.mintBatch(b.root, sig.rx, sig.ry, sig.z, b.leaves.clone(), b.proofs.clone())).await;
+    println!("gas: mintBatch of 8 (receipt gasUsed) = {}, per mint = {}", receipt.gas_used, receipt.gas_used / 8);
+    assert_eq!(events::<IBridge::BatchAccepted>(&receipt), vec![IBridge::BatchAccepted { root: b.root }]);
+    let minted: BTreeSet<B256> = events::<IBridge::Minted>(&receipt).into_iter().map(|m| m.eventId).collect();
+    assert_eq!(minted, mints.iter().map(|m| m.0).collect());
+    for (i, u) in users.iter().enumerate() {
+        let want: u64 = mints.iter().filter(|m| m.1 == *u).map(|m| m.2).sum();
+        assert_eq!(f.balance(*u).await, U256::from(want), "user {i}");
+    }
+    assert!(bridge.acceptedRoot(b.root).call().await.unwrap());
+
+    // Replayed whole: nothing mints, nothing reverts (a racing relayer is harmless).
+    let receipt = send(bridge.mintBatch(b.root, sig.rx, sig.ry, sig.z, b.leaves.clone(), b.proofs.clone())).await;
+    assert!(events::<IBridge::Minted>(&receipt).is_empty());
+    let supply: u64 = mints.iter().map(|m| m.2).sum();
+    assert_eq!(f.token().totalSupply().call().await.unwrap(), U256::from(supply));
+
+    // An overlapping batch: four old events and four new ones; only the new mint.
+    let mut overlap: Vec<(B256, Address, u64)> = mints[4..].to_vec();
+    overlap.extend((8..12u32).map(|i| (event(i), users[0], 500 + u64::from(i))));
+    let o = batch_of(&overlap);
+    let osig = f.sign_batch(o.root);
+    // Its root is not accepted yet: a leaf alone cannot mint under it.
+    let new_at = o.leaves.iter().position(|l| l.eventId == event(8)).unwrap();
+    reverts(
+        bridge.mintWithProof(o.root, o.leaves[new_at].clone(), o.proofs[new_at].clone()),
+        IBridgeErrors::UnknownRoot(IBridge::UnknownRoot { root: o.root }),
+    )
+    .await;
+    send(bridge.acceptBatch(o.root, osig.rx, osig.ry, osig.z)).await;
+    // One new leaf alone, with its proof.
+    let receipt = send(bridge.mintWithProof(o.root, o.leaves[new_at].clone(), o.proofs[new_at].clone())).await;
+    println!("gas: mintWithProof under an accepted root (receipt gasUsed) = {}", receipt.gas_used);
+    assert_eq!(events::<IBridge::Minted>(&receipt).len(), 1);
+    // The same leaf again, and an old one: consumed.
+    for at in [new_at, o.leaves.iter().position(|l| l.eventId == mints[5].0).unwrap()] {
+        let id = o.leaves[at].eventId;
+        reverts(
+            bridge.mintWithProof(o.root, o.leaves[at].clone(), o.proofs[at].clone()),
+            IBridgeErrors::AlreadyConsumed(IBridge::AlreadyConsumed { eventId: id }),
+        )
+        .await;
+    }
+    // A leaf changed under its proof, or another leaf's proof: refused.
+    let other_at = o.leaves.iter().position(|l| l.eventId == event(9)).unwrap();
+    let mut more = o.leaves[other_at].clone();
+    more.amountSats += 1;
+    let bad_proof = IBridgeErrors::InvalidProof(IBridge::InvalidProof { eventId: more.eventId });
+    reverts(bridge.mintWithProof(o.root, more.clone(), o.proofs[other_at].clone()), bad_proof.clone()).await;
+    let mut elsewhere = o.leaves[other_at].clone();
+    elsewhere.recipient = users[1];
+    reverts(bridge.mintWithProof(o.root, elsewhere, o.proofs[other_at].clone()), bad_proof.clone()).await;
+    reverts(bridge.mintWithProof(o.root, o.leaves[other_at].clone(), o.proofs[new_at].clone()), bad_proof.clone())
+        .await;
+    // A bad proof inside a batch reverts the whole batch.
+    let mut tampered = o.leaves.clone();
+    tampered[other_at] = more;
+    reverts(bridge.mintBatch(o.root, osig.rx, osig.ry, osig.z, tampered, o.proofs.clone()), bad_proof).await;
+    // The rest of the overlapping batch: three new events mint, the old four are skipped.
+    let receipt = send(bridge.mintBatch(o.root, osig.rx, osig.ry, osig.z, o.leaves.clone(), o.proofs.clone())).await;
+    let minted: BTreeSet<B256> = events::<IBridge::Minted>(&receipt).into_iter().map(|m| m.eventId).collect();
+    assert_eq!(minted, [9u32, 10, 11].into_iter().map(event).collect());
+    let supply = supply + (8..12u64).map(|i| 500 + i).sum::<u64>();
+    assert_eq!(f.token().totalSupply().call().await.unwrap(), U256::from(supply));
+    // A single `mint` of an event a batch minted is a replay too.
+    let s = f.sign(f.mint_message(event(10), users[0], 510));
+    reverts(
+        bridge.mint(event(10), users[0], 510, s.rx, s.ry, s.z),
+        IBridgeErrors::AlreadyConsumed(IBridge::AlreadyConsumed { eventId: event(10) }),
+    )
+    .await;
+
+    // Paused: no batch mints.
+    send(f.bridge(GUARDIAN).pause()).await;
+    let p = batch_of(&[(event(99), users[2], 7)]);
+    let psig = f.sign_batch(p.root);
+    reverts(
+        bridge.mintBatch(p.root, psig.rx, psig.ry, psig.z, p.leaves.clone(), p.proofs.clone()),
+        IBridgeErrors::BridgePaused(IBridge::BridgePaused {}),
+    )
+    .await;
+}
+
+/// Gas of a full batch of 256 mints to 256 fresh recipients, against single mints.
+#[tokio::test]
+async fn batch_gas_per_mint_falls_below_a_single_mint() {
+    let mut f = Fixture::new(22).await;
+    let mints: Vec<(B256, Address, u64)> =
+        (0..256u32).map(|i| (event(1_000 + i), Address::from_word(keccak256((i + 1).to_be_bytes())), 20_000)).collect();
+    let b = batch_of(&mints);
+    let sig = f.sign_batch(b.root);
+    let receipt = send(f.bridge(RELAYER).mintBatch(b.root, sig.rx, sig.ry, sig.z, b.leaves, b.proofs)).await;
+    let per_mint = receipt.gas_used / 256;
+    println!(
+        "gas: mintBatch of 256 to fresh recipients (receipt gasUsed) = {}, per mint = {per_mint}",
+        receipt.gas_used
+    );
+    let single = f.mint(event(5_000), Address::from_word(keccak256(b"fresh")), 20_000).await;
+    println!("gas: single mint to a fresh recipient (receipt gasUsed) = {}", single.gas_used);
+    assert_eq!(events::<IBridge::Minted>(&receipt).len(), 256);
+    assert!(per_mint < single.gas_used, "batched {per_mint} per mint, single {}", single.gas_used);
 }

@@ -81,6 +81,87 @@ pub fn rotate_message(chain_id: u64, bridge: Address, rotation_nonce: u64, new_p
     ])
 }
 
+/// Domain tag of batch messages: one signature over the Merkle root of many mints.
+pub const BATCH_TAG: &[u8] = b"BTCFI-MINT-BATCH-v1";
+/// Domain tag of the leaves of a mint batch.
+pub const LEAF_TAG: &[u8] = b"BTCFI-MINT-LEAF-v1";
+
+/// The message the group key signs for a batch of mints whose Merkle root is `root`, on
+/// the bridge at `bridge` on chain `chain_id`. Equal to the contract's
+/// `batchMessage(root)`:
+/// `keccak256(abi.encode(keccak256("BTCFI-MINT-BATCH-v1"), chainid, bridge, root))`.
+pub fn batch_message(chain_id: u64, bridge: Address, root: [u8; 32]) -> [u8; 32] {
+    abi_hash(&[keccak256(BATCH_TAG).0, U256::from(chain_id).to_be_bytes(), bridge.into_word().0, root])
+}
+
+/// The leaf of one mint in a batch, equal to the contract's `mintLeaf`:
+/// `keccak256(abi.encode(keccak256("BTCFI-MINT-LEAF-v1"), eventId, recipient, uint64 amountSats))`.
+/// 128 bytes hashed, where an inner node hashes 64: a leaf is never an inner node.
+pub fn mint_leaf(event_id: [u8; 32], recipient: Address, amount_sats: u64) -> [u8; 32] {
+    abi_hash(&[keccak256(LEAF_TAG).0, event_id, recipient.into_word().0, U256::from(amount_sats).to_be_bytes()])
+}
+
+/// An inner node: the keccak256 of the two children, the smaller first (so a proof
+/// needs no left/right flags), as the contract's `_hashPair`.
+fn hash_pair(a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
+    if a <= b { abi_hash(&[a, b]) } else { abi_hash(&[b, a]) }
+}
+
+/// The levels of the tree over `leaves`, leaves first, root last. A node without a
+/// sibling moves up a level unchanged.
+fn merkle_levels(leaves: &[[u8; 32]]) -> Vec<Vec<[u8; 32]>> {
+    let mut levels = vec![leaves.to_vec()];
+    while levels.last().is_some_and(|l| l.len() > 1) {
+        let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+        let up = below
+            .chunks(2)
+            .map(|pair| match pair {
+                [a, b] => hash_pair(*a, *b),
+                [a] => *a,
+                _ => [0; 32],
+            })
+            .collect();
+        levels.push(up);
+    }
+    levels
+}
+
+/// The Merkle root of `leaves` (in their order); `None` for no leaves.
+pub fn merkle_root(leaves: &[[u8; 32]]) -> Option<[u8; 32]> {
+    merkle_levels(leaves).last().and_then(|l| l.first()).copied()
+}
+
+/// The proof of leaf `index`: its sibling at each level, bottom up (levels where it has
+/// none are skipped). `None` if `index` is out of range.
+pub fn merkle_proof(leaves: &[[u8; 32]], index: usize) -> Option<Vec<[u8; 32]>> {
+    if index >= leaves.len() {
+        return None;
+    }
+    Some(merkle_proofs_of(&merkle_levels(leaves), index))
+}
+
+/// Every leaf's proof, computed over one tree.
+pub fn merkle_proofs(leaves: &[[u8; 32]]) -> Vec<Vec<[u8; 32]>> {
+    let levels = merkle_levels(leaves);
+    (0..leaves.len()).map(|i| merkle_proofs_of(&levels, i)).collect()
+}
+
+fn merkle_proofs_of(levels: &[Vec<[u8; 32]>], mut index: usize) -> Vec<[u8; 32]> {
+    let mut proof = Vec::new();
+    for level in levels.iter().take(levels.len().saturating_sub(1)) {
+        if let Some(sibling) = level.get(index ^ 1) {
+            proof.push(*sibling);
+        }
+        index /= 2;
+    }
+    proof
+}
+
+/// Whether `proof` leads from `leaf` to `root` (the contract's check).
+pub fn verify_proof(leaf: [u8; 32], proof: &[[u8; 32]], root: [u8; 32]) -> bool {
+    proof.iter().fold(leaf, |acc, p| hash_pair(acc, *p)) == root
+}
+
 /// keccak256 of `abi.encode` of static values, given as their 32-byte words.
 fn abi_hash(words: &[[u8; 32]]) -> [u8; 32] {
     keccak256(words.concat()).0
@@ -380,5 +461,40 @@ mod tests {
 
     fn field_prime() -> U256 {
         U256::from_str_radix("fffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f", 16).unwrap()
+    }
+
+    #[test]
+    fn every_leaf_proves_into_its_root_and_nothing_else_does() {
+        for n in 1..=40usize {
+            let leaves: Vec<[u8; 32]> =
+                (0..n).map(|i| mint_leaf([i as u8; 32], Address::repeat_byte(7), 1_000 + i as u64)).collect();
+            let root = merkle_root(&leaves).unwrap();
+            let proofs = merkle_proofs(&leaves);
+            for (i, leaf) in leaves.iter().enumerate() {
+                assert_eq!(merkle_proof(&leaves, i).as_ref(), Some(&proofs[i]));
+                assert!(verify_proof(*leaf, &proofs[i], root), "n={n} i={i}");
+                assert!(proofs[i].len() <= n.next_power_of_two().trailing_zeros() as usize);
+                // Another amount, or another leaf's proof, does not lead to the root.
+                let other = mint_leaf([i as u8; 32], Address::repeat_byte(7), 1);
+                assert!(!verify_proof(other, &proofs[i], root));
+                if n > 1 {
+                    assert!(!verify_proof(*leaf, &proofs[(i + 1) % n], root) || proofs[i] == proofs[(i + 1) % n]);
+                }
+            }
+            assert_eq!(merkle_proof(&leaves, n), None);
+        }
+        assert_eq!(merkle_root(&[]), None);
+        let one = mint_leaf([1; 32], Address::ZERO, 5);
+        assert_eq!(merkle_root(&[one]), Some(one), "a batch of one: its leaf is the root");
+    }
+
+    #[test]
+    fn a_batch_message_binds_chain_bridge_and_root() {
+        let (a, b) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let m = batch_message(1, a, [9; 32]);
+        assert_ne!(m, batch_message(2, a, [9; 32]));
+        assert_ne!(m, batch_message(1, b, [9; 32]));
+        assert_ne!(m, batch_message(1, a, [8; 32]));
+        assert_ne!(m, mint_message(1, a, [9; 32], Address::ZERO, 0), "domain-separated from single mints");
     }
 }

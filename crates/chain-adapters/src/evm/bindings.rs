@@ -27,7 +27,15 @@ alloy::sol! {
     #[sol(rpc)]
     #[derive(Debug, PartialEq, Eq)]
     interface IBridge {
+        /// One mint of a batch (`mintBatch`, `mintWithProof`).
+        struct MintLeaf {
+            bytes32 eventId;
+            address recipient;
+            uint64 amountSats;
+        }
+
         event Minted(bytes32 indexed eventId, address indexed recipient, uint64 amountSats);
+        event BatchAccepted(bytes32 indexed root);
         event BurnToBitcoin(uint64 indexed nonce, address indexed from, uint64 amountSats, bytes btcScriptPubKey);
         event BurnToChain(uint64 indexed nonce, address indexed from, uint64 destChainId, address recipient, uint64 amountSats);
         event KeyRotated(uint256 px, uint256 py, uint64 rotationNonce);
@@ -51,6 +59,9 @@ alloy::sol! {
         error AmountBelowMinimum(uint64 minimum);
         error UnknownChain(uint64 chainId);
         error RotationNotApproved();
+        error UnknownRoot(bytes32 root);
+        error InvalidProof(bytes32 eventId);
+        error LengthMismatch();
 
         function token() external view returns (address);
         function guardian() external view returns (address);
@@ -67,9 +78,14 @@ alloy::sol! {
         function knownChain(uint64 chainId) external view returns (bool);
         function chainNonce() external view returns (uint64);
         function rotationApproved(uint256 px, uint256 py) external view returns (bool);
+        function acceptedRoot(bytes32 root) external view returns (bool);
 
         function setInitialKey(uint256 px, uint256 py) external;
         function mint(bytes32 eventId, address recipient, uint64 amountSats, uint256 rx, uint256 ry, uint256 z) external;
+        /// Batched mints: one signature on `batchMessage(root)`, a Merkle proof per leaf.
+        function acceptBatch(bytes32 root, uint256 rx, uint256 ry, uint256 z) external;
+        function mintBatch(bytes32 root, uint256 rx, uint256 ry, uint256 z, MintLeaf[] calldata leaves, bytes32[][] calldata proofs) external returns (uint256 minted);
+        function mintWithProof(bytes32 root, MintLeaf calldata leaf, bytes32[] calldata proof) external;
         function rotateKey(uint256 newPx, uint256 newPy, uint256 rx, uint256 ry, uint256 z) external;
         function approveRotation(uint256 px, uint256 py) external;
         function setKnownChain(uint64 chainId, bool enabled, uint256 rx, uint256 ry, uint256 z) external;
@@ -82,6 +98,8 @@ alloy::sol! {
         function mintMessage(bytes32 eventId, address recipient, uint64 amountSats) external view returns (bytes32);
         function rotateMessage(uint256 newPx, uint256 newPy) external view returns (bytes32);
         function knownChainMessage(uint64 chainId, bool enabled) external view returns (bytes32);
+        function batchMessage(bytes32 root) external view returns (bytes32);
+        function mintLeaf(bytes32 eventId, address recipient, uint64 amountSats) external pure returns (bytes32);
         /// Pure verification, for gas measurement and off-chain checks.
         function verify(bytes32 message, uint256 px, uint256 py, uint256 rx, uint256 ry, uint256 z) external view returns (bool);
     }
