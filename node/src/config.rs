@@ -146,6 +146,14 @@ pub struct SigningSection {
     /// (it signs more slowly than work arrives).
     #[serde(default = "default_queue_saturated_secs")]
     pub queue_saturated_secs: u64,
+    /// Certified mints to one bridge are signed together: one FROST signature over the
+    /// Merkle root of at most this many (1..=1024; one alone is signed as a `mint`).
+    #[serde(default = "default_batch_max_mints")]
+    pub batch_max_mints: usize,
+    /// A batch smaller than `batch_max_mints` is proposed once its oldest mint waited
+    /// this long (the daemon looks once a second, and at once when a batch fills).
+    #[serde(default = "default_batch_wait_ms")]
+    pub batch_wait_ms: u64,
 }
 
 impl Default for SigningSection {
@@ -158,8 +166,18 @@ impl Default for SigningSection {
             max_attempts: default_max_attempts(),
             max_sessions_in_flight: default_max_sessions_in_flight(),
             queue_saturated_secs: default_queue_saturated_secs(),
+            batch_max_mints: default_batch_max_mints(),
+            batch_wait_ms: default_batch_wait_ms(),
         }
     }
+}
+
+fn default_batch_max_mints() -> usize {
+    256
+}
+
+fn default_batch_wait_ms() -> u64 {
+    250
 }
 
 fn default_max_sessions_in_flight() -> usize {
@@ -391,6 +409,12 @@ impl NodeConfig {
             errs.push(
                 "signing.merge_after_ms: at least twice signing.timeout_ms (a release needs time to be signed)".into(),
             );
+        }
+        if !(1..=crate::batch::MAX_BATCH_LEAVES).contains(&self.signing.batch_max_mints) {
+            errs.push(format!("signing.batch_max_mints: between 1 and {}", crate::batch::MAX_BATCH_LEAVES));
+        }
+        if self.signing.batch_wait_ms > 60_000 {
+            errs.push("signing.batch_wait_ms: at most 60000 (a minute)".into());
         }
         if !(1..=4096).contains(&self.signing.max_sessions_in_flight) {
             errs.push("signing.max_sessions_in_flight: between 1 and 4096".into());

@@ -10,7 +10,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use crate::metrics::Metrics;
-use btcfi_chain_adapters::evm::{EvmChainConfig, EvmDestination, MintRequest, MintSubmission, TxStatus};
+use btcfi_chain_adapters::evm::{
+    BatchMintRequest, EvmChainConfig, EvmDestination, MintRequest, MintSubmission, TxStatus,
+};
 use btcfi_store::{Batch, Cf, Store};
 use btcfi_types::{ChainId, EventId};
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,29 @@ pub struct MintJob {
     pub delay: Duration,
 }
 
+/// A signed batch of mints to submit (one `mintBatch`) after `delay`.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    pub dest: ChainId,
+    pub request: BatchMintRequest,
+    pub delay: Duration,
+}
+
+/// What the relayer is handed.
+#[derive(Debug, Clone)]
+pub enum RelayJob {
+    Mint(MintJob),
+    Batch(BatchJob),
+}
+
+/// The relayer of a batch among `n` validators: as for a mint, by its root.
+pub fn batch_rank(root: &[u8; 32], me: usize, n: usize) -> usize {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&root[..8]);
+    let relayer = (u64::from_be_bytes(first) % n.max(1) as u64) as usize;
+    (me + n - relayer) % n.max(1)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -66,21 +91,28 @@ pub fn spawn(
     signer: alloy::signers::local::PrivateKeySigner,
     store: Arc<Store>,
     metrics: Metrics,
-) -> eyre::Result<mpsc::Sender<MintJob>> {
+) -> eyre::Result<mpsc::Sender<RelayJob>> {
     let mut dests: BTreeMap<u64, (String, Arc<Mutex<EvmDestination>>)> = BTreeMap::new();
     for c in chains {
         let d = EvmDestination::new(c.clone(), signer.clone())?;
         dests.insert(c.chain_id.0, (c.name.clone(), Arc::new(Mutex::new(d))));
     }
     info!(target: "relay", account = %signer.address(), chains = dests.len(), "relayer ready");
-    let (tx, mut rx) = mpsc::channel::<MintJob>(1024);
+    let (tx, mut rx) = mpsc::channel::<RelayJob>(1024);
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
-            let Some((name, dest)) = dests.get(&job.dest.0).cloned() else {
-                warn!(target: "relay", chain = job.dest.0, event = %job.request.event, "destination chain not configured here: not relaying");
+            let chain = match &job {
+                RelayJob::Mint(j) => j.dest.0,
+                RelayJob::Batch(j) => j.dest.0,
+            };
+            let Some((name, dest)) = dests.get(&chain).cloned() else {
+                warn!(target: "relay", chain, "destination chain not configured here: not relaying");
                 continue;
             };
-            tokio::spawn(relay_one(job, name, dest, store.clone(), metrics.clone()));
+            match job {
+                RelayJob::Mint(job) => tokio::spawn(relay_one(job, name, dest, store.clone(), metrics.clone())),
+                RelayJob::Batch(job) => tokio::spawn(relay_batch(job, name, dest, store.clone(), metrics.clone())),
+            };
         }
     });
     Ok(tx)
@@ -172,4 +204,111 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
         warn!(target: "relay", chain = %name, %event, tx = %hex::encode(tx_hash), "mint not mined in time; submitting again");
     }
     warn!(target: "relay", chain = %name, %event, tries = MAX_TRIES, "giving up on this mint; other validators take over");
+}
+
+/// Submits one batch after its delay: the leaves not minted yet (leaves reorged out
+/// past finality are left out), in one `mintBatch`; retried like a mint; followed
+/// until mined. Each leaf's relay record says what happened to it.
+async fn relay_batch(
+    job: BatchJob,
+    name: String,
+    dest: Arc<Mutex<EvmDestination>>,
+    store: Arc<Store>,
+    metrics: Metrics,
+) {
+    tokio::time::sleep(job.delay).await;
+    let root = hex::encode(job.request.root);
+    let record = |outcome: &str, tx_hash: Option<[u8; 32]>, detail: Option<String>| RelayRecord {
+        chain_id: job.dest.0,
+        outcome: outcome.to_owned(),
+        tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
+        detail,
+        at_ms: now_ms(),
+    };
+    let save = |events: &[EventId], r: &RelayRecord| {
+        let mut b = Batch::new();
+        for e in events {
+            if b.put_json(Cf::SigningAttempts, relay_key(e), r).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = store.commit(b) {
+            warn!(target: "relay", error = %e, "cannot store the relay records");
+        }
+    };
+    let count = |outcome: &str, n: usize| {
+        metrics.relay_submissions.with_label_values(&[name.as_str(), outcome]).inc_by(n as u64);
+    };
+    for attempt in 0..MAX_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(5u64 << attempt.min(4))).await;
+        }
+        // Checked before every submission, the store being the truth.
+        let mut request = job.request.clone();
+        let (reorged, live): (Vec<_>, Vec<_>) = request
+            .leaves
+            .into_iter()
+            .partition(|l| matches!(crate::state::get_event(&store, &l.event), Ok(Some(r)) if r.reorged.is_some()));
+        if !reorged.is_empty() {
+            let events: Vec<EventId> = reorged.iter().map(|l| l.event).collect();
+            warn!(target: "relay", chain = %name, %root, reorged = events.len(), "leaves reorged out past finality: not relayed");
+            count("reorged", events.len());
+            save(&events, &record("reorged", None, None));
+        }
+        if live.is_empty() {
+            return;
+        }
+        request.leaves = live;
+        let events: Vec<EventId> = request.leaves.iter().map(|l| l.event).collect();
+        let submitted = dest.lock().await.submit_mint_batch(&request).await;
+        let tx_hash = match submitted {
+            Ok(MintSubmission::AlreadyConsumed) => {
+                count("already_consumed", events.len());
+                let theirs: Vec<EventId> = events
+                    .iter()
+                    .copied()
+                    .filter(|e| {
+                        !matches!(store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(e)),
+                            Ok(Some(r)) if r.outcome == "mined")
+                    })
+                    .collect();
+                save(&theirs, &record("already_consumed", None, None));
+                return;
+            }
+            Ok(MintSubmission::Submitted { tx_hash, .. }) => {
+                count("submitted", events.len());
+                save(&events, &record("submitted", Some(tx_hash), None));
+                tx_hash
+            }
+            Err(e) => {
+                count("failed", events.len());
+                warn!(target: "relay", chain = %name, %root, error = %e, attempt, "batch submission failed; retrying");
+                save(&events, &record("failed", None, Some(e.to_string())));
+                continue;
+            }
+        };
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < MINE_TIMEOUT {
+            let status = dest.lock().await.status(tx_hash).await;
+            match status {
+                Ok(TxStatus::Confirmed { success: true, gas_used, .. }) => {
+                    info!(target: "relay", chain = %name, %root, mints = events.len(), gas_used, tx = %hex::encode(tx_hash), "batch mined");
+                    save(&events, &record("mined", Some(tx_hash), None));
+                    return;
+                }
+                Ok(TxStatus::Confirmed { revert_reason, .. }) => {
+                    count("reverted", events.len());
+                    warn!(target: "relay", chain = %name, %root, reason = ?revert_reason, "batch reverted");
+                    save(&events, &record("reverted", Some(tx_hash), revert_reason));
+                    // Leaves minted by others meanwhile are skipped, never reverted: a
+                    // revert is something else. Try again (the leaves are re-read).
+                    break;
+                }
+                Ok(TxStatus::Submitted { .. }) => {}
+                Err(e) => warn!(target: "relay", chain = %name, %root, error = %e, "cannot read the batch's receipt"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    warn!(target: "relay", chain = %name, %root, tries = MAX_TRIES, "giving up on this batch; other validators take over");
 }

@@ -62,8 +62,11 @@ const HINT_EVERY: Duration = Duration::from_secs(2);
 pub enum Purpose {
     /// The test signature of a fresh key.
     KeyCheck,
-    /// The `mint` of a certified peg-in or EVM-to-EVM attestation.
+    /// The `mint` of a certified peg-in or EVM-to-EVM attestation (a batch of one).
     Mint { event: EventId },
+    /// A batch of `mints` certified mints to the bridge on `chain`, under Merkle root
+    /// `root` (hex).
+    MintBatch { chain: u64, root: String, mints: usize },
     /// Input `input` of the release transaction `txid`.
     ReleaseInput { txid: String, input: u32 },
 }
@@ -242,7 +245,7 @@ fn priority(p: &Purpose) -> u8 {
     match p {
         Purpose::KeyCheck => 0,
         Purpose::ReleaseInput { .. } => 1,
-        Purpose::Mint { .. } => 2,
+        Purpose::Mint { .. } | Purpose::MintBatch { .. } => 2,
     }
 }
 
@@ -615,7 +618,9 @@ impl<C: Ciphersuite> Suite<C> {
         if self.knows(&message) {
             return Ok(vec![]);
         }
-        if self.fault == Some(SigningFault::SilentOnMints) && matches!(purpose, Purpose::Mint { .. }) {
+        if self.fault == Some(SigningFault::SilentOnMints)
+            && matches!(purpose, Purpose::Mint { .. } | Purpose::MintBatch { .. })
+        {
             warn!(target: "signing", ?purpose, "TEST FAULT: taking no part in signing a mint");
             return Ok(vec![]);
         }

@@ -9,11 +9,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use crate::{
+    batch::{BatchProposal, Leaf, TAG_BATCH},
     bridge_key::BridgeKeys,
     config::NodeConfig,
     keys::{self, KeyKind},
     metrics::Metrics,
-    relay::{self, MintJob},
+    relay::{self, BatchJob, MintJob, RelayJob},
     release::{self, Payout, Policy, Proposal, ReleaseError, TAG_RELEASE},
     signing::{Effect, Purpose, SigningFault, Suite, TAG_BTC, TAG_EVM, TAG_ROUND},
 };
@@ -22,7 +23,7 @@ use bitcoin::{OutPoint, ScriptBuf, Txid, hashes::Hash};
 use btcfi_chain_adapters::{
     Rejected, SpendOutput, VaultSpend,
     bitcoin::{BitcoinSource, BtcError, MempoolVerdict, VaultUtxo},
-    evm::{MintRequest, MintSignature},
+    evm::{BatchLeaf, BatchMintRequest, MintRequest, MintSignature},
 };
 use btcfi_p2p::{MessageKind, NetworkHandle, PeerId};
 use btcfi_signer::{
@@ -60,6 +61,41 @@ pub struct SignedRecord {
     pub signers: Vec<String>,
     pub attempt: u32,
     pub signed_at_ms: u64,
+    /// Signed as part of a batch: `message` is then the batch message and (rx, ry, z)
+    /// its signature, and this leaf mints with its proof under the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRef>,
+}
+
+/// Where a batch-signed mint sits in its batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchRef {
+    /// `0x` + the Merkle root the group key signed.
+    pub root: String,
+    /// The leaf's proof, bottom up (`0x` + 32 bytes each).
+    pub proof: Vec<String>,
+    /// Mints in the batch.
+    pub leaves: usize,
+}
+
+/// A batch not signed this long after it was proposed is given up and re-batched.
+const BATCH_STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// A batch proposal refused only because a mint of it is not certified here yet is
+/// tried again for this long; at most this many wait.
+const EARLY_BATCH_FOR: Duration = Duration::from_secs(60);
+const MAX_EARLY_BATCHES: usize = 256;
+const NOT_CERTIFIED_YET: &str = "not certified here yet";
+
+/// A batch being signed here.
+#[derive(Debug, Clone)]
+struct ActiveBatch {
+    proposal: BatchProposal,
+    /// Who proposed it, and how far that validator stands after the batch's primary
+    /// proposer (0: the primary): a better-ranked proposal of the same mints wins.
+    proposer: usize,
+    rank: usize,
+    since: Instant,
 }
 
 pub fn signed_key(event: &EventId) -> Vec<u8> {
@@ -300,7 +336,7 @@ pub struct Threshold {
     paid_events: BTreeSet<EventId>,
     /// Whether the Bitcoin adapter has seen every final block.
     bitcoin_synced: bool,
-    relay: Option<mpsc::Sender<MintJob>>,
+    relay: Option<mpsc::Sender<RelayJob>>,
     finalized_at: BTreeMap<EventId, Instant>,
     // Releases.
     policy: Policy,
@@ -344,6 +380,18 @@ pub struct Threshold {
     withdraw_tried: BTreeMap<Txid, Instant>,
     /// A signing queue not empty for this long makes the node not ready.
     queue_saturated: Duration,
+    /// Certified mints in no batch here yet, per destination chain, with when they
+    /// were certified.
+    unbatched: BTreeMap<u64, BTreeMap<EventId, (Leaf, Instant)>>,
+    /// Batches being signed here, by the message the group key signs.
+    batches: BTreeMap<Vec<u8>, ActiveBatch>,
+    /// The message of the batch each mint is being signed in.
+    in_batch: BTreeMap<EventId, Vec<u8>>,
+    batch_max: usize,
+    batch_wait: Duration,
+    last_batch_resend: Instant,
+    /// Peers' batch proposals that came before this node certified their mints.
+    early_batches: Vec<(usize, BatchProposal, Instant)>,
 }
 
 impl std::fmt::Debug for Threshold {
@@ -496,6 +544,13 @@ impl Threshold {
             reorged: BTreeSet::new(),
             withdraw_tried: BTreeMap::new(),
             queue_saturated: Duration::from_secs(cfg.signing.queue_saturated_secs),
+            unbatched: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            in_batch: BTreeMap::new(),
+            batch_max: cfg.signing.batch_max_mints.clamp(1, crate::batch::MAX_BATCH_LEAVES),
+            batch_wait: Duration::from_millis(cfg.signing.batch_wait_ms),
+            last_batch_resend: Instant::now(),
+            early_batches: Vec::new(),
         };
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
@@ -733,7 +788,17 @@ impl Threshold {
                     {
                         let sig =
                             MintSignature { rx: hex32(&signed.rx)?, ry: hex32(&signed.ry)?, z: hex32(&signed.z)? };
-                        self.queue_mint(att.event, *dest_chain, *recipient, *amount, sig);
+                        match &signed.batch {
+                            Some(b) => {
+                                let proof = b.proof.iter().map(|p| hex32(p)).collect::<eyre::Result<Vec<_>>>()?;
+                                let leaf =
+                                    BatchLeaf { event: att.event, recipient: *recipient, amount: *amount, proof };
+                                let request =
+                                    BatchMintRequest { root: hex32(&b.root)?, signature: sig, leaves: vec![leaf] };
+                                self.queue_batch(*dest_chain, request);
+                            }
+                            None => self.queue_mint(att.event, *dest_chain, *recipient, *amount, sig),
+                        }
                     }
                     return Ok(());
                 }
@@ -744,11 +809,22 @@ impl Threshold {
                     }
                     return Ok(());
                 }
-                let Some(message) = self.mint_message_of(att) else {
+                if self.mint_message_of(att).is_none() {
                     error!(target: "signing", event = %att.event, chain = dest_chain.0, "certified for a destination chain this node has no bridge for: not signed");
                     return Ok(());
-                };
-                self.start(KeyKind::Evm, message, Purpose::Mint { event: att.event })
+                }
+                if self.in_batch.contains_key(&att.event) {
+                    return Ok(());
+                }
+                // Signed in a batch: proposed by the chain's proposer (or, late, by the
+                // next ones), checked by every signer against what it certified.
+                let leaf = Leaf { event: att.event, recipient: *recipient, amount: *amount };
+                let waiting = self.unbatched.entry(dest_chain.0).or_default();
+                waiting.entry(att.event).or_insert((leaf, Instant::now()));
+                if waiting.len() >= self.batch_max && self.usable.contains(&KeyKind::Evm) {
+                    self.propose_batches()?;
+                }
+                Ok(())
             }
             AttestationKind::PegOut { amount, script_pubkey, .. }
             | AttestationKind::Refund { amount, script_pubkey } => {
@@ -876,9 +952,312 @@ impl Threshold {
         let rank = relay::rank(&event, self.me, self.n);
         let request = MintRequest { event, recipient, amount, signature };
         let job = MintJob { dest, request, delay: self.takeover * rank as u32 };
-        if relay.try_send(job).is_err() {
+        if relay.try_send(RelayJob::Mint(job)).is_err() {
             warn!(target: "relay", %event, "relay queue full: mint left to other validators");
         }
+    }
+
+    /// Hands a signed batch to the relayer, after this node's turn (by the root).
+    fn queue_batch(&self, dest: ChainId, request: BatchMintRequest) {
+        let Some(relay) = &self.relay else { return };
+        let rank = relay::batch_rank(&request.root, self.me, self.n);
+        let root = hex::encode(request.root);
+        let job = BatchJob { dest, request, delay: self.takeover * rank as u32 };
+        if relay.try_send(RelayJob::Batch(job)).is_err() {
+            warn!(target: "relay", %root, "relay queue full: batch left to other validators");
+        }
+    }
+
+    // ------------------------------------------------------------------ mint batches
+
+    /// The validator that proposes the batches of mints to `chain` first; the others
+    /// follow it `takeover` apart, each proposing only mints certified here for at
+    /// least its rank × takeover.
+    fn batch_rank_of(&self, chain: u64, who: usize) -> usize {
+        let n = self.n.max(1);
+        let primary = (chain % n as u64) as usize;
+        (who + n - primary) % n
+    }
+
+    /// Proposes the batches that are due: for each chain, the mints certified here for
+    /// at least this node's rank × takeover, once `batch_max` of them wait or the
+    /// oldest waited `batch_wait` beyond that. Oldest first, sorted by event id inside.
+    fn propose_batches(&mut self) -> eyre::Result<()> {
+        // A batch that could not be signed in this long (its proposer gone, a split
+        // between proposals) is given up here and its mints batched again.
+        let stale: Vec<Vec<u8>> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| b.since.elapsed() >= BATCH_STALE_AFTER)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for message in stale {
+            warn!(target: "signing", "a batch of mints not signed in {} s: given up here, its mints batched again", BATCH_STALE_AFTER.as_secs());
+            self.drop_batch(&message, true);
+        }
+        let chains: Vec<u64> = self.unbatched.keys().copied().collect();
+        for chain in chains {
+            if self.bridge_not_ready(chain).is_some() {
+                continue;
+            }
+            let rank = self.batch_rank_of(chain, self.me);
+            let patience = self.takeover * rank as u32;
+            while let Some(waiting) = self.unbatched.get(&chain) {
+                let mut due: Vec<(Instant, Leaf)> = waiting
+                    .values()
+                    .filter(|(_, at)| at.elapsed() >= patience)
+                    .map(|(leaf, at)| (*at, *leaf))
+                    .collect();
+                let Some(oldest) = due.iter().map(|(at, _)| *at).min() else { break };
+                if due.len() < self.batch_max && oldest.elapsed() < patience + self.batch_wait {
+                    break;
+                }
+                due.sort_by_key(|(at, leaf)| (*at, leaf.event));
+                due.truncate(self.batch_max);
+                let proposal = BatchProposal::new(chain, due.into_iter().map(|(_, l)| l).collect());
+                info!(target: "signing", chain, mints = proposal.leaves.len(), root = %hex::encode(proposal.root()), rank, "proposing a batch of mints");
+                let payload = [&[TAG_BATCH][..], &proposal.encode()].concat();
+                for to in (0..self.n).filter(|i| *i != self.me) {
+                    self.send(to, payload.clone());
+                }
+                self.accept_batch(proposal, self.me)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The proposer of a batch still being signed sends it again (a peer that was
+    /// away starts it then; one that has it ignores the copy).
+    fn resend_batches(&mut self) {
+        if self.last_batch_resend.elapsed() < self.resend_every {
+            return;
+        }
+        self.last_batch_resend = Instant::now();
+        for b in self.batches.values().filter(|b| b.proposer == self.me && b.since.elapsed() >= self.resend_every) {
+            let payload = [&[TAG_BATCH][..], &b.proposal.encode()].concat();
+            for to in (0..self.n).filter(|i| *i != self.me) {
+                self.send(to, payload.clone());
+            }
+        }
+    }
+
+    /// A peer's batch proposal: signed here only if it is valid against this node's
+    /// own view (see [`Threshold::check_batch`]).
+    fn on_batch_proposal(&mut self, from: usize, p: BatchProposal) -> eyre::Result<()> {
+        let Some(bridge) = self.bridges.get(&p.chain).copied() else {
+            warn!(target: "signing", from, chain = p.chain, "batch for a chain with no bridge here refused");
+            return Ok(());
+        };
+        if self.batches.contains_key(&p.message(bridge)) {
+            return Ok(());
+        }
+        match self.check_batch(from, &p) {
+            Ok(displaced) => {
+                for message in displaced {
+                    self.drop_batch(&message, true);
+                }
+                self.accept_batch(p, from)
+            }
+            Err(why) if why.starts_with(NOT_CERTIFIED_YET) => {
+                // This node certifies a moment after the proposer: checked again on
+                // each tick for a while.
+                debug!(target: "signing", from, chain = p.chain, reason = %why, "batch proposal held until its mints are certified here");
+                if self.early_batches.len() < MAX_EARLY_BATCHES
+                    && !self.early_batches.iter().any(|(f, q, _)| *f == from && *q == p)
+                {
+                    self.early_batches.push((from, p, Instant::now()));
+                }
+                Ok(())
+            }
+            Err(why) => {
+                debug!(target: "signing", from, chain = p.chain, mints = p.leaves.len(), reason = %why, "batch proposal refused");
+                Ok(())
+            }
+        }
+    }
+
+    /// Batch proposals that came before this node certified all their mints, tried
+    /// again (kept for [`EARLY_BATCH_FOR`]).
+    fn retry_early_batches(&mut self) -> eyre::Result<()> {
+        let early = std::mem::take(&mut self.early_batches);
+        for (from, p, at) in early {
+            if at.elapsed() < EARLY_BATCH_FOR {
+                let before = self.early_batches.len();
+                self.on_batch_proposal(from, p.clone())?;
+                // Still early: keep its first arrival time, not a new one.
+                if let Some(last) = self.early_batches.get_mut(before) {
+                    last.2 = at;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this node signs batch `p` from validator `from`; if so, the batches here
+    /// it displaces (a better-ranked proposal of some of their mints). Every leaf must
+    /// be a mint this node certified itself, to that chain, for that recipient and
+    /// amount, and not reorged; not every leaf may be signed here already; and a mint
+    /// already in a batch here moves only to a proposer ranked before that batch's.
+    fn check_batch(&self, from: usize, p: &BatchProposal) -> Result<Vec<Vec<u8>>, String> {
+        if from >= self.n {
+            return Err("proposer outside the validator set".into());
+        }
+        if p.leaves.len() > crate::batch::MAX_BATCH_LEAVES {
+            return Err("too many mints".into());
+        }
+        if let Some(why) = self.bridge_not_ready(p.chain) {
+            return Err(why);
+        }
+        if !self.usable.contains(&KeyKind::Evm) {
+            return Err("the evm key is not verified here yet".into());
+        }
+        let rank = self.batch_rank_of(p.chain, from);
+        let mut signed = 0;
+        let mut displaced = BTreeSet::new();
+        for leaf in &p.leaves {
+            if self.reorged.contains(&leaf.event) {
+                return Err(format!("{} was reorged out past finality", leaf.event));
+            }
+            let certified = crate::state::get_certified(&self.store, &leaf.event).map_err(|e| e.to_string())?;
+            let Some(rec) = certified else { return Err(format!("{NOT_CERTIFIED_YET}: {}", leaf.event)) };
+            match rec.attestation.kind {
+                AttestationKind::PegIn { dest_chain, recipient, amount }
+                | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. }
+                    if dest_chain.0 == p.chain && recipient == leaf.recipient && amount == leaf.amount => {}
+                _ => return Err(format!("{} is not that mint here", leaf.event)),
+            }
+            if self.store.get(Cf::SigningAttempts, signed_key(&leaf.event)).map_err(|e| e.to_string())?.is_some() {
+                signed += 1;
+            }
+            if let Some(message) = self.in_batch.get(&leaf.event) {
+                match self.batches.get(message) {
+                    Some(b) if b.rank <= rank => {
+                        return Err(format!(
+                            "{} is in a batch of a proposer ranked before or with this one",
+                            leaf.event
+                        ));
+                    }
+                    Some(_) => {
+                        displaced.insert(message.clone());
+                    }
+                    None => {}
+                }
+            }
+        }
+        if signed == p.leaves.len() {
+            return Err("every mint of it is signed here already".into());
+        }
+        Ok(displaced.into_iter().collect())
+    }
+
+    /// Takes batch `p` (proposed by `proposer`, this node included) into signing: its
+    /// mints leave the waiting set and one session signs its message.
+    fn accept_batch(&mut self, p: BatchProposal, proposer: usize) -> eyre::Result<()> {
+        let Some(bridge) = self.bridges.get(&p.chain).copied() else { return Ok(()) };
+        let message = p.message(bridge);
+        let purpose = match p.leaves.as_slice() {
+            [one] => Purpose::Mint { event: one.event },
+            _ => Purpose::MintBatch { chain: p.chain, root: hex::encode(p.root()), mints: p.leaves.len() },
+        };
+        if let Some(waiting) = self.unbatched.get_mut(&p.chain) {
+            for leaf in &p.leaves {
+                waiting.remove(&leaf.event);
+            }
+        }
+        for leaf in &p.leaves {
+            self.in_batch.insert(leaf.event, message.clone());
+        }
+        let rank = self.batch_rank_of(p.chain, proposer);
+        self.batches.insert(message.clone(), ActiveBatch { proposal: p, proposer, rank, since: Instant::now() });
+        self.start(KeyKind::Evm, message, purpose)
+    }
+
+    /// Stops signing the batch of `message` here; with `requeue`, its mints not
+    /// signed yet wait for another batch again.
+    fn drop_batch(&mut self, message: &[u8], requeue: bool) {
+        let Some(b) = self.batches.remove(message) else { return };
+        if let Some(suite) = self.evm.as_mut() {
+            suite.abandon(message);
+        }
+        self.deferred.retain(|(_, m, _)| m.as_slice() != message);
+        for leaf in &b.proposal.leaves {
+            if self.in_batch.get(&leaf.event).is_some_and(|m| m.as_slice() == message) {
+                self.in_batch.remove(&leaf.event);
+                let signed = self.store.get(Cf::SigningAttempts, signed_key(&leaf.event)).ok().flatten().is_some();
+                if requeue && !signed && !self.reorged.contains(&leaf.event) {
+                    self.unbatched.entry(b.proposal.chain).or_default().insert(leaf.event, (*leaf, b.since));
+                }
+            }
+        }
+    }
+
+    /// The batch of `message` is signed: it is no longer being signed here.
+    fn finish_batch(&mut self, message: &[u8]) {
+        let Some(b) = self.batches.remove(message) else { return };
+        for leaf in &b.proposal.leaves {
+            if self.in_batch.get(&leaf.event).is_some_and(|m| m.as_slice() == message) {
+                self.in_batch.remove(&leaf.event);
+            }
+        }
+    }
+
+    /// A batch signature: each mint's record (with its proof) stored in one write, the
+    /// batch handed to the relayer.
+    fn on_batch_signed(
+        &mut self,
+        message: &[u8],
+        signature: &[u8],
+        signers: &[usize],
+        attempt: u32,
+    ) -> eyre::Result<()> {
+        let Some(b) = self.batches.get(message).cloned() else { return Ok(()) };
+        let sig = btcfi_signer::frost_secp256k1::Signature::deserialize(signature)
+            .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
+        let evm = EvmSignature::from_frost(&sig)?;
+        let p = &b.proposal;
+        let root = p.root();
+        let proofs = p.proofs();
+        let bridge = self.bridges.get(&p.chain).copied().unwrap_or_default();
+        let word = |b: &[u8; 32]| format!("0x{}", hex::encode(b));
+        let signer_ids: Vec<String> =
+            signers.iter().filter_map(|i| self.peers.get(*i)).map(|x| x.to_string()).collect();
+        let mut batch = Batch::new();
+        let mut leaves = Vec::new();
+        for (leaf, proof) in p.leaves.iter().zip(proofs) {
+            if self.reorged.contains(&leaf.event) {
+                continue;
+            }
+            let record = SignedRecord {
+                chain_id: p.chain,
+                bridge: bridge.to_string(),
+                contract_event_id: word(&leaf.event.contract_id()),
+                recipient: format!("0x{}", hex::encode(leaf.recipient.0)),
+                amount_sats: leaf.amount.0,
+                message: format!("0x{}", hex::encode(message)),
+                rx: word(&evm.rx.to_be_bytes()),
+                ry: word(&evm.ry.to_be_bytes()),
+                z: word(&evm.z.to_be_bytes()),
+                signers: signer_ids.clone(),
+                attempt,
+                signed_at_ms: now_ms(),
+                batch: Some(BatchRef {
+                    root: word(&root),
+                    proof: proof.iter().map(word).collect(),
+                    leaves: p.leaves.len(),
+                }),
+            };
+            batch.put_json(Cf::SigningAttempts, signed_key(&leaf.event), &record)?;
+            if let Some(at) = self.finalized_at.remove(&leaf.event) {
+                self.metrics.finality_to_signature.observe(at.elapsed().as_secs_f64());
+            }
+            leaves.push(BatchLeaf { event: leaf.event, recipient: leaf.recipient, amount: leaf.amount, proof });
+        }
+        self.store.commit(batch)?;
+        info!(target: "signing", chain = p.chain, mints = leaves.len(), root = %hex::encode(root), "batch of mints signed");
+        self.finish_batch(message);
+        let signature = MintSignature { rx: evm.rx.to_be_bytes(), ry: evm.ry.to_be_bytes(), z: evm.z.to_be_bytes() };
+        self.queue_batch(ChainId(p.chain), BatchMintRequest { root, signature, leaves });
+        Ok(())
     }
 
     /// A `MessageKind::Signing` request from validator `from`.
@@ -904,6 +1283,13 @@ impl Threshold {
                 },
                 _ => vec![],
             },
+            TAG_BATCH => {
+                match BatchProposal::decode(body) {
+                    Ok(p) => self.on_batch_proposal(from, p)?,
+                    Err(e) => warn!(target: "signing", from, error = %e, "undecodable batch proposal dropped"),
+                }
+                vec![]
+            }
             TAG_RELEASE => {
                 match Proposal::decode(body) {
                     Ok(p) => self.on_proposal(from, p)?,
@@ -929,6 +1315,9 @@ impl Threshold {
         self.apply(effects)?;
         if self.usable.contains(&KeyKind::Evm) {
             self.retry_held_mints()?;
+            self.retry_early_batches()?;
+            self.propose_batches()?;
+            self.resend_batches();
         }
         if self.usable.contains(&KeyKind::Btc) {
             self.refresh_fee_estimate().await;
@@ -1024,16 +1413,19 @@ impl Threshold {
                     signers: signers.iter().filter_map(|i| self.peers.get(*i)).map(|p| p.to_string()).collect(),
                     attempt,
                     signed_at_ms: now_ms(),
+                    batch: None,
                 };
                 let mut b = Batch::new();
                 b.put_json(Cf::SigningAttempts, signed_key(&event), &record)?;
                 self.store.commit(b)?;
+                self.finish_batch(message);
                 if let Some(at) = self.finalized_at.remove(&event) {
                     self.metrics.finality_to_signature.observe(at.elapsed().as_secs_f64());
                 }
                 let sig = MintSignature { rx: evm.rx.to_be_bytes(), ry: evm.ry.to_be_bytes(), z: evm.z.to_be_bytes() };
                 self.queue_mint(event, dest, recipient, amount, sig);
             }
+            Purpose::MintBatch { .. } => self.on_batch_signed(message, signature, &signers, attempt)?,
             Purpose::ReleaseInput { txid, input } => {
                 let Ok(txid) = txid.parse::<Txid>() else { return Ok(()) };
                 let Some((rec, _)) = self.releases.get_mut(&txid) else { return Ok(()) };
@@ -1403,6 +1795,13 @@ impl Threshold {
         }
         self.held_mints.retain(|a| a.event != event);
         self.deferred.retain(|(_, _, p)| !matches!(p, Purpose::Mint { event: e } if *e == event));
+        for waiting in self.unbatched.values_mut() {
+            waiting.remove(&event);
+        }
+        // A batch being signed with it: dropped here, its other mints batched again.
+        if let Some(message) = self.in_batch.get(&event).cloned() {
+            self.drop_batch(&message, true);
+        }
         self.to_check.retain(|(_, p)| !p.payouts.contains(&event));
         self.waiting.retain(|(_, p, _)| !p.payouts.contains(&event));
         self.competing.retain(|_, (p, _, _)| !p.payouts.contains(&event));
@@ -1500,11 +1899,39 @@ impl Threshold {
                 "unsigned_inputs": sessions,
             }));
         }
-        let rec = crate::state::get_certified(&self.store, event).ok()??;
-        let message = self.mint_message_of(&rec.attestation)?;
+        if let Some((chain, (_, at))) = self.unbatched.iter().find_map(|(c, w)| w.get(event).map(|entry| (*c, entry))) {
+            let rank = self.batch_rank_of(chain, self.me);
+            return Some(json!({
+                "state": "batching",
+                "chain_id": chain,
+                "certified_for_ms": at.elapsed().as_millis() as u64,
+                "proposer": (chain % self.n.max(1) as u64) as usize,
+                "proposer_rank_of_this_node": rank,
+                "this_node_proposes_in_ms": (self.takeover * rank as u32 + self.batch_wait).saturating_sub(at.elapsed()).as_millis() as u64,
+            }));
+        }
         if !self.usable.contains(&KeyKind::Evm) {
             return Some(json!({"state": "waiting for the evm key's test signature"}));
         }
+        if let Some(message) = self.in_batch.get(event)
+            && let Some(b) = self.batches.get(message)
+        {
+            let mut v = self.evm.as_ref()?.explain(message)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "batch".into(),
+                    json!({
+                        "root": format!("0x{}", hex::encode(b.proposal.root())),
+                        "mints": b.proposal.leaves.len(),
+                        "proposer": b.proposer,
+                        "proposed_ms_ago": b.since.elapsed().as_millis() as u64,
+                    }),
+                );
+            }
+            return Some(v);
+        }
+        let rec = crate::state::get_certified(&self.store, event).ok()??;
+        let message = self.mint_message_of(&rec.attestation)?;
         self.evm.as_ref()?.explain(&message)
     }
 

@@ -76,6 +76,8 @@ struct Opts {
     bitcoind_args: &'static [&'static str],
     /// Signing sessions per key at once.
     max_sessions_in_flight: usize,
+    /// Most mints one batch signature covers.
+    batch_max_mints: usize,
 }
 
 impl Default for Opts {
@@ -87,6 +89,7 @@ impl Default for Opts {
             unkeyed: None,
             max_attempts: 64,
             bitcoind_args: &[],
+            batch_max_mints: 256,
             max_sessions_in_flight: 64,
         }
     }
@@ -105,8 +108,16 @@ async fn network_with(faults: [Option<&'static str>; 4], rbf_after_secs: u64, me
 }
 
 async fn network_opts(o: Opts) -> Net {
-    let Opts { faults, rbf_after_secs, merge_after_ms, unkeyed, max_attempts, bitcoind_args, max_sessions_in_flight } =
-        o;
+    let Opts {
+        faults,
+        rbf_after_secs,
+        merge_after_ms,
+        unkeyed,
+        max_attempts,
+        bitcoind_args,
+        max_sessions_in_flight,
+        batch_max_mints,
+    } = o;
     let btc = Bitcoind::start_with(bitcoind_args).await.unwrap();
     let btc = Arc::new(btc);
     let start = btc.block_count().await.unwrap() + 1;
@@ -126,7 +137,7 @@ async fn network_opts(o: Opts) -> Net {
         });
     }
     setup.extra = format!(
-        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\nmax_sessions_in_flight = {max_sessions_in_flight}\n\n\
+        "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\nmax_sessions_in_flight = {max_sessions_in_flight}\nbatch_max_mints = {batch_max_mints}\n\n\
          [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
     );
     let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
@@ -988,12 +999,13 @@ async fn a_deposit_with_a_malformed_memo_comes_back_to_its_sender_less_the_refun
     assert!(small["refund"].is_null(), "{small}");
 }
 
-/// A burst of mints with two signing sessions per key at most: the rest wait in the
-/// queue (counted, and never more than two in flight when sampled), none of them fails
-/// for waiting, and every deposit is minted once, for its amount.
+/// A burst of mints, signed in batches of two, with two signing sessions per key at
+/// most: the rest wait in the queue (counted, and never more than two in flight when
+/// sampled), none of them fails for waiting, and every deposit is minted once, for its
+/// amount, by batches (one signature each, fewer sessions than mints).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_once() {
-    let net = network_opts(Opts { max_sessions_in_flight: 2, ..Opts::default() }).await;
+    let net = network_opts(Opts { max_sessions_in_flight: 2, batch_max_mints: 2, ..Opts::default() }).await;
     let users = [net.chains[0].anvil.dev_address(6), net.chains[1].anvil.dev_address(7)];
     let mut want = [0u64; 2];
     let mut events = Vec::new();
@@ -1045,6 +1057,14 @@ async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_onc
     want_minted.sort();
     minted.sort();
     assert_eq!(minted, want_minted, "each deposit minted once, for its amount");
+    let mut roots = 0;
+    for c in &net.chains {
+        let bridge = IBridge::new(c.bridge, c.anvil.provider());
+        roots += bridge.BatchAccepted_filter().from_block(0).query().await.unwrap().len();
+    }
+    assert!(roots >= 4, "mints went in batches under one signature each: {roots} roots accepted");
+    let started = net.nodes[0].metric("btcfi_signing_sessions_total", "key=\"evm\",outcome=\"started\"");
+    assert!(started < 16.0, "fewer sessions than mints: {started}");
     assert!(!explained.is_empty(), "the API explained a waiting mint");
     for w in &explained {
         match w["state"].as_str() {
@@ -1053,6 +1073,7 @@ async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_onc
                 assert!(w["session"].is_string() && w["attempt"].is_u64() && w["coordinator"].is_u64(), "{w}")
             }
             Some("retrying") => assert!(w["next_round_in_ms"].is_u64(), "{w}"),
+            Some("batching") => assert!(w["proposer"].is_u64() && w["chain_id"].is_u64(), "{w}"),
             _ => panic!("an explanation of a waiting mint: {w}"),
         }
     }

@@ -216,6 +216,13 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     for route in ["/health", "/ready", "/metrics", "/v1/status", "/v1/attestations", "/v1/deposits/{outpoint}"] {
         assert!(spec["paths"].as_object().unwrap().keys().any(|k| k == route), "openapi lists {route}: {spec}");
     }
+    // Mints are signed in batches, a moment after certification.
+    wait_until("the deposits' mints signed", Duration::from_secs(60), || async {
+        let (_, listed) = api.request("GET", "/v1/attestations?status=signed&source=0", "");
+        (listed["total"].as_u64() >= Some(2)).then_some(())
+    })
+    .await
+    .unwrap();
     let (code, listed) = api.request("GET", "/v1/attestations?status=signed&limit=1&source=0", "");
     assert_eq!(code, 200, "{listed}");
     assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");

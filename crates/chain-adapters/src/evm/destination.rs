@@ -50,6 +50,23 @@ pub struct MintRequest {
     pub signature: MintSignature,
 }
 
+/// One mint of a batch, with its Merkle proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLeaf {
+    pub event: EventId,
+    pub recipient: EvmAddress,
+    pub amount: Sats,
+    pub proof: Vec<[u8; 32]>,
+}
+
+/// Everything `mintBatch` needs: the root, its signature, the leaves to mint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchMintRequest {
+    pub root: [u8; 32],
+    pub signature: MintSignature,
+    pub leaves: Vec<BatchLeaf>,
+}
+
 /// What [`EvmDestination::submit_mint`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintSubmission {
@@ -176,10 +193,51 @@ impl EvmDestination {
             ry: U256::from_be_bytes(req.signature.ry),
             z: U256::from_be_bytes(req.signature.z),
         };
+        let label = req.event.to_string();
+        self.send_call(call.abi_encode(), "mint", &label).await
+    }
+
+    /// Submits the leaves of a batch not minted yet in one `mintBatch` (the root's
+    /// signature verified once on chain); [`MintSubmission::AlreadyConsumed`] when every
+    /// leaf minted already. A leaf that mints meanwhile is skipped by the contract.
+    pub async fn submit_mint_batch(&mut self, req: &BatchMintRequest) -> Result<MintSubmission, EvmError> {
+        let mut leaves = Vec::new();
+        let mut proofs = Vec::new();
+        for l in &req.leaves {
+            if self.is_consumed(&l.event).await? {
+                continue;
+            }
+            leaves.push(IBridge::MintLeaf {
+                eventId: B256::from(l.event.contract_id()),
+                recipient: Address::from(l.recipient.0),
+                amountSats: l.amount.0,
+            });
+            proofs.push(l.proof.iter().map(|p| B256::from(*p)).collect::<Vec<_>>());
+        }
+        if leaves.is_empty() {
+            info!(target: "chain::evm", chain = %self.config.name, root = %hex::encode(req.root), "batch already minted; nothing to submit");
+            return Ok(MintSubmission::AlreadyConsumed);
+        }
+        let count = leaves.len();
+        let call = IBridge::mintBatchCall {
+            root: B256::from(req.root),
+            rx: U256::from_be_bytes(req.signature.rx),
+            ry: U256::from_be_bytes(req.signature.ry),
+            z: U256::from_be_bytes(req.signature.z),
+            leaves,
+            proofs,
+        };
+        let label = format!("batch {} ({count} mints)", hex::encode(req.root));
+        self.send_call(call.abi_encode(), "mintBatch", &label).await
+    }
+
+    /// Simulates, prices, signs and sends a call to the bridge, with the nonce kept in
+    /// step with the node.
+    async fn send_call(&mut self, input: Vec<u8>, what: &str, label: &str) -> Result<MintSubmission, EvmError> {
         let base = TransactionRequest::default()
             .with_from(self.from)
             .with_to(self.config.bridge)
-            .with_input(call.abi_encode())
+            .with_input(input)
             .with_chain_id(self.config.chain_id.0);
         // Simulation: a mint that would revert never costs gas.
         let gas = self
@@ -223,7 +281,7 @@ impl EvmDestination {
                 Err(err) => return Err(err),
             }
             self.next_nonce = Some(nonce.saturating_add(1));
-            info!(target: "chain::evm", chain = %self.config.name, event = %req.event, tx = %tx_hash, nonce, "mint submitted");
+            info!(target: "chain::evm", chain = %self.config.name, call = what, item = label, tx = %tx_hash, nonce, "submitted");
             return Ok(MintSubmission::Submitted { tx_hash: tx_hash.0, nonce });
         }
         Err(last_err.unwrap_or(EvmError::Signing("nonce could not be synchronised".into())))

@@ -25,7 +25,9 @@ mod source;
 
 pub use config::{EvmChainConfig, Finality, FinalityTag, redact_url};
 pub use decode::{MAX_SCRIPT_LEN, Refusal, burn_topics, decode_burn, decode_revert, nonce_topic};
-pub use destination::{EvmDestination, MintRequest, MintSignature, MintSubmission, TxStatus};
+pub use destination::{
+    BatchLeaf, BatchMintRequest, EvmDestination, MintRequest, MintSignature, MintSubmission, TxStatus,
+};
 pub use endpoints::{EndpointHealth, EndpointPolicy, EndpointSet};
 pub use error::EvmError;
 pub use range::{CEILING_TTL, GROW_AFTER, LogRange};
