@@ -9,7 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use crate::{
-    batch::{BatchProposal, Leaf, TAG_BATCH},
+    batch::{BatchProposal, Leaf, TAG_BATCH, TAG_BATCH_READY, TAG_BATCH_SIGNED},
     bridge_key::BridgeKeys,
     config::NodeConfig,
     keys::{self, KeyKind},
@@ -86,6 +86,7 @@ const BATCH_STALE_AFTER: Duration = Duration::from_secs(120);
 const EARLY_BATCH_FOR: Duration = Duration::from_secs(60);
 const MAX_EARLY_BATCHES: usize = 256;
 const NOT_CERTIFIED_YET: &str = "not certified here yet";
+const ALL_SIGNED: &str = "every mint of it is signed here already";
 
 /// A batch being signed here.
 #[derive(Debug, Clone)]
@@ -96,7 +97,19 @@ struct ActiveBatch {
     proposer: usize,
     rank: usize,
     since: Instant,
+    /// Whether its signing session started here: only once `t` validators (this one
+    /// included) said they hold the batch, so that they start it together and their
+    /// attempts do not drift apart while the others are still certifying its mints.
+    started: bool,
 }
+
+/// An unsigned batch's proposal (by its proposer) and readiness (by every holder) are
+/// sent again this often.
+const BATCH_RESEND_EVERY: Duration = Duration::from_secs(5);
+/// Most batches one readiness note names.
+const MAX_READY_PER_NOTE: usize = 1024;
+/// Most batch messages whose readiness notes are kept before this node holds them.
+const MAX_READY_NOTES: usize = 4096;
 
 pub fn signed_key(event: &EventId) -> Vec<u8> {
     let mut k = b"sig/".to_vec();
@@ -392,6 +405,10 @@ pub struct Threshold {
     last_batch_resend: Instant,
     /// Peers' batch proposals that came before this node certified their mints.
     early_batches: Vec<(usize, BatchProposal, Instant)>,
+    /// Validators that said they hold a batch (by its message), and since when.
+    batch_ready: BTreeMap<Vec<u8>, (BTreeSet<usize>, Instant)>,
+    /// The epoch's evm group key as the bridges take it (None before the DKG).
+    evm_xy: Option<(alloy::primitives::U256, alloy::primitives::U256)>,
 }
 
 impl std::fmt::Debug for Threshold {
@@ -551,6 +568,8 @@ impl Threshold {
             batch_wait: Duration::from_millis(cfg.signing.batch_wait_ms),
             last_batch_resend: Instant::now(),
             early_batches: Vec::new(),
+            batch_ready: BTreeMap::new(),
+            evm_xy: None,
         };
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
@@ -559,6 +578,7 @@ impl Threshold {
                 alloy::primitives::U256::from_str_radix(v.trim_start_matches("0x"), 16)
                     .map_err(|e| eyre::eyre!("stored evm key coordinate {v}: {e}"))
             };
+            t.evm_xy = Some((parse(&x)?, parse(&y)?));
             let every = Duration::from_secs(cfg.signing.bridge_key_check_secs);
             t.bridge_keys =
                 Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), cfg.bitcoin.peg_out_fee.0, every));
@@ -821,7 +841,13 @@ impl Threshold {
                 let leaf = Leaf { event: att.event, recipient: *recipient, amount: *amount };
                 let waiting = self.unbatched.entry(dest_chain.0).or_default();
                 waiting.entry(att.event).or_insert((leaf, Instant::now()));
-                if waiting.len() >= self.batch_max && self.usable.contains(&KeyKind::Evm) {
+                // A full batch goes at once from the chain's first proposer; everything
+                // else waits for the tick (a burst would otherwise rescan the waiting
+                // set once per certified mint).
+                if waiting.len() >= self.batch_max
+                    && self.usable.contains(&KeyKind::Evm)
+                    && self.batch_rank_of(dest_chain.0, self.me) == 0
+                {
                     self.propose_batches()?;
                 }
                 Ok(())
@@ -1029,13 +1055,34 @@ impl Threshold {
     /// The proposer of a batch still being signed sends it again (a peer that was
     /// away starts it then; one that has it ignores the copy).
     fn resend_batches(&mut self) {
-        if self.last_batch_resend.elapsed() < self.resend_every {
+        if self.last_batch_resend.elapsed() < BATCH_RESEND_EVERY {
             return;
         }
         self.last_batch_resend = Instant::now();
-        for b in self.batches.values().filter(|b| b.proposer == self.me && b.since.elapsed() >= self.resend_every) {
+        // One readiness note for every batch held here, per peer; a proposal only to
+        // the peers that have not said they hold it.
+        let held: Vec<&Vec<u8>> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| b.since.elapsed() >= BATCH_RESEND_EVERY)
+            .map(|(m, _)| m)
+            .take(MAX_READY_PER_NOTE)
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let ready: Vec<u8> =
+            std::iter::once(TAG_BATCH_READY).chain(held.iter().flat_map(|m| m.iter().copied())).collect();
+        for to in (0..self.n).filter(|i| *i != self.me) {
+            self.send(to, ready.clone());
+        }
+        for (message, b) in &self.batches {
+            if b.proposer != self.me || b.since.elapsed() < BATCH_RESEND_EVERY {
+                continue;
+            }
+            let holders = self.batch_ready.get(message).map(|(who, _)| who.clone()).unwrap_or_default();
             let payload = [&[TAG_BATCH][..], &b.proposal.encode()].concat();
-            for to in (0..self.n).filter(|i| *i != self.me) {
+            for to in (0..self.n).filter(|i| *i != self.me && !holders.contains(i)) {
                 self.send(to, payload.clone());
             }
         }
@@ -1048,7 +1095,10 @@ impl Threshold {
             warn!(target: "signing", from, chain = p.chain, "batch for a chain with no bridge here refused");
             return Ok(());
         };
-        if self.batches.contains_key(&p.message(bridge)) {
+        let message = p.message(bridge);
+        if self.batches.contains_key(&message) {
+            // The proposer resent it: it may have missed this node's readiness.
+            self.send(from, [&[TAG_BATCH_READY][..], &message].concat());
             return Ok(());
         }
         match self.check_batch(from, &p) {
@@ -1069,11 +1119,90 @@ impl Threshold {
                 }
                 Ok(())
             }
+            Err(why) if why == ALL_SIGNED => {
+                // The proposer is behind (it was away while these were signed): it gets
+                // the signatures instead, and checks them itself.
+                let mut records = Vec::new();
+                for leaf in &p.leaves {
+                    if let Some(r) =
+                        self.store.get_json::<SignedRecord>(Cf::SigningAttempts, signed_key(&leaf.event))?
+                    {
+                        records.push((leaf.event, r));
+                    }
+                }
+                let body = serde_json::to_vec(&records)?;
+                self.send(from, [&[TAG_BATCH_SIGNED][..], &body].concat());
+                Ok(())
+            }
             Err(why) => {
                 debug!(target: "signing", from, chain = p.chain, mints = p.leaves.len(), reason = %why, "batch proposal refused");
                 Ok(())
             }
         }
+    }
+
+    /// Signatures a peer holds for mints this node still wants signed: each taken only
+    /// if it verifies here, under this epoch's key, for the mint this node certified
+    /// (the plain mint message, or the batch message over a root its proof leads to).
+    fn on_signed_records(&mut self, from: usize, body: &[u8]) -> eyre::Result<()> {
+        let Ok(records) = serde_json::from_slice::<Vec<(EventId, SignedRecord)>>(body) else {
+            warn!(target: "signing", from, "undecodable signed mints dropped");
+            return Ok(());
+        };
+        let Some((px, py)) = self.evm_xy else { return Ok(()) };
+        let mut adopted = 0;
+        for (event, rec) in records.into_iter().take(crate::batch::MAX_BATCH_LEAVES) {
+            if self.store.get(Cf::SigningAttempts, signed_key(&event))?.is_some() || self.reorged.contains(&event) {
+                continue;
+            }
+            let Some(cert) = crate::state::get_certified(&self.store, &event)? else { continue };
+            let (dest, recipient, amount) = match cert.attestation.kind {
+                AttestationKind::PegIn { dest_chain, recipient, amount }
+                | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => (dest_chain, recipient, amount),
+                _ => continue,
+            };
+            let Some(bridge) = self.bridges.get(&dest.0).copied() else { continue };
+            let Ok(message) = hex32(&rec.message) else { continue };
+            let expected = match &rec.batch {
+                None => mint_message(dest.0, bridge, event.contract_id(), Address::from(recipient.0), amount.0),
+                Some(b) => {
+                    let (Ok(root), Ok(proof)) =
+                        (hex32(&b.root), b.proof.iter().map(|p| hex32(p)).collect::<eyre::Result<Vec<_>>>())
+                    else {
+                        continue;
+                    };
+                    let leaf = btcfi_signer::evm::mint_leaf(event.contract_id(), Address::from(recipient.0), amount.0);
+                    if !btcfi_signer::evm::verify_proof(leaf, &proof, root) {
+                        continue;
+                    }
+                    btcfi_signer::evm::batch_message(dest.0, bridge, root)
+                }
+            };
+            let (Ok(rx), Ok(ry), Ok(z)) = (hex32(&rec.rx), hex32(&rec.ry), hex32(&rec.z)) else { continue };
+            let sig = EvmSignature {
+                rx: alloy::primitives::U256::from_be_bytes(rx),
+                ry: alloy::primitives::U256::from_be_bytes(ry),
+                z: alloy::primitives::U256::from_be_bytes(z),
+            };
+            if message != expected || btcfi_signer::evm::verify(&expected, px, py, &sig).is_err() {
+                warn!(target: "signing", from, %event, "a peer's mint signature does not verify here: dropped");
+                continue;
+            }
+            let mut b = Batch::new();
+            b.put_json(Cf::SigningAttempts, signed_key(&event), &rec)?;
+            self.store.commit(b)?;
+            adopted += 1;
+            if let Some(m) = self.in_batch.get(&event).cloned() {
+                self.drop_batch(&m, true);
+            }
+            for waiting in self.unbatched.values_mut() {
+                waiting.remove(&event);
+            }
+        }
+        if adopted > 0 {
+            info!(target: "signing", from, mints = adopted, "mint signatures learned from a peer (signed while this node was away)");
+        }
+        Ok(())
     }
 
     /// Batch proposals that came before this node certified all their mints, tried
@@ -1145,7 +1274,7 @@ impl Threshold {
             }
         }
         if signed == p.leaves.len() {
-            return Err("every mint of it is signed here already".into());
+            return Err(ALL_SIGNED.into());
         }
         Ok(displaced.into_iter().collect())
     }
@@ -1155,10 +1284,6 @@ impl Threshold {
     fn accept_batch(&mut self, p: BatchProposal, proposer: usize) -> eyre::Result<()> {
         let Some(bridge) = self.bridges.get(&p.chain).copied() else { return Ok(()) };
         let message = p.message(bridge);
-        let purpose = match p.leaves.as_slice() {
-            [one] => Purpose::Mint { event: one.event },
-            _ => Purpose::MintBatch { chain: p.chain, root: hex::encode(p.root()), mints: p.leaves.len() },
-        };
         if let Some(waiting) = self.unbatched.get_mut(&p.chain) {
             for leaf in &p.leaves {
                 waiting.remove(&leaf.event);
@@ -1168,8 +1293,60 @@ impl Threshold {
             self.in_batch.insert(leaf.event, message.clone());
         }
         let rank = self.batch_rank_of(p.chain, proposer);
-        self.batches.insert(message.clone(), ActiveBatch { proposal: p, proposer, rank, since: Instant::now() });
-        self.start(KeyKind::Evm, message, purpose)
+        let active = ActiveBatch { proposal: p, proposer, rank, since: Instant::now(), started: false };
+        self.batches.insert(message.clone(), active);
+        let ready = [&[TAG_BATCH_READY][..], &message].concat();
+        for to in (0..self.n).filter(|i| *i != self.me) {
+            self.send(to, ready.clone());
+        }
+        self.maybe_start_batch(&message)
+    }
+
+    /// Starts signing the batch of `message` once `t` validators hold it (this one and
+    /// `t − 1` peers that said so).
+    fn maybe_start_batch(&mut self, message: &[u8]) -> eyre::Result<()> {
+        let t = self.n * 2 / 3 + 1;
+        let peers = self.batch_ready.get(message).map_or(0, |(who, _)| who.len());
+        let Some(b) = self.batches.get_mut(message) else { return Ok(()) };
+        if b.started || peers + 1 < t {
+            return Ok(());
+        }
+        b.started = true;
+        let purpose = match b.proposal.leaves.as_slice() {
+            [one] => Purpose::Mint { event: one.event },
+            _ => Purpose::MintBatch {
+                chain: b.proposal.chain,
+                root: hex::encode(b.proposal.root()),
+                mints: b.proposal.leaves.len(),
+            },
+        };
+        self.start(KeyKind::Evm, message.to_vec(), purpose)
+    }
+
+    /// Validator `from` holds the batches whose messages `body` lists (32 bytes each).
+    fn on_batch_ready(&mut self, from: usize, body: &[u8]) -> eyre::Result<()> {
+        if !body.len().is_multiple_of(32) || body.len() / 32 > MAX_READY_PER_NOTE {
+            return Ok(());
+        }
+        for message in body.chunks(32) {
+            self.on_batch_ready_one(from, message)?;
+        }
+        Ok(())
+    }
+
+    fn on_batch_ready_one(&mut self, from: usize, message: &[u8]) -> eyre::Result<()> {
+        if from >= self.n || from == self.me {
+            return Ok(());
+        }
+        // Only batches held here, or a bounded number of notes for ones to come.
+        if !self.batch_ready.contains_key(message) && self.batch_ready.len() >= MAX_READY_NOTES {
+            // Forget the oldest note (of a batch long gone, most likely).
+            if let Some(oldest) = self.batch_ready.iter().min_by_key(|(_, (_, at))| *at).map(|(m, _)| m.clone()) {
+                self.batch_ready.remove(&oldest);
+            }
+        }
+        self.batch_ready.entry(message.to_vec()).or_insert_with(|| (BTreeSet::new(), Instant::now())).0.insert(from);
+        self.maybe_start_batch(message)
     }
 
     /// Stops signing the batch of `message` here; with `requeue`, its mints not
@@ -1193,6 +1370,7 @@ impl Threshold {
 
     /// The batch of `message` is signed: it is no longer being signed here.
     fn finish_batch(&mut self, message: &[u8]) {
+        self.batch_ready.remove(message);
         let Some(b) = self.batches.remove(message) else { return };
         for leaf in &b.proposal.leaves {
             if self.in_batch.get(&leaf.event).is_some_and(|m| m.as_slice() == message) {
@@ -1283,6 +1461,14 @@ impl Threshold {
                 },
                 _ => vec![],
             },
+            TAG_BATCH_READY => {
+                self.on_batch_ready(from, body)?;
+                vec![]
+            }
+            TAG_BATCH_SIGNED => {
+                self.on_signed_records(from, body)?;
+                vec![]
+            }
             TAG_BATCH => {
                 match BatchProposal::decode(body) {
                     Ok(p) => self.on_batch_proposal(from, p)?,
@@ -1916,17 +2102,25 @@ impl Threshold {
         if let Some(message) = self.in_batch.get(event)
             && let Some(b) = self.batches.get(message)
         {
+            let batch = json!({
+                "root": format!("0x{}", hex::encode(b.proposal.root())),
+                "mints": b.proposal.leaves.len(),
+                "proposer": b.proposer,
+                "proposed_ms_ago": b.since.elapsed().as_millis() as u64,
+            });
+            if !b.started {
+                let ready: Vec<usize> =
+                    self.batch_ready.get(message).map(|(who, _)| who.iter().copied().collect()).unwrap_or_default();
+                return Some(json!({
+                    "state": "awaiting signers",
+                    "batch": batch,
+                    "ready": ready,
+                    "needed": self.n * 2 / 3,
+                }));
+            }
             let mut v = self.evm.as_ref()?.explain(message)?;
             if let Some(o) = v.as_object_mut() {
-                o.insert(
-                    "batch".into(),
-                    json!({
-                        "root": format!("0x{}", hex::encode(b.proposal.root())),
-                        "mints": b.proposal.leaves.len(),
-                        "proposer": b.proposer,
-                        "proposed_ms_ago": b.since.elapsed().as_millis() as u64,
-                    }),
-                );
+                o.insert("batch".into(), batch);
             }
             return Some(v);
         }

@@ -1074,6 +1074,7 @@ async fn a_burst_of_mints_waits_in_the_signing_queue_and_every_one_is_minted_onc
             }
             Some("retrying") => assert!(w["next_round_in_ms"].is_u64(), "{w}"),
             Some("batching") => assert!(w["proposer"].is_u64() && w["chain_id"].is_u64(), "{w}"),
+            Some("awaiting signers") => assert!(w["batch"]["root"].is_string() && w["ready"].is_array(), "{w}"),
             _ => panic!("an explanation of a waiting mint: {w}"),
         }
     }
