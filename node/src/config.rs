@@ -556,7 +556,7 @@ min_deposit = 10000
     /// placeholders are filled, and refuse to as shipped.
     #[test]
     fn shipped_examples_validate_once_filled() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node");
+        let dir = btcfi_testkit::repo_root().join("configs/node");
         let mainnet_vault = "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr";
         let script = mainnet_vault
             .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()

@@ -312,7 +312,7 @@ mod tests {
         p2p.dropped(DropReason::Oversize);
         let known: BTreeSet<String> = m.registry.gather().iter().map(|f| f.name().to_owned()).collect();
 
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/monitoring");
+        let dir = btcfi_testkit::repo_root().join("configs/monitoring");
         for file in ["grafana-dashboard.json", "alerts.yml"] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
             if file.ends_with(".json") {

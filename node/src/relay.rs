@@ -44,6 +44,42 @@ pub struct RelayRecord {
     pub at_ms: u64,
 }
 
+impl RelayRecord {
+    fn new(chain_id: u64, outcome: &str, tx_hash: Option<[u8; 32]>, detail: Option<String>) -> Self {
+        RelayRecord {
+            chain_id,
+            outcome: outcome.to_owned(),
+            tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
+            detail,
+            at_ms: now_ms(),
+        }
+    }
+}
+
+/// Stores `r` as the relay record of each of `events`, in one write.
+fn save_records(store: &Store, events: &[EventId], r: &RelayRecord) {
+    let mut b = Batch::new();
+    for e in events {
+        if b.put_json(Cf::SigningAttempts, relay_key(e), r).is_err() {
+            return;
+        }
+    }
+    if let Err(e) = store.commit(b) {
+        warn!(target: "relay", error = %e, "cannot store the relay record");
+    }
+}
+
+/// Whether `event` is stored as reorged out past finality (read before every
+/// submission: the store is the truth).
+fn is_reorged(store: &Store, event: &EventId) -> bool {
+    matches!(crate::state::get_event(store, event), Ok(Some(r)) if r.reorged.is_some())
+}
+
+/// Whether this node's own submission for `event` mined (a record to keep).
+fn mined_here(store: &Store, event: &EventId) -> bool {
+    matches!(store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(event)), Ok(Some(r)) if r.outcome == "mined")
+}
+
 pub fn relay_key(event: &EventId) -> Vec<u8> {
     let mut k = b"relay/".to_vec();
     k.extend_from_slice(&event.to_bytes());
@@ -129,21 +165,8 @@ const MINE_TIMEOUT: Duration = Duration::from_secs(120);
 async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>, store: Arc<Store>, metrics: Metrics) {
     tokio::time::sleep(job.delay).await;
     let event = job.request.event;
-    let record = |outcome: &str, tx_hash: Option<[u8; 32]>, detail: Option<String>| RelayRecord {
-        chain_id: job.dest.0,
-        outcome: outcome.to_owned(),
-        tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
-        detail,
-        at_ms: now_ms(),
-    };
-    let save = |r: &RelayRecord| {
-        let mut b = Batch::new();
-        if b.put_json(Cf::SigningAttempts, relay_key(&event), r).is_ok()
-            && let Err(e) = store.commit(b)
-        {
-            warn!(target: "relay", error = %e, "cannot store the relay record");
-        }
-    };
+    let record = |outcome: &str, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
+    let save = |r: &RelayRecord| save_records(&store, &[event], r);
     let count = |outcome: &str| metrics.relay_submissions.with_label_values(&[name.as_str(), outcome]).inc();
     for attempt in 0..MAX_TRIES {
         if attempt > 0 {
@@ -151,7 +174,7 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
         }
         // Its event left the canonical chain past finality since it was signed: never
         // relayed (checked before every submission, the store being the truth).
-        if matches!(crate::state::get_event(&store, &event), Ok(Some(r)) if r.reorged.is_some()) {
+        if is_reorged(&store, &event) {
             warn!(target: "relay", chain = %name, %event, "event reorged out past finality: mint not relayed");
             count("reorged");
             save(&record("reorged", None, None));
@@ -162,8 +185,7 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
             Ok(MintSubmission::AlreadyConsumed) => {
                 count("already_consumed");
                 // Keep the record of our own successful submission if we made one.
-                let ours = store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(&event));
-                if !matches!(ours, Ok(Some(r)) if r.outcome == "mined") {
+                if !mined_here(&store, &event) {
                     save(&record("already_consumed", None, None));
                 }
                 return;
@@ -218,24 +240,8 @@ async fn relay_batch(
 ) {
     tokio::time::sleep(job.delay).await;
     let root = hex::encode(job.request.root);
-    let record = |outcome: &str, tx_hash: Option<[u8; 32]>, detail: Option<String>| RelayRecord {
-        chain_id: job.dest.0,
-        outcome: outcome.to_owned(),
-        tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
-        detail,
-        at_ms: now_ms(),
-    };
-    let save = |events: &[EventId], r: &RelayRecord| {
-        let mut b = Batch::new();
-        for e in events {
-            if b.put_json(Cf::SigningAttempts, relay_key(e), r).is_err() {
-                return;
-            }
-        }
-        if let Err(e) = store.commit(b) {
-            warn!(target: "relay", error = %e, "cannot store the relay records");
-        }
-    };
+    let record = |outcome: &str, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
+    let save = |events: &[EventId], r: &RelayRecord| save_records(&store, events, r);
     let count = |outcome: &str, n: usize| {
         metrics.relay_submissions.with_label_values(&[name.as_str(), outcome]).inc_by(n as u64);
     };
@@ -245,10 +251,7 @@ async fn relay_batch(
         }
         // Checked before every submission, the store being the truth.
         let mut request = job.request.clone();
-        let (reorged, live): (Vec<_>, Vec<_>) = request
-            .leaves
-            .into_iter()
-            .partition(|l| matches!(crate::state::get_event(&store, &l.event), Ok(Some(r)) if r.reorged.is_some()));
+        let (reorged, live): (Vec<_>, Vec<_>) = request.leaves.into_iter().partition(|l| is_reorged(&store, &l.event));
         if !reorged.is_empty() {
             let events: Vec<EventId> = reorged.iter().map(|l| l.event).collect();
             warn!(target: "relay", chain = %name, %root, reorged = events.len(), "leaves reorged out past finality: not relayed");
@@ -264,14 +267,7 @@ async fn relay_batch(
         let tx_hash = match submitted {
             Ok(MintSubmission::AlreadyConsumed) => {
                 count("already_consumed", events.len());
-                let theirs: Vec<EventId> = events
-                    .iter()
-                    .copied()
-                    .filter(|e| {
-                        !matches!(store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(e)),
-                            Ok(Some(r)) if r.outcome == "mined")
-                    })
-                    .collect();
+                let theirs: Vec<EventId> = events.iter().copied().filter(|e| !mined_here(&store, e)).collect();
                 save(&theirs, &record("already_consumed", None, None));
                 return;
             }

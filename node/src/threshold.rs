@@ -201,6 +201,30 @@ fn release_key(txid: &Txid) -> Vec<u8> {
 }
 
 /// A `0x`-prefixed 32-byte hex word, as [`SignedRecord`] stores them.
+/// The mint a peg-in or EVM-to-EVM attestation asks for: its destination chain and
+/// leaf (None for payouts).
+fn mint_of(att: &Attestation) -> Option<(ChainId, Leaf)> {
+    match att.kind {
+        AttestationKind::PegIn { dest_chain, recipient, amount }
+        | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
+            Some((dest_chain, Leaf { event: att.event, recipient, amount }))
+        }
+        AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => None,
+    }
+}
+
+/// `0x` + the 32 bytes in hex, as the records store words.
+fn word(b: &[u8; 32]) -> String {
+    format!("0x{}", hex::encode(b))
+}
+
+/// This node's own aggregated `evm` signature, in the form the bridges verify.
+fn own_evm_signature(signature: &[u8]) -> eyre::Result<EvmSignature> {
+    let sig = btcfi_signer::frost_secp256k1::Signature::deserialize(signature)
+        .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
+    Ok(EvmSignature::from_frost(&sig)?)
+}
+
 fn hex32(s: &str) -> eyre::Result<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
@@ -752,6 +776,13 @@ impl Threshold {
         });
     }
 
+    /// Sends `payload` to every other validator ([`Threshold::send`] to each).
+    fn send_to_peers(&self, payload: &[u8]) {
+        for to in (0..self.n).filter(|i| *i != self.me) {
+            self.send(to, payload.to_vec());
+        }
+    }
+
     fn start_now(&mut self, kind: KeyKind, message: Vec<u8>, purpose: Purpose) -> eyre::Result<()> {
         let effects = match kind {
             KeyKind::Evm => match self.evm.as_mut() {
@@ -996,13 +1027,17 @@ impl Threshold {
 
     // ------------------------------------------------------------------ mint batches
 
-    /// The validator that proposes the batches of mints to `chain` first; the others
-    /// follow it `takeover` apart, each proposing only mints certified here for at
-    /// least its rank × takeover.
+    /// How far validator `who` stands after the first proposer of the batches of mints
+    /// to `chain`: the others follow it `takeover` apart, each proposing only mints
+    /// certified here for at least its rank × takeover.
     fn batch_rank_of(&self, chain: u64, who: usize) -> usize {
         let n = self.n.max(1);
-        let primary = (chain % n as u64) as usize;
-        (who + n - primary) % n
+        (who + n - self.batch_proposer(chain)) % n
+    }
+
+    /// The validator that proposes the batches of mints to `chain` first.
+    fn batch_proposer(&self, chain: u64) -> usize {
+        (chain % self.n.max(1) as u64) as usize
     }
 
     /// Proposes the batches that are due: for each chain, the mints certified here for
@@ -1043,9 +1078,7 @@ impl Threshold {
                 let proposal = BatchProposal::new(chain, due.into_iter().map(|(_, l)| l).collect());
                 info!(target: "signing", chain, mints = proposal.leaves.len(), root = %hex::encode(proposal.root()), rank, "proposing a batch of mints");
                 let payload = [&[TAG_BATCH][..], &proposal.encode()].concat();
-                for to in (0..self.n).filter(|i| *i != self.me) {
-                    self.send(to, payload.clone());
-                }
+                self.send_to_peers(&payload);
                 self.accept_batch(proposal, self.me)?;
             }
         }
@@ -1073,9 +1106,7 @@ impl Threshold {
         }
         let ready: Vec<u8> =
             std::iter::once(TAG_BATCH_READY).chain(held.iter().flat_map(|m| m.iter().copied())).collect();
-        for to in (0..self.n).filter(|i| *i != self.me) {
-            self.send(to, ready.clone());
-        }
+        self.send_to_peers(&ready);
         for (message, b) in &self.batches {
             if b.proposer != self.me || b.since.elapsed() < BATCH_RESEND_EVERY {
                 continue;
@@ -1156,11 +1187,7 @@ impl Threshold {
                 continue;
             }
             let Some(cert) = crate::state::get_certified(&self.store, &event)? else { continue };
-            let (dest, recipient, amount) = match cert.attestation.kind {
-                AttestationKind::PegIn { dest_chain, recipient, amount }
-                | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => (dest_chain, recipient, amount),
-                _ => continue,
-            };
+            let Some((dest, Leaf { recipient, amount, .. })) = mint_of(&cert.attestation) else { continue };
             let Some(bridge) = self.bridges.get(&dest.0).copied() else { continue };
             let Ok(message) = hex32(&rec.message) else { continue };
             let expected = match &rec.batch {
@@ -1249,11 +1276,8 @@ impl Threshold {
             }
             let certified = crate::state::get_certified(&self.store, &leaf.event).map_err(|e| e.to_string())?;
             let Some(rec) = certified else { return Err(format!("{NOT_CERTIFIED_YET}: {}", leaf.event)) };
-            match rec.attestation.kind {
-                AttestationKind::PegIn { dest_chain, recipient, amount }
-                | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. }
-                    if dest_chain.0 == p.chain && recipient == leaf.recipient && amount == leaf.amount => {}
-                _ => return Err(format!("{} is not that mint here", leaf.event)),
+            if mint_of(&rec.attestation) != Some((ChainId(p.chain), *leaf)) {
+                return Err(format!("{} is not that mint here", leaf.event));
             }
             if self.store.get(Cf::SigningAttempts, signed_key(&leaf.event)).map_err(|e| e.to_string())?.is_some() {
                 signed += 1;
@@ -1295,10 +1319,7 @@ impl Threshold {
         let rank = self.batch_rank_of(p.chain, proposer);
         let active = ActiveBatch { proposal: p, proposer, rank, since: Instant::now(), started: false };
         self.batches.insert(message.clone(), active);
-        let ready = [&[TAG_BATCH_READY][..], &message].concat();
-        for to in (0..self.n).filter(|i| *i != self.me) {
-            self.send(to, ready.clone());
-        }
+        self.send_to_peers(&[&[TAG_BATCH_READY][..], &message].concat());
         self.maybe_start_batch(&message)
     }
 
@@ -1379,6 +1400,34 @@ impl Threshold {
         }
     }
 
+    /// The stored record of mint `leaf` to `chain`, signed by `evm` over `message` in
+    /// `attempt` with the validators `signers` eligible (not part of a batch).
+    fn signed_record(
+        &self,
+        chain: u64,
+        leaf: &Leaf,
+        message: &[u8],
+        evm: &EvmSignature,
+        signers: &[usize],
+        attempt: u32,
+    ) -> SignedRecord {
+        SignedRecord {
+            chain_id: chain,
+            bridge: self.bridges.get(&chain).copied().unwrap_or_default().to_string(),
+            contract_event_id: word(&leaf.event.contract_id()),
+            recipient: format!("0x{}", hex::encode(leaf.recipient.0)),
+            amount_sats: leaf.amount.0,
+            message: format!("0x{}", hex::encode(message)),
+            rx: word(&evm.rx.to_be_bytes()),
+            ry: word(&evm.ry.to_be_bytes()),
+            z: word(&evm.z.to_be_bytes()),
+            signers: signers.iter().filter_map(|i| self.peers.get(*i)).map(|p| p.to_string()).collect(),
+            attempt,
+            signed_at_ms: now_ms(),
+            batch: None,
+        }
+    }
+
     /// A batch signature: each mint's record (with its proof) stored in one write, the
     /// batch handed to the relayer.
     fn on_batch_signed(
@@ -1389,41 +1438,19 @@ impl Threshold {
         attempt: u32,
     ) -> eyre::Result<()> {
         let Some(b) = self.batches.get(message).cloned() else { return Ok(()) };
-        let sig = btcfi_signer::frost_secp256k1::Signature::deserialize(signature)
-            .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
-        let evm = EvmSignature::from_frost(&sig)?;
+        let evm = own_evm_signature(signature)?;
         let p = &b.proposal;
         let root = p.root();
         let proofs = p.proofs();
-        let bridge = self.bridges.get(&p.chain).copied().unwrap_or_default();
-        let word = |b: &[u8; 32]| format!("0x{}", hex::encode(b));
-        let signer_ids: Vec<String> =
-            signers.iter().filter_map(|i| self.peers.get(*i)).map(|x| x.to_string()).collect();
         let mut batch = Batch::new();
         let mut leaves = Vec::new();
         for (leaf, proof) in p.leaves.iter().zip(proofs) {
             if self.reorged.contains(&leaf.event) {
                 continue;
             }
-            let record = SignedRecord {
-                chain_id: p.chain,
-                bridge: bridge.to_string(),
-                contract_event_id: word(&leaf.event.contract_id()),
-                recipient: format!("0x{}", hex::encode(leaf.recipient.0)),
-                amount_sats: leaf.amount.0,
-                message: format!("0x{}", hex::encode(message)),
-                rx: word(&evm.rx.to_be_bytes()),
-                ry: word(&evm.ry.to_be_bytes()),
-                z: word(&evm.z.to_be_bytes()),
-                signers: signer_ids.clone(),
-                attempt,
-                signed_at_ms: now_ms(),
-                batch: Some(BatchRef {
-                    root: word(&root),
-                    proof: proof.iter().map(word).collect(),
-                    leaves: p.leaves.len(),
-                }),
-            };
+            let mut record = self.signed_record(p.chain, leaf, message, &evm, signers, attempt);
+            record.batch =
+                Some(BatchRef { root: word(&root), proof: proof.iter().map(word).collect(), leaves: p.leaves.len() });
             batch.put_json(Cf::SigningAttempts, signed_key(&leaf.event), &record)?;
             if let Some(at) = self.finalized_at.remove(&leaf.event) {
                 self.metrics.finality_to_signature.observe(at.elapsed().as_secs_f64());
@@ -1569,38 +1596,15 @@ impl Threshold {
                 }
             }
             Purpose::Mint { event } => {
-                let sig = btcfi_signer::frost_secp256k1::Signature::deserialize(signature)
-                    .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
-                let evm = EvmSignature::from_frost(&sig)?;
+                let evm = own_evm_signature(signature)?;
                 let Some(rec) = crate::state::get_certified(&self.store, &event)? else { return Ok(()) };
                 if self.reorged.contains(&event) {
                     warn!(target: "signing", %event, "mint signed, but its event was reorged out past finality: not relayed");
                     return Ok(());
                 }
-                let (dest, recipient, amount) = match rec.attestation.kind {
-                    AttestationKind::PegIn { dest_chain, recipient, amount }
-                    | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
-                        (dest_chain, recipient, amount)
-                    }
-                    AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => return Ok(()),
-                };
-                let bridge = self.bridges.get(&dest.0).copied().unwrap_or_default();
-                let word = |b: &[u8; 32]| format!("0x{}", hex::encode(b));
-                let record = SignedRecord {
-                    chain_id: dest.0,
-                    bridge: bridge.to_string(),
-                    contract_event_id: word(&event.contract_id()),
-                    recipient: format!("0x{}", hex::encode(recipient.0)),
-                    amount_sats: amount.0,
-                    message: format!("0x{}", hex::encode(message)),
-                    rx: word(&evm.rx.to_be_bytes()),
-                    ry: word(&evm.ry.to_be_bytes()),
-                    z: word(&evm.z.to_be_bytes()),
-                    signers: signers.iter().filter_map(|i| self.peers.get(*i)).map(|p| p.to_string()).collect(),
-                    attempt,
-                    signed_at_ms: now_ms(),
-                    batch: None,
-                };
+                let Some((dest, leaf)) = mint_of(&rec.attestation) else { return Ok(()) };
+                let (recipient, amount) = (leaf.recipient, leaf.amount);
+                let record = self.signed_record(dest.0, &leaf, message, &evm, &signers, attempt);
                 let mut b = Batch::new();
                 b.put_json(Cf::SigningAttempts, signed_key(&event), &record)?;
                 self.store.commit(b)?;
@@ -2026,17 +2030,12 @@ impl Threshold {
 
     /// The mint message of a mint attestation (None for payouts, or an unknown bridge).
     fn mint_message_of(&self, att: &Attestation) -> Option<Vec<u8>> {
-        match &att.kind {
-            AttestationKind::PegIn { dest_chain, recipient, amount }
-            | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
-                let bridge = self.bridges.get(&dest_chain.0).copied()?;
-                Some(
-                    mint_message(dest_chain.0, bridge, att.event.contract_id(), Address::from(recipient.0), amount.0)
-                        .to_vec(),
-                )
-            }
-            AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => None,
-        }
+        let (dest, leaf) = mint_of(att)?;
+        let bridge = self.bridges.get(&dest.0).copied()?;
+        Some(
+            mint_message(dest.0, bridge, leaf.event.contract_id(), Address::from(leaf.recipient.0), leaf.amount.0)
+                .to_vec(),
+        )
     }
 
     /// Why `event` waits, as this node sees it now (None: nothing pending here): a mint
@@ -2091,7 +2090,7 @@ impl Threshold {
                 "state": "batching",
                 "chain_id": chain,
                 "certified_for_ms": at.elapsed().as_millis() as u64,
-                "proposer": (chain % self.n.max(1) as u64) as usize,
+                "proposer": self.batch_proposer(chain),
                 "proposer_rank_of_this_node": rank,
                 "this_node_proposes_in_ms": (self.takeover * rank as u32 + self.batch_wait).saturating_sub(at.elapsed()).as_millis() as u64,
             }));
@@ -2103,7 +2102,7 @@ impl Threshold {
             && let Some(b) = self.batches.get(message)
         {
             let batch = json!({
-                "root": format!("0x{}", hex::encode(b.proposal.root())),
+                "root": word(&b.proposal.root()),
                 "mints": b.proposal.leaves.len(),
                 "proposer": b.proposer,
                 "proposed_ms_ago": b.since.elapsed().as_millis() as u64,
@@ -2625,9 +2624,7 @@ impl Threshold {
             })
             .collect();
         for payload in mine {
-            for i in (0..self.n).filter(|i| *i != self.me) {
-                self.send(i, payload.clone());
-            }
+            self.send_to_peers(&payload);
         }
     }
 
@@ -2687,11 +2684,7 @@ impl Threshold {
         self.last_proposal = Some(Instant::now());
         let Ok(p) = p else { return Ok(()) };
         warn!(target: "release", txid = %p.txid(), fee = p.fee(), fault, "TEST FAULT: sending a release proposal honest signers must refuse");
-        let mut payload = vec![TAG_RELEASE];
-        payload.extend(p.encode());
-        for i in (0..self.n).filter(|i| *i != self.me) {
-            self.send(i, payload.clone());
-        }
+        self.send_to_peers(&[&[TAG_RELEASE][..], &p.encode()].concat());
         Ok(())
     }
 
@@ -2730,11 +2723,7 @@ impl Threshold {
 
     /// Sends `p` (validated here already) to the others and signs it.
     fn send_proposal(&mut self, p: Proposal) -> eyre::Result<()> {
-        let mut payload = vec![TAG_RELEASE];
-        payload.extend(p.encode());
-        for i in (0..self.n).filter(|i| *i != self.me) {
-            self.send(i, payload.clone());
-        }
+        self.send_to_peers(&[&[TAG_RELEASE][..], &p.encode()].concat());
         self.last_proposal = Some(Instant::now());
         self.accept(p, self.me)
     }

@@ -358,21 +358,8 @@ impl Out {
 /// Certificates in batches of at most [`MAX_BATCH_CERTIFICATES`] and about
 /// [`MAX_BATCH_BYTES`] each, in order.
 fn pack_certificates(certificates: Vec<Certificate>) -> Vec<Vec<Certificate>> {
-    let mut out: Vec<(Vec<Certificate>, usize)> = Vec::new();
-    for c in certificates {
-        let size = certificate_body_len(&c);
-        let full = out
-            .last()
-            .is_none_or(|(b, len)| b.len() >= MAX_BATCH_CERTIFICATES || len.saturating_add(size) > MAX_BATCH_BYTES);
-        if full {
-            out.push((Vec::new(), 4));
-        }
-        if let Some((b, len)) = out.last_mut() {
-            b.push(c);
-            *len += size;
-        }
-    }
-    out.into_iter().map(|(b, _)| b).collect()
+    // Header: type, version, count.
+    crate::wire::chunks_within(certificates, certificate_body_len, 4, MAX_BATCH_CERTIFICATES, MAX_BATCH_BYTES)
 }
 
 /// The consensus core of one validator for one epoch.

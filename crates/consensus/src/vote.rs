@@ -129,24 +129,24 @@ impl VoteBatch {
     /// Groups `votes` by (epoch, validator) into batches of at most `max_votes` votes
     /// and about `max_bytes` encoded bytes each, in order.
     pub fn pack(votes: impl IntoIterator<Item = Vote>, max_votes: usize, max_bytes: usize) -> Vec<VoteBatch> {
-        type Key = (Epoch, ValidatorIndex);
-        let mut groups: std::collections::BTreeMap<Key, Vec<(VoteBatch, usize)>> = Default::default();
+        let mut groups: std::collections::BTreeMap<(Epoch, ValidatorIndex), Vec<Vote>> = Default::default();
         for v in votes {
-            let batches = groups.entry((v.epoch, v.validator)).or_default();
-            let size = crate::wire::batched_vote_len(&v.signature);
-            let full = batches
-                .last()
-                .is_none_or(|(b, len)| b.votes.len() >= max_votes.max(1) || len.saturating_add(size) > max_bytes);
-            if full {
-                let empty = VoteBatch { epoch: v.epoch, validator: v.validator, votes: Vec::new() };
-                batches.push((empty, crate::wire::VOTE_BATCH_HEADER_LEN));
-            }
-            if let Some((b, len)) = batches.last_mut() {
-                b.votes.push(BatchedVote { event: v.event, digest: v.digest, signature: v.signature });
-                *len += size;
-            }
+            groups.entry((v.epoch, v.validator)).or_default().push(v);
         }
-        groups.into_values().flatten().map(|(b, _)| b).collect()
+        let size = |v: &Vote| crate::wire::batched_vote_len(&v.signature);
+        let header = crate::wire::VOTE_BATCH_HEADER_LEN;
+        groups
+            .into_iter()
+            .flat_map(|((epoch, validator), votes)| {
+                crate::wire::chunks_within(votes, size, header, max_votes, max_bytes).into_iter().map(move |chunk| {
+                    let votes = chunk
+                        .into_iter()
+                        .map(|v| BatchedVote { event: v.event, digest: v.digest, signature: v.signature })
+                        .collect();
+                    VoteBatch { epoch, validator, votes }
+                })
+            })
+            .collect()
     }
 
     /// Length of the wire encoding.

@@ -53,6 +53,32 @@ pub fn batched_vote_len(signature: &Signature) -> usize {
     EventId::ENCODED_LEN + 32 + 2 + signature.0.len().min(usize::from(u16::MAX))
 }
 
+/// `items` in order, in chunks of at most `max_items` (at least 1) whose encoding —
+/// `header` bytes plus each item's `size` — stays within `max_bytes`; an item larger
+/// than that on its own goes alone.
+pub(crate) fn chunks_within<T>(
+    items: impl IntoIterator<Item = T>,
+    size: impl Fn(&T) -> usize,
+    header: usize,
+    max_items: usize,
+    max_bytes: usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<(Vec<T>, usize)> = Vec::new();
+    for item in items {
+        let len = size(&item);
+        let full =
+            out.last().is_none_or(|(c, used)| c.len() >= max_items.max(1) || used.saturating_add(len) > max_bytes);
+        if full {
+            out.push((Vec::new(), header));
+        }
+        if let Some((c, used)) = out.last_mut() {
+            c.push(item);
+            *used += len;
+        }
+    }
+    out.into_iter().map(|(c, _)| c).collect()
+}
+
 /// Bytes of one certificate body (as inside a response or a certificates message).
 pub fn certificate_body_len(c: &Certificate) -> usize {
     MIN_CERTIFICATE_BODY + c.signatures.iter().map(|s| 2 + 2 + s.signature.0.len()).sum::<usize>()
