@@ -142,7 +142,7 @@ impl Metrics {
             signing_sessions: counter_vec(
                 &r,
                 "btcfi_signing_sessions_total",
-                "Signing sessions, by key and outcome (started, signed, failed).",
+                "Signing sessions, by key and outcome (queued, started, set_aside, signed, failed, abandoned).",
                 &["key", "outcome"],
             )?,
             signing_commitments: counter_vec(

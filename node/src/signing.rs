@@ -222,6 +222,11 @@ impl<M> Parking<M> {
         self.sessions.len()
     }
 
+    /// How many peers sent something for `sid` (peers already sign it).
+    pub fn senders(&self, sid: &SessionId) -> usize {
+        self.sessions.get(sid).map_or(0, |p| p.messages.iter().map(|(f, _, _)| *f).collect::<BTreeSet<_>>().len())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
@@ -273,6 +278,11 @@ impl StartQueue {
             key.1 = 0;
             self.order.insert(*key, m);
         }
+    }
+
+    /// The next message to start, and whether peers already sign it.
+    pub fn peek(&self) -> Option<(&[u8], bool)> {
+        self.order.first_key_value().map(|(k, m)| (m.as_slice(), k.1 == 0))
     }
 
     /// The next message to start.
@@ -362,6 +372,14 @@ struct Slot<C: Ciphersuite> {
     started: Instant,
     attempt: Attempt,
     candidates: BTreeSet<Identifier<C>>,
+    /// Set aside: it waited for peers (fewer than t committed) while a session peers do
+    /// sign waited for its slot. It is back in the queue; its peers' messages are held
+    /// for it ([`MAX_PARKED_PER_SESSION`] at most) until it takes a slot again, nonces
+    /// and attempt unchanged (its attempt had no timer running, so nothing is lost).
+    suspended: bool,
+    held: Vec<(usize, Message<C>)>,
+    /// Since when it holds its slot.
+    active_since: Instant,
 }
 
 /// One group key's sessions.
@@ -482,10 +500,15 @@ impl<C: Ciphersuite> Suite<C> {
         })
     }
 
+    /// Sessions holding a slot (running, not set aside).
+    fn active(&self) -> usize {
+        self.sessions.values().filter(|s| !s.suspended).count()
+    }
+
     /// Sessions running, the limit, messages queued behind them and for how long.
     pub fn load(&self) -> Load {
         Load {
-            in_flight: self.sessions.len(),
+            in_flight: self.active(),
             max_in_flight: self.max_in_flight,
             queued: self.queue.len(),
             backlog: self.queue.backlog_for(Instant::now()),
@@ -501,16 +524,23 @@ impl<C: Ciphersuite> Suite<C> {
         let w = self.wanted.get(message)?;
         let index = |id: &Identifier<C>| self.index(id);
         let list = |set: &BTreeSet<Identifier<C>>| set.iter().filter_map(index).collect::<Vec<usize>>();
-        if w.sids.is_empty() {
+        let sid = w.sids.last().copied();
+        let set_aside = sid.and_then(|s| self.sessions.get(&s)).filter(|s| s.suspended);
+        if w.sids.is_empty() || set_aside.is_some() {
             return Some(json!({
                 "state": "queued",
                 "position": self.queue.position(message),
                 "queued": self.queue.len(),
-                "sessions_in_flight": self.sessions.len(),
+                "sessions_in_flight": self.active(),
                 "max_sessions_in_flight": self.max_in_flight,
+                "set_aside": set_aside.map(|s| json!({
+                    "attempt": s.attempt.0,
+                    "committed": s.session.present(),
+                    "held_messages": s.held.len(),
+                })),
             }));
         }
-        let sid = w.sids.last().copied()?;
+        let sid = sid?;
         if let Some(at) = w.retry_at {
             return Some(json!({
                 "state": "retrying",
@@ -540,7 +570,71 @@ impl<C: Ciphersuite> Suite<C> {
     }
 
     fn has_slot(&self) -> bool {
-        self.sessions.len() < self.max_in_flight
+        self.active() < self.max_in_flight
+    }
+
+    /// Peers known to sign `message` already: those whose messages wait for it here
+    /// (parked before it started, or held while it is set aside) or who committed to it.
+    fn peers_on(&self, message: &[u8]) -> usize {
+        let Some(w) = self.wanted.get(message) else { return 0 };
+        match w.sids.last().and_then(|sid| self.sessions.get(sid)) {
+            Some(slot) => {
+                let held: BTreeSet<usize> = slot.held.iter().map(|(f, _)| *f).collect();
+                held.len().max(slot.session.present().saturating_sub(1))
+            }
+            None => self.parked.senders(&self.sid_of(message, w.round)),
+        }
+    }
+
+    /// Every slot is taken, and the next queued message is one peers already sign: the
+    /// running session that waits for peers the longest (fewer than t committed, for at
+    /// least twice the timeout, with no more peers on it than on that message) is set
+    /// aside for it. Validators drain their queues in different orders, so the sessions
+    /// holding their slots differ; without this, sessions each waiting for peers whose
+    /// slots hold others could wait for each other until their patience ran out.
+    fn yield_slot(&mut self, now: Instant) {
+        if self.has_slot() {
+            return;
+        }
+        let Some((head, true)) = self.queue.peek() else { return };
+        let head_peers = self.peers_on(head);
+        let waited = Duration::from_millis(self.config.timeout_ms.saturating_mul(2));
+        let pick = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                !s.suspended
+                    && !s.session.quorate()
+                    && now.saturating_duration_since(s.active_since) >= waited
+                    && s.session.present() <= head_peers
+            })
+            .min_by_key(|(_, s)| (s.session.present(), s.active_since))
+            .map(|(sid, _)| *sid);
+        let Some(sid) = pick else { return };
+        let Some(slot) = self.sessions.get_mut(&sid) else { return };
+        slot.suspended = true;
+        let (message, purpose, present) = (slot.message.clone(), slot.purpose.clone(), slot.session.present());
+        self.queue.push(message.clone(), &purpose, now);
+        if present > 1 {
+            self.queue.promote(&message);
+        }
+        self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "set_aside"]).inc();
+        info!(target: "signing", key = %self.kind, session = ?sid, ?purpose, committed = present, head_peers, "session waiting for peers set aside for one they sign");
+    }
+
+    /// Takes a set-aside session up again: its held messages are delivered.
+    fn resume(&mut self, store: &Store, sid: SessionId, now_ms: u64) -> eyre::Result<Vec<Effect>> {
+        let Some(slot) = self.sessions.get_mut(&sid) else { return Ok(vec![]) };
+        slot.suspended = false;
+        slot.active_since = Instant::now();
+        slot.session.resume(now_ms);
+        let held = std::mem::take(&mut slot.held);
+        debug!(target: "signing", key = %self.kind, session = ?sid, held = held.len(), "set-aside session resumed");
+        let mut out = Vec::new();
+        for (from, m) in held {
+            out.extend(self.deliver(store, sid, from, m, now_ms)?);
+        }
+        Ok(out)
     }
 
     /// The group's public key package.
@@ -576,8 +670,9 @@ impl<C: Ciphersuite> Suite<C> {
     /// longer wanted: its release was superseded). Its nonces die with it.
     pub fn abandon(&mut self, message: &[u8]) {
         let Some(w) = self.wanted.remove(message) else { return };
+        // Queued, or set aside (then back in the queue).
+        self.queue.remove(message);
         if w.sids.is_empty() {
-            self.queue.remove(message);
             self.queued_sids.remove(&self.sid_of(message, w.round));
         }
         for sid in &w.sids {
@@ -690,6 +785,9 @@ impl<C: Ciphersuite> Suite<C> {
                 started: Instant::now(),
                 attempt: Attempt(0),
                 candidates: BTreeSet::new(),
+                suspended: false,
+                held: Vec::new(),
+                active_since: Instant::now(),
             },
         );
         let mut out = self.process(store, sid, actions, now_ms)?;
@@ -814,6 +912,8 @@ impl<C: Ciphersuite> Suite<C> {
     ) -> eyre::Result<Effect> {
         let kind = self.kind;
         let bytes = signature.serialize().map_err(|e| eyre::eyre!("serializing a signature: {e}"))?;
+        // It may have been set aside (then queued again) when a peer's signature came.
+        self.queue.remove(&message);
         let rounds = self.wanted.remove(&message).map(|w| w.sids).unwrap_or_default();
         for r in rounds {
             self.by_sid.remove(&r);
@@ -874,6 +974,19 @@ impl<C: Ciphersuite> Suite<C> {
     ) -> eyre::Result<Vec<Effect>> {
         let Ok(from_id) = identifier::<C>(from) else { return Ok(vec![]) };
         let Some(slot) = self.sessions.get_mut(&sid) else { return Ok(vec![]) };
+        if slot.suspended && !matches!(m, Message::Signature { .. }) {
+            // Held until it takes a slot again; peers sign it, so it goes first.
+            if slot.held.len() < MAX_PARKED_PER_SESSION
+                && slot.held.iter().filter(|(f, _)| *f == from).count() < MAX_PARKED_PER_SENDER
+            {
+                slot.held.push((from, m));
+            } else {
+                self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), "held_full"]).inc();
+            }
+            let message = slot.message.clone();
+            self.queue.promote(&message);
+            return Ok(vec![]);
+        }
         let actions = slot.session.handle(Input::Message { from: from_id, message: m }, now_ms);
         self.process(store, sid, actions, now_ms)
     }
@@ -899,18 +1012,26 @@ impl<C: Ciphersuite> Suite<C> {
             info!(target: "signing", key = %self.kind, round, "retrying a failed signing session as a new round");
             out.extend(self.start_round(store, &message, round, now_ms)?);
         }
+        self.yield_slot(now);
         while self.has_slot() {
             let Some(message) = self.queue.pop() else { break };
-            let Some(round) = self.wanted.get(&message).filter(|w| w.sids.is_empty()).map(|w| w.round) else {
+            let Some((round, last)) = self.wanted.get(&message).map(|w| (w.round, w.sids.last().copied())) else {
                 continue;
             };
+            if let Some(sid) = last {
+                // Set aside before, or already running in another round.
+                if self.sessions.get(&sid).is_some_and(|s| s.suspended) {
+                    out.extend(self.resume(store, sid, now_ms)?);
+                }
+                continue;
+            }
             self.queued_sids.remove(&self.sid_of(&message, round));
             out.extend(self.start_round(store, &message, round, now_ms)?);
         }
         let kind = self.kind.as_str();
         self.metrics.signing_queue.with_label_values(&[kind]).set(self.queue.len() as i64);
-        self.metrics.signing_in_flight.with_label_values(&[kind]).set(self.sessions.len() as i64);
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        self.metrics.signing_in_flight.with_label_values(&[kind]).set(self.active() as i64);
+        let ids: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| !s.suspended).map(|(sid, _)| *sid).collect();
         for sid in ids {
             if let Some(slot) = self.sessions.get_mut(&sid) {
                 let actions = slot.session.handle(Input::Tick, now_ms);

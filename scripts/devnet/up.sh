@@ -155,7 +155,7 @@ EVM_URLS=()
 for i in 0 1 2 3; do
   port=$((EVM_BASE + i))
   step "starting anvil ${NAMES[$i]} (chain id ${CHAIN_IDS[$i]}) on 127.0.0.1:$port"
-  nohup "$ANVIL" --host 127.0.0.1 --port "$port" --chain-id "${CHAIN_IDS[$i]}" --block-time 1 \
+  nohup "$ANVIL" --host 127.0.0.1 --port "$port" --chain-id "${CHAIN_IDS[$i]}" --block-time 1 --max-persisted-states 0 \
     --accounts "$ACCOUNTS" --config-out "$DEV/anvil-${NAMES[$i]}.json" \
     >"$DEV/logs/anvil-${NAMES[$i]}.log" 2>&1 &
   echo "anvil-${NAMES[$i]} $!" >>"$PIDS"

@@ -17,10 +17,19 @@
 //!   ([`coordinator`]), never the coordinator of attempt `a - 1` (so that no coordinator
 //!   keeps itself in charge through its choice of exclusions).
 //! * Each candidate draws fresh nonces, emits [`Action::Persist`] of
-//!   `CommitmentIssued { session, attempt }` and **then** sends its commitment to the
-//!   coordinator. The node must make the record durable before executing any later
-//!   action of the same batch: this is what makes "no pre-crash attempt is ever answered"
-//!   enforceable after a restart (see [`Session::new`]).
+//!   `CommitmentIssued { session, attempt }` and **then** broadcasts its commitment (the
+//!   coordinator uses it; the others count who takes part). The node must make the
+//!   record durable before executing any later action of the same batch: this is what
+//!   makes "no pre-crash attempt is ever answered" enforceable after a restart (see
+//!   [`Session::new`]).
+//! * An attempt's timers run only once t candidates' commitments were seen (its
+//!   *quorum*). Validators start a session at different times (each drains its own
+//!   signing queue); before, those who started first timed attempts out alone and were
+//!   attempts ahead when the others arrived, so that their attempts never met. Now the
+//!   first wait, and whoever arrives joins the same attempt. An attempt that never
+//!   reaches t within the session's patience (`max_attempts × 2 × timeout_ms`, e.g. its
+//!   signers are away) fails the session with [`SessionError::NoQuorum`], having burned
+//!   nothing; the node retries it as a new round.
 //! * The coordinator waits for every candidate's commitment, or for a short grace
 //!   period (`timeout_ms / 5`) once `t` have arrived, and sends the signing package to
 //!   all whose commitments it holds (at least `t`: FROST signs with any set of `t` or
@@ -35,9 +44,10 @@
 //!   attempt ends.
 //! * Robustness: a share that fails verification makes its sender a culprit
 //!   ([`Action::Culprit`], from `Error::culprits()`); the coordinator ends the attempt at
-//!   once. Signers that did not answer by `timeout_ms` are excluded when the coordinator
-//!   ends the attempt. Both are announced with [`Message::NewAttempt`]. If the coordinator
-//!   itself says nothing for `2 * timeout_ms`, every other node excludes it and moves to
+//!   once. Signers that did not answer by `timeout_ms` (from the quorum) are excluded
+//!   when the coordinator ends the attempt. Both are announced with
+//!   [`Message::NewAttempt`]. If the coordinator itself says nothing for `2 * timeout_ms`
+//!   after the quorum, every other node excludes it and moves to
 //!   the next attempt on its own. Each failed attempt excludes at least one signer, so
 //!   with `t` honest responsive signers a signature arrives within `n - t + 1` attempts.
 //!   Exclusions for silence are forgiven when they would leave fewer than `t`
@@ -284,6 +294,19 @@ pub enum SessionError {
     /// The session is over (signed or failed).
     #[error("session finished")]
     Finished,
+    /// Fewer than t signers committed to the attempt within the session's patience
+    /// (`max_attempts × 2 × timeout_ms`): the signers are away, or this node's own
+    /// commitment for it was issued before a restart. Nothing was burned; the node
+    /// retries the message as a new round.
+    #[error("only {present} of the {threshold} signers needed committed in {waited_ms} ms: session failed")]
+    NoQuorum {
+        /// Signers seen committed (this node included).
+        present: usize,
+        /// Threshold t.
+        threshold: usize,
+        /// How long the attempt waited.
+        waited_ms: u64,
+    },
     /// The session ran [`MAX_ATTEMPTS`] attempts without a signature: it failed.
     #[error("no signature after {attempts} attempts: session failed (see the culprits and the peers' health)")]
     TooManyAttempts {
@@ -480,7 +503,13 @@ struct Running<C: Ciphersuite> {
     message: Vec<u8>,
     signers: BTreeSet<Identifier<C>>,
     attempt: Attempt,
+    /// When the attempt began (or the session was last resumed while it waited).
     started_ms: u64,
+    /// Candidates whose commitment for this attempt this node saw (its own included):
+    /// commitments are broadcast, so that every node knows who takes part.
+    present: BTreeSet<Identifier<C>>,
+    /// When `present` reached t: the attempt's timers run from then on only.
+    quorum_ms: Option<u64>,
     excluded: BTreeSet<Identifier<C>>,
     candidates: BTreeSet<Identifier<C>>,
     coordinator: Identifier<C>,
@@ -678,6 +707,8 @@ impl<C: Ciphersuite> Session<C> {
             signers,
             attempt: Attempt(0),
             started_ms: now_ms,
+            present: BTreeSet::new(),
+            quorum_ms: None,
             excluded: BTreeSet::new(),
             candidates: BTreeSet::new(),
             coordinator: self.ctx.me,
@@ -706,6 +737,8 @@ impl<C: Ciphersuite> Session<C> {
         }
         run.attempt = attempt;
         run.started_ms = now_ms;
+        run.present.clear();
+        run.quorum_ms = None;
         run.candidates = run.signers.difference(&excluded).copied().collect();
         run.excluded = excluded;
         run.nonces = None;
@@ -745,15 +778,52 @@ impl<C: Ciphersuite> Session<C> {
         run.nonces = Some((attempt, nonces));
         // Durable before the commitment leaves (or, for the coordinator, is used).
         out.push(Action::Persist(record));
-        if coord == ctx.me {
-            let me = ctx.me;
+        // To everyone: the coordinator uses it, the others count who takes part.
+        out.push(Action::Broadcast(Message::Commitment { session: run.session, attempt, commitments }));
+        let me = ctx.me;
+        self.seen_commitment(me, now_ms);
+        if coord == me {
             self.add_commitment(me, commitments, now_ms, out);
-        } else {
-            out.push(Action::Send {
-                to: coord,
-                message: Message::Commitment { session: run.session, attempt, commitments },
-            });
         }
+    }
+
+    /// `from` committed to the current attempt: once t did, the attempt's timers run.
+    fn seen_commitment(&mut self, from: Identifier<C>, now_ms: u64) {
+        let threshold = self.ctx.threshold;
+        let State::Running(run) = &mut self.state else { return };
+        run.present.insert(from);
+        if run.present.len() >= threshold && run.quorum_ms.is_none() {
+            run.quorum_ms = Some(now_ms);
+        }
+    }
+
+    /// Whether t signers committed to the current attempt (its timers run), as seen here.
+    pub fn quorate(&self) -> bool {
+        matches!(&self.state, State::Running(r) if r.quorum_ms.is_some())
+    }
+
+    /// How many signers this node saw commit to the current attempt (itself included).
+    pub fn present(&self) -> usize {
+        match &self.state {
+            State::Running(r) => r.present.len(),
+            _ => 0,
+        }
+    }
+
+    /// The node set this session aside for a while (its messages waited) and takes it up
+    /// again: an attempt still short of t commitments waits its whole patience anew.
+    pub fn resume(&mut self, now_ms: u64) {
+        if let State::Running(r) = &mut self.state
+            && r.quorum_ms.is_none()
+        {
+            r.started_ms = now_ms;
+        }
+    }
+
+    /// How long an attempt waits for t commitments before the session fails.
+    pub fn patience_ms(&self) -> u64 {
+        let attempts = u64::from(self.ctx.config.max_attempts.clamp(1, MAX_ATTEMPTS));
+        self.ctx.config.timeout_ms.saturating_mul(2).saturating_mul(attempts)
     }
 
     fn on_message(
@@ -821,15 +891,18 @@ impl<C: Ciphersuite> Session<C> {
                 if attempt != run.attempt {
                     return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
                 }
-                let Some(coord) = run.coordinating.as_ref() else {
-                    return Err(SessionError::NotCoordinator { attempt });
-                };
                 if !run.candidates.contains(&from) {
                     return Err(SessionError::NotACandidate);
                 }
-                if coord.arrived.contains_key(&from) {
+                if run.present.contains(&from) {
                     return Err(SessionError::Duplicate);
                 }
+                self.seen_commitment(from, now_ms);
+                let State::Running(run) = &self.state else { return Ok(()) };
+                let Some(coord) = run.coordinating.as_ref() else {
+                    // Not ours to use: it tells who takes part.
+                    return Ok(());
+                };
                 if coord.package.is_some() {
                     // Late but honest: the package went out already.
                     return Ok(());
@@ -1074,9 +1147,24 @@ impl<C: Ciphersuite> Session<C> {
     }
 
     fn on_tick(&mut self, now_ms: u64, out: &mut Out<C>) {
+        let patience = self.patience_ms();
         let State::Running(run) = &self.state else { return };
-        let waited = now_ms.saturating_sub(run.started_ms);
         let timeout = self.ctx.config.timeout_ms;
+        let Some(quorum_ms) = run.quorum_ms else {
+            // Fewer than t take part yet (the others have not started: their queues are
+            // longer): nobody's timer runs, so that nobody moves on without them.
+            let waited = now_ms.saturating_sub(run.started_ms);
+            if waited >= patience {
+                out.push(Action::Failed(SessionError::NoQuorum {
+                    present: run.present.len(),
+                    threshold: self.ctx.threshold,
+                    waited_ms: waited,
+                }));
+                self.state = State::Failed;
+            }
+            return;
+        };
+        let waited = now_ms.saturating_sub(quorum_ms);
         if let Some(coord) = run.coordinating.as_ref() {
             let grace = timeout / 5;
             if coord.package.is_none() && coord.quorum_ms.is_some_and(|q| now_ms.saturating_sub(q) >= grace) {

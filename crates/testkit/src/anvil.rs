@@ -36,6 +36,7 @@ impl Anvil {
             let log = std::fs::File::create(dir.path().join("anvil.log"))?;
             let child = Command::new(&bin)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string()])
+                .args(["--max-persisted-states", "0"])
                 .arg("--config-out")
                 .arg(&config)
                 .args(extra)
