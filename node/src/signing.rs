@@ -598,6 +598,11 @@ impl<C: Ciphersuite> Suite<C> {
         }
         let Some((head, true)) = self.queue.peek() else { return };
         let head_peers = self.peers_on(head);
+        let Some(head_priority) = self.wanted.get(head).map(|w| priority(&w.purpose)) else { return };
+        // Bounded: as many set aside as may run.
+        if self.sessions.values().filter(|s| s.suspended).count() >= self.max_in_flight {
+            return;
+        }
         let waited = Duration::from_millis(self.config.timeout_ms.saturating_mul(2));
         let pick = self
             .sessions
@@ -605,12 +610,32 @@ impl<C: Ciphersuite> Suite<C> {
             .filter(|(_, s)| {
                 !s.suspended
                     && !s.session.quorate()
+                    && priority(&s.purpose) >= head_priority
                     && now.saturating_duration_since(s.active_since) >= waited
                     && s.session.present() <= head_peers
             })
             .min_by_key(|(_, s)| (s.session.present(), s.active_since))
             .map(|(sid, _)| *sid);
-        let Some(sid) = pick else { return };
+        if let Some(sid) = pick {
+            self.set_aside(sid, now);
+        }
+    }
+
+    /// `except` runs again over the limit: the running session with the fewest signers
+    /// committed among those still short of t (if any) gives its slot up for it.
+    fn set_aside_one(&mut self, except: SessionId, now: Instant) {
+        let pick = self
+            .sessions
+            .iter()
+            .filter(|(sid, s)| **sid != except && !s.suspended && !s.session.quorate())
+            .min_by_key(|(_, s)| (s.session.present(), s.active_since))
+            .map(|(sid, _)| *sid);
+        if let Some(sid) = pick {
+            self.set_aside(sid, now);
+        }
+    }
+
+    fn set_aside(&mut self, sid: SessionId, now: Instant) {
         let Some(slot) = self.sessions.get_mut(&sid) else { return };
         slot.suspended = true;
         let (message, purpose, present) = (slot.message.clone(), slot.purpose.clone(), slot.session.present());
@@ -619,7 +644,7 @@ impl<C: Ciphersuite> Suite<C> {
             self.queue.promote(&message);
         }
         self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "set_aside"]).inc();
-        info!(target: "signing", key = %self.kind, session = ?sid, ?purpose, committed = present, head_peers, "session waiting for peers set aside for one they sign");
+        info!(target: "signing", key = %self.kind, session = ?sid, ?purpose, committed = present, "session waiting for peers set aside for one they sign");
     }
 
     /// Takes a set-aside session up again: its held messages are delivered.
@@ -627,7 +652,6 @@ impl<C: Ciphersuite> Suite<C> {
         let Some(slot) = self.sessions.get_mut(&sid) else { return Ok(vec![]) };
         slot.suspended = false;
         slot.active_since = Instant::now();
-        slot.session.resume(now_ms);
         let held = std::mem::take(&mut slot.held);
         debug!(target: "signing", key = %self.kind, session = ?sid, held = held.len(), "set-aside session resumed");
         let mut out = Vec::new();
@@ -985,6 +1009,28 @@ impl<C: Ciphersuite> Suite<C> {
             }
             let message = slot.message.clone();
             self.queue.promote(&message);
+            // Its peers would go on without it now (t committed, or its coordinator's
+            // package came): it runs again at once, in exchange for one that waits.
+            let t = usize::from(*self.config.key_package.min_signers());
+            let attempt = slot.session.attempt();
+            let committed: BTreeSet<usize> = slot
+                .held
+                .iter()
+                .filter(|(_, m)| matches!(m, Message::Commitment { attempt: a, .. } if Some(*a) == attempt))
+                .map(|(f, _)| *f)
+                .collect();
+            let packaged = slot
+                .held
+                .iter()
+                .any(|(_, m)| matches!(m, Message::SigningPackage { attempt: a, .. } if Some(*a) == attempt));
+            if packaged || slot.session.present() + committed.len() >= t {
+                self.queue.remove(&message);
+                let out = self.resume(store, sid, now_ms)?;
+                if self.active() > self.max_in_flight {
+                    self.set_aside_one(sid, Instant::now());
+                }
+                return Ok(out);
+            }
             return Ok(vec![]);
         }
         let actions = slot.session.handle(Input::Message { from: from_id, message: m }, now_ms);

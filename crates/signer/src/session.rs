@@ -22,14 +22,17 @@
 //!   record durable before executing any later action of the same batch: this is what
 //!   makes "no pre-crash attempt is ever answered" enforceable after a restart (see
 //!   [`Session::new`]).
-//! * An attempt's timers run only once t candidates' commitments were seen (its
-//!   *quorum*). Validators start a session at different times (each drains its own
-//!   signing queue); before, those who started first timed attempts out alone and were
-//!   attempts ahead when the others arrived, so that their attempts never met. Now the
-//!   first wait, and whoever arrives joins the same attempt. An attempt that never
-//!   reaches t within the session's patience (`max_attempts × 2 × timeout_ms`, e.g. its
-//!   signers are away) fails the session with [`SessionError::NoQuorum`], having burned
-//!   nothing; the node retries it as a new round.
+//! * No timer runs until t candidates' commitments to one attempt were seen (the
+//!   session's *quorum*); from then on every attempt times out as below (an attempt
+//!   short of live candidates must, for its exclusions to be forgiven). Validators start
+//!   a session at different times (each drains its own signing queue); before, those
+//!   who started first timed attempts out alone and were attempts ahead when the others
+//!   arrived, so that their attempts never met. Now the first wait, and whoever arrives
+//!   joins the same attempt. A node still waiting when `f + 1` peers commit to the next
+//!   attempt (their quorum formed without its view of it) follows them there. A session
+//!   that sees no quorum within its patience (`max_attempts × 2 × timeout_ms`, e.g. its
+//!   signers are away) fails with [`SessionError::NoQuorum`], having burned nothing;
+//!   the node retries it as a new round.
 //! * The coordinator waits for every candidate's commitment, or for a short grace
 //!   period (`timeout_ms / 5`) once `t` have arrived, and sends the signing package to
 //!   all whose commitments it holds (at least `t`: FROST signs with any set of `t` or
@@ -510,6 +513,12 @@ struct Running<C: Ciphersuite> {
     present: BTreeSet<Identifier<C>>,
     /// When `present` reached t: the attempt's timers run from then on only.
     quorum_ms: Option<u64>,
+    /// Whether some attempt of this session reached t: from then on every attempt's
+    /// timers run from its beginning (the signers are all in; an attempt short of
+    /// live candidates must time out for its exclusions to be forgiven).
+    met: bool,
+    /// When this node started the session (its patience runs from there).
+    session_ms: u64,
     excluded: BTreeSet<Identifier<C>>,
     candidates: BTreeSet<Identifier<C>>,
     coordinator: Identifier<C>,
@@ -709,6 +718,8 @@ impl<C: Ciphersuite> Session<C> {
             started_ms: now_ms,
             present: BTreeSet::new(),
             quorum_ms: None,
+            met: false,
+            session_ms: now_ms,
             excluded: BTreeSet::new(),
             candidates: BTreeSet::new(),
             coordinator: self.ctx.me,
@@ -794,12 +805,17 @@ impl<C: Ciphersuite> Session<C> {
         run.present.insert(from);
         if run.present.len() >= threshold && run.quorum_ms.is_none() {
             run.quorum_ms = Some(now_ms);
+            run.met = true;
         }
     }
 
-    /// Whether t signers committed to the current attempt (its timers run), as seen here.
+    /// Whether t signers committed to some attempt of this session as seen here (its
+    /// timers run), or the session is not waiting at all.
     pub fn quorate(&self) -> bool {
-        matches!(&self.state, State::Running(r) if r.quorum_ms.is_some())
+        match &self.state {
+            State::Running(r) => r.met,
+            _ => true,
+        }
     }
 
     /// How many signers this node saw commit to the current attempt (itself included).
@@ -807,16 +823,6 @@ impl<C: Ciphersuite> Session<C> {
         match &self.state {
             State::Running(r) => r.present.len(),
             _ => 0,
-        }
-    }
-
-    /// The node set this session aside for a while (its messages waited) and takes it up
-    /// again: an attempt still short of t commitments waits its whole patience anew.
-    pub fn resume(&mut self, now_ms: u64) {
-        if let State::Running(r) = &mut self.state
-            && r.quorum_ms.is_none()
-        {
-            r.started_ms = now_ms;
         }
     }
 
@@ -872,6 +878,24 @@ impl<C: Ciphersuite> Session<C> {
                 return Err(SessionError::StaleAttempt { attempt, current: run.attempt });
             }
             run.early.push((from, message));
+            // This node never saw t commit (so its timers never ran), while f + 1 peers,
+            // one honest at least, commit to the next attempt already: the attempt ended
+            // for them (its coordinator stalled). It moves on as they did.
+            if !run.met && run.attempt.next() == Some(attempt) {
+                let f = run.signers.len().saturating_sub(self.ctx.threshold);
+                let moved: BTreeSet<Identifier<C>> = run
+                    .early
+                    .iter()
+                    .filter(|(_, m)| matches!(m, Message::Commitment { attempt: a, .. } if *a == attempt))
+                    .map(|(sender, _)| *sender)
+                    .collect();
+                if moved.len() > f {
+                    let mut excluded = run.excluded.clone();
+                    excluded.insert(run.coordinator);
+                    let excluded = forgive_silence(excluded, run, self.ctx.threshold);
+                    self.begin_attempt(attempt, excluded, now_ms, out);
+                }
+            }
             return Ok(());
         }
         match message {
@@ -1150,21 +1174,25 @@ impl<C: Ciphersuite> Session<C> {
         let patience = self.patience_ms();
         let State::Running(run) = &self.state else { return };
         let timeout = self.ctx.config.timeout_ms;
-        let Some(quorum_ms) = run.quorum_ms else {
-            // Fewer than t take part yet (the others have not started: their queues are
-            // longer): nobody's timer runs, so that nobody moves on without them.
-            let waited = now_ms.saturating_sub(run.started_ms);
-            if waited >= patience {
-                out.push(Action::Failed(SessionError::NoQuorum {
-                    present: run.present.len(),
-                    threshold: self.ctx.threshold,
-                    waited_ms: waited,
-                }));
-                self.state = State::Failed;
+        let from_ms = match (run.quorum_ms, run.met) {
+            (Some(q), _) => q,
+            (None, true) => run.started_ms,
+            (None, false) => {
+                // Fewer than t take part yet (the others have not started: their queues
+                // are longer): nobody's timer runs, so that nobody moves on without them.
+                let waited = now_ms.saturating_sub(run.session_ms);
+                if waited >= patience {
+                    out.push(Action::Failed(SessionError::NoQuorum {
+                        present: run.present.len(),
+                        threshold: self.ctx.threshold,
+                        waited_ms: waited,
+                    }));
+                    self.state = State::Failed;
+                }
+                return;
             }
-            return;
         };
-        let waited = now_ms.saturating_sub(quorum_ms);
+        let waited = now_ms.saturating_sub(from_ms);
         if let Some(coord) = run.coordinating.as_ref() {
             let grace = timeout / 5;
             if coord.package.is_none() && coord.quorum_ms.is_some_and(|q| now_ms.saturating_sub(q) >= grace) {

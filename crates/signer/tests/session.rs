@@ -11,6 +11,7 @@ use btcfi_signer::session::{
 use frost_core::{
     Ciphersuite, Identifier, Signature, SigningPackage,
     keys::{IdentifierList, KeyPackage, PublicKeyPackage},
+    round1::SigningCommitments,
 };
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -665,6 +666,55 @@ fn messages_far_ahead_or_a_flood_from_one_peer_are_not_kept() {
     let moved = node.session.handle(Input::Message { from: sender, message: far_end }, 10);
     assert!(refused(&moved), "{moved:?}");
     assert_eq!(node.session.attempt(), Some(Attempt(0)), "a lone peer cannot push a session on");
+}
+
+/// A node that never saw t commit (its commitments were lost, or it came late) while
+/// f + 1 peers, one honest at least, already commit to the next attempt: it follows them
+/// there. One peer alone moves it nowhere.
+#[test]
+fn a_node_that_never_saw_t_commit_follows_f_plus_one_peers_into_the_next_attempt() {
+    let mut net = Net::<Evm>::new(3, 4, 16);
+    net.start_all();
+    let session = net.session_id();
+    let mut commitments: Vec<(Identifier<Evm>, SigningCommitments<Evm>)> = Vec::new();
+    for (from, _, b) in &net.queue {
+        if let Message::Commitment { commitments: c, .. } = Message::<Evm>::decode(b).expect("decode")
+            && !commitments.iter().any(|(f, _)| f == from)
+        {
+            commitments.push((*from, c));
+        }
+    }
+    let receiver = *net.ids().iter().find(|id| commitments.iter().filter(|(f, _)| f != *id).count() >= 2).expect("r");
+    let peers: Vec<_> = commitments.into_iter().filter(|(f, _)| *f != receiver).take(2).collect();
+    let node = net.nodes.get_mut(&receiver).expect("receiver");
+    let next = |c: SigningCommitments<Evm>| Message::Commitment { session, attempt: Attempt(1), commitments: c };
+    node.session.handle(Input::Message { from: peers[0].0, message: next(peers[0].1) }, 10);
+    assert_eq!(node.session.attempt(), Some(Attempt(0)), "one peer alone moves nobody");
+    let moved = node.session.handle(Input::Message { from: peers[1].0, message: next(peers[1].1) }, 20);
+    assert_eq!(node.session.attempt(), Some(Attempt(1)), "f + 1 = 2 peers in the next attempt: {moved:?}");
+    assert!(moved.iter().any(|a| matches!(a, Action::NewAttempt { attempt: Attempt(1), .. })));
+    // Their commitments count there.
+    assert!(node.session.present() >= 2, "{}", node.session.present());
+}
+
+/// A signer restarts between its commitment and its share while another is away for
+/// good: the restarted one is excluded, which leaves only two live candidates of the
+/// three needed in the next attempt. That attempt must time out (the session met its
+/// quorum before, so its timers run) for the silence to be forgiven; the restarted
+/// signer then commits afresh and the session signs. With timers waiting for t in
+/// every attempt, it waited for its whole patience and failed instead.
+#[test]
+fn a_restarted_signer_with_another_away_is_forgiven_in_a_later_attempt_and_signs() {
+    let mut net = Net::<Evm>::new(3, 4, 17);
+    let coord = net.coordinator_of_attempt0();
+    let mut others = net.ids().into_iter().filter(|id| *id != coord);
+    let (victim, away) = (others.next().expect("victim"), others.next().expect("away"));
+    net.nodes.get_mut(&away).expect("away").fault = Fault::Silent;
+    net.start_all();
+    net.restart(victim);
+    net.run(60_000);
+    net.check_signed();
+    assert!(net.final_attempt(coord) >= Attempt(2), "signed after the forgiving attempt: {:?}", net.attempts);
 }
 
 /// Alone (nobody else ever starts), a session does not burn attempts: it waits in its
