@@ -346,6 +346,8 @@ struct Wanted {
     failures: u32,
     /// When the next round starts, after a failed one.
     retry_at: Option<Instant>,
+    /// The round that starts then (the next one unless peers said a later one).
+    next_round: Option<u32>,
     /// The highest round each peer said it is in.
     hints: BTreeMap<usize, u32>,
     hinted: BTreeMap<usize, Instant>,
@@ -405,6 +407,8 @@ pub struct Suite<C: Ciphersuite> {
     queue: StartQueue,
     /// The session id each queued message will start under.
     queued_sids: BTreeMap<SessionId, Vec<u8>>,
+    /// Sessions abandoned in this process (never started again: see [`Suite::start`]).
+    spent: BTreeSet<SessionId>,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for Suite<C> {
@@ -497,6 +501,7 @@ impl<C: Ciphersuite> Suite<C> {
             max_in_flight: max_in_flight.max(1),
             queue: StartQueue::default(),
             queued_sids: BTreeMap::new(),
+            spent: BTreeSet::new(),
         })
     }
 
@@ -573,6 +578,12 @@ impl<C: Ciphersuite> Suite<C> {
         self.active() < self.max_in_flight
     }
 
+    /// Whether a session of `message` holds a slot here.
+    fn holds_slot(&self, message: &[u8]) -> bool {
+        let Some(w) = self.wanted.get(message) else { return false };
+        w.sids.last().and_then(|sid| self.sessions.get(sid)).is_some_and(|s| !s.suspended)
+    }
+
     /// Peers known to sign `message` already: those whose messages wait for it here
     /// (parked before it started, or held while it is set aside) or who committed to it.
     fn peers_on(&self, message: &[u8]) -> usize {
@@ -588,8 +599,8 @@ impl<C: Ciphersuite> Suite<C> {
 
     /// Every slot is taken, and the next queued message is one peers already sign: the
     /// running session that waits for peers the longest (fewer than t committed, for at
-    /// least twice the timeout, with no more peers on it than on that message) is set
-    /// aside for it. Validators drain their queues in different orders, so the sessions
+    /// least twice the timeout, with no more peers on it than on that message, ordered
+    /// after it by session id) is set aside for it. Validators drain their queues in different orders, so the sessions
     /// holding their slots differ; without this, sessions each waiting for peers whose
     /// slots hold others could wait for each other until their patience ran out.
     fn yield_slot(&mut self, now: Instant) {
@@ -598,7 +609,9 @@ impl<C: Ciphersuite> Suite<C> {
         }
         let Some((head, true)) = self.queue.peek() else { return };
         let head_peers = self.peers_on(head);
-        let Some(head_priority) = self.wanted.get(head).map(|w| priority(&w.purpose)) else { return };
+        let Some(w) = self.wanted.get(head) else { return };
+        let head_priority = priority(&w.purpose);
+        let head_sid = w.sids.last().copied().unwrap_or_else(|| self.sid_of(head, w.round));
         // Bounded: as many set aside as may run.
         if self.sessions.values().filter(|s| s.suspended).count() >= self.max_in_flight {
             return;
@@ -607,8 +620,11 @@ impl<C: Ciphersuite> Suite<C> {
         let pick = self
             .sessions
             .iter()
-            .filter(|(_, s)| {
-                !s.suspended
+            .filter(|(sid, s)| {
+                // Only for a session ordered before it (by id, the same order on every
+                // validator): two validators never swap two sessions against each other.
+                **sid > head_sid
+                    && !s.suspended
                     && !s.session.quorate()
                     && priority(&s.purpose) >= head_priority
                     && now.saturating_duration_since(s.active_since) >= waited
@@ -621,17 +637,21 @@ impl<C: Ciphersuite> Suite<C> {
         }
     }
 
-    /// `except` runs again over the limit: the running session with the fewest signers
-    /// committed among those still short of t (if any) gives its slot up for it.
-    fn set_aside_one(&mut self, except: SessionId, now: Instant) {
+    /// `except` must run again: the running session ordered after it with the fewest
+    /// signers committed among those still short of t gives its slot up for it, if any.
+    fn set_aside_one(&mut self, except: SessionId, now: Instant) -> bool {
         let pick = self
             .sessions
             .iter()
-            .filter(|(sid, s)| **sid != except && !s.suspended && !s.session.quorate())
+            .filter(|(sid, s)| **sid > except && !s.suspended && !s.session.quorate())
             .min_by_key(|(_, s)| (s.session.present(), s.active_since))
             .map(|(sid, _)| *sid);
-        if let Some(sid) = pick {
-            self.set_aside(sid, now);
+        match pick {
+            Some(sid) => {
+                self.set_aside(sid, now);
+                true
+            }
+            None => false,
         }
     }
 
@@ -702,6 +722,7 @@ impl<C: Ciphersuite> Suite<C> {
         for sid in &w.sids {
             self.by_sid.remove(sid);
             if let Some(slot) = self.sessions.remove(sid) {
+                self.spent.insert(*sid);
                 self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "abandoned"]).inc();
                 info!(target: "signing", key = %self.kind, session = ?sid, purpose = ?slot.purpose, "signing session abandoned");
             }
@@ -743,16 +764,26 @@ impl<C: Ciphersuite> Suite<C> {
             warn!(target: "signing", ?purpose, "TEST FAULT: taking no part in signing a mint");
             return Ok(vec![]);
         }
-        let round = match store.get(Cf::SigningAttempts, self.round_key(&message))? {
+        let mut round = match store.get(Cf::SigningAttempts, self.round_key(&message))? {
             Some(b) => <[u8; 4]>::try_from(b.as_slice()).map(u32::from_be_bytes).unwrap_or(0),
             None => 0,
         };
+        // A message abandoned here (a batch given up, then proposed again with the same
+        // mints) never restarts a session it ran: its commitments are spent, and peers
+        // that gave it up too would wait in its first attempt for commitments nobody
+        // can give any more. It starts in the next round (peers that did the same meet
+        // it there; the others follow by round hints). After a restart the session
+        // restarts as it was: its pre-restart attempts are refused, the next ones run.
+        while self.spent.contains(&self.sid_of(&message, round)) {
+            round = round.saturating_add(1);
+        }
         let w = Wanted {
             purpose,
             round,
             sids: Vec::new(),
             failures: 0,
             retry_at: None,
+            next_round: None,
             hints: BTreeMap::new(),
             hinted: BTreeMap::new(),
         };
@@ -784,6 +815,7 @@ impl<C: Ciphersuite> Suite<C> {
         let left: Vec<SessionId> = w.sids.clone();
         w.round = round;
         w.retry_at = None;
+        w.next_round = None;
         w.sids = sids.clone();
         let purpose = w.purpose.clone();
         for sid in left {
@@ -887,8 +919,13 @@ impl<C: Ciphersuite> Suite<C> {
         let mut out = Vec::new();
         if failed {
             round = round.saturating_add(1);
-            info!(target: "signing", key = %self.kind, from, round, "a signer is back: the next round starts now");
-            out.extend(self.start_round(store, message, round, now_ms)?);
+            if self.has_slot() {
+                info!(target: "signing", key = %self.kind, from, round, "a signer is back: the next round starts now");
+                out.extend(self.start_round(store, message, round, now_ms)?);
+            } else if let Some(w) = self.wanted.get_mut(message) {
+                // Due now: it starts as soon as a slot frees.
+                w.retry_at = Some(now);
+            }
         }
         if peer_round < round && hint_due {
             if let Some(w) = self.wanted.get_mut(message) {
@@ -982,8 +1019,17 @@ impl<C: Ciphersuite> Suite<C> {
         *h = (*h).max(round);
         match agreed_round(&w.hints, f) {
             Some(target) if target > w.round => {
-                info!(target: "signing", key = %self.kind, from = w.round, to = target, "peers are in a later round of this signing: joining it");
-                self.start_round(store, &message, target, now_ms)
+                let here = w.round;
+                if self.holds_slot(&message) || self.has_slot() {
+                    info!(target: "signing", key = %self.kind, from = here, to = target, "peers are in a later round of this signing: joining it");
+                    return self.start_round(store, &message, target, now_ms);
+                }
+                // Every slot is taken: it joins them as soon as one frees.
+                if let Some(w) = self.wanted.get_mut(&message) {
+                    w.next_round = Some(target);
+                    w.retry_at = Some(Instant::now());
+                }
+                Ok(vec![])
             }
             _ => Ok(vec![]),
         }
@@ -1023,14 +1069,13 @@ impl<C: Ciphersuite> Suite<C> {
                 .held
                 .iter()
                 .any(|(_, m)| matches!(m, Message::SigningPackage { attempt: a, .. } if Some(*a) == attempt));
-            if packaged || slot.session.present() + committed.len() >= t {
+            if (packaged || slot.session.present() + committed.len() >= t)
+                && (self.has_slot() || self.set_aside_one(sid, Instant::now()))
+            {
                 self.queue.remove(&message);
-                let out = self.resume(store, sid, now_ms)?;
-                if self.active() > self.max_in_flight {
-                    self.set_aside_one(sid, Instant::now());
-                }
-                return Ok(out);
+                return self.resume(store, sid, now_ms);
             }
+            // Otherwise it goes first when a slot frees (the limit holds).
             return Ok(vec![]);
         }
         let actions = slot.session.handle(Input::Message { from: from_id, message: m }, now_ms);
@@ -1047,7 +1092,7 @@ impl<C: Ciphersuite> Suite<C> {
             .wanted
             .iter()
             .filter(|(_, w)| w.retry_at.is_some_and(|at| at <= now))
-            .map(|(m, w)| (m.clone(), w.round.saturating_add(1)))
+            .map(|(m, w)| (m.clone(), w.next_round.unwrap_or(w.round.saturating_add(1))))
             .collect();
         // Retries first (they are older), then the queue, as slots allow; a retry that
         // finds no slot stays due.
@@ -1321,5 +1366,157 @@ mod tests {
         assert_eq!(retry_delay(3_000, 2), Duration::from_secs(12));
         assert_eq!(retry_delay(3_000, 3), Duration::from_secs(24));
         assert_eq!(retry_delay(3_000, 30), MAX_RETRY_DELAY);
+    }
+
+    /// Four validators' suites in one process, each with its own RocksDB store, their
+    /// effects delivered to each other as the run loop would.
+    struct Four {
+        suites: Vec<Suite<btcfi_signer::frost_secp256k1::Secp256K1Sha256>>,
+        stores: Vec<Store>,
+        _dirs: Vec<tempfile::TempDir>,
+        signed: Vec<BTreeSet<Vec<u8>>>,
+        /// Sessions that failed (waited their whole patience, or ran out of attempts).
+        failed: usize,
+        /// (from, to, payload) not delivered yet.
+        wire: Vec<(usize, usize, Vec<u8>)>,
+        start: Instant,
+    }
+
+    impl Four {
+        fn new(max_in_flight: usize) -> Self {
+            use btcfi_signer::frost_secp256k1::{self as frost, keys::IdentifierList};
+            let (shares, public) =
+                frost::keys::generate_with_dealer(4, 3, IdentifierList::Default, rand::rngs::OsRng).expect("keys");
+            let (mut suites, mut stores, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+            for me in 0..4 {
+                let id = identifier::<frost::Secp256K1Sha256>(me).expect("id");
+                let key_package = frost::keys::KeyPackage::try_from(shares[&id].clone()).expect("package");
+                let config = SessionConfig {
+                    key_package,
+                    public_key_package: public.clone(),
+                    timeout_ms: 100,
+                    max_attempts: 16,
+                };
+                let dir = tempfile::tempdir().expect("dir");
+                let store = Store::open(dir.path()).expect("store");
+                let metrics = Metrics::new().expect("metrics");
+                let suite =
+                    Suite::new(KeyKind::Evm, 1, 4, me, config, &store, None, metrics, max_in_flight).expect("suite");
+                suites.push(suite);
+                stores.push(store);
+                dirs.push(dir);
+            }
+            Four {
+                suites,
+                stores,
+                _dirs: dirs,
+                signed: vec![BTreeSet::new(); 4],
+                failed: 0,
+                wire: Vec::new(),
+                start: Instant::now(),
+            }
+        }
+
+        fn now_ms(&self) -> u64 {
+            self.start.elapsed().as_millis() as u64
+        }
+
+        fn take(&mut self, from: usize, effects: Vec<Effect>) {
+            for e in effects {
+                match e {
+                    Effect::Send { to, payload } => self.wire.push((from, to, payload)),
+                    Effect::Signed { message, .. } => {
+                        self.signed[from].insert(message);
+                    }
+                    Effect::Failed { .. } => self.failed += 1,
+                }
+            }
+        }
+
+        fn start(&mut self, v: usize, message: &[u8]) {
+            let now = self.now_ms();
+            let purpose =
+                Purpose::Mint { event: EventId::new(btcfi_types::ChainId(1), btcfi_types::TxHash([7; 32]), 0) };
+            let effects = self.suites[v].start(&self.stores[v], message.to_vec(), purpose, now).expect("start");
+            self.take(v, effects);
+        }
+
+        /// Delivers everything on the wire, and ticks everyone, until `done` or `for_ms`.
+        fn run(&mut self, for_ms: u64, mut done: impl FnMut(&Four) -> bool) -> bool {
+            let deadline = Instant::now() + Duration::from_millis(for_ms);
+            while Instant::now() < deadline {
+                if done(self) {
+                    return true;
+                }
+                for (from, to, payload) in std::mem::take(&mut self.wire) {
+                    let now = self.now_ms();
+                    let (tag, body) = payload.split_first().expect("tagged");
+                    let effects = if *tag == TAG_ROUND {
+                        self.suites[to].on_round_hint(&self.stores[to], from, &body[1..], now)
+                    } else {
+                        self.suites[to].on_message(&self.stores[to], from, body, now)
+                    };
+                    self.take(to, effects.expect("delivered"));
+                }
+                for v in 0..4 {
+                    let now = self.now_ms();
+                    let effects = self.suites[v].tick(&self.stores[v], now).expect("tick");
+                    self.take(v, effects);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done(self)
+        }
+    }
+
+    /// Every validator gives a session up before anyone answered (a batch of mints not
+    /// signed in time), then starts the same message again (the same mints proposed
+    /// again give the same root). Before, each restarted the very session it had
+    /// committed in: its first attempt was spent on every validator, so that nobody
+    /// could commit to it, and the session waited its whole patience for a quorum that
+    /// could never form, then failed. Now the message starts in its next round, and is
+    /// signed with no session failing.
+    #[test]
+    fn a_message_given_up_everywhere_and_started_again_is_signed_in_its_next_round() {
+        let mut four = Four::new(64);
+        let message = vec![0x42; 32];
+        for v in 0..4 {
+            four.start(v, &message);
+            four.suites[v].abandon(&message);
+        }
+        four.wire.clear();
+        for v in 0..4 {
+            four.start(v, &message);
+        }
+        let all = |f: &Four| f.signed.iter().all(|s| s.contains(&message));
+        assert!(four.run(20_000, all), "not signed: {:?}", four.signed);
+        assert_eq!(four.failed, 0, "signed without waiting out a session's patience");
+    }
+
+    /// One slot each; two validators start A then B, the two others B then A, so that
+    /// every validator runs the message only one peer runs too (two of the three
+    /// needed). A session waiting for peers gives its slot up to the queued message
+    /// peers sign, and both are signed, with never more than one session holding a
+    /// slot on any validator, and no session failing. Without setting aside, each waited
+    /// for peers whose only slot held the other message for its whole patience, and
+    /// failed.
+    #[test]
+    fn sessions_waiting_for_each_other_give_way_and_both_are_signed() {
+        let mut four = Four::new(1);
+        let (a, b) = (vec![0xaa; 32], vec![0xbb; 32]);
+        for v in 0..4 {
+            let (first, second) = if v < 2 { (&a, &b) } else { (&b, &a) };
+            four.start(v, first);
+            four.start(v, second);
+        }
+        let mut peak = 0;
+        let both = |f: &Four| f.signed.iter().all(|s| s.contains(&a) && s.contains(&b));
+        let done = four.run(20_000, |f| {
+            peak = peak.max(f.suites.iter().map(|s| s.load().in_flight).max().unwrap_or(0));
+            both(f)
+        });
+        assert!(done, "not both signed: {:?}", four.signed);
+        assert!(peak <= 1, "one slot each, {peak} held");
+        assert_eq!(four.failed, 0, "signed without waiting out a session's patience");
     }
 }

@@ -101,6 +101,9 @@ struct ActiveBatch {
     /// included) said they hold the batch, so that they start it together and their
     /// attempts do not drift apart while the others are still certifying its mints.
     started: bool,
+    /// When it started (its staleness counts from then: under a burst, validators may
+    /// hold a batch a minute before t of them certified all of its mints).
+    started_at: Option<Instant>,
 }
 
 /// An unsigned batch's proposal (by its proposer) and readiness (by every holder) are
@@ -1049,7 +1052,7 @@ impl Threshold {
         let stale: Vec<Vec<u8>> = self
             .batches
             .iter()
-            .filter(|(_, b)| b.since.elapsed() >= BATCH_STALE_AFTER)
+            .filter(|(_, b)| b.started_at.unwrap_or(b.since).elapsed() >= BATCH_STALE_AFTER)
             .map(|(m, _)| m.clone())
             .collect();
         for message in stale {
@@ -1317,7 +1320,8 @@ impl Threshold {
             self.in_batch.insert(leaf.event, message.clone());
         }
         let rank = self.batch_rank_of(p.chain, proposer);
-        let active = ActiveBatch { proposal: p, proposer, rank, since: Instant::now(), started: false };
+        let active =
+            ActiveBatch { proposal: p, proposer, rank, since: Instant::now(), started: false, started_at: None };
         self.batches.insert(message.clone(), active);
         self.send_to_peers(&[&[TAG_BATCH_READY][..], &message].concat());
         self.maybe_start_batch(&message)
@@ -1333,6 +1337,7 @@ impl Threshold {
             return Ok(());
         }
         b.started = true;
+        b.started_at = Some(Instant::now());
         let purpose = match b.proposal.leaves.as_slice() {
             [one] => Purpose::Mint { event: one.event },
             _ => Purpose::MintBatch {
