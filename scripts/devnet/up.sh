@@ -10,6 +10,8 @@
 #
 # Options / environment:
 #   --validators N              validators to start (default 4)
+#   --release                   build and run an optimised btcfi-node (as operators do;
+#                               for load runs: a debug build is several times slower)
 #   BTCFI_DEVNET_DIR            where state, logs and devnet.json go (default <repo>/.devnet)
 #   BTCFI_DEVNET_BTC_RPC_PORT   bitcoind RPC port (default 18443)
 #   BTCFI_DEVNET_EVM_BASE_PORT  first anvil port, the others follow (default 8545)
@@ -31,11 +33,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 VALIDATORS=4
+PROFILE=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --validators) VALIDATORS="${2:?--validators needs a number}"; shift 2 ;;
     --validators=*) VALIDATORS="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --release) PROFILE=release; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "up.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -99,9 +103,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/btcfi-target}"
 if [ -n "${BTCFI_NODE_BIN:-}" ]; then
   NODE_BIN="$BTCFI_NODE_BIN"
 else
-  step "building btcfi-node"
-  cargo build -q -p btcfi-node
-  NODE_BIN="$CARGO_TARGET_DIR/debug/btcfi-node"
+  step "building btcfi-node ($PROFILE)"
+  if [ "$PROFILE" = release ]; then cargo build -q --release -p btcfi-node; else cargo build -q -p btcfi-node; fi
+  NODE_BIN="$CARGO_TARGET_DIR/$PROFILE/btcfi-node"
 fi
 [ -x "$NODE_BIN" ] || die "no btcfi-node binary at $NODE_BIN"
 

@@ -18,7 +18,8 @@
 //!   keeps itself in charge through its choice of exclusions).
 //! * Each candidate draws fresh nonces, emits [`Action::Persist`] of
 //!   `CommitmentIssued { session, attempt }` and **then** broadcasts its commitment (the
-//!   coordinator uses it; the others count who takes part). The node must make the
+//!   coordinator uses it; the others count who takes part), again every half timeout
+//!   until a package uses it (a peer may have lost it while too busy to answer). The node must make the
 //!   record durable before executing any later action of the same batch: this is what
 //!   makes "no pre-crash attempt is ever answered" enforceable after a restart (see
 //!   [`Session::new`]).
@@ -50,8 +51,8 @@
 //!   once. Signers that did not answer by `timeout_ms` (from the quorum) are excluded
 //!   when the coordinator ends the attempt. Both are announced with
 //!   [`Message::NewAttempt`]. If the coordinator itself says nothing for `2 * timeout_ms`
-//!   after the quorum, every other node excludes it and moves to
-//!   the next attempt on its own. Each failed attempt excludes at least one signer, so
+//!   after the quorum, every other node excludes it, says so (a `NewAttempt` of its
+//!   own, which moves only peers far behind: see below) and moves to the next attempt. Each failed attempt excludes at least one signer, so
 //!   with `t` honest responsive signers a signature arrives within `n - t + 1` attempts.
 //!   Exclusions for silence are forgiven when they would leave fewer than `t`
 //!   candidates (a slow signer is not a malicious one); proven culprits stay excluded.
@@ -519,6 +520,11 @@ struct Running<C: Ciphersuite> {
     met: bool,
     /// When this node started the session (its patience runs from there).
     session_ms: u64,
+    /// This node's commitment to the current attempt while no package used it: sent
+    /// again every half timeout (a peer that lost it, its loop too busy to answer in
+    /// time, would otherwise wait in an attempt that cannot reach t), and when.
+    commitment: Option<SigningCommitments<C>>,
+    resent_ms: u64,
     excluded: BTreeSet<Identifier<C>>,
     candidates: BTreeSet<Identifier<C>>,
     coordinator: Identifier<C>,
@@ -720,6 +726,8 @@ impl<C: Ciphersuite> Session<C> {
             quorum_ms: None,
             met: false,
             session_ms: now_ms,
+            commitment: None,
+            resent_ms: now_ms,
             excluded: BTreeSet::new(),
             candidates: BTreeSet::new(),
             coordinator: self.ctx.me,
@@ -750,6 +758,7 @@ impl<C: Ciphersuite> Session<C> {
         run.started_ms = now_ms;
         run.present.clear();
         run.quorum_ms = None;
+        run.commitment = None;
         run.candidates = run.signers.difference(&excluded).copied().collect();
         run.excluded = excluded;
         run.nonces = None;
@@ -787,6 +796,8 @@ impl<C: Ciphersuite> Session<C> {
         }
         let (nonces, commitments) = round1::commit(ctx.config.key_package.signing_share(), &mut ctx.rng);
         run.nonces = Some((attempt, nonces));
+        run.commitment = Some(commitments);
+        run.resent_ms = now_ms;
         // Durable before the commitment leaves (or, for the coordinator, is used).
         out.push(Action::Persist(record));
         // To everyone: the coordinator uses it, the others count who takes part.
@@ -1035,6 +1046,7 @@ impl<C: Ciphersuite> Session<C> {
         };
         // The nonces are gone from memory now, whatever happens below.
         run.consumed.insert(attempt);
+        run.commitment = None;
         let share = round2::sign(&package, &nonces, &ctx.config.key_package)?;
         drop(nonces);
         if from == ctx.me {
@@ -1172,8 +1184,19 @@ impl<C: Ciphersuite> Session<C> {
 
     fn on_tick(&mut self, now_ms: u64, out: &mut Out<C>) {
         let patience = self.patience_ms();
-        let State::Running(run) = &self.state else { return };
         let timeout = self.ctx.config.timeout_ms;
+        if let State::Running(run) = &mut self.state
+            && let Some(commitments) = run.commitment
+            && now_ms.saturating_sub(run.resent_ms) >= (timeout / 2).max(1)
+        {
+            run.resent_ms = now_ms;
+            out.push(Action::Broadcast(Message::Commitment {
+                session: run.session,
+                attempt: run.attempt,
+                commitments,
+            }));
+        }
+        let State::Running(run) = &self.state else { return };
         let from_ms = match (run.quorum_ms, run.met) {
             (Some(q), _) => q,
             (None, true) => run.started_ms,
@@ -1213,10 +1236,16 @@ impl<C: Ciphersuite> Session<C> {
             excluded.extend(silent);
             self.end_attempt(excluded, now_ms, out);
         } else if waited >= timeout.saturating_mul(2) {
-            // The coordinator stalled: replace it.
+            // The coordinator stalled: replace it, and say so (a peer far behind joins
+            // the attempt after the latest end it was told of, once enough are ahead).
             let mut excluded = run.excluded.clone();
             excluded.insert(run.coordinator);
             let excluded = forgive_silence(excluded, run, self.ctx.threshold);
+            out.push(Action::Broadcast(Message::NewAttempt {
+                session: run.session,
+                ended: run.attempt,
+                excluded: excluded.clone(),
+            }));
             match run.attempt.next() {
                 Some(next) => self.begin_attempt(next, excluded, now_ms, out),
                 None => {

@@ -62,6 +62,8 @@ struct Net<C: Ciphersuite> {
     duplicate_packages: bool,
     /// Rewrite signing packages to this message before delivery.
     forge_message: Option<Vec<u8>>,
+    /// Lose this many commitments on their way to this node (the first ones sent).
+    lose_commitments_to: Option<(Identifier<C>, usize)>,
 }
 
 fn keys<C: Ciphersuite>(t: u16, n: u16, seed: u64) -> (BTreeMap<Identifier<C>, KeyPackage<C>>, PublicKeyPackage<C>) {
@@ -114,6 +116,7 @@ impl<C: Ciphersuite> Net<C> {
             attempts: BTreeMap::new(),
             duplicate_packages: false,
             forge_message: None,
+            lose_commitments_to: None,
         }
     }
 
@@ -222,6 +225,13 @@ impl<C: Ciphersuite> Net<C> {
             }
             if let (Some(forged), Message::SigningPackage { package, .. }) = (&self.forge_message, &mut message) {
                 *package = SigningPackage::new(package.signing_commitments().clone(), forged);
+            }
+            if let (Some((victim, left)), Message::Commitment { .. }) = (&mut self.lose_commitments_to, &message)
+                && *victim == to
+                && *left > 0
+            {
+                *left -= 1;
+                continue;
             }
             let copies =
                 if self.duplicate_packages && matches!(message, Message::SigningPackage { .. }) { 2 } else { 1 };
@@ -695,6 +705,22 @@ fn a_node_that_never_saw_t_commit_follows_f_plus_one_peers_into_the_next_attempt
     assert!(moved.iter().any(|a| matches!(a, Action::NewAttempt { attempt: Attempt(1), .. })));
     // Their commitments count there.
     assert!(node.session.present() >= 2, "{}", node.session.present());
+}
+
+/// The coordinator loses two of the commitments sent to it (its loop too busy to take
+/// them in time), so that it sees fewer than t while the others see everyone. Each
+/// signer sends its commitment again every half timeout until a package uses it: the
+/// coordinator reaches t and the session signs in its first attempt. Before, the
+/// coordinator waited alone until the others replaced it.
+#[test]
+fn a_coordinator_that_lost_commitments_gets_them_again_and_signs_in_the_first_attempt() {
+    let mut net = Net::<Evm>::new(3, 4, 18);
+    let coord = net.coordinator_of_attempt0();
+    net.lose_commitments_to = Some((coord, 2));
+    net.start_all();
+    net.run(60_000);
+    net.check_signed();
+    assert!(net.attempts.values().all(|a| *a == Attempt(0)), "{:?}", net.attempts);
 }
 
 /// A signer restarts between its commitment and its share while another is away for
