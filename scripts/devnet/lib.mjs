@@ -96,10 +96,22 @@ export const wordAt = (data, i) => BigInt("0x" + (strip(data).slice(64 * i, 64 *
 
 // ---------------------------------------------------------------- EVM
 
+// Anvil numbers an unlocked account's transactions as they arrive: two sent at once from
+// one account can get the same nonce ("replacement transaction underpriced"; a burst of
+// 2,000 burns lost 76 that way). Sends from one account go one at a time; their
+// receipts are awaited in parallel.
+const sending = new Map();
+function oneAtATime(url, from, f) {
+  const key = `${url}|${from.toLowerCase()}`;
+  const run = (sending.get(key) ?? Promise.resolve()).then(f, f);
+  sending.set(key, run.catch(() => {}));
+  return run;
+}
+
 /// Sends `data` to `to` from an account anvil has unlocked and waits for the receipt;
 /// throws if it reverted.
 export async function sendTx(url, from, to, data, what) {
-  const hash = await rpc(url, "eth_sendTransaction", [{ from, to, data, gas: "0x1e8480" }]);
+  const hash = await oneAtATime(url, from, () => rpc(url, "eth_sendTransaction", [{ from, to, data, gas: "0x1e8480" }]));
   const receipt = await waitFor(`${what} (${hash}) to be mined`, () => rpc(url, "eth_getTransactionReceipt", [hash]), 60000);
   if (receipt.status !== "0x1") throw new Error(`${what} reverted: tx ${hash} on ${url}`);
   return receipt;
