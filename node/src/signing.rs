@@ -617,36 +617,32 @@ impl<C: Ciphersuite> Suite<C> {
             return;
         }
         let waited = Duration::from_millis(self.config.timeout_ms.saturating_mul(2));
-        let pick = self
-            .sessions
-            .iter()
-            .filter(|(sid, s)| {
-                // Only for a session ordered before it (by id, the same order on every
-                // validator): two validators never swap two sessions against each other.
-                **sid > head_sid
-                    && !s.suspended
-                    && !s.session.quorate()
-                    && priority(&s.purpose) >= head_priority
-                    && now.saturating_duration_since(s.active_since) >= waited
-                    && s.session.present() <= head_peers
-            })
-            .min_by_key(|(_, s)| (s.session.present(), s.active_since))
-            .map(|(sid, _)| *sid);
+        let pick = self.waiting_after(head_sid, |s| {
+            priority(&s.purpose) >= head_priority
+                && now.saturating_duration_since(s.active_since) >= waited
+                && s.session.present() <= head_peers
+        });
         if let Some(sid) = pick {
             self.set_aside(sid, now);
         }
     }
 
+    /// The running session still short of t, ordered after `sid` by session id (the
+    /// same order on every validator: two validators never swap two sessions against
+    /// each other), that also passes `also`, with the fewest signers committed and
+    /// holding its slot the longest.
+    fn waiting_after(&self, sid: SessionId, also: impl Fn(&Slot<C>) -> bool) -> Option<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(s_id, s)| **s_id > sid && !s.suspended && !s.session.quorate() && also(s))
+            .min_by_key(|(_, s)| (s.session.present(), s.active_since))
+            .map(|(s_id, _)| *s_id)
+    }
+
     /// `except` must run again: the running session ordered after it with the fewest
     /// signers committed among those still short of t gives its slot up for it, if any.
     fn set_aside_one(&mut self, except: SessionId, now: Instant) -> bool {
-        let pick = self
-            .sessions
-            .iter()
-            .filter(|(sid, s)| **sid > except && !s.suspended && !s.session.quorate())
-            .min_by_key(|(_, s)| (s.session.present(), s.active_since))
-            .map(|(sid, _)| *sid);
-        match pick {
+        match self.waiting_after(except, |_| true) {
             Some(sid) => {
                 self.set_aside(sid, now);
                 true

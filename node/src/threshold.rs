@@ -97,12 +97,11 @@ struct ActiveBatch {
     proposer: usize,
     rank: usize,
     since: Instant,
-    /// Whether its signing session started here: only once `t` validators (this one
+    /// When its signing session started here: only once `t` validators (this one
     /// included) said they hold the batch, so that they start it together and their
     /// attempts do not drift apart while the others are still certifying its mints.
-    started: bool,
-    /// When it started (its staleness counts from then: under a burst, validators may
-    /// hold a batch a minute before t of them certified all of its mints).
+    /// Its staleness counts from then (under a burst, validators may hold a batch a
+    /// minute before t of them certified all of its mints).
     started_at: Option<Instant>,
 }
 
@@ -1320,8 +1319,7 @@ impl Threshold {
             self.in_batch.insert(leaf.event, message.clone());
         }
         let rank = self.batch_rank_of(p.chain, proposer);
-        let active =
-            ActiveBatch { proposal: p, proposer, rank, since: Instant::now(), started: false, started_at: None };
+        let active = ActiveBatch { proposal: p, proposer, rank, since: Instant::now(), started_at: None };
         self.batches.insert(message.clone(), active);
         self.send_to_peers(&[&[TAG_BATCH_READY][..], &message].concat());
         self.maybe_start_batch(&message)
@@ -1333,10 +1331,9 @@ impl Threshold {
         let t = self.n * 2 / 3 + 1;
         let peers = self.batch_ready.get(message).map_or(0, |(who, _)| who.len());
         let Some(b) = self.batches.get_mut(message) else { return Ok(()) };
-        if b.started || peers + 1 < t {
+        if b.started_at.is_some() || peers + 1 < t {
             return Ok(());
         }
-        b.started = true;
         b.started_at = Some(Instant::now());
         let purpose = match b.proposal.leaves.as_slice() {
             [one] => Purpose::Mint { event: one.event },
@@ -2112,7 +2109,7 @@ impl Threshold {
                 "proposer": b.proposer,
                 "proposed_ms_ago": b.since.elapsed().as_millis() as u64,
             });
-            if !b.started {
+            if b.started_at.is_none() {
                 let ready: Vec<usize> =
                     self.batch_ready.get(message).map(|(who, _)| who.iter().copied().collect()).unwrap_or_default();
                 return Some(json!({

@@ -520,10 +520,10 @@ struct Running<C: Ciphersuite> {
     met: bool,
     /// When this node started the session (its patience runs from there).
     session_ms: u64,
-    /// This node's commitment to the current attempt while no package used it: sent
-    /// again every half timeout (a peer that lost it, its loop too busy to answer in
-    /// time, would otherwise wait in an attempt that cannot reach t), and when.
-    commitment: Option<SigningCommitments<C>>,
+    /// When this node last sent its commitment to the current attempt. While no package
+    /// used it (its nonces are held), it is sent again every half timeout: a peer that
+    /// lost it, its loop too busy to answer in time, would otherwise wait in an attempt
+    /// that cannot reach t.
     resent_ms: u64,
     excluded: BTreeSet<Identifier<C>>,
     candidates: BTreeSet<Identifier<C>>,
@@ -726,7 +726,6 @@ impl<C: Ciphersuite> Session<C> {
             quorum_ms: None,
             met: false,
             session_ms: now_ms,
-            commitment: None,
             resent_ms: now_ms,
             excluded: BTreeSet::new(),
             candidates: BTreeSet::new(),
@@ -758,7 +757,6 @@ impl<C: Ciphersuite> Session<C> {
         run.started_ms = now_ms;
         run.present.clear();
         run.quorum_ms = None;
-        run.commitment = None;
         run.candidates = run.signers.difference(&excluded).copied().collect();
         run.excluded = excluded;
         run.nonces = None;
@@ -796,7 +794,6 @@ impl<C: Ciphersuite> Session<C> {
         }
         let (nonces, commitments) = round1::commit(ctx.config.key_package.signing_share(), &mut ctx.rng);
         run.nonces = Some((attempt, nonces));
-        run.commitment = Some(commitments);
         run.resent_ms = now_ms;
         // Durable before the commitment leaves (or, for the coordinator, is used).
         out.push(Action::Persist(record));
@@ -1046,7 +1043,6 @@ impl<C: Ciphersuite> Session<C> {
         };
         // The nonces are gone from memory now, whatever happens below.
         run.consumed.insert(attempt);
-        run.commitment = None;
         let share = round2::sign(&package, &nonces, &ctx.config.key_package)?;
         drop(nonces);
         if from == ctx.me {
@@ -1186,7 +1182,8 @@ impl<C: Ciphersuite> Session<C> {
         let patience = self.patience_ms();
         let timeout = self.ctx.config.timeout_ms;
         if let State::Running(run) = &mut self.state
-            && let Some(commitments) = run.commitment
+            && let Some(commitments) =
+                run.nonces.as_ref().filter(|(a, _)| *a == run.attempt).map(|(_, n)| *n.commitments())
             && now_ms.saturating_sub(run.resent_ms) >= (timeout / 2).max(1)
         {
             run.resent_ms = now_ms;
