@@ -271,9 +271,12 @@ async fn bounded<T>(call: impl Future<Output = Result<T, BtcError>>) -> Result<T
     }
 }
 
-/// The validator first in turn waits this long after a peg-out is certified before it
-/// proposes, so that peg-outs certified together are batched.
+/// The validator in turn proposes a release once its oldest peg-out waited this long
+/// and no other was certified for as long (peg-outs certified together are batched),
+/// or at once when [`release::MAX_PAYOUTS`] wait.
 const BATCH_WAIT: Duration = Duration::from_secs(2);
+/// ... or once its oldest peg-out waited this long, however many keep coming.
+const BATCH_MAX_WAIT: Duration = Duration::from_secs(30);
 /// A withdrawal that does not validate yet is tried again after this long.
 const WITHDRAW_RETRY: Duration = Duration::from_secs(10);
 
@@ -1540,7 +1543,12 @@ impl Threshold {
             self.check_accepted().await?;
             self.resend_proposals();
             if self.release_fault == Some(ReleaseFault::OutOfTurn) && self.bitcoin_synced {
-                self.propose_out_of_turn()?;
+                // Well clear of its own turn, on every validator's clock.
+                let (now, margin) = (now_ms(), 2 * self.turn_slack_ms());
+                let turns = [self.turn_at(now.saturating_sub(margin)), self.turn_at(now), self.turn_at(now + margin)];
+                if !turns.contains(&self.me) {
+                    self.propose_out_of_turn()?;
+                }
             }
             if self.bitcoin_synced {
                 self.maybe_withdraw()?;
@@ -1856,7 +1864,7 @@ impl Threshold {
     /// merge, or refused. Proposals re-checked from `waiting` go the same way.
     fn judge(&mut self, from: usize, p: Proposal, at: Instant, fresh: bool) -> eyre::Result<()> {
         let txid = p.txid();
-        match self.validate(&p).and_then(|_| self.check_turn(from, &p)) {
+        match self.validate(&p).and_then(|_| self.check_turn(from, &p, at)) {
             Ok(()) => {
                 if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
                     self.to_check.push((from, p));
@@ -1893,7 +1901,7 @@ impl Threshold {
                 };
                 let valid_alone = release::validate(&p, &view, &self.policy).is_ok();
                 // A rival from a validator out of turn is refused, not kept.
-                if valid_alone && let Err(e) = self.in_turn(from, &p) {
+                if valid_alone && let Err(e) = self.in_turn(from, at) {
                     self.refused(from, &txid, &e);
                     return Ok(());
                 }
@@ -1917,14 +1925,12 @@ impl Threshold {
         self.metrics.release_refusals.with_label_values(&[e.reason()]).inc();
     }
 
-    /// Whether validator `from` may propose `p` now. A fresh release (one that touches
-    /// no live release here) comes from the validator whose turn it is, in the order
-    /// [`Threshold::maybe_propose`] follows: for some peg-out it pays, `from` is ranked
-    /// first, or its rank × `takeover` passed since this node saw the peg-out certified
-    /// (half a `takeover` of slack for the validators' different views). Replacements and
-    /// merges are gated in [`Threshold::validate`] instead (their predecessors' time to
-    /// be signed or confirmed, a higher fee for the same inputs).
-    fn check_turn(&self, from: usize, p: &Proposal) -> Result<(), ReleaseError> {
+    /// Whether validator `from` may propose `p`, received at `at`. A fresh release (one
+    /// that touches no live release here) comes from the validator whose turn it is
+    /// ([`Threshold::turn_at`]). Replacements and merges are gated in
+    /// [`Threshold::validate`] instead (their predecessors' time to be signed or
+    /// confirmed, a higher fee for the same inputs).
+    fn check_turn(&self, from: usize, p: &Proposal, at: Instant) -> Result<(), ReleaseError> {
         let mine = release::Live::of(p);
         let touches_live = self
             .locks()
@@ -1934,27 +1940,58 @@ impl Threshold {
         if touches_live {
             return Ok(());
         }
-        self.in_turn(from, p)
+        self.in_turn(from, at)
     }
 
-    /// Whether `from` is in turn for a fresh release paying `p`'s peg-outs: ranked first
-    /// for one of them, or ranked `r` and [`BATCH_WAIT`] + `r` × `takeover` passed since
-    /// this node saw it certified (less half a `takeover` of slack).
-    fn in_turn(&self, from: usize, p: &Proposal) -> Result<(), ReleaseError> {
+    /// The validator whose turn it is to propose fresh releases at wall-clock time
+    /// `at_ms`: the turn passes every `takeover` to the next validator, round robin.
+    /// One proposer at a time builds every release of a burst from inputs and peg-outs
+    /// it knows to be free, where proposers ranked per peg-out raced each other for
+    /// the same largest vault UTXOs. A silent validator costs one `takeover` a round.
+    pub fn turn_at(&self, at_ms: u64) -> usize {
+        let slot = at_ms / (self.takeover.as_millis() as u64).max(1);
+        (slot % self.n.max(1) as u64) as usize
+    }
+
+    /// The slack around a turn's ends (a quarter of `takeover`), for the validators'
+    /// clocks and the network's delay.
+    fn turn_slack_ms(&self) -> u64 {
+        self.takeover.as_millis() as u64 / 4
+    }
+
+    /// Whether `from` held the turn when its proposal arrived here at `at` (within the
+    /// slack at either end of the turn).
+    fn in_turn(&self, from: usize, at: Instant) -> Result<(), ReleaseError> {
         if from == self.me {
             return Ok(());
         }
-        let mut best = usize::MAX;
-        for e in &p.payouts {
-            let rank = relay::rank(e, from, self.n);
-            let elapsed = self.pegout_seen.get(e).map_or(Duration::ZERO, Instant::elapsed);
-            let due = BATCH_WAIT + self.takeover * rank as u32;
-            if rank == 0 || elapsed + self.takeover / 2 >= due {
-                return Ok(());
-            }
-            best = best.min(rank);
+        let at_ms = now_ms().saturating_sub(at.elapsed().as_millis() as u64);
+        let slack = self.turn_slack_ms();
+        let turn = self.turn_at(at_ms);
+        if [turn, self.turn_at(at_ms.saturating_sub(slack)), self.turn_at(at_ms.saturating_add(slack))].contains(&from)
+        {
+            return Ok(());
         }
-        Err(ReleaseError::NotInTurn { proposer: from, rank: best })
+        Err(ReleaseError::NotInTurn { proposer: from, in_turn: turn })
+    }
+
+    /// Inputs and peg-outs of peers' proposals, sent in turn, that this node holds but
+    /// has not signed yet (it has not certified every peg-out yet, or bitcoind's policy
+    /// check is pending). Its own proposals leave them alone for two `takeover`s, so
+    /// that the turn passing on does not race the releases the last proposer just sent.
+    fn claimed(&self) -> (BTreeSet<OutPoint>, BTreeSet<EventId>) {
+        let waiting = self
+            .waiting
+            .iter()
+            .filter(|(from, _, at)| at.elapsed() < self.takeover * 2 && self.in_turn(*from, *at).is_ok())
+            .map(|(_, p, _)| p);
+        let mut inputs = BTreeSet::new();
+        let mut payouts = BTreeSet::new();
+        for p in waiting.chain(self.to_check.iter().map(|(_, p)| p)) {
+            inputs.extend(p.tx.input.iter().map(|i| i.previous_output));
+            payouts.extend(p.payouts.iter().copied());
+        }
+        (inputs, payouts)
     }
 
     /// The refund of a rejected Bitcoin deposit, if one is due: back to the script of
@@ -2062,10 +2099,15 @@ impl Threshold {
                 .filter(|(_, (r, _))| r.payouts.contains(event))
                 .max_by_key(|(_, (r, _))| r.created_ms);
             let Some((txid, (rec, p))) = live else {
+                let now = now_ms();
+                let turn_ms = (self.takeover.as_millis() as u64).max(1);
+                let turns_away = (self.me + self.n - self.turn_at(now)) % self.n.max(1);
+                let mine_in_ms = if turns_away == 0 { 0 } else { turn_ms * turns_away as u64 - now % turn_ms };
                 return Some(json!({
                     "state": "waiting for a release",
                     "certified_for_secs": self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
-                    "proposer_rank_of_this_node": relay::rank(event, self.me, self.n),
+                    "proposer_in_turn": self.turn_at(now),
+                    "this_node_proposes_in_ms": mine_in_ms,
                 }));
             };
             let hashes = release::sighashes(&p.tx, &p.prevouts).unwrap_or_default();
@@ -2653,16 +2695,16 @@ impl Threshold {
         self.accept(p, self.me)
     }
 
-    /// Test fault: every tick, a release of the peg-outs not yet paid for which this
-    /// node is not first in turn (promised to a live release or not), from the smallest
-    /// free vault UTXO (never the one the validator in turn spends, so that it is never
-    /// taken for a replacement of its release).
+    /// Test fault: every tick out of this node's turn, a release of the peg-outs not
+    /// yet paid (promised to a live release or not), from the smallest free vault UTXO
+    /// (never the one the validator in turn spends, so that it is never taken for a
+    /// replacement of its release). In its turn it proposes nothing.
     fn propose_out_of_turn(&mut self) -> eyre::Result<()> {
         let locks = self.locks();
         let payouts: Vec<Payout> = self
             .pegout_seen
             .keys()
-            .filter(|e| !locks.paid.contains(e) && relay::rank(e, self.me, self.n) > 0)
+            .filter(|e| !locks.paid.contains(e))
             .filter_map(|e| self.pegouts.get(e).cloned())
             .collect();
         if payouts.is_empty() {
@@ -2730,19 +2772,38 @@ impl Threshold {
         self.accept(p, self.me)
     }
 
+    /// After a proposal that could not be made: the next one in five seconds, not one.
+    fn back_off_proposals(&mut self) {
+        self.last_proposal = Some(Instant::now() + Duration::from_secs(4));
+    }
+
+    /// Proposes a release of the peg-outs waiting, oldest first, when this node holds
+    /// the turn ([`Threshold::turn_at`]) and a batch is due: [`release::MAX_PAYOUTS`]
+    /// wait, or the oldest waited [`BATCH_WAIT`] and no other came for as long, or the
+    /// oldest waited [`BATCH_MAX_WAIT`]. So a burst is paid in full releases, one after
+    /// another, and a lone peg-out a moment after it was certified.
     async fn maybe_propose(&mut self) -> eyre::Result<()> {
+        let faulty_now = self.release_fault == Some(ReleaseFault::GreedyFee);
         if self.policy.vault_script.is_empty()
             || !self.bitcoin_synced
-            || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+            || self.release_fault == Some(ReleaseFault::OutOfTurn)
+            || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            || (!faulty_now && self.turn_at(now_ms()) != self.me)
         {
             return Ok(());
         }
         let locks = self.locks();
-        let (locked_inputs, locked_payouts) = (locks.inputs(), locks.payouts());
+        let (claimed_inputs, claimed_payouts) = self.claimed();
+        let (mut locked_inputs, locked_payouts) = (locks.inputs(), locks.payouts());
+        locked_inputs.extend(claimed_inputs);
         let mut unpaid: Vec<(&EventId, &Instant)> = self
             .pegout_seen
             .iter()
-            .filter(|(e, _)| !locked_payouts.contains(e) && self.bridge_not_ready(e.chain.0).is_none())
+            .filter(|(e, _)| {
+                !locked_payouts.contains(e)
+                    && !claimed_payouts.contains(e)
+                    && self.bridge_not_ready(e.chain.0).is_none()
+            })
             .collect();
         if unpaid.is_empty() {
             return Ok(());
@@ -2760,13 +2821,18 @@ impl Threshold {
                 _ => false,
             }
         });
-        let Some((&oldest, &since)) = unpaid.first().copied() else { return Ok(()) };
-        let rank = relay::rank(&oldest, self.me, self.n) as u32;
-        let faulty_now = self.release_fault == Some(ReleaseFault::GreedyFee);
-        // Rank 0 waits a moment to batch peg-outs certified together.
-        if !faulty_now && since.elapsed() < BATCH_WAIT + self.takeover * rank {
+        let Some(&(_, &oldest)) = unpaid.first() else { return Ok(()) };
+        let newest = unpaid.iter().map(|(_, at)| **at).max().unwrap_or(oldest);
+        let full = unpaid.len() >= release::MAX_PAYOUTS;
+        let due = full
+            || (oldest.elapsed() >= BATCH_WAIT && newest.elapsed() >= BATCH_WAIT)
+            || oldest.elapsed() >= BATCH_MAX_WAIT;
+        // A batch that is not full waits for the last proposal's checks to settle.
+        let settled = full || self.last_proposal.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if !(faulty_now || due && settled) {
             return Ok(());
         }
+        unpaid.truncate(release::MAX_PAYOUTS);
         let payouts: Vec<Payout> = unpaid.iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect();
         let available: Vec<(OutPoint, Sats)> =
             self.utxos.iter().filter(|(op, _)| !locked_inputs.contains(op)).map(|(op, a)| (*op, *a)).collect();
@@ -2788,20 +2854,20 @@ impl Threshold {
                     Ok(Some(reason)) => {
                         let blamed = self.blame(&p, &reason).await?;
                         warn!(target: "release", txid = %p.txid(), %reason, blamed = blamed.len(), "own release refused by bitcoind's relay policy: the next one goes without what it blames");
-                        self.last_proposal = Some(Instant::now());
+                        self.back_off_proposals();
                         return Ok(());
                     }
                     Err(e) => {
                         debug!(target: "release", error = %e, "testmempoolaccept unavailable: not proposing yet");
-                        self.last_proposal = Some(Instant::now());
+                        self.back_off_proposals();
                         return Ok(());
                     }
                 }
-                info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), rate, rank, "proposing a release");
+                info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), inputs = p.tx.input.len(), rate, "proposing a release");
                 self.propose(p)
             }
             Err(e) => {
-                self.last_proposal = Some(Instant::now());
+                self.back_off_proposals();
                 warn!(target: "release", error = %e, "cannot build a release yet");
                 Ok(())
             }

@@ -713,9 +713,9 @@ async fn a_proposal_at_ten_times_the_honest_fee_rate_is_refused_by_every_honest_
     );
 }
 
-/// One validator proposes at once, at the honest rate, though its turn (rank × takeover
-/// after the peg-out was certified) has not come. Every honest signer refuses it; the
-/// validator in turn proposes, and the peg-out is paid once.
+/// One validator proposes, at the honest rate, whenever the turn to propose is not its
+/// own (and never in its turn). Every honest signer refuses it; the validator in turn
+/// proposes, and the peg-out is paid once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     let eager = 2;
@@ -726,24 +726,57 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     net.deposit(0, user, 1_500_000).await;
     net.wait_balance(0, user, 3_100_000).await;
 
-    // A burn for which the faulty validator is not first in turn (it is, for a quarter
-    // of event ids: such a burn is simply paid by it, in turn).
-    let mut out_of_turn = None;
-    for _ in 0..8 {
-        let payee = net.btc.new_address().await.unwrap();
-        let burn = net.burn_to_bitcoin(0, 7, 300_000, &payee).await;
-        let event: EventId = burn.parse().unwrap();
-        if btcfi_node::relay::rank(&event, eager, 4) > 0 {
-            out_of_turn = Some((burn, payee));
-            break;
-        }
-        wait_paid(&net, &burn).await;
-    }
-    let (burn, payee) = out_of_turn.expect("a burn out of the faulty validator's turn");
+    let payee = net.btc.new_address().await.unwrap();
+    let burn = net.burn_to_bitcoin(0, 7, 300_000, &payee).await;
     wait_paid(&net, &burn).await;
     assert_refused_by_the_others(&net, "not_in_turn", eager);
     let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
     assert_eq!(received, Amount::from_sat(300_000 - PEG_OUT_FEE), "paid once");
+}
+
+/// A burst of 250 peg-outs over two chains, burned in waves for seconds, is
+/// paid in the fewest releases the batch limit allows (200 payouts each: two), each
+/// peg-out once: one validator proposes at a time, and a batch that is not full waits
+/// while peg-outs keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_peg_outs_is_paid_in_as_few_releases_as_the_batch_limit_allows() {
+    const BURNS: u64 = 250;
+    let net = network([None; 4]).await;
+    let users = [net.chains[0].anvil.dev_address(7), net.chains[1].anvil.dev_address(7)];
+    // One vault UTXO for each release: a release spends only final UTXOs.
+    net.deposit(0, users[0], 30_000_000).await;
+    net.deposit(1, users[1], 30_000_000).await;
+    net.wait_balance(0, users[0], 30_000_000).await;
+    net.wait_balance(1, users[1], 30_000_000).await;
+    // Ten waves half a second apart: peg-outs keep being certified for seconds.
+    let mut burns = Vec::new();
+    for j in 0..BURNS {
+        let chain = (j % 2) as usize;
+        let payee = net.btc.new_address().await.unwrap();
+        let amount = 100_000 + j;
+        let id = net.burn_unmined(chain, 7, amount, &payee).await;
+        burns.push((id, payee, amount));
+        if j % 25 == 24 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for c in &net.chains {
+        c.anvil.mine(3).await.unwrap();
+    }
+    let mut releases = BTreeSet::new();
+    for (id, _, _) in &burns {
+        let paid = wait_paid(&net, id).await;
+        releases.insert(paid["release"]["txid"].as_str().unwrap().to_owned());
+    }
+    for (_, payee, amount) in burns {
+        let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
+        assert_eq!(received, Amount::from_sat(amount - PEG_OUT_FEE), "paid once");
+    }
+    let fewest = (BURNS as usize).div_ceil(btcfi_release::MAX_PAYOUTS);
+    if releases.len() != fewest {
+        print_release_logs(&net);
+    }
+    assert_eq!(releases.len(), fewest, "{BURNS} peg-outs in {fewest} releases: {releases:?}");
 }
 
 /// A bridge whose `groupKey()` is not the epoch's evm key (here: never set) makes its

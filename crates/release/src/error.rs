@@ -35,10 +35,8 @@ pub enum ReleaseError {
     TooManyInputs { inputs: usize, allowed: usize },
     #[error("its weight {weight} WU exceeds the standard limit of 400,000 WU that Bitcoin nodes relay")]
     TooHeavy { weight: u64 },
-    #[error(
-        "validator {proposer} proposed out of turn (rank {rank} for every peg-out it pays, whose turn has not come)"
-    )]
-    NotInTurn { proposer: usize, rank: usize },
+    #[error("validator {proposer} proposed out of turn (the turn to propose is validator {in_turn}'s)")]
+    NotInTurn { proposer: usize, in_turn: usize },
     #[error("peg-out {0} was burned on a bridge that does not hold this epoch's key: not paid")]
     SourceNotReady(EventId),
     #[error("the vault holds {have} sat spendable, the release needs {need}")]
