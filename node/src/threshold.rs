@@ -277,6 +277,9 @@ async fn bounded<T>(call: impl Future<Output = Result<T, BtcError>>) -> Result<T
 const BATCH_WAIT: Duration = Duration::from_secs(2);
 /// ... or once its oldest peg-out waited this long, however many keep coming.
 const BATCH_MAX_WAIT: Duration = Duration::from_secs(30);
+/// After a proposal that could not be made (no funds, bitcoind's policy), the next
+/// is tried this long after.
+const PROPOSAL_BACK_OFF: Duration = Duration::from_secs(5);
 /// A withdrawal that does not validate yet is tried again after this long.
 const WITHDRAW_RETRY: Duration = Duration::from_secs(10);
 
@@ -392,6 +395,8 @@ pub struct Threshold {
     waiting: Vec<(usize, Proposal, Instant)>,
     last_release_check: Instant,
     last_proposal: Option<Instant>,
+    /// After a proposal that could not be made: none before this.
+    proposals_resume: Option<Instant>,
     last_resend: Instant,
     resend_every: Duration,
     /// Proposals refused because another release holds their peg-outs or inputs here.
@@ -574,6 +579,7 @@ impl Threshold {
             waiting: Vec::new(),
             last_release_check: Instant::now(),
             last_proposal: None,
+            proposals_resume: None,
             last_resend: Instant::now(),
             resend_every: RESEND_EVERY
                 .min(Duration::from_millis(cfg.signing.merge_after_ms / 4))
@@ -1851,11 +1857,21 @@ impl Threshold {
     }
 
     fn on_proposal(&mut self, from: usize, p: Proposal) -> eyre::Result<()> {
-        if self.releases.contains_key(&p.txid()) {
+        let txid = p.txid();
+        if self.releases.contains_key(&txid) || self.to_check.iter().any(|(_, q)| q.txid() == txid) {
             return Ok(());
         }
-        // A competing one sent again: checked again (it may be valid by now).
-        self.competing.remove(&p.txid());
+        // One known already, sent again (proposals are resent until signed): checked
+        // again, as from whoever sent it first and when (it may be valid by now). Its
+        // turn was that of its first arrival: a resend after the turn passed on neither
+        // drops a rival kept for a merge nor counts as a refusal.
+        if let Some((_, at, first)) = self.competing.remove(&txid) {
+            return self.judge(first, p, at, false);
+        }
+        if let Some(i) = self.waiting.iter().position(|(_, w, _)| w.txid() == txid) {
+            let (first, _, at) = self.waiting.remove(i);
+            return self.judge(first, p, at, false);
+        }
         self.judge(from, p, Instant::now(), true)
     }
 
@@ -1907,7 +1923,7 @@ impl Threshold {
                 }
                 let from_sender = self.competing.values().filter(|(_, _, f)| *f == from).count();
                 if valid_alone && self.competing.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
-                    self.competing.insert(txid, (p, Instant::now(), from));
+                    self.competing.insert(txid, (p, at, from));
                 }
                 Ok(())
             }
@@ -1959,6 +1975,16 @@ impl Threshold {
         self.takeover.as_millis() as u64 / 4
     }
 
+    /// Whether this node may send a fresh proposal now: its turn, away from the turn's
+    /// ends by the slack, so that its proposals reach the others within its turn (as
+    /// their clocks see it) and do not overlap the last proposer's final ones.
+    fn may_propose_now(&self) -> bool {
+        let now = now_ms();
+        let (takeover, slack) = ((self.takeover.as_millis() as u64).max(1), self.turn_slack_ms());
+        let into_turn = now % takeover;
+        self.turn_at(now) == self.me && into_turn >= slack && into_turn + slack <= takeover
+    }
+
     /// Whether `from` held the turn when its proposal arrived here at `at` (within the
     /// slack at either end of the turn).
     fn in_turn(&self, from: usize, at: Instant) -> Result<(), ReleaseError> {
@@ -1987,9 +2013,11 @@ impl Threshold {
             .map(|(_, p, _)| p);
         let mut inputs = BTreeSet::new();
         let mut payouts = BTreeSet::new();
+        // Only what this node could spend or pay itself: vault UTXOs it knows and
+        // peg-outs it has certified (the rest it would not propose anyway).
         for p in waiting.chain(self.to_check.iter().map(|(_, p)| p)) {
-            inputs.extend(p.tx.input.iter().map(|i| i.previous_output));
-            payouts.extend(p.payouts.iter().copied());
+            inputs.extend(p.tx.input.iter().map(|i| i.previous_output).filter(|op| self.utxos.contains_key(op)));
+            payouts.extend(p.payouts.iter().copied().filter(|e| self.pegouts.contains_key(e)));
         }
         (inputs, payouts)
     }
@@ -2102,7 +2130,15 @@ impl Threshold {
                 let now = now_ms();
                 let turn_ms = (self.takeover.as_millis() as u64).max(1);
                 let turns_away = (self.me + self.n - self.turn_at(now)) % self.n.max(1);
-                let mine_in_ms = if turns_away == 0 { 0 } else { turn_ms * turns_away as u64 - now % turn_ms };
+                // From the start of this node's proposing window (its turn less the slack
+                // at either end).
+                let into_turn = now % turn_ms;
+                let slack = self.turn_slack_ms();
+                let mine_in_ms = match turns_away {
+                    0 if into_turn + slack <= turn_ms => slack.saturating_sub(into_turn),
+                    0 => turn_ms * self.n.max(1) as u64 - into_turn + slack,
+                    k => turn_ms * k as u64 - into_turn + slack,
+                };
                 return Some(json!({
                     "state": "waiting for a release",
                     "certified_for_secs": self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
@@ -2774,7 +2810,7 @@ impl Threshold {
 
     /// After a proposal that could not be made: the next one in five seconds, not one.
     fn back_off_proposals(&mut self) {
-        self.last_proposal = Some(Instant::now() + Duration::from_secs(4));
+        self.proposals_resume = Some(Instant::now() + PROPOSAL_BACK_OFF);
     }
 
     /// Proposes a release of the peg-outs waiting, oldest first, when this node holds
@@ -2788,7 +2824,8 @@ impl Threshold {
             || !self.bitcoin_synced
             || self.release_fault == Some(ReleaseFault::OutOfTurn)
             || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-            || (!faulty_now && self.turn_at(now_ms()) != self.me)
+            || self.proposals_resume.is_some_and(|t| Instant::now() < t)
+            || (!faulty_now && !self.may_propose_now())
         {
             return Ok(());
         }
@@ -2844,7 +2881,7 @@ impl Threshold {
             let greedy = rate.saturating_mul(10).min(self.policy.ceiling_sat_per_vb);
             return self.send_faulty(release::build(&available, &payouts, greedy, &self.policy), "greedy fee");
         }
-        match release::build(&available, &payouts, rate, &self.policy) {
+        match release::build_fundable(&available, &payouts, rate, &self.policy) {
             Ok(p) if self.release_fault == Some(ReleaseFault::SplitProposals) => {
                 self.propose_split(p, &available, &payouts, rate)
             }
@@ -2862,6 +2899,11 @@ impl Threshold {
                         self.back_off_proposals();
                         return Ok(());
                     }
+                }
+                // bitcoind took its time: the turn may have passed on meanwhile.
+                if !self.may_propose_now() {
+                    debug!(target: "release", txid = %p.txid(), "the turn passed on while bitcoind checked the release: not sent");
+                    return Ok(());
                 }
                 info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), inputs = p.tx.input.len(), rate, "proposing a release");
                 self.propose(p)

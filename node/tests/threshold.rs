@@ -663,6 +663,22 @@ fn assert_refused_by_the_others(net: &Net, reason: &str, faulty: usize) {
     }
 }
 
+/// No validator refused a proposal of `honest` out of turn: a proposer in its turn is
+/// heard in its turn, by every clock.
+fn assert_never_refused_out_of_turn(net: &Net, honest: impl Fn(usize) -> bool) {
+    for n in &net.nodes {
+        for line in n.log().lines().filter(|l| l.contains("release proposal refused")) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let from = v["fields"]["from"].as_u64().unwrap_or(u64::MAX) as usize;
+            let reason = v["fields"]["reason"].as_str().unwrap_or_default();
+            if honest(from) && reason.contains("turn") {
+                print_release_logs(net);
+                panic!("{} refused an honest proposer out of turn: {line}", n.name);
+            }
+        }
+    }
+}
+
 /// Every validator's release log lines, for a failed assertion.
 fn print_release_logs(net: &Net) {
     for n in &net.nodes {
@@ -730,6 +746,7 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     let burn = net.burn_to_bitcoin(0, 7, 300_000, &payee).await;
     wait_paid(&net, &burn).await;
     assert_refused_by_the_others(&net, "not_in_turn", eager);
+    assert_never_refused_out_of_turn(&net, |from| from != eager);
     let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.unwrap();
     assert_eq!(received, Amount::from_sat(300_000 - PEG_OUT_FEE), "paid once");
 }
@@ -777,6 +794,7 @@ async fn a_burst_of_peg_outs_is_paid_in_as_few_releases_as_the_batch_limit_allow
         print_release_logs(&net);
     }
     assert_eq!(releases.len(), fewest, "{BURNS} peg-outs in {fewest} releases: {releases:?}");
+    assert_never_refused_out_of_turn(&net, |_| true);
 }
 
 /// A bridge whose `groupKey()` is not the epoch's evm key (here: never set) makes its

@@ -101,8 +101,8 @@ impl Drop for Devnet {
 }
 
 /// `len` consecutive loopback ports, free a moment ago, below the kernel's ephemeral
-/// range (where `free_port()` of other tests and outgoing connections land), distinct
-/// from `taken`.
+/// range (where outgoing connections land), distinct from `taken`, and reserved for this
+/// process as `free_port()` reserves its ports, so no other test is handed them.
 fn free_block(len: u16, taken: &mut BTreeSet<u16>) -> u16 {
     let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -116,7 +116,9 @@ fn free_block(len: u16, taken: &mut BTreeSet<u16>) -> u16 {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         let base = u16::try_from(low + (seed >> 33) % (high - low - u64::from(len))).expect("below 65536");
         let range = base..base + len;
-        if range.clone().all(|p| !taken.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if range.clone().all(|p| {
+            !taken.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok() && btcfi_testkit::reserve_port(p)
+        }) {
             taken.extend(range);
             return base;
         }

@@ -320,6 +320,40 @@ pub fn build_with(
     Err(ReleaseError::InsufficientFunds { have, need })
 }
 
+/// [`build`], or, when the vault's free UTXOs cannot pay all of `payouts` at once, a
+/// release of those (in the order given, oldest first) that they can: so that one
+/// large peg-out the vault cannot cover yet (its funds held in releases waiting for
+/// their change) never holds up the smaller ones behind it.
+pub fn build_fundable(
+    utxos: &[(OutPoint, Sats)],
+    payouts: &[Payout],
+    fee_rate: u64,
+    policy: &Policy,
+) -> Result<Proposal, ReleaseError> {
+    let (have, need) = match build(utxos, payouts, fee_rate, policy) {
+        Err(ReleaseError::InsufficientFunds { have, need }) => (have, need),
+        other => return other,
+    };
+    let pay: u64 = payouts.iter().filter_map(|p| payout_value(p, policy)).fold(0, u64::saturating_add);
+    // The fee of the release of them all: no less than that of any subset.
+    let mut room = have.saturating_sub(need.saturating_sub(pay));
+    let subset: Vec<Payout> = payouts
+        .iter()
+        .filter(|p| match payout_value(p, policy) {
+            Some(v) if v <= room => {
+                room -= v;
+                true
+            }
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    if subset.is_empty() || subset.len() == payouts.len() {
+        return Err(ReleaseError::InsufficientFunds { have, need });
+    }
+    build(utxos, &subset, fee_rate, policy)
+}
+
 /// The replacement of `old` at `fee_rate`: same inputs and payouts, the higher fee
 /// taken from the change. `None` if there is no change to take it from.
 pub fn bump(old: &Proposal, fee_rate: u64, policy: &Policy) -> Option<Proposal> {
@@ -1195,6 +1229,27 @@ mod tests {
         tight.prevouts[0].value = Amount::from_sat(298_000 + 148_000 + tight.fee().min(5_000));
         let probe = payout_probe(&tight, 0, &policy()).expect("probe");
         assert!(probe.output.iter().skip(1).all(|o| o.value.to_sat() >= policy().dust_limit(&vault())));
+    }
+
+    #[test]
+    fn a_peg_out_the_vault_cannot_cover_yet_does_not_hold_up_those_it_can() {
+        let utxos = vec![(outpoint(1), Sats(100_000)), (outpoint(2), Sats(50_000))];
+        let big = Payout { event: event(1), amount: Sats(400_000), script: p2wpkh(1) };
+        let small: Vec<Payout> =
+            (2..6).map(|i| Payout { event: event(i), amount: Sats(30_000), script: p2wpkh(i) }).collect();
+        let all: Vec<Payout> = std::iter::once(big.clone()).chain(small.iter().cloned()).collect();
+        assert!(matches!(build(&utxos, &all, 5, &policy()), Err(ReleaseError::InsufficientFunds { .. })));
+        let p = build_fundable(&utxos, &all, 5, &policy()).expect("the small ones fit");
+        assert!(!p.payouts.contains(&big.event), "the big one waits");
+        assert_eq!(p.payouts.len(), 4, "every small one is paid: {:?}", p.payouts);
+        // As many as fit, oldest first, when not all the small ones do.
+        let tight = vec![(outpoint(1), Sats(70_000))];
+        let p = build_fundable(&tight, &all, 5, &policy()).expect("two fit");
+        assert_eq!(p.payouts, vec![small[0].event, small[1].event]);
+        // Nothing that fits: the error names what the vault holds.
+        let none = vec![(outpoint(1), Sats(10_000))];
+        let e = build_fundable(&none, &all, 5, &policy()).expect_err("nothing fits");
+        assert!(matches!(e, ReleaseError::InsufficientFunds { have: 10_000, .. }), "{e}");
     }
 
     #[test]

@@ -15,4 +15,4 @@ mod process;
 
 pub use anvil::Anvil;
 pub use bitcoind::{Bitcoind, DepositTx};
-pub use process::{free_port, repo_root, wait_until};
+pub use process::{free_port, repo_root, reserve_port, wait_until};
