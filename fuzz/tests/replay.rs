@@ -3,16 +3,43 @@
 //! stay regression tests once copied into `fuzz/regressions/<target>/`), and over
 //! truncations and bit flips of the seeds. `cargo test --manifest-path fuzz/Cargo.toml`.
 //!
+//! `fuzz/regressions/<target>/` is committed and must hold inputs for every target (the
+//! seeds as bytes, at least): a missing or unreadable directory fails the replay instead
+//! of replaying nothing.
+//!
 //! With `BTCFI_FUZZ_WRITE_SEEDS=1` the seeds are also written to `fuzz/corpus/<target>/`
 //! (scripts/fuzz.sh does this before fuzzing).
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use btcfi_fuzz::{TARGETS, run, seeds};
 
-fn files(dir: &Path) -> Vec<Vec<u8>> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    entries.filter_map(|e| e.ok()).filter(|e| e.path().is_file()).filter_map(|e| fs::read(e.path()).ok()).collect()
+/// The fuzz crate's directory, read at run time (a test binary built in another
+/// checkout that shares the target dir would otherwise read that checkout's files).
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Every file in `dir`. A directory that is not there is `None` (the local corpus and
+/// artifacts are optional); one that cannot be read, or a file in it that cannot, fails
+/// the test rather than counting as empty.
+fn files(dir: &Path) -> Option<Vec<Vec<u8>>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("cannot read {}: {e}", dir.display()),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path();
+        if path.is_file() {
+            out.push(fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())));
+        }
+    }
+    Some(out)
 }
 
 #[test]
@@ -49,7 +76,7 @@ fn mutated_seeds_never_panic() {
 
 #[test]
 fn corpus_and_regressions_replay() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = root();
     let write = std::env::var_os("BTCFI_FUZZ_WRITE_SEEDS").is_some();
     for target in TARGETS {
         if write {
@@ -59,10 +86,13 @@ fn corpus_and_regressions_replay() {
                 fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
             }
         }
-        for sub in ["corpus", "artifacts", "regressions"] {
-            for input in files(&root.join(sub).join(target)) {
-                run(target, &input);
-            }
+        // The committed regressions must be there: a replay of nothing passes on nothing.
+        let dir = root.join("regressions").join(target);
+        let regressions = files(&dir).unwrap_or_else(|| panic!("{target}: no regressions at {}", dir.display()));
+        assert!(!regressions.is_empty(), "{target}: {} holds no inputs", dir.display());
+        let local = ["corpus", "artifacts"].into_iter().filter_map(|sub| files(&root.join(sub).join(target)));
+        for input in regressions.iter().chain(local.flatten().collect::<Vec<_>>().iter()) {
+            run(target, input);
         }
     }
 }

@@ -402,8 +402,10 @@ impl NodeConfig {
         if self.signing.timeout_ms < 100 {
             errs.push("signing.timeout_ms: at least 100".into());
         }
-        if self.signing.takeover_ms == 0 {
-            errs.push("signing.takeover_ms: must be positive".into());
+        if self.signing.takeover_ms < 4_000 {
+            errs.push(
+                "signing.takeover_ms: at least 4000 (a release proposer sends in the middle half of its turn, checked every second)".into(),
+            );
         }
         if self.signing.merge_after_ms < self.signing.timeout_ms.saturating_mul(2) {
             errs.push(
@@ -550,6 +552,18 @@ min_deposit = 10000
         assert_eq!(cfg.api.listen.port(), 9999);
         assert_eq!(cfg.bitcoin.confirmations, 7);
         assert!(cfg.redacted_toml().contains("\"***\"") && !cfg.redacted_toml().contains("secret"));
+    }
+
+    /// A turn too short for a proposer to send in its middle half, between ticks a
+    /// second apart, is refused at load, not discovered as a validator that never
+    /// proposes.
+    #[test]
+    fn a_takeover_too_short_for_a_proposing_window_is_refused() {
+        let short = format!("{}\n[signing]\ntakeover_ms = 1000\n", good());
+        let err = NodeConfig::load(home_with(&short).path(), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("signing.takeover_ms: at least 4000"), "{err}");
+        let ok = format!("{}\n[signing]\ntakeover_ms = 4000\n", good());
+        NodeConfig::load(home_with(&ok).path(), env(&[])).expect("4000 ms is enough");
     }
 
     /// The annotated examples in configs/node/ parse and validate once their

@@ -280,6 +280,9 @@ const BATCH_MAX_WAIT: Duration = Duration::from_secs(30);
 /// After a proposal that could not be made (no funds, bitcoind's policy), the next
 /// is tried this long after.
 const PROPOSAL_BACK_OFF: Duration = Duration::from_secs(5);
+/// A peg-out left out of releases this long for want of free funds (while the vault as
+/// a whole holds enough) is paid before any newer one.
+const DEFER_MAX: Duration = Duration::from_secs(600);
 /// A withdrawal that does not validate yet is tried again after this long.
 const WITHDRAW_RETRY: Duration = Duration::from_secs(10);
 
@@ -397,6 +400,13 @@ pub struct Threshold {
     last_proposal: Option<Instant>,
     /// After a proposal that could not be made: none before this.
     proposals_resume: Option<Instant>,
+    /// Fresh proposals refused here as out of turn, by the validators that sent them
+    /// (and when first): one that f+1 of them sent on was accepted in turn by an honest
+    /// one (validators resend only releases they accepted), and is accepted here too.
+    vouched: BTreeMap<Txid, (BTreeSet<usize>, Instant)>,
+    /// Peg-outs left out of this node's last release for want of free funds, and since
+    /// when ([`release::build_fundable`]).
+    unfunded: BTreeMap<EventId, Instant>,
     last_resend: Instant,
     resend_every: Duration,
     /// Proposals refused because another release holds their peg-outs or inputs here.
@@ -580,6 +590,8 @@ impl Threshold {
             last_release_check: Instant::now(),
             last_proposal: None,
             proposals_resume: None,
+            vouched: BTreeMap::new(),
+            unfunded: BTreeMap::new(),
             last_resend: Instant::now(),
             resend_every: RESEND_EVERY
                 .min(Duration::from_millis(cfg.signing.merge_after_ms / 4))
@@ -1865,14 +1877,40 @@ impl Threshold {
         // again, as from whoever sent it first and when (it may be valid by now). Its
         // turn was that of its first arrival: a resend after the turn passed on neither
         // drops a rival kept for a merge nor counts as a refusal.
-        if let Some((_, at, first)) = self.competing.remove(&txid) {
-            return self.judge(first, p, at, false);
+        if let Some((kept, at, first)) = self.competing.remove(&txid) {
+            // Still a rival, or not valid yet: kept as it was, for its merge.
+            let keep = match self.validate(&p) {
+                Err(ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. }) => true,
+                Err(e) => e.may_pass_later(),
+                Ok(_) => false,
+            };
+            if keep {
+                self.competing.insert(txid, (kept, at, first));
+                return Ok(());
+            }
+            let (who, when) = self.delivery((first, at), (from, Instant::now()));
+            return self.judge(who, p, when, false);
         }
         if let Some(i) = self.waiting.iter().position(|(_, w, _)| w.txid() == txid) {
             let (first, _, at) = self.waiting.remove(i);
-            return self.judge(first, p, at, false);
+            let (who, when) = self.delivery((first, at), (from, Instant::now()));
+            return self.judge(who, p, when, false);
         }
         self.judge(from, p, Instant::now(), true)
+    }
+
+    /// Of two deliveries of one proposal (sender, arrival), the one its turn is judged
+    /// by: the first while it is recent (two turns) and was in turn, or when the latest
+    /// was not in turn either; else the latest. A proposal forwarded first by a
+    /// validator that did not make it is then still heard from its proposer in turn,
+    /// and an old arrival's turn does not pass a proposal resent long after.
+    fn delivery(&self, first: (usize, Instant), latest: (usize, Instant)) -> (usize, Instant) {
+        let recent = first.1.elapsed() < self.takeover * 2;
+        if recent && (self.in_turn(first.0, first.1).is_ok() || self.in_turn(latest.0, latest.1).is_err()) {
+            first
+        } else {
+            latest
+        }
     }
 
     /// Validates a proposal from `from` (received at `at`) and files it: to be checked
@@ -1925,6 +1963,30 @@ impl Threshold {
                 if valid_alone && self.competing.len() < MAX_WAITING && from_sender < MAX_WAITING_PER_SENDER {
                     self.competing.insert(txid, (p, at, from));
                 }
+                Ok(())
+            }
+            Err(e @ ReleaseError::NotInTurn { .. }) => {
+                // Valid, but not from the validator in turn: accepted once f+1
+                // validators sent it on (at least one honest one accepted it in turn).
+                let takeover = self.takeover;
+                self.vouched.retain(|_, (_, since)| since.elapsed() < takeover * 4);
+                let f = self.n.saturating_sub(1) / 3;
+                let entry = self.vouched.entry(txid).or_insert_with(|| (BTreeSet::new(), Instant::now()));
+                entry.0.insert(from);
+                if entry.0.len() > f {
+                    self.vouched.remove(&txid);
+                    info!(target: "release", %txid, from, "proposal sent on by f+1 validators: accepted as made in turn");
+                    if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
+                        self.to_check.push((from, p));
+                    }
+                    return Ok(());
+                }
+                if self.vouched.len() > MAX_WAITING
+                    && let Some(oldest) = self.vouched.iter().min_by_key(|(_, (_, t))| *t).map(|(t, _)| *t)
+                {
+                    self.vouched.remove(&oldest);
+                }
+                self.refused(from, &txid, &e);
                 Ok(())
             }
             Err(e) => {
@@ -1982,7 +2044,7 @@ impl Threshold {
         let now = now_ms();
         let (takeover, slack) = ((self.takeover.as_millis() as u64).max(1), self.turn_slack_ms());
         let into_turn = now % takeover;
-        self.turn_at(now) == self.me && into_turn >= slack && into_turn + slack <= takeover
+        self.turn_at(now) == self.me && (self.n <= 1 || (into_turn >= slack && into_turn + slack <= takeover))
     }
 
     /// Whether `from` held the turn when its proposal arrived here at `at` (within the
@@ -2858,8 +2920,28 @@ impl Threshold {
                 _ => false,
             }
         });
-        let Some(&(_, &oldest)) = unpaid.first() else { return Ok(()) };
-        let newest = unpaid.iter().map(|(_, at)| **at).max().unwrap_or(oldest);
+        if unpaid.is_empty() {
+            return Ok(());
+        }
+        self.unfunded.retain(|e, _| self.pegout_seen.contains_key(e));
+        // Peg-outs the free funds could not cover last time do not set the pace: the
+        // others are batched as usual.
+        let mut pace: Vec<Instant> =
+            unpaid.iter().filter(|(e, _)| !self.unfunded.contains_key(*e)).map(|(_, at)| **at).collect();
+        if pace.is_empty() {
+            pace = unpaid.iter().map(|(_, at)| **at).collect();
+        }
+        let (Some(&oldest), Some(&newest)) = (pace.iter().min(), pace.iter().max()) else { return Ok(()) };
+        // One left out for DEFER_MAX while the vault as a whole holds enough for it:
+        // newer peg-outs wait, so that returning change builds up for it rather than
+        // paying them first for ever.
+        let vault_total = self.utxos.values().map(|a| a.0).fold(0, u64::saturating_add);
+        let starved: Option<Payout> = unpaid
+            .iter()
+            .filter(|(e, _)| self.unfunded.get(*e).is_some_and(|t| t.elapsed() >= DEFER_MAX))
+            .filter_map(|(e, _)| self.pegouts.get(*e))
+            .find(|p| p.amount.0 <= vault_total)
+            .cloned();
         let full = unpaid.len() >= release::MAX_PAYOUTS;
         let due = full
             || (oldest.elapsed() >= BATCH_WAIT && newest.elapsed() >= BATCH_WAIT)
@@ -2870,7 +2952,10 @@ impl Threshold {
             return Ok(());
         }
         unpaid.truncate(release::MAX_PAYOUTS);
-        let payouts: Vec<Payout> = unpaid.iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect();
+        let payouts: Vec<Payout> = match &starved {
+            Some(p) => vec![p.clone()],
+            None => unpaid.iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect(),
+        };
         let available: Vec<(OutPoint, Sats)> =
             self.utxos.iter().filter(|(op, _)| !locked_inputs.contains(op)).map(|(op, a)| (*op, *a)).collect();
         if self.bitcoin.is_none() {
@@ -2881,7 +2966,23 @@ impl Threshold {
             let greedy = rate.saturating_mul(10).min(self.policy.ceiling_sat_per_vb);
             return self.send_faulty(release::build(&available, &payouts, greedy, &self.policy), "greedy fee");
         }
-        match release::build_fundable(&available, &payouts, rate, &self.policy) {
+        let built = match &starved {
+            Some(big) => {
+                info!(target: "release", event = %big.event, amount = big.amount.0, "a peg-out the free funds could not cover waited too long: newer ones wait for it");
+                release::build(&available, &payouts, rate, &self.policy)
+            }
+            None => release::build_fundable(&available, &payouts, rate, &self.policy),
+        };
+        if let Ok(p) = &built {
+            for e in payouts.iter().map(|q| q.event) {
+                if p.payouts.contains(&e) {
+                    self.unfunded.remove(&e);
+                } else {
+                    self.unfunded.entry(e).or_insert_with(Instant::now);
+                }
+            }
+        }
+        match built {
             Ok(p) if self.release_fault == Some(ReleaseFault::SplitProposals) => {
                 self.propose_split(p, &available, &payouts, rate)
             }

@@ -330,6 +330,9 @@ pub fn build_fundable(
     fee_rate: u64,
     policy: &Policy,
 ) -> Result<Proposal, ReleaseError> {
+    // As `build` would: at most MAX_PAYOUTS, so that the fee bound below is that of
+    // the release it tried.
+    let payouts = payouts.get(..MAX_PAYOUTS).unwrap_or(payouts);
     let (have, need) = match build(utxos, payouts, fee_rate, policy) {
         Err(ReleaseError::InsufficientFunds { have, need }) => (have, need),
         other => return other,
