@@ -20,7 +20,9 @@ use btcfi_fuzz::{TARGETS, run, seeds};
 /// The fuzz crate's directory, read at run time (a test binary built in another
 /// checkout that shares the target dir would otherwise read that checkout's files).
 fn root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Every file in `dir`. A directory that is not there is `None` (the local corpus and
