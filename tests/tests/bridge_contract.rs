@@ -264,6 +264,7 @@ async fn a_valid_signature_mints_exactly_once() {
     let sig = f.sign(f.mint_message(event_id, recipient, amount));
     let receipt = send(f.bridge(RELAYER).mint(event_id, recipient, amount, sig.rx, sig.ry, sig.z)).await;
     println!("gas: whole mint transaction (receipt gasUsed, first mint) = {}", receipt.gas_used);
+    gas_within("first mint (a new holder)", receipt.gas_used, 112_000);
 
     assert_eq!(f.balance(recipient).await, U256::from(amount));
     assert_eq!(f.token().totalSupply().call().await.unwrap(), U256::from(amount));
@@ -426,6 +427,7 @@ async fn rotation_needs_the_current_key_and_retires_it() {
 
     let receipt = send(bridge.rotateKey(new_key.px, new_key.py, good.rx, good.ry, good.z)).await;
     println!("gas: whole rotateKey transaction (receipt gasUsed) = {}", receipt.gas_used);
+    gas_within("rotateKey", receipt.gas_used, 68_000);
     assert_eq!(
         events::<IBridge::KeyRotated>(&receipt),
         vec![IBridge::KeyRotated { px: new_key.px, py: new_key.py, rotationNonce: 0 }]
@@ -499,6 +501,7 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
     assert_eq!(as_user.burnToBitcoin(3_000, script.clone()).call().await.unwrap(), 0);
     let receipt = send(as_user.burnToBitcoin(3_000, script.clone())).await;
     println!("gas: burnToBitcoin (receipt gasUsed) = {}", receipt.gas_used);
+    gas_within("burnToBitcoin", receipt.gas_used, 66_000);
     assert_eq!(
         events::<IBridge::BurnToBitcoin>(&receipt),
         vec![IBridge::BurnToBitcoin { nonce: 0, from: user, amountSats: 3_000, btcScriptPubKey: script.clone() }]
@@ -510,6 +513,7 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
 
     let receipt = send(as_user.burnToChain(56, dest, 2_000)).await;
     println!("gas: burnToChain (receipt gasUsed) = {}", receipt.gas_used);
+    gas_within("burnToChain", receipt.gas_used, 50_000);
     assert_eq!(
         events::<IBridge::BurnToChain>(&receipt),
         vec![IBridge::BurnToChain { nonce: 1, from: user, destChainId: 56, recipient: dest, amountSats: 2_000 }]
@@ -570,6 +574,7 @@ async fn verify_gas() {
         estimate - 21_000,
         estimate - 21_000 - calldata_gas
     );
+    gas_within("verify() execution", estimate - 21_000 - calldata_gas, 6_000);
 
     // An independent vector (the example in safe-research/safe-frost's README).
     let external = bridge.verify(
@@ -765,6 +770,7 @@ async fn burn_to_chain_goes_only_to_chains_the_group_key_made_known() {
     // The signed update, submitted by anyone.
     let receipt = send(relayer.setKnownChain(POLYGON, true, good.rx, good.ry, good.z)).await;
     println!("gas: setKnownChain (receipt gasUsed) = {}", receipt.gas_used);
+    gas_within("setKnownChain", receipt.gas_used, 64_000);
     assert_eq!(
         events::<IBridge::KnownChainSet>(&receipt),
         vec![IBridge::KnownChainSet { chainId: POLYGON, enabled: true, chainNonce: 0 }]
@@ -882,6 +888,7 @@ async fn rotation_while_paused_needs_the_guardians_approval_of_exactly_that_key(
 
     let receipt = send(relayer.rotateKey(new_key.px, new_key.py, good.rx, good.ry, good.z)).await;
     println!("gas: rotateKey while paused, approved (receipt gasUsed) = {}", receipt.gas_used);
+    gas_within("rotateKey while paused", receipt.gas_used, 49_000);
     assert_eq!(
         events::<IBridge::KeyRotated>(&receipt),
         vec![IBridge::KeyRotated { px: new_key.px, py: new_key.py, rotationNonce: 0 }]
@@ -983,6 +990,7 @@ async fn a_signed_batch_root_mints_each_leaf_once_with_its_proof() {
     // The whole batch in one transaction.
     let receipt = send(bridge.mintBatch(b.root, sig.rx, sig.ry, sig.z, b.leaves.clone(), b.proofs.clone())).await;
     println!("gas: mintBatch of 8 (receipt gasUsed) = {}, per mint = {}", receipt.gas_used, receipt.gas_used / 8);
+    gas_within("mintBatch of 8, per mint", receipt.gas_used / 8, 57_000);
     assert_eq!(events::<IBridge::BatchAccepted>(&receipt), vec![IBridge::BatchAccepted { root: b.root }]);
     let minted: BTreeSet<B256> = events::<IBridge::Minted>(&receipt).into_iter().map(|m| m.eventId).collect();
     assert_eq!(minted, mints.iter().map(|m| m.0).collect());
@@ -1014,6 +1022,7 @@ async fn a_signed_batch_root_mints_each_leaf_once_with_its_proof() {
     // One new leaf alone, with its proof.
     let receipt = send(bridge.mintWithProof(o.root, o.leaves[new_at].clone(), o.proofs[new_at].clone())).await;
     println!("gas: mintWithProof under an accepted root (receipt gasUsed) = {}", receipt.gas_used);
+    gas_within("mintWithProof", receipt.gas_used, 74_000);
     assert_eq!(events::<IBridge::Minted>(&receipt).len(), 1);
     // The same leaf again, and an old one: consumed.
     for at in [new_at, o.leaves.iter().position(|l| l.eventId == mints[5].0).unwrap()] {
@@ -1080,6 +1089,15 @@ async fn batch_gas_per_mint_falls_below_a_single_mint() {
     );
     let single = f.mint(event(5_000), Address::from_word(keccak256(b"fresh")), 20_000).await;
     println!("gas: single mint to a fresh recipient (receipt gasUsed) = {}", single.gas_used);
+    gas_within("mintBatch of 256 to fresh recipients, per mint", per_mint, 62_000);
+    gas_within("single mint to a fresh recipient", single.gas_used, 95_000);
     assert_eq!(events::<IBridge::Minted>(&receipt).len(), 256);
     assert!(per_mint < single.gas_used, "batched {per_mint} per mint, single {}", single.gas_used);
+}
+
+/// A gas figure the tests print is also bounded: a ceiling a little above what the
+/// contract costs today, so that a change that makes a call dearer fails here instead of
+/// only printing a larger number.
+fn gas_within(what: &str, used: u64, ceiling: u64) {
+    assert!(used <= ceiling, "{what}: {used} gas, above its ceiling of {ceiling}");
 }

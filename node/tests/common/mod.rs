@@ -233,10 +233,13 @@ pub fn tail(s: &str) -> String {
 }
 
 impl Validator {
-    /// A counter or gauge from `/metrics`, summed over its label sets matching `filter`.
+    /// A counter or gauge from `/metrics`, summed over its label sets matching `filter`
+    /// (0 when none has been counted yet). A node that does not answer fails the test:
+    /// a dead node must not pass an `== 0.0`.
     pub fn metric(&self, name: &str, filter: &str) -> f64 {
-        let Some(m) = self.get("/metrics") else { return 0.0 };
-        let text = m.as_str().unwrap_or_default().to_owned();
+        let m = self.get("/metrics").unwrap_or_else(|| panic!("{}: /metrics did not answer", self.name));
+        let text = m.as_str().unwrap_or_else(|| panic!("{}: /metrics is not text", self.name)).to_owned();
+        assert!(text.contains("btcfi_"), "{}: /metrics holds no btcfi_ series", self.name);
         text.lines()
             .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
             .filter(|l| l.contains(filter))
