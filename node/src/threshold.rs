@@ -1920,9 +1920,7 @@ impl Threshold {
         let txid = p.txid();
         match self.validate(&p).and_then(|_| self.check_turn(from, &p, at)) {
             Ok(()) => {
-                if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
-                    self.to_check.push((from, p));
-                }
+                self.queue_check(from, p);
                 Ok(())
             }
             Err(e) if e.may_pass_later() => {
@@ -1976,9 +1974,7 @@ impl Threshold {
                 if entry.0.len() > f {
                     self.vouched.remove(&txid);
                     info!(target: "release", %txid, from, "proposal sent on by f+1 validators: accepted as made in turn");
-                    if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
-                        self.to_check.push((from, p));
-                    }
+                    self.queue_check(from, p);
                     return Ok(());
                 }
                 if self.vouched.len() > MAX_WAITING
@@ -1993,6 +1989,14 @@ impl Threshold {
                 self.refused(from, &txid, &e);
                 Ok(())
             }
+        }
+    }
+
+    /// Files a proposal valid here for bitcoind's policy check (once, within the cap).
+    fn queue_check(&mut self, from: usize, p: Proposal) {
+        let txid = p.txid();
+        if self.to_check.len() < MAX_WAITING && !self.to_check.iter().any(|(_, q)| q.txid() == txid) {
+            self.to_check.push((from, p));
         }
     }
 
@@ -2041,10 +2045,24 @@ impl Threshold {
     /// ends by the slack, so that its proposals reach the others within its turn (as
     /// their clocks see it) and do not overlap the last proposer's final ones.
     fn may_propose_now(&self) -> bool {
-        let now = now_ms();
-        let (takeover, slack) = ((self.takeover.as_millis() as u64).max(1), self.turn_slack_ms());
-        let into_turn = now % takeover;
-        self.turn_at(now) == self.me && (self.n <= 1 || (into_turn >= slack && into_turn + slack <= takeover))
+        self.proposing_window_in_ms(now_ms()) == 0
+    }
+
+    /// How long from wall-clock `now_ms` until this node's proposing window opens (the
+    /// middle of its turn, a slack away from either end): 0 while it is open. A lone
+    /// validator's window never closes.
+    fn proposing_window_in_ms(&self, now_ms: u64) -> u64 {
+        let n = self.n.max(1);
+        if n == 1 {
+            return 0;
+        }
+        let (turn_ms, slack) = ((self.takeover.as_millis() as u64).max(1), self.turn_slack_ms());
+        let into_turn = now_ms % turn_ms;
+        match (self.me + n - self.turn_at(now_ms)) % n {
+            0 if into_turn + slack <= turn_ms => slack.saturating_sub(into_turn),
+            0 => turn_ms * n as u64 - into_turn + slack,
+            k => turn_ms * k as u64 - into_turn + slack,
+        }
     }
 
     /// Whether `from` held the turn when its proposal arrived here at `at` (within the
@@ -2190,17 +2208,7 @@ impl Threshold {
                 .max_by_key(|(_, (r, _))| r.created_ms);
             let Some((txid, (rec, p))) = live else {
                 let now = now_ms();
-                let turn_ms = (self.takeover.as_millis() as u64).max(1);
-                let turns_away = (self.me + self.n - self.turn_at(now)) % self.n.max(1);
-                // From the start of this node's proposing window (its turn less the slack
-                // at either end).
-                let into_turn = now % turn_ms;
-                let slack = self.turn_slack_ms();
-                let mine_in_ms = match turns_away {
-                    0 if into_turn + slack <= turn_ms => slack.saturating_sub(into_turn),
-                    0 => turn_ms * self.n.max(1) as u64 - into_turn + slack,
-                    k => turn_ms * k as u64 - into_turn + slack,
-                };
+                let mine_in_ms = self.proposing_window_in_ms(now);
                 return Some(json!({
                     "state": "waiting for a release",
                     "certified_for_secs": self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
@@ -2935,13 +2943,17 @@ impl Threshold {
         // One left out for DEFER_MAX while the vault as a whole holds enough for it:
         // newer peg-outs wait, so that returning change builds up for it rather than
         // paying them first for ever.
-        let vault_total = self.utxos.values().map(|a| a.0).fold(0, u64::saturating_add);
-        let starved: Option<Payout> = unpaid
-            .iter()
-            .filter(|(e, _)| self.unfunded.get(*e).is_some_and(|t| t.elapsed() >= DEFER_MAX))
-            .filter_map(|(e, _)| self.pegouts.get(*e))
-            .find(|p| p.amount.0 <= vault_total)
-            .cloned();
+        let starved: Option<Payout> = if self.unfunded.values().any(|t| t.elapsed() >= DEFER_MAX) {
+            let vault_total = self.utxos.values().map(|a| a.0).fold(0, u64::saturating_add);
+            unpaid
+                .iter()
+                .filter(|(e, _)| self.unfunded.get(*e).is_some_and(|t| t.elapsed() >= DEFER_MAX))
+                .filter_map(|(e, _)| self.pegouts.get(*e))
+                .find(|p| p.amount.0 <= vault_total)
+                .cloned()
+        } else {
+            None
+        };
         let full = unpaid.len() >= release::MAX_PAYOUTS;
         let due = full
             || (oldest.elapsed() >= BATCH_WAIT && newest.elapsed() >= BATCH_WAIT)
