@@ -7,7 +7,7 @@
 //! carries out its actions, persisting first.
 
 pub mod api;
-pub mod batch;
+pub use btcfi_mint::batch;
 pub mod bridge_key;
 pub mod config;
 pub mod crypto;

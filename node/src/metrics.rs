@@ -67,7 +67,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> eyre::Result<IntGauge> {
 impl Metrics {
     pub fn new() -> eyre::Result<Self> {
         let r = Registry::new();
-        Ok(Self {
+        let metrics = Self {
             chain_head: gauge_vec(
                 &r,
                 "btcfi_chain_head_height",
@@ -240,7 +240,38 @@ impl Metrics {
                 &["key"],
             )?,
             registry: r,
-        })
+        };
+        Ok(metrics.with_zero_series())
+    }
+
+    /// Creates the labelled series whose label values are known up front, at zero: a
+    /// dashboard's `rate()` works from the first scrape, and a reader can tell "none yet"
+    /// (0) from "no such metric" (absent).
+    fn with_zero_series(self) -> Self {
+        for key in ["evm", "btc"] {
+            for outcome in ["queued", "started", "set_aside", "signed", "failed", "abandoned"] {
+                self.signing_sessions.with_label_values(&[key, outcome]);
+            }
+            for outcome in ["signed", "retried", "failed"] {
+                self.signing_attempts.with_label_values(&[key, outcome]);
+            }
+            self.signing_commitments.with_label_values(&[key]);
+            self.signing_culprits.with_label_values(&[key]);
+            self.signing_in_flight.with_label_values(&[key]);
+        }
+        for reason in [
+            "fee_out_of_band",
+            "not_in_turn",
+            "too_many_inputs",
+            "non_standard",
+            "wrong_outputs",
+            "malformed",
+            "other",
+            "mempool_policy",
+        ] {
+            self.release_refusals.with_label_values(&[reason]);
+        }
+        self
     }
 
     /// Publishes an EVM chain's endpoint health. Counters advance by the difference to
@@ -278,6 +309,21 @@ mod tests {
 
     /// Every `btcfi_*` series the shipped dashboard and alert rules query is one the node
     /// (or its p2p service, on the same registry) actually exports.
+    /// Series whose labels are known up front exist at zero from the start, so a reader
+    /// tells "none yet" from "not exported".
+    #[test]
+    fn known_series_are_exported_at_zero_from_the_start() {
+        let text = Metrics::new().unwrap().render();
+        for line in [
+            "btcfi_signing_commitments_total{key=\"evm\"} 0",
+            "btcfi_signing_commitments_total{key=\"btc\"} 0",
+            "btcfi_signing_sessions_total{key=\"evm\",outcome=\"failed\"} 0",
+            "btcfi_release_refusals_total{reason=\"not_in_turn\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+    }
+
     #[test]
     fn dashboard_and_alerts_only_query_real_metrics() {
         let m = Metrics::new().unwrap();

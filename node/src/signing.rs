@@ -828,6 +828,10 @@ impl<C: Ciphersuite> Suite<C> {
         );
         self.metrics.signing_sessions.with_label_values(&[self.kind.as_str(), "started"]).inc();
         info!(target: "signing", key = %self.kind, session = ?sid, ?purpose, round, "signing session started");
+        let before_restart: Vec<u32> = self.issued.iter().filter(|c| c.session == sid).map(|c| c.attempt.0).collect();
+        if !before_restart.is_empty() {
+            info!(target: "signing", key = %self.kind, session = ?sid, attempts = ?before_restart, "this session committed to these attempts before the last restart: they are never answered");
+        }
         self.sessions.insert(
             sid,
             Slot {

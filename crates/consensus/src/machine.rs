@@ -851,6 +851,12 @@ impl<S, V> Consensus<S, V> {
         self.quorum
     }
 
+    /// Canary (tests only): certify with one vote fewer than the quorum.
+    #[cfg(feature = "canary")]
+    pub fn plant_canary_quorum_one_below(&mut self) {
+        self.quorum = self.quorum.saturating_sub(1).max(1);
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

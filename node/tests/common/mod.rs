@@ -240,6 +240,14 @@ impl Validator {
         let m = self.get("/metrics").unwrap_or_else(|| panic!("{}: /metrics did not answer", self.name));
         let text = m.as_str().unwrap_or_else(|| panic!("{}: /metrics is not text", self.name)).to_owned();
         assert!(text.contains("btcfi_"), "{}: /metrics holds no btcfi_ series", self.name);
+        // The family must be exported, or a misspelt name (or a metric the node stopped
+        // exporting) would read as 0. A histogram's series carry a suffix.
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        assert!(
+            text.lines().any(|l| l.starts_with("# TYPE ") && l.split_whitespace().nth(2) == Some(family)),
+            "{}: /metrics exports no metric family {family}",
+            self.name
+        );
         text.lines()
             .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
             .filter(|l| l.contains(filter))

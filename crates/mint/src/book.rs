@@ -1,0 +1,685 @@
+//! One validator's mints, from certification to consumption: `handle(input, now) ->
+//! Vec<Action>`, no I/O.
+//!
+//! # Rules
+//!
+//! - **Who proposes.** The batches of mints to chain `c` are proposed by validator
+//!   `c mod n` first; validator `rank` after it proposes only mints certified here for
+//!   `rank × takeover_ms`, so a silent proposer is replaced. A proposer sends a batch of
+//!   the oldest waiting mints once `batch_max` wait, or once the oldest waited
+//!   `batch_wait_ms` beyond its patience.
+//! - **What a signer accepts** ([`MintBook::check`]): every leaf certified here with that
+//!   chain, recipient and amount, none reorged, not all signed already, and no leaf in a
+//!   batch of a proposer ranked before or with this one (a better-ranked proposal
+//!   displaces a worse one, so two proposals race at most once per rank). A proposal
+//!   that arrives before this node certified its mints is retried for
+//!   `early_for_ms`.
+//! - **Sent again.** Every holder of a batch not signed yet sends it again every
+//!   `resend_ms`, naming its proposer, so a validator that was away (or restarted and
+//!   forgot it) takes it up with the proposer's rank. A restarted validator proposes
+//!   nothing for `2 × resend_ms`, so it hears the batches it proposed before its crash
+//!   before it batches their mints again. (A resender may name another proposer than
+//!   the real one: that buys it no more than a proposer of that rank has, since every
+//!   signer still checks every leaf itself.) Of two batches of one rank that share a
+//!   mint, the one with the lower message displaces the other everywhere, so holders
+//!   that took different ones converge. A Byzantine validator can use that to displace
+//!   a batch once per lower message it finds among subsets of the waiting mints: it
+//!   costs the honest ones a restarted session each time, never a wrong signature.
+//! - **Given up.** A batch not signed `stale_after_ms` after it was taken is abandoned
+//!   and its mints batched again.
+//! - **Who relays.** Validator `u64(message[..8]) mod n` relays a signature first; rank
+//!   `r` after it `r × takeover_ms` later, each only if a leaf is still unconsumed (the
+//!   driver asks the chain). The contract consumes each event id once, so overlapping
+//!   batches never mint twice.
+//!
+//! # Durability
+//!
+//! Every change of durable state comes as an [`Action::Persist`] before the actions that
+//! depend on it; [`Persisted::apply`] is the reference semantics and
+//! [`MintBook::restore`] rebuilds the book from it.
+
+use crate::batch::{BatchProposal, Leaf, MAX_BATCH_LEAVES};
+use alloy::primitives::Address;
+use btcfi_signer::evm::EvmSignature;
+use btcfi_types::{Attestation, AttestationKind, EventId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Milliseconds on the driver's clock.
+pub type Millis = u64;
+
+/// A certified mint: everything needed to sign and relay it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MintRequest {
+    /// The destination chain id.
+    pub chain: u64,
+    pub leaf: Leaf,
+}
+
+impl MintRequest {
+    /// The mint an attestation asks for, if it is one (a peg-in or an EVM-to-EVM move).
+    pub fn of(att: &Attestation) -> Option<Self> {
+        match &att.kind {
+            AttestationKind::PegIn { dest_chain, recipient, amount }
+            | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => Some(Self {
+                chain: dest_chain.0,
+                leaf: Leaf { event: att.event, recipient: *recipient, amount: *amount },
+            }),
+            AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => None,
+        }
+    }
+}
+
+/// Planted bugs for the simulation's canaries (feature `canary`, off unless set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canary {
+    /// A signer accepts leaves it never certified itself.
+    NoOwnObservation,
+}
+
+/// The policy of one validator's book. Every validator must use the same values.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub validators: usize,
+    pub me: usize,
+    /// The bridge contract of each destination chain.
+    pub bridges: BTreeMap<u64, Address>,
+    pub batch_max: usize,
+    pub batch_wait_ms: Millis,
+    pub takeover_ms: Millis,
+    pub stale_after_ms: Millis,
+    /// How long a proposal whose mints are not certified here yet is retried.
+    pub early_for_ms: Millis,
+    /// Most such proposals kept.
+    pub max_early: usize,
+    /// How often a batch still being signed is sent again by those who hold it.
+    pub resend_ms: Millis,
+}
+
+impl Config {
+    /// Operator defaults: batches of up to 256 after 250 ms, takeover after 4 s, a batch
+    /// given up after 120 s, early proposals kept for a minute.
+    pub fn new(validators: usize, me: usize, bridges: BTreeMap<u64, Address>) -> Self {
+        Self {
+            validators,
+            me,
+            bridges,
+            batch_max: 256,
+            batch_wait_ms: 250,
+            takeover_ms: 4_000,
+            stale_after_ms: 120_000,
+            early_for_ms: 60_000,
+            max_early: 64,
+            resend_ms: 5_000,
+        }
+    }
+}
+
+/// What the driver feeds the book.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Consensus certified this mint here.
+    Certified(MintRequest),
+    /// Peer `from` sent a batch that validator `proposer` proposed (itself, or a batch
+    /// it holds and sends again).
+    Proposal { from: usize, proposer: usize, proposal: BatchProposal },
+    /// The session this node started for `message` produced a verified signature.
+    Signed { message: Vec<u8>, signature: EvmSignature },
+    /// The bridge consumed this event id (final on the destination chain).
+    Consumed(EventId),
+    /// The event was reorged out past finality: never signed or relayed again.
+    Reorged(EventId),
+    /// Time passed.
+    Tick,
+}
+
+/// One durable change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Certified(MintRequest),
+    Signed { message: Vec<u8>, proposal: BatchProposal, signature: EvmSignature },
+    Consumed(EventId),
+    Reorged(EventId),
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("proposer {0} is outside the validator set")]
+    OutsideSet(usize),
+    #[error("a batch of {0} mints: between 1 and {MAX_BATCH_LEAVES}")]
+    Size(usize),
+    #[error("no bridge on chain {0} here")]
+    UnknownChain(u64),
+    #[error("{0} was reorged out past finality")]
+    Reorged(EventId),
+    #[error("{0} is not certified here (yet)")]
+    NotCertified(EventId),
+    #[error("{0} is not that mint here")]
+    Mismatch(EventId),
+    #[error("{0} is in a batch of a proposer ranked before or with this one")]
+    RankedBefore(EventId),
+    #[error("every mint of the batch is signed here already")]
+    AllSigned,
+}
+
+/// What the book asks the driver to do, in order.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Write this before executing any later action.
+    Persist(Change),
+    /// Send this batch, proposed by `proposer`, to every peer.
+    Propose { proposal: BatchProposal, proposer: usize },
+    /// Sign `message` (start its signing session unless it runs).
+    Sign { message: Vec<u8>, proposal: BatchProposal },
+    /// Stop signing `message`: its batch was displaced, given up or is moot.
+    Abandon { message: Vec<u8> },
+    /// Submit this signed batch `after_ms` from now, if the bridge has not consumed
+    /// every leaf by then (only the unconsumed ones).
+    Relay { proposal: BatchProposal, signature: EvmSignature, after_ms: Millis },
+    /// A proposal was refused (logged; nothing was signed).
+    Refused { from: usize, refusal: Refusal },
+}
+
+/// The state [`MintBook::restore`] rebuilds from: what [`Action::Persist`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persisted {
+    pub certified: BTreeMap<EventId, MintRequest>,
+    pub signed: BTreeMap<Vec<u8>, (BatchProposal, EvmSignature)>,
+    pub consumed: BTreeSet<EventId>,
+    pub reorged: BTreeSet<EventId>,
+}
+
+impl Persisted {
+    /// The reference semantics of one change.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Certified(r) => {
+                self.certified.entry(r.leaf.event).or_insert(*r);
+            }
+            Change::Signed { message, proposal, signature } => {
+                self.signed.entry(message.clone()).or_insert_with(|| (proposal.clone(), *signature));
+            }
+            Change::Consumed(e) => {
+                self.consumed.insert(*e);
+            }
+            Change::Reorged(e) => {
+                self.reorged.insert(*e);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Active {
+    proposal: BatchProposal,
+    proposer: usize,
+    rank: usize,
+    since: Millis,
+    resent: Millis,
+}
+
+/// One validator's mints. See the [module docs](self).
+#[derive(Debug)]
+pub struct MintBook {
+    config: Config,
+    certified: BTreeMap<EventId, (MintRequest, Millis)>,
+    unbatched: BTreeMap<u64, BTreeMap<EventId, Millis>>,
+    in_batch: BTreeMap<EventId, Vec<u8>>,
+    batches: BTreeMap<Vec<u8>, Active>,
+    signed: BTreeSet<EventId>,
+    signatures: BTreeMap<Vec<u8>, (BatchProposal, EvmSignature)>,
+    consumed: BTreeSet<EventId>,
+    reorged: BTreeSet<EventId>,
+    early: Vec<(usize, BatchProposal, Millis)>,
+    /// No proposal of this node's own before this (just restarted).
+    quiet_until: Millis,
+    #[cfg(feature = "canary")]
+    canary: Option<Canary>,
+}
+
+type Out = Vec<Action>;
+
+impl MintBook {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            certified: BTreeMap::new(),
+            unbatched: BTreeMap::new(),
+            in_batch: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            signed: BTreeSet::new(),
+            signatures: BTreeMap::new(),
+            consumed: BTreeSet::new(),
+            reorged: BTreeSet::new(),
+            early: Vec::new(),
+            quiet_until: 0,
+            #[cfg(feature = "canary")]
+            canary: None,
+        }
+    }
+
+    /// Plants `canary` (tests only).
+    #[cfg(feature = "canary")]
+    pub fn set_canary(&mut self, canary: Option<Canary>) {
+        self.canary = canary;
+    }
+
+    /// The book after a restart, and the relays still owed: every signed batch with a
+    /// leaf not consumed yet is relayed again (by rank, as the first time).
+    pub fn restore(config: Config, state: &Persisted, now: Millis) -> (Self, Vec<Action>) {
+        let mut book = Self::new(config);
+        book.quiet_until = now.saturating_add(book.config.resend_ms.saturating_mul(2));
+        book.consumed = state.consumed.clone();
+        book.reorged = state.reorged.clone();
+        for (message, (proposal, signature)) in &state.signed {
+            book.signed.extend(proposal.leaves.iter().map(|l| l.event));
+            book.signatures.insert(message.clone(), (proposal.clone(), *signature));
+        }
+        for (event, r) in &state.certified {
+            book.certified.insert(*event, (*r, now));
+            if book.waits(event) {
+                book.unbatched.entry(r.chain).or_default().insert(*event, now);
+            }
+        }
+        let mut out = Vec::new();
+        for (message, (proposal, signature)) in &book.signatures {
+            if proposal.leaves.iter().any(|l| !book.consumed.contains(&l.event) && !book.reorged.contains(&l.event)) {
+                let after_ms = book.relay_delay(message);
+                out.push(Action::Relay { proposal: proposal.clone(), signature: *signature, after_ms });
+            }
+        }
+        (book, out)
+    }
+
+    /// Feed one input at time `now`; execute the returned actions in order.
+    pub fn handle(&mut self, input: Input, now: Millis) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Certified(r) => {
+                if !self.certified.contains_key(&r.leaf.event) && !self.reorged.contains(&r.leaf.event) {
+                    out.push(Action::Persist(Change::Certified(r)));
+                    self.certified.insert(r.leaf.event, (r, now));
+                    if self.waits(&r.leaf.event) {
+                        self.unbatched.entry(r.chain).or_default().insert(r.leaf.event, now);
+                    }
+                    self.retry_early(now, &mut out);
+                    self.propose_due(now, &mut out);
+                }
+            }
+            Input::Proposal { from, proposer, proposal } => {
+                if proposer >= self.config.validators {
+                    out.push(Action::Refused { from, refusal: Refusal::OutsideSet(proposer) });
+                } else {
+                    self.on_proposal(proposer, proposal, now, &mut out);
+                }
+            }
+            Input::Signed { message, signature } => self.on_signed(message, signature, now, &mut out),
+            Input::Consumed(event) => {
+                if self.consumed.insert(event) {
+                    out.push(Action::Persist(Change::Consumed(event)));
+                    self.leave_waiting(&event);
+                    let moot: Vec<Vec<u8>> = self
+                        .batches
+                        .iter()
+                        .filter(|(_, b)| b.proposal.leaves.iter().all(|l| self.consumed.contains(&l.event)))
+                        .map(|(m, _)| m.clone())
+                        .collect();
+                    for message in moot {
+                        self.drop_batch(&message, false, &mut out);
+                    }
+                }
+            }
+            Input::Reorged(event) => {
+                if self.reorged.insert(event) {
+                    out.push(Action::Persist(Change::Reorged(event)));
+                    self.leave_waiting(&event);
+                    if let Some(message) = self.in_batch.get(&event).cloned() {
+                        self.drop_batch(&message, true, &mut out);
+                    }
+                }
+            }
+            Input::Tick => {
+                let stale: Vec<Vec<u8>> = self
+                    .batches
+                    .iter()
+                    .filter(|(_, b)| now.saturating_sub(b.since) >= self.config.stale_after_ms)
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                for message in stale {
+                    self.drop_batch(&message, true, &mut out);
+                }
+                // Every holder sends its unsigned batches again: a peer that was away
+                // (or restarted and forgot them) takes them up.
+                for b in self.batches.values_mut() {
+                    if now.saturating_sub(b.resent) >= self.config.resend_ms {
+                        b.resent = now;
+                        out.push(Action::Propose { proposal: b.proposal.clone(), proposer: b.proposer });
+                    }
+                }
+                self.retry_early(now, &mut out);
+                self.propose_due(now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Mints certified here and waiting for a batch.
+    pub fn unbatched(&self) -> usize {
+        self.unbatched.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether this node holds a signature for `event`.
+    pub fn is_signed(&self, event: &EventId) -> bool {
+        self.signed.contains(event)
+    }
+
+    /// The rank of `who` among the proposers of chain `chain` (0 proposes first).
+    pub fn rank_of(&self, chain: u64, who: usize) -> usize {
+        let n = self.config.validators.max(1);
+        let first = usize::try_from(chain % n as u64).unwrap_or(0);
+        (who + n - first) % n
+    }
+
+    /// Whether `proposal` from `from` may be signed here, and which batches held here it
+    /// displaces.
+    pub fn check(&self, from: usize, p: &BatchProposal) -> Result<Vec<Vec<u8>>, Refusal> {
+        if from >= self.config.validators {
+            return Err(Refusal::OutsideSet(from));
+        }
+        if p.leaves.is_empty() || p.leaves.len() > MAX_BATCH_LEAVES {
+            return Err(Refusal::Size(p.leaves.len()));
+        }
+        if !self.config.bridges.contains_key(&p.chain) {
+            return Err(Refusal::UnknownChain(p.chain));
+        }
+        let rank = self.rank_of(p.chain, from);
+        let mine = self.message_of(p).unwrap_or_default();
+        let mut signed = 0;
+        let mut displaced = BTreeSet::new();
+        for leaf in &p.leaves {
+            if self.reorged.contains(&leaf.event) {
+                return Err(Refusal::Reorged(leaf.event));
+            }
+            if !self.trusts_proposer() {
+                match self.certified.get(&leaf.event) {
+                    None => return Err(Refusal::NotCertified(leaf.event)),
+                    Some((r, _)) if r.chain != p.chain || r.leaf != *leaf => {
+                        return Err(Refusal::Mismatch(leaf.event));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if self.signed.contains(&leaf.event) {
+                signed += 1;
+            }
+            if let Some(message) = self.in_batch.get(&leaf.event) {
+                match self.batches.get(message) {
+                    // Of two batches of one rank that share a mint (a proposer that
+                    // batched again after its batch was displaced, a restart, a copy of
+                    // an old batch sent again by a validator that missed what replaced
+                    // it), the one with the lower message wins everywhere, so the holders
+                    // converge on one.
+                    Some(b) if b.rank < rank || (b.rank == rank && message.as_slice() <= mine.as_slice()) => {
+                        return Err(Refusal::RankedBefore(leaf.event));
+                    }
+                    Some(_) => {
+                        displaced.insert(message.clone());
+                    }
+                    None => {}
+                }
+            }
+        }
+        if signed == p.leaves.len() {
+            return Err(Refusal::AllSigned);
+        }
+        Ok(displaced.into_iter().collect())
+    }
+
+    #[cfg(feature = "canary")]
+    fn trusts_proposer(&self) -> bool {
+        self.canary == Some(Canary::NoOwnObservation)
+    }
+
+    #[cfg(not(feature = "canary"))]
+    fn trusts_proposer(&self) -> bool {
+        false
+    }
+
+    fn waits(&self, event: &EventId) -> bool {
+        !self.signed.contains(event)
+            && !self.consumed.contains(event)
+            && !self.reorged.contains(event)
+            && !self.in_batch.contains_key(event)
+    }
+
+    fn leave_waiting(&mut self, event: &EventId) {
+        for waiting in self.unbatched.values_mut() {
+            waiting.remove(event);
+        }
+    }
+
+    fn message_of(&self, p: &BatchProposal) -> Option<Vec<u8>> {
+        self.config.bridges.get(&p.chain).map(|bridge| p.message(*bridge))
+    }
+
+    fn relay_delay(&self, message: &[u8]) -> Millis {
+        let n = self.config.validators.max(1);
+        let mut first = [0u8; 8];
+        for (d, s) in first.iter_mut().zip(message) {
+            *d = *s;
+        }
+        let first = usize::try_from(u64::from_be_bytes(first) % n as u64).unwrap_or(0);
+        let rank = (self.config.me + n - first) % n;
+        self.config.takeover_ms.saturating_mul(rank as u64)
+    }
+
+    fn on_proposal(&mut self, from: usize, p: BatchProposal, now: Millis, out: &mut Out) {
+        let Some(message) = self.message_of(&p) else {
+            out.push(Action::Refused { from, refusal: Refusal::UnknownChain(p.chain) });
+            return;
+        };
+        if self.batches.contains_key(&message) || self.signatures.contains_key(&message) {
+            return; // held already: a resend
+        }
+        match self.check(from, &p) {
+            Ok(displaced) => {
+                for m in displaced {
+                    self.drop_batch(&m, true, out);
+                }
+                self.accept(p, from, message, now, out);
+            }
+            Err(Refusal::NotCertified(_)) => {
+                self.early.retain(|(f, q, _)| !(*f == from && *q == p));
+                if self.early.len() >= self.config.max_early {
+                    self.early.remove(0);
+                }
+                self.early.push((from, p, now));
+            }
+            Err(refusal) => out.push(Action::Refused { from, refusal }),
+        }
+    }
+
+    fn retry_early(&mut self, now: Millis, out: &mut Out) {
+        let early_for = self.config.early_for_ms;
+        let early = std::mem::take(&mut self.early);
+        for (from, p, at) in early {
+            if now.saturating_sub(at) > early_for {
+                continue;
+            }
+            let Some(message) = self.message_of(&p) else { continue };
+            if self.batches.contains_key(&message) || self.signatures.contains_key(&message) {
+                continue;
+            }
+            match self.check(from, &p) {
+                Ok(displaced) => {
+                    for m in displaced {
+                        self.drop_batch(&m, true, out);
+                    }
+                    self.accept(p, from, message, now, out);
+                }
+                Err(Refusal::NotCertified(_)) => self.early.push((from, p, at)),
+                Err(refusal) => out.push(Action::Refused { from, refusal }),
+            }
+        }
+    }
+
+    fn accept(&mut self, p: BatchProposal, proposer: usize, message: Vec<u8>, now: Millis, out: &mut Out) {
+        for leaf in &p.leaves {
+            self.leave_waiting(&leaf.event);
+            self.in_batch.insert(leaf.event, message.clone());
+        }
+        let rank = self.rank_of(p.chain, proposer);
+        out.push(Action::Sign { message: message.clone(), proposal: p.clone() });
+        self.batches.insert(message, Active { proposal: p, proposer, rank, since: now, resent: now });
+    }
+
+    fn drop_batch(&mut self, message: &[u8], requeue: bool, out: &mut Out) {
+        let Some(b) = self.batches.remove(message) else { return };
+        out.push(Action::Abandon { message: message.to_vec() });
+        for leaf in &b.proposal.leaves {
+            if self.in_batch.get(&leaf.event).is_some_and(|m| m.as_slice() == message) {
+                self.in_batch.remove(&leaf.event);
+            }
+            if requeue
+                && self.waits(&leaf.event)
+                && let Some((r, at)) = self.certified.get(&leaf.event)
+            {
+                self.unbatched.entry(r.chain).or_default().insert(leaf.event, *at);
+            }
+        }
+    }
+
+    fn on_signed(&mut self, message: Vec<u8>, signature: EvmSignature, _now: Millis, out: &mut Out) {
+        if self.signatures.contains_key(&message) {
+            return;
+        }
+        let Some(b) = self.batches.remove(&message) else { return };
+        let proposal = b.proposal;
+        out.push(Action::Persist(Change::Signed { message: message.clone(), proposal: proposal.clone(), signature }));
+        for leaf in &proposal.leaves {
+            self.signed.insert(leaf.event);
+            if self.in_batch.get(&leaf.event) == Some(&message) {
+                self.in_batch.remove(&leaf.event);
+            }
+            self.leave_waiting(&leaf.event);
+        }
+        let after_ms = self.relay_delay(&message);
+        self.signatures.insert(message, (proposal.clone(), signature));
+        out.push(Action::Relay { proposal, signature, after_ms });
+    }
+
+    fn propose_due(&mut self, now: Millis, out: &mut Out) {
+        if now < self.quiet_until {
+            return;
+        }
+        let chains: Vec<u64> = self.unbatched.keys().copied().collect();
+        for chain in chains {
+            if !self.config.bridges.contains_key(&chain) {
+                continue;
+            }
+            let patience = self.config.takeover_ms.saturating_mul(self.rank_of(chain, self.config.me) as u64);
+            while let Some(waiting) = self.unbatched.get(&chain) {
+                let mut due: Vec<(Millis, EventId)> = waiting
+                    .iter()
+                    .filter(|(_, at)| now.saturating_sub(**at) >= patience)
+                    .map(|(e, at)| (*at, *e))
+                    .collect();
+                let Some(oldest) = due.iter().map(|(at, _)| *at).min() else { break };
+                if due.len() < self.config.batch_max
+                    && now.saturating_sub(oldest) < patience.saturating_add(self.config.batch_wait_ms)
+                {
+                    break;
+                }
+                due.sort_unstable();
+                due.truncate(self.config.batch_max.max(1));
+                let leaves: Vec<Leaf> =
+                    due.iter().filter_map(|(_, e)| self.certified.get(e).map(|(r, _)| r.leaf)).collect();
+                let proposal = BatchProposal::new(chain, leaves);
+                let Some(message) = self.message_of(&proposal) else { break };
+                if self.batches.contains_key(&message) || self.signatures.contains_key(&message) {
+                    // The same batch is held already (proposed by a peer): nothing new.
+                    for (_, e) in &due {
+                        self.leave_waiting(e);
+                    }
+                    continue;
+                }
+                let me = self.config.me;
+                out.push(Action::Propose { proposal: proposal.clone(), proposer: me });
+                self.accept(proposal, me, message, now, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btcfi_types::{ChainId, EvmAddress, Sats, TxHash};
+
+    fn request(i: u8, amount: u64) -> MintRequest {
+        MintRequest {
+            chain: 1,
+            leaf: Leaf {
+                event: EventId::new(ChainId::BITCOIN, TxHash([i; 32]), 0),
+                recipient: EvmAddress([i; 20]),
+                amount: Sats(amount),
+            },
+        }
+    }
+
+    fn book(me: usize) -> MintBook {
+        let mut c = Config::new(4, me, BTreeMap::from([(1, Address::repeat_byte(9))]));
+        c.batch_max = 2;
+        MintBook::new(c)
+    }
+
+    #[test]
+    fn the_first_ranked_proposer_batches_and_a_signer_takes_only_what_it_certified() {
+        // Chain 1: validator 1 proposes first.
+        let mut proposer = book(1);
+        let mut signer = book(2);
+        let out = proposer.handle(Input::Certified(request(1, 100)), 0);
+        assert!(out.iter().all(|a| !matches!(a, Action::Propose { .. })), "one mint waits for the batch wait");
+        let out = proposer.handle(Input::Certified(request(2, 200)), 10);
+        let proposal = out
+            .iter()
+            .find_map(|a| if let Action::Propose { proposal, .. } = a { Some(proposal.clone()) } else { None })
+            .expect("two mints fill a batch");
+        assert_eq!(proposal.leaves.len(), 2);
+        // Not certified at the signer: kept, then taken once certified.
+        let out = signer.handle(Input::Proposal { from: 1, proposer: 1, proposal: proposal.clone() }, 20);
+        assert!(out.is_empty());
+        signer.handle(Input::Certified(request(1, 100)), 30);
+        let out = signer.handle(Input::Certified(request(2, 200)), 40);
+        assert!(out.iter().any(|a| matches!(a, Action::Sign { .. })), "{out:?}");
+        // Another amount than certified is refused.
+        let mut other = book(3);
+        other.handle(Input::Certified(request(1, 100)), 0);
+        other.handle(Input::Certified(request(2, 201)), 0);
+        assert_eq!(other.check(1, &proposal), Err(Refusal::Mismatch(request(2, 0).leaf.event)));
+    }
+
+    #[test]
+    fn a_signed_batch_is_persisted_then_relayed_and_restored_relays_again() {
+        let mut b = book(1);
+        b.handle(Input::Certified(request(1, 100)), 0);
+        let out = b.handle(Input::Tick, 1_000);
+        let Some(Action::Sign { message, .. }) = out.iter().find(|a| matches!(a, Action::Sign { .. })).cloned() else {
+            panic!("a batch of one after the wait: {out:?}");
+        };
+        let signature = EvmSignature { rx: Default::default(), ry: Default::default(), z: Default::default() };
+        let out = b.handle(Input::Signed { message: message.clone(), signature }, 1_100);
+        assert!(matches!(out.first(), Some(Action::Persist(Change::Signed { .. }))));
+        assert!(matches!(out.get(1), Some(Action::Relay { .. })));
+        let mut state = Persisted::default();
+        state.apply(&Change::Certified(request(1, 100)));
+        state.apply(&Change::Signed {
+            message,
+            proposal: BatchProposal::new(1, vec![request(1, 100).leaf]),
+            signature,
+        });
+        let (restored, owed) = MintBook::restore(b.config.clone(), &state, 5_000);
+        assert_eq!(owed.len(), 1);
+        assert_eq!(restored.unbatched(), 0, "a signed mint is not batched again");
+    }
+}

@@ -1,0 +1,126 @@
+//! The whole-network simulation over many seeds: n = 4, 7 and 16, and one n = 100.
+//!
+//! ```text
+//! SIM_SEED=<seed> [SIM_N=<n>] cargo test -p btcfi-sim --test seeds -- --nocapture   # replay one run
+//! SIM_SEEDS=<count> cargo test -p btcfi-sim --test seeds -- --nocapture             # more seeds
+//! ```
+
+use btcfi_sim::{Report, Setup, run};
+use std::time::Instant;
+
+const DEFAULT_SEEDS: u64 = 1_000;
+
+/// The n of a seed: 60 % n = 4, 30 % n = 7, 10 % n = 16.
+fn n_for(seed: u64) -> u16 {
+    match seed % 10 {
+        0..6 => 4,
+        6..9 => 7,
+        _ => 16,
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn describe(r: &Report) -> String {
+    format!(
+        "seed {} n={}: {} steps, {} delivered, {} dropped, {}/{} final deposits minted ({} deposits), {} crashes, {} byzantine, {} certifications, {} signatures, {} culprits, {} evidence, {} reverts, {} undecodable, {} ms, trace {}",
+        r.seed,
+        r.n,
+        r.steps,
+        r.delivered,
+        r.dropped,
+        r.minted,
+        r.final_deposits,
+        r.deposits,
+        r.crashes,
+        r.byzantine,
+        r.certifications,
+        r.signatures,
+        r.culprits,
+        r.evidence,
+        r.reverts,
+        r.undecodable,
+        r.sim_ms,
+        &r.trace[..16]
+    )
+}
+
+fn assert_ok(r: &Report) {
+    assert!(
+        r.ok(),
+        "{}\nviolations: {:#?}\nliveness: {:?}\nreplay: SIM_SEED={} SIM_N={} cargo test -p btcfi-sim --test seeds -- --nocapture",
+        describe(r),
+        r.violations,
+        r.liveness,
+        r.seed,
+        r.n
+    );
+}
+
+#[test]
+fn every_seed_keeps_safety_and_mints_every_final_deposit() {
+    if let Some(seed) = env_u64("SIM_SEED") {
+        let n = env_u64("SIM_N").map_or_else(|| n_for(seed), |n| n as u16);
+        let r = run(&Setup { seed, n, canary: None });
+        println!("{}", describe(&r));
+        assert_ok(&r);
+        return;
+    }
+    let seeds = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get()).min(4) as u64;
+    let started = Instant::now();
+    let reports: Vec<Report> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                s.spawn(move || {
+                    (0..seeds)
+                        .filter(|seed| seed % threads == k)
+                        .map(|seed| run(&Setup { seed, n: n_for(seed), canary: None }))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a simulation thread")).collect()
+    });
+    let elapsed = started.elapsed();
+    for r in &reports {
+        assert_ok(r);
+    }
+    let delivered: u64 = reports.iter().map(|r| r.delivered).sum();
+    let minted: usize = reports.iter().map(|r| r.minted).sum();
+    let culprits: u64 = reports.iter().map(|r| r.culprits).sum();
+    let evidence: u64 = reports.iter().map(|r| r.evidence).sum();
+    let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
+    println!(
+        "{} seeds in {:.1} s ({:.0} seeds/min on {threads} threads): {delivered} messages delivered, {minted} mints, {crashes} crashes, {culprits} culprits named, {evidence} equivocations proven",
+        reports.len(),
+        elapsed.as_secs_f64(),
+        reports.len() as f64 / elapsed.as_secs_f64() * 60.0
+    );
+    // The faults must have happened, or the run proves nothing.
+    assert!(crashes > seeds / 4, "crashes happened in few runs: {crashes}");
+    assert!(culprits > 0 && evidence > 0, "bad shares and equivocations were caught");
+    assert_eq!(minted, reports.iter().map(|r| r.final_deposits).sum::<usize>());
+}
+
+#[test]
+fn a_network_of_a_hundred_validators_mints_its_deposits() {
+    let started = Instant::now();
+    let r = run(&Setup { seed: 7, n: 100, canary: None });
+    println!("{} in {:.1} s", describe(&r), started.elapsed().as_secs_f64());
+    assert_ok(&r);
+}
+
+#[test]
+fn one_seed_run_twice_gives_the_same_trace() {
+    for seed in [3, 606, 909] {
+        let a = run(&Setup { seed, n: n_for(seed), canary: None });
+        let b = run(&Setup { seed, n: n_for(seed), canary: None });
+        assert_eq!(a.trace, b.trace, "seed {seed}");
+        assert_eq!(a.steps, b.steps);
+        let other = run(&Setup { seed: seed + 1, n: n_for(seed), canary: None });
+        assert_ne!(a.trace, other.trace, "the trace depends on the seed");
+    }
+}
