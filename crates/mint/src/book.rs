@@ -481,13 +481,8 @@ impl MintBook {
         if self.batches.contains_key(&message) || self.signatures.contains_key(&message) {
             return; // held already: a resend
         }
-        match self.check(from, &p) {
-            Ok(displaced) => {
-                for m in displaced {
-                    self.drop_batch(&m, true, out);
-                }
-                self.accept(p, from, message, now, out);
-            }
+        match self.take(from, p.clone(), message, now, out) {
+            Ok(()) => {}
             Err(Refusal::NotCertified(_)) => {
                 self.early.retain(|(f, q, _)| !(*f == from && *q == p));
                 if self.early.len() >= self.config.max_early {
@@ -510,17 +505,28 @@ impl MintBook {
             if self.batches.contains_key(&message) || self.signatures.contains_key(&message) {
                 continue;
             }
-            match self.check(from, &p) {
-                Ok(displaced) => {
-                    for m in displaced {
-                        self.drop_batch(&m, true, out);
-                    }
-                    self.accept(p, from, message, now, out);
-                }
+            match self.take(from, p.clone(), message, now, out) {
+                Ok(()) => {}
                 Err(Refusal::NotCertified(_)) => self.early.push((from, p, at)),
                 Err(refusal) => out.push(Action::Refused { from, refusal }),
             }
         }
+    }
+
+    /// Takes `p` if [`MintBook::check`] passes, displacing the batches it outranks.
+    fn take(
+        &mut self,
+        from: usize,
+        p: BatchProposal,
+        message: Vec<u8>,
+        now: Millis,
+        out: &mut Out,
+    ) -> Result<(), Refusal> {
+        for m in self.check(from, &p)? {
+            self.drop_batch(&m, true, out);
+        }
+        self.accept(p, from, message, now, out);
+        Ok(())
     }
 
     fn accept(&mut self, p: BatchProposal, proposer: usize, message: Vec<u8>, now: Millis, out: &mut Out) {

@@ -153,6 +153,8 @@ pub struct Validator {
     pub crash_at_persist: bool,
     /// What happened, with the life it happened in.
     pub notes: Vec<(u32, Note)>,
+    /// `SIM_DEBUG` set: print signing and batch events to stderr (read once).
+    debug: bool,
     pub effects: Vec<Effect>,
 }
 
@@ -198,6 +200,7 @@ impl Validator {
             disk: Disk::default(),
             crash_at_persist: false,
             notes: Vec::new(),
+            debug: std::env::var_os("SIM_DEBUG").is_some(),
             effects: Vec::new(),
         }
     }
@@ -283,11 +286,7 @@ impl Validator {
         self.book = Some(book);
         self.mint_actions(owed, now);
         for (attestation, certificate) in certified {
-            let request = MintRequest::of(&attestation);
-            self.note(Note::Certified { attestation, certificate });
-            if let Some(r) = request {
-                self.mint(MInput::Certified(r), now);
-            }
+            self.certified(attestation, certificate, now);
         }
     }
 
@@ -395,17 +394,20 @@ impl Validator {
                 CAction::RequestCertificates(request) => self
                     .effects
                     .push(Effect::Broadcast(Wire::Consensus(CMessage::CertificateRequest(request).encode()))),
-                CAction::Certified { attestation, certificate } => {
-                    let request = MintRequest::of(&attestation);
-                    self.note(Note::Certified { attestation, certificate });
-                    if let Some(r) = request {
-                        self.mint(MInput::Certified(r), now);
-                    }
-                }
+                CAction::Certified { attestation, certificate } => self.certified(attestation, certificate, now),
                 CAction::Equivocation(e) => self.note(Note::Evidence { validator: e.validator().0 }),
                 CAction::Reobserve { event, .. } => self.effects.push(Effect::Reobserve(event)),
                 CAction::Alert(_) => {}
             }
+        }
+    }
+
+    /// Tells the checker, and hands a mint to the book.
+    fn certified(&mut self, attestation: Attestation, certificate: Certificate, now: Millis) {
+        let request = MintRequest::of(&attestation);
+        self.note(Note::Certified { attestation, certificate });
+        if let Some(r) = request {
+            self.mint(MInput::Certified(r), now);
         }
     }
 
@@ -439,7 +441,7 @@ impl Validator {
                     }
                 }
                 MAction::Abandon { message } => {
-                    if std::env::var("SIM_DEBUG").is_ok() {
+                    if self.debug {
                         eprintln!("t={now} v{} abandons {}", self.id, hex::encode(&message[..4]));
                     }
                     if self.signing.get(&message).is_some_and(|s| s.session.signature().is_none()) {
@@ -450,7 +452,7 @@ impl Validator {
                     self.effects.push(Effect::Relay { at: now + after_ms, proposal, signature })
                 }
                 MAction::Refused { from, refusal } => {
-                    if std::env::var("SIM_DEBUG").is_ok() {
+                    if self.debug {
                         eprintln!("t={now} v{} refused a batch of v{from}: {refusal}", self.id);
                     }
                 }
@@ -478,7 +480,7 @@ impl Validator {
     }
 
     fn begin_round(&mut self, message: Vec<u8>, proposal: BatchProposal, round: u32, now: Millis) {
-        if std::env::var("SIM_DEBUG").is_ok() {
+        if self.debug {
             eprintln!("t={now} v{} life {} begins {} round {round}", self.id, self.life, hex::encode(&message[..4]));
         }
         if round > 0 {
@@ -590,7 +592,7 @@ impl Validator {
                     }
                 }
                 SAction::Failed(e) => {
-                    if std::env::var("SIM_DEBUG").is_ok() {
+                    if self.debug {
                         eprintln!("t={now} v{} {} failed: {e}", self.id, hex::encode(&message[..4]));
                     }
                     if let Some(s) = self.signing.get_mut(message) {
