@@ -271,6 +271,19 @@ impl Metrics {
         ] {
             self.release_refusals.with_label_values(&[reason]);
         }
+        for outcome in [
+            "broadcast",
+            "confirmed",
+            "merged",
+            "refused",
+            "refused_by_policy",
+            "replaced",
+            "respun",
+            "unpayable",
+            "withdrawn",
+        ] {
+            self.releases.with_label_values(&[outcome]);
+        }
         self
     }
 
@@ -319,6 +332,8 @@ mod tests {
             "btcfi_signing_commitments_total{key=\"btc\"} 0",
             "btcfi_signing_sessions_total{key=\"evm\",outcome=\"failed\"} 0",
             "btcfi_release_refusals_total{reason=\"not_in_turn\"} 0",
+            "btcfi_releases_total{outcome=\"replaced\"} 0",
+            "btcfi_releases_total{outcome=\"confirmed\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }

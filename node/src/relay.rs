@@ -132,6 +132,11 @@ pub fn spawn(
     for c in chains {
         let d = EvmDestination::new(c.clone(), signer.clone())?;
         dests.insert(c.chain_id.0, (c.name.clone(), Arc::new(Mutex::new(d))));
+        // Every outcome is exported from the start at 0, so that a dashboard's rate and
+        // an alert on a missing series see this relayer before its first submission.
+        for outcome in RELAY_OUTCOMES {
+            metrics.relay_submissions.with_label_values(&[c.name.as_str(), outcome]);
+        }
     }
     info!(target: "relay", account = %signer.address(), chains = dests.len(), "relayer ready");
     let (tx, mut rx) = mpsc::channel::<RelayJob>(1024);
@@ -153,6 +158,9 @@ pub fn spawn(
     });
     Ok(tx)
 }
+
+/// The `outcome` label values of `btcfi_relay_submissions_total`.
+const RELAY_OUTCOMES: [&str; 5] = ["submitted", "failed", "reverted", "already_consumed", "reorged"];
 
 /// Submissions of one mint before this node gives up on it (others take over).
 const MAX_TRIES: u32 = 5;

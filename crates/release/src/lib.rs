@@ -41,6 +41,7 @@ use bitcoin::{
 use btcfi_types::{EventId, Sats};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod book;
 mod error;
 pub use error::ReleaseError;
 

@@ -47,8 +47,10 @@
 //!   in-memory nonces of that attempt, once. Nonces of an attempt are dropped when the
 //!   attempt ends.
 //! * Robustness: a share that fails verification makes its sender a culprit
-//!   ([`Action::Culprit`], from `Error::culprits()`); the coordinator ends the attempt at
-//!   once. Signers that did not answer by `timeout_ms` (from the quorum) are excluded
+//!   ([`Action::Culprit`], from `Error::culprits()`); the coordinator ends the attempt
+//!   once every signer of the package answered (or at the timeout), excluding every
+//!   culprit of the attempt at once: ending at the first bad share would exclude one
+//!   per attempt, and `f` of them outlast [`MAX_ATTEMPTS`] at large `n`. Signers that did not answer by `timeout_ms` (from the quorum) are excluded
 //!   when the coordinator ends the attempt. Both are announced with
 //!   [`Message::NewAttempt`]. If the coordinator itself says nothing for `2 * timeout_ms`
 //!   after the quorum, every other node excludes it, says so (a `NewAttempt` of its
@@ -500,6 +502,8 @@ struct Coordinating<C: Ciphersuite> {
     quorum_ms: Option<u64>,
     package: Option<SigningPackage<C>>,
     shares: BTreeMap<Identifier<C>, SignatureShare<C>>,
+    /// Senders of shares that failed verification in this attempt.
+    bad: BTreeSet<Identifier<C>>,
 }
 
 struct Running<C: Ciphersuite> {
@@ -786,6 +790,7 @@ impl<C: Ciphersuite> Session<C> {
                 quorum_ms: None,
                 package: None,
                 shares: BTreeMap::new(),
+                bad: BTreeSet::new(),
             });
         }
         let record = CommitmentIssued { session: run.session, attempt };
@@ -1119,7 +1124,7 @@ impl<C: Ciphersuite> Session<C> {
         if !package.signing_commitments().contains_key(&from) {
             return Err(SessionError::NotACandidate);
         }
-        if coord.shares.contains_key(&from) {
+        if coord.shares.contains_key(&from) || coord.bad.contains(&from) {
             return Err(SessionError::Duplicate);
         }
         let public = &ctx.config.public_key_package;
@@ -1143,13 +1148,27 @@ impl<C: Ciphersuite> Session<C> {
                 }));
             }
             run.culprits.extend(culprits.iter().copied());
-            let mut excluded = run.excluded.clone();
-            excluded.extend(culprits);
-            self.end_attempt(excluded, now_ms, out);
+            coord.bad.insert(from);
+            coord.bad.extend(culprits);
+        } else {
+            coord.shares.insert(from, share);
+        }
+        // The attempt ends once every signer of the package answered, so that one
+        // attempt catches every bad share in it: ending at the first would exclude one
+        // culprit per attempt, and f of them would outlast the session's attempts.
+        let expected = package.signing_commitments().len();
+        let answered = package
+            .signing_commitments()
+            .keys()
+            .filter(|id| coord.shares.contains_key(id) || coord.bad.contains(id))
+            .count();
+        if answered < expected {
             return Ok(());
         }
-        coord.shares.insert(from, share);
-        if coord.shares.len() < package.signing_commitments().len() {
+        if !coord.bad.is_empty() {
+            let mut excluded = run.excluded.clone();
+            excluded.extend(coord.bad.iter().copied());
+            self.end_attempt(excluded, now_ms, out);
             return Ok(());
         }
         let signature = frost_core::aggregate(package, &coord.shares, public)?;
@@ -1225,12 +1244,16 @@ impl<C: Ciphersuite> Session<C> {
             // Whoever we still wait for is unresponsive.
             let silent: Vec<Identifier<C>> = match coord.package.as_ref() {
                 None => run.candidates.iter().filter(|id| !coord.arrived.contains_key(id)).copied().collect(),
-                Some(p) => {
-                    p.signing_commitments().keys().filter(|id| !coord.shares.contains_key(id)).copied().collect()
-                }
+                Some(p) => p
+                    .signing_commitments()
+                    .keys()
+                    .filter(|id| !coord.shares.contains_key(id) && !coord.bad.contains(id))
+                    .copied()
+                    .collect(),
             };
             let mut excluded = run.excluded.clone();
             excluded.extend(silent);
+            excluded.extend(coord.bad.iter().copied());
             self.end_attempt(excluded, now_ms, out);
         } else if waited >= timeout.saturating_mul(2) {
             // The coordinator stalled: replace it, and say so (a peer far behind joins

@@ -825,3 +825,21 @@ fn signers_that_start_far_apart_meet_in_the_first_attempt() {
         assert_eq!(net.final_attempt(*id), want, "nobody moved on alone: {:?}", net.attempts);
     }
 }
+
+/// Every bad share of an attempt is caught in that attempt: f = 3 signers of (7,10)
+/// sending bad shares are all excluded when attempt 0 ends, and attempt 1 signs. (Ending
+/// at the first bad share excluded one culprit per attempt: at n = 100 the 33 culprits
+/// outlasted the session's attempts, and no round ever signed.)
+#[test]
+fn one_attempt_excludes_every_bad_share_in_it() {
+    let mut net = Net::<Evm>::new(7, 10, 21);
+    let coord = net.coordinator_of_attempt0();
+    let bad: Vec<_> = net.ids().into_iter().filter(|id| *id != coord).take(3).collect();
+    for id in &bad {
+        net.nodes.get_mut(id).expect("bad").fault = Fault::BadShares;
+    }
+    net.start_all();
+    net.run(60_000);
+    net.check_signed();
+    assert_eq!(net.final_attempt(coord).0, 1, "attempt 0 caught all three, attempt 1 signed");
+}

@@ -1,0 +1,895 @@
+//! The release book: a validator's ledger of the vault's payments, sans-IO.
+//!
+//! [`ReleaseBook::handle`] takes one [`Input`] (what the chain, a peer or the signer
+//! reported) and the time, and returns the [`Action`]s for its driver to carry out
+//! (persist, propose, sign, broadcast, count), in order. It owns, in one place:
+//!
+//! - **the turn rule**: validator `turn_at(now)` proposes, within a slack of a quarter
+//!   of `takeover_ms` at either end of its turn ([`ReleaseBook::in_turn`]); a fresh
+//!   proposal from anyone else is refused as [`ReleaseError::NotInTurn`];
+//! - **batching**: a proposer sends a release when [`MAX_PAYOUTS`] wait, or the oldest
+//!   waited `batch_wait_ms` and no other came for as long, or the oldest waited
+//!   `batch_max_wait_ms`;
+//! - **the signer's checks**: [`validate`] (inputs at depth, exact outputs, the fee band
+//!   around this signer's own estimate, inputs needed, standardness), then
+//!   [`check_budget`] against the payments the chain already made;
+//! - **RBF**: a release broadcast and not confirmed for `bump_after_ms` is replaced by
+//!   the proposer in turn (same inputs and payouts, a higher fee within the band);
+//! - **withdrawal**: a live release paying a peg-out that a reorg removed past finality
+//!   is replaced by [`withdraw`]'s transaction, which every honest validator builds
+//!   identically, so it is accepted from anyone ([`validate_withdrawal`]);
+//! - **confirmation**: the chain's vault spend ([`Input::VaultSpend`]) is the only
+//!   source of "paid". A spend of a release this book holds marks its peg-outs paid; any
+//!   spend counts its payments by class (script, value) for the payment budget, so that
+//!   what the book remembers never lets the vault pay a class more often than peg-outs
+//!   of it were certified.
+//!
+//! Persist-first: every change that must survive a restart comes as
+//! [`Action::Persist`] before the action that depends on it (a signature request, a
+//! broadcast). [`ReleaseBook::restore`] rebuilds the book from what was persisted.
+
+use crate::{
+    Live, MAX_PAYOUTS, PaymentClass, Payout, Policy, Proposal, ReleaseError, View, build_fundable, bump, check_budget,
+    class_of, finalize, payment_budget, signed_vsize, unpayable, validate, validate_withdrawal, withdraw,
+};
+use bitcoin::{OutPoint, Transaction, Txid, secp256k1::schnorr};
+use btcfi_types::{EventId, Sats};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub type Millis = u64;
+
+/// Proposals kept to check again (a peg-out not certified here yet, a UTXO not at
+/// depth yet), at most this many, the oldest dropped first.
+pub const MAX_WAITING: usize = 256;
+/// How long a kept proposal is checked again before it is dropped.
+pub const WAITING_MS: Millis = 30_000;
+
+/// The book's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This validator's index, and how many there are.
+    pub me: usize,
+    pub n: usize,
+    /// Length of one validator's turn to propose.
+    pub takeover_ms: Millis,
+    pub batch_wait_ms: Millis,
+    pub batch_max_wait_ms: Millis,
+    /// How long a broadcast release waits unconfirmed before it is replaced by fee.
+    pub bump_after_ms: Millis,
+    pub policy: Policy,
+}
+
+/// What the book is told.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The vault's UTXOs at depth, as the chain sees them now (the whole set).
+    Utxos(BTreeMap<OutPoint, Sats>),
+    /// A peg-out certified by quorum.
+    Certified(Payout),
+    /// A certified peg-out whose burn left the canonical chain past finality.
+    Reorged(EventId),
+    /// A proposal from validator `from` (or this node's own, echoed).
+    Proposal {
+        from: usize,
+        proposal: Proposal,
+    },
+    /// Every input of release `txid` signed, in input order.
+    Signed {
+        txid: Txid,
+        signatures: Vec<schnorr::Signature>,
+    },
+    /// A transaction spending the vault reached depth.
+    VaultSpend {
+        tx: Transaction,
+    },
+    /// A vault spend reported before left the chain.
+    SpendReorged {
+        txid: Txid,
+    },
+    /// What the mempool said of a broadcast.
+    Mempool {
+        txid: Txid,
+        accepted: Result<(), String>,
+    },
+    /// This node's own fee estimate, sat/vB.
+    FeeEstimate(u64),
+    Tick,
+}
+
+/// A durable change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A release this node validated and signs: kept until it confirms or conflicts.
+    Live { txid: Txid, proposer: usize, proposal: Proposal, at: Millis },
+    /// Its signatures (it may be broadcast again after a restart).
+    Signed { txid: Txid, signatures: Vec<schnorr::Signature> },
+    /// It can no longer confirm (a conflicting spend reached depth), or it did.
+    Dropped { txid: Txid },
+    /// A vault spend at depth, and the peg-outs it paid.
+    Spent { tx: Transaction, paid: Vec<EventId> },
+    /// A vault spend left the chain.
+    Unspent { txid: Txid },
+}
+
+/// What the book counts (its driver maps them to metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Proposed,
+    Replaced,
+    Withdrawn,
+    Broadcast,
+    Confirmed,
+    Refused(&'static str),
+    RefusedByPolicy,
+}
+
+/// What the book asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Persist(Change),
+    /// Send this proposal to every peer.
+    Propose(Proposal),
+    /// Sign these BIP341 sighashes, one session per input.
+    Sign {
+        txid: Txid,
+        sighashes: Vec<[u8; 32]>,
+    },
+    /// Stop signing `txid` (it can no longer confirm).
+    Abandon {
+        txid: Txid,
+    },
+    Broadcast(Transaction),
+    Count(Count),
+    /// A peer's proposal refused for good.
+    Refused {
+        from: usize,
+        txid: Txid,
+        error: ReleaseError,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct LiveRelease {
+    proposal: Proposal,
+    proposer: usize,
+    at: Millis,
+    signatures: Option<Vec<schnorr::Signature>>,
+    /// First broadcast (the RBF timer), and last.
+    broadcast_at: Option<Millis>,
+    sent_at: Millis,
+}
+
+/// A live release as persisted.
+#[derive(Debug, Clone)]
+struct Held {
+    proposer: usize,
+    proposal: Proposal,
+    at: Millis,
+    signatures: Option<Vec<schnorr::Signature>>,
+}
+
+/// What [`ReleaseBook::restore`] reads back: the result of applying every persisted
+/// [`Change`] in order.
+#[derive(Debug, Clone, Default)]
+pub struct Persisted {
+    live: BTreeMap<Txid, Held>,
+    spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+}
+
+impl Persisted {
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Live { txid, proposer, proposal, at } => {
+                self.live
+                    .insert(*txid, Held { proposer: *proposer, proposal: proposal.clone(), at: *at, signatures: None });
+            }
+            Change::Signed { txid, signatures } => {
+                if let Some(l) = self.live.get_mut(txid) {
+                    l.signatures = Some(signatures.clone());
+                }
+            }
+            Change::Dropped { txid } => {
+                self.live.remove(txid);
+            }
+            Change::Spent { tx, paid } => {
+                self.spends.insert(tx.compute_txid(), (tx.clone(), paid.clone()));
+            }
+            Change::Unspent { txid } => {
+                self.spends.remove(txid);
+            }
+        }
+    }
+}
+
+/// One validator's release ledger.
+#[derive(Debug)]
+pub struct ReleaseBook {
+    config: Config,
+    utxos: BTreeMap<OutPoint, Sats>,
+    certified: BTreeMap<EventId, Payout>,
+    /// When each certified peg-out was first seen here (the batching pace).
+    seen_at: BTreeMap<EventId, Millis>,
+    reorged: BTreeSet<EventId>,
+    live: BTreeMap<Txid, LiveRelease>,
+    /// Vault spends at depth: the peg-outs each paid (those of a release held here).
+    spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    waiting: Vec<(usize, Proposal, Millis)>,
+    fee_estimate: Option<u64>,
+    last_proposal: Option<Millis>,
+    #[cfg(feature = "canary")]
+    canary: Option<Canary>,
+}
+
+/// A planted bug (tests only), to show the simulation's checks catch it.
+#[cfg(feature = "canary")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canary {
+    /// The signer accepts any fee (the band around its own estimate is not applied).
+    IgnoreFeeBand,
+    /// A peg-out reorged out past finality stays payable.
+    PayReorged,
+}
+
+impl ReleaseBook {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            utxos: BTreeMap::new(),
+            certified: BTreeMap::new(),
+            seen_at: BTreeMap::new(),
+            reorged: BTreeSet::new(),
+            live: BTreeMap::new(),
+            spends: BTreeMap::new(),
+            waiting: Vec::new(),
+            fee_estimate: None,
+            last_proposal: None,
+            #[cfg(feature = "canary")]
+            canary: None,
+        }
+    }
+
+    /// The book of a restarted node, and what it still owes: signatures of the releases
+    /// it had not finished signing, and the broadcast of those it had. (Certified
+    /// peg-outs and UTXOs come again from consensus and the chain.)
+    pub fn restore(config: Config, persisted: &Persisted, now: Millis) -> (Self, Vec<Action>) {
+        let mut book = Self::new(config);
+        let mut out = Vec::new();
+        book.spends = persisted.spends.clone();
+        for (txid, Held { proposer, proposal, at, signatures }) in &persisted.live {
+            book.live.insert(
+                *txid,
+                LiveRelease {
+                    proposal: proposal.clone(),
+                    proposer: *proposer,
+                    at: *at,
+                    signatures: signatures.clone(),
+                    broadcast_at: signatures.as_ref().map(|_| now),
+                    sent_at: now,
+                },
+            );
+            match signatures {
+                Some(s) => out.push(Action::Broadcast(finalize(&proposal.tx, s))),
+                None => {
+                    if let Ok(sighashes) = crate::sighashes(&proposal.tx, &proposal.prevouts) {
+                        out.push(Action::Sign { txid: *txid, sighashes });
+                    }
+                }
+            }
+        }
+        (book, out)
+    }
+
+    #[cfg(feature = "canary")]
+    pub fn set_canary(&mut self, canary: Option<Canary>) {
+        self.canary = canary;
+    }
+
+    fn canary_is(&self, _c: &str) -> bool {
+        #[cfg(feature = "canary")]
+        {
+            match self.canary {
+                Some(Canary::IgnoreFeeBand) => _c == "fee",
+                Some(Canary::PayReorged) => _c == "reorg",
+                None => false,
+            }
+        }
+        #[cfg(not(feature = "canary"))]
+        false
+    }
+
+    pub fn handle(&mut self, input: Input, now: Millis) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Utxos(utxos) => {
+                self.utxos = utxos;
+                self.recheck(now, &mut out);
+            }
+            Input::Certified(p) => {
+                if !self.reorged.contains(&p.event) && !self.certified.contains_key(&p.event) {
+                    self.seen_at.entry(p.event).or_insert(now);
+                    self.certified.insert(p.event, p);
+                    self.recheck(now, &mut out);
+                }
+            }
+            Input::Reorged(e) => self.on_reorged(e, now, &mut out),
+            Input::Proposal { from, proposal } => self.on_proposal(from, proposal, now, &mut out),
+            Input::Signed { txid, signatures } => {
+                let Some(l) = self.live.get_mut(&txid) else { return out };
+                if l.signatures.is_some() || signatures.len() != l.proposal.tx.input.len() {
+                    return out;
+                }
+                l.signatures = Some(signatures.clone());
+                l.broadcast_at = Some(now);
+                l.sent_at = now;
+                let tx = finalize(&l.proposal.tx, &signatures);
+                out.push(Action::Persist(Change::Signed { txid, signatures }));
+                out.push(Action::Broadcast(tx));
+                out.push(Action::Count(Count::Broadcast));
+            }
+            Input::VaultSpend { tx } => self.on_spend(tx, &mut out),
+            Input::SpendReorged { txid } => {
+                if self.spends.remove(&txid).is_some() {
+                    out.push(Action::Persist(Change::Unspent { txid }));
+                }
+            }
+            Input::Mempool { txid, accepted } => {
+                if accepted.is_err() && self.live.contains_key(&txid) {
+                    out.push(Action::Count(Count::RefusedByPolicy));
+                }
+            }
+            Input::FeeEstimate(rate) => self.fee_estimate = Some(rate),
+            Input::Tick => {
+                self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < WAITING_MS);
+                self.recheck(now, &mut out);
+                self.maybe_bump(now, &mut out);
+                self.maybe_propose(now, &mut out);
+                self.rebroadcast(now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The validator whose turn it is at `at_ms`.
+    pub fn turn_at(&self, at_ms: Millis) -> usize {
+        let slot = at_ms / self.config.takeover_ms.max(1);
+        usize::try_from(slot % self.config.n.max(1) as u64).unwrap_or(0)
+    }
+
+    fn slack(&self) -> Millis {
+        self.config.takeover_ms / 4
+    }
+
+    /// Whether this node's proposing window is open at `now`: its turn, away from
+    /// either end by the slack (so that its proposals arrive within its turn as the
+    /// others' clocks see it).
+    pub fn may_propose(&self, now: Millis) -> bool {
+        if self.config.n <= 1 {
+            return true;
+        }
+        let turn = self.config.takeover_ms.max(1);
+        let into = now % turn;
+        self.turn_at(now) == self.config.me && into >= self.slack() && into + self.slack() <= turn
+    }
+
+    /// Whether `from` held the turn at `at` (within the slack at either end).
+    pub fn in_turn(&self, from: usize, at: Millis) -> Result<(), ReleaseError> {
+        if from == self.config.me {
+            return Ok(());
+        }
+        let slack = self.slack();
+        let turn = self.turn_at(at);
+        if [turn, self.turn_at(at.saturating_sub(slack)), self.turn_at(at.saturating_add(slack))].contains(&from) {
+            return Ok(());
+        }
+        Err(ReleaseError::NotInTurn { proposer: from, in_turn: turn })
+    }
+
+    /// Peg-outs certified here and payable: not reorged (unless the canary says so).
+    fn payable(&self) -> BTreeMap<EventId, Payout> {
+        let pay_reorged = self.canary_is("reorg");
+        self.certified
+            .iter()
+            .filter(|(e, _)| pay_reorged || !self.reorged.contains(e))
+            .map(|(e, p)| (*e, p.clone()))
+            .collect()
+    }
+
+    fn paid(&self) -> BTreeSet<EventId> {
+        self.spends.values().flat_map(|(_, paid)| paid.iter().copied()).collect()
+    }
+
+    /// Final payments on chain by class (every vault spend's non-vault outputs).
+    fn on_chain(&self) -> BTreeMap<PaymentClass, usize> {
+        let mut m = BTreeMap::new();
+        for (tx, _) in self.spends.values() {
+            for o in &tx.output {
+                if o.script_pubkey != self.config.policy.vault_script {
+                    *m.entry((o.script_pubkey.clone(), o.value.to_sat())).or_default() += 1;
+                }
+            }
+        }
+        m
+    }
+
+    fn live_view(&self) -> BTreeMap<Txid, Live> {
+        self.live.iter().map(|(t, l)| (*t, Live::of(&l.proposal))).collect()
+    }
+
+    /// Validates `p` from `from` against this node's view: the sighashes to sign.
+    fn check(&self, from: usize, p: &Proposal, now: Millis) -> Result<Vec<[u8; 32]>, ReleaseError> {
+        let certified = self.payable();
+        let paid = self.paid();
+        let live = self.live_view();
+        let rival = BTreeSet::new();
+        let view = View {
+            utxos: &self.utxos,
+            live: &live,
+            paid: &paid,
+            certified: &certified,
+            fee_estimate: self.fee_estimate,
+            rival_inputs: &rival,
+        };
+        // A withdrawal of a live release, identical on every honest node: from anyone.
+        let inputs: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+        for l in self.live.values() {
+            let same_inputs = Live::of(&l.proposal).inputs == inputs;
+            let withdrawn: BTreeSet<EventId> =
+                l.proposal.payouts.iter().copied().filter(|e| !p.payouts.contains(e)).collect();
+            if same_inputs && !withdrawn.is_empty() && withdrawn.iter().all(|e| self.reorged.contains(e)) {
+                return validate_withdrawal(p, &l.proposal, &withdrawn, &view, &self.config.policy);
+            }
+        }
+        self.in_turn(from, now)?;
+        let mut policy = self.config.policy.clone();
+        if self.canary_is("fee") {
+            policy.ceiling_sat_per_vb = u64::MAX / 1_000_000;
+            policy.max_fee_multiple = u64::MAX / 1_000_000;
+        }
+        let view = View { fee_estimate: if self.canary_is("fee") { None } else { self.fee_estimate }, ..view };
+        let sighashes = validate(p, &view, &policy)?;
+        // Promised elsewhere: the payouts of live releases that do not conflict with it.
+        let promised: BTreeSet<EventId> = self
+            .live
+            .values()
+            .filter(|l| l.proposal.tx.input.iter().all(|i| !inputs.contains(&i.previous_output)))
+            .flat_map(|l| l.proposal.payouts.iter().copied())
+            .collect();
+        check_budget(p, &certified, &self.on_chain(), &promised, &policy)?;
+        Ok(sighashes)
+    }
+
+    fn on_proposal(&mut self, from: usize, p: Proposal, now: Millis, out: &mut Vec<Action>) {
+        let txid = p.txid();
+        if self.live.contains_key(&txid) {
+            return;
+        }
+        match self.check(from, &p, now) {
+            Ok(sighashes) => self.accept(from, p, sighashes, now, out),
+            Err(e) if e.may_pass_later() => {
+                if !self.waiting.iter().any(|(_, q, _)| q.txid() == txid) {
+                    if self.waiting.len() >= MAX_WAITING {
+                        self.waiting.remove(0);
+                    }
+                    self.waiting.push((from, p, now));
+                }
+            }
+            Err(error) => {
+                out.push(Action::Count(Count::Refused(error.reason())));
+                out.push(Action::Refused { from, txid, error });
+            }
+        }
+    }
+
+    fn accept(&mut self, from: usize, p: Proposal, sighashes: Vec<[u8; 32]>, now: Millis, out: &mut Vec<Action>) {
+        let txid = p.txid();
+        out.push(Action::Persist(Change::Live { txid, proposer: from, proposal: p.clone(), at: now }));
+        self.live.insert(
+            txid,
+            LiveRelease { proposal: p, proposer: from, at: now, signatures: None, broadcast_at: None, sent_at: now },
+        );
+        out.push(Action::Sign { txid, sighashes });
+    }
+
+    /// Kept proposals checked again (the turn is checked at arrival, so it is not
+    /// checked again here: a proposal kept in turn stays in turn).
+    fn recheck(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (from, p, at) in waiting {
+            if self.live.contains_key(&p.txid()) {
+                continue;
+            }
+            match self.check(from, &p, at) {
+                Ok(sighashes) => self.accept(from, p, sighashes, now, out),
+                Err(e) if e.may_pass_later() => self.waiting.push((from, p, at)),
+                Err(error) => {
+                    out.push(Action::Count(Count::Refused(error.reason())));
+                    out.push(Action::Refused { from, txid: p.txid(), error });
+                }
+            }
+        }
+    }
+
+    fn on_reorged(&mut self, e: EventId, now: Millis, out: &mut Vec<Action>) {
+        if !self.reorged.insert(e) || self.canary_is("reorg") {
+            return;
+        }
+        // Each live release not yet on chain that pays it is withdrawn: the same
+        // transaction on every honest validator.
+        let mut withdrawals = Vec::new();
+        for l in self.live.values() {
+            if l.proposal.payouts.contains(&e) {
+                let withdrawn: BTreeSet<EventId> =
+                    l.proposal.payouts.iter().copied().filter(|p| self.reorged.contains(p)).collect();
+                if let Ok(w) = withdraw(&l.proposal, &withdrawn, &self.config.policy) {
+                    withdrawals.push(w);
+                }
+            }
+        }
+        for w in withdrawals {
+            if self.live.contains_key(&w.txid()) {
+                continue;
+            }
+            if let Ok(sighashes) = self.check(self.config.me, &w, now) {
+                out.push(Action::Propose(w.clone()));
+                out.push(Action::Count(Count::Withdrawn));
+                self.accept(self.config.me, w, sighashes, now, out);
+            }
+        }
+    }
+
+    fn on_spend(&mut self, tx: Transaction, out: &mut Vec<Action>) {
+        let txid = tx.compute_txid();
+        if self.spends.contains_key(&txid) {
+            return;
+        }
+        let paid: Vec<EventId> = self.live.get(&txid).map(|l| l.proposal.payouts.clone()).unwrap_or_default();
+        if !paid.is_empty() {
+            out.push(Action::Count(Count::Confirmed));
+        }
+        out.push(Action::Persist(Change::Spent { tx: tx.clone(), paid: paid.clone() }));
+        // This release and every live one sharing an input can no longer confirm.
+        let spent: BTreeSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let done: Vec<Txid> = self
+            .live
+            .iter()
+            .filter(|(t, l)| **t == txid || l.proposal.tx.input.iter().any(|i| spent.contains(&i.previous_output)))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in done {
+            self.live.remove(&t);
+            out.push(Action::Persist(Change::Dropped { txid: t }));
+            if t != txid {
+                out.push(Action::Abandon { txid: t });
+            }
+        }
+        for op in &spent {
+            self.utxos.remove(op);
+        }
+        self.spends.insert(txid, (tx, paid));
+    }
+
+    /// Peg-outs certified here, payable, not paid and in no live release.
+    fn unpaid(&self) -> Vec<Payout> {
+        let paid = self.paid();
+        let promised: BTreeSet<EventId> = self.live.values().flat_map(|l| l.proposal.payouts.iter().copied()).collect();
+        let mut budget = payment_budget(&self.payable(), &self.on_chain(), &promised, &self.config.policy);
+        let mut unpaid: Vec<(Millis, Payout)> = self
+            .payable()
+            .into_values()
+            .filter(|p| !paid.contains(&p.event) && !promised.contains(&p.event))
+            .filter(|p| unpayable(p, &self.config.policy).is_none())
+            .map(|p| (self.seen_at.get(&p.event).copied().unwrap_or(0), p))
+            .collect();
+        unpaid.sort_by_key(|(at, p)| (*at, p.event.to_bytes()));
+        unpaid
+            .into_iter()
+            .filter(|(_, p)| match class_of(p, &self.config.policy).and_then(|c| budget.get_mut(&c)) {
+                Some(b) if *b > 0 => {
+                    *b -= 1;
+                    true
+                }
+                _ => false,
+            })
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// The rate this proposer pays: its estimate, within the band.
+    fn rate(&self) -> u64 {
+        let policy = &self.config.policy;
+        self.fee_estimate
+            .unwrap_or(policy.floor_sat_per_vb)
+            .clamp(policy.floor_sat_per_vb, policy.band_ceiling(self.fee_estimate))
+    }
+
+    fn maybe_propose(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if !self.may_propose(now) || self.last_proposal.is_some_and(|t| now.saturating_sub(t) < 1_000) {
+            return;
+        }
+        let unpaid = self.unpaid();
+        let times: Vec<Millis> = unpaid.iter().filter_map(|p| self.seen_at.get(&p.event).copied()).collect();
+        let (Some(&oldest), Some(&newest)) = (times.iter().min(), times.iter().max()) else { return };
+        let c = &self.config;
+        let full = unpaid.len() >= MAX_PAYOUTS;
+        let due = full
+            || (now.saturating_sub(oldest) >= c.batch_wait_ms && now.saturating_sub(newest) >= c.batch_wait_ms)
+            || now.saturating_sub(oldest) >= c.batch_max_wait_ms;
+        if !due {
+            return;
+        }
+        let locked: BTreeSet<OutPoint> =
+            self.live.values().flat_map(|l| l.proposal.tx.input.iter().map(|i| i.previous_output)).collect();
+        let free: Vec<(OutPoint, Sats)> =
+            self.utxos.iter().filter(|(op, _)| !locked.contains(op)).map(|(op, a)| (*op, *a)).collect();
+        let Ok(p) = build_fundable(&free, &unpaid, self.rate(), &self.config.policy) else { return };
+        self.last_proposal = Some(now);
+        match self.check(self.config.me, &p, now) {
+            Ok(sighashes) => {
+                out.push(Action::Propose(p.clone()));
+                out.push(Action::Count(Count::Proposed));
+                self.accept(self.config.me, p, sighashes, now, out);
+            }
+            Err(error) => out.push(Action::Count(Count::Refused(error.reason()))),
+        }
+    }
+
+    /// The proposer in turn replaces a release that waited too long unconfirmed.
+    fn maybe_bump(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if !self.may_propose(now) {
+            return;
+        }
+        let stuck: Vec<Proposal> = self
+            .live
+            .values()
+            .filter(|l| l.broadcast_at.is_some_and(|b| now.saturating_sub(b) >= self.config.bump_after_ms))
+            .map(|l| l.proposal.clone())
+            .collect();
+        for old in stuck {
+            // Replaced already by one this node holds (same inputs, higher fee)?
+            let inputs = Live::of(&old).inputs;
+            if self.live.values().any(|l| Live::of(&l.proposal).inputs == inputs && l.proposal.fee() > old.fee()) {
+                continue;
+            }
+            let old_rate = old.fee() / signed_vsize(&old.tx).max(1);
+            let rate = self.rate().max(old_rate.saturating_add(old_rate / 4).saturating_add(1));
+            let Some(p) = bump(&old, rate, &self.config.policy) else { continue };
+            if let Ok(sighashes) = self.check(self.config.me, &p, now) {
+                out.push(Action::Propose(p.clone()));
+                out.push(Action::Count(Count::Replaced));
+                self.accept(self.config.me, p, sighashes, now, out);
+            }
+        }
+    }
+
+    /// Signed releases not confirmed are broadcast again now and then (a mempool may
+    /// have dropped them; broadcasting is idempotent).
+    fn rebroadcast(&mut self, now: Millis, out: &mut Vec<Action>) {
+        for l in self.live.values_mut() {
+            if let Some(s) = &l.signatures
+                && now.saturating_sub(l.sent_at) >= 10_000
+            {
+                l.sent_at = now;
+                out.push(Action::Broadcast(finalize(&l.proposal.tx, s)));
+            }
+        }
+    }
+
+    /// Releases this node holds that may still confirm, by txid, with their proposer.
+    pub fn live(&self) -> impl Iterator<Item = (&Txid, usize, &Proposal)> {
+        self.live.iter().map(|(t, l)| (t, l.proposer, &l.proposal))
+    }
+
+    /// Peg-outs the chain has shown paid by a release this node held.
+    pub fn paid_events(&self) -> BTreeSet<EventId> {
+        self.paid()
+    }
+
+    /// When a live release was accepted here.
+    pub fn accepted_at(&self, txid: &Txid) -> Option<Millis> {
+        self.live.get(txid).map(|l| l.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+    use bitcoin::{ScriptBuf, TxOut};
+    use btcfi_types::{ChainId, TxHash};
+
+    const TURN: Millis = 4_000;
+
+    fn vault() -> ScriptBuf {
+        let mut s = vec![0x51, 0x20];
+        s.extend([7u8; 32]);
+        ScriptBuf::from(s)
+    }
+
+    fn payee(b: u8) -> ScriptBuf {
+        let mut s = vec![0x00, 0x14];
+        s.extend([b; 20]);
+        ScriptBuf::from(s)
+    }
+
+    fn config(me: usize) -> Config {
+        Config {
+            me,
+            n: 4,
+            takeover_ms: TURN,
+            batch_wait_ms: 2_000,
+            batch_max_wait_ms: 20_000,
+            bump_after_ms: 30_000,
+            policy: Policy::new(vault(), Sats(2_000), 1, 100),
+        }
+    }
+
+    fn payout(i: u8) -> Payout {
+        Payout {
+            event: EventId::new(ChainId(31337), TxHash([i; 32]), 0),
+            amount: Sats(100_000 + u64::from(i)),
+            script: payee(i),
+        }
+    }
+
+    fn utxos() -> BTreeMap<OutPoint, Sats> {
+        [(OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 }, Sats(5_000_000))].into_iter().collect()
+    }
+
+    /// Four books told the same: UTXOs, an estimate, three certified peg-outs.
+    fn books() -> Vec<ReleaseBook> {
+        (0..4)
+            .map(|me| {
+                let mut b = ReleaseBook::new(config(me));
+                b.handle(Input::Utxos(utxos()), 0);
+                b.handle(Input::FeeEstimate(5), 0);
+                for i in 1..=3 {
+                    b.handle(Input::Certified(payout(i)), 0);
+                }
+                b
+            })
+            .collect()
+    }
+
+    fn proposals(actions: &[Action]) -> Vec<Proposal> {
+        actions.iter().filter_map(|a| if let Action::Propose(p) = a { Some(p.clone()) } else { None }).collect()
+    }
+
+    fn signs(actions: &[Action]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Sign { .. }))
+    }
+
+    /// The middle of validator `v`'s turn, after `from`.
+    fn turn_of(v: usize, from: Millis) -> Millis {
+        let cycle = TURN * 4;
+        let base = from - from % cycle + v as u64 * TURN + TURN / 2;
+        if base >= from { base } else { base + cycle }
+    }
+
+    #[test]
+    fn the_validator_in_turn_proposes_and_the_others_sign_after_the_batch_wait() {
+        let mut books = books();
+        let at = turn_of(2, 10_000);
+        for (i, b) in books.iter_mut().enumerate() {
+            let acts = b.handle(Input::Tick, at);
+            assert_eq!(proposals(&acts).is_empty(), i != 2, "only validator 2 proposes in its turn");
+        }
+        let p = proposals(&books[2].handle(Input::Tick, at + 1)).pop();
+        assert!(p.is_none(), "one proposal, not one a tick");
+        let p = books[2].live().next().map(|(_, _, p)| p.clone()).expect("held");
+        assert_eq!(p.payouts.len(), 3);
+        for b in books.iter_mut().filter(|b| b.config.me != 2) {
+            let acts = b.handle(Input::Proposal { from: 2, proposal: p.clone() }, at + 50);
+            assert!(matches!(acts.first(), Some(Action::Persist(Change::Live { .. }))), "persist first: {acts:?}");
+            assert!(signs(&acts));
+        }
+        // Nothing before the batch wait: a fresh book in turn at once proposes nothing.
+        let mut fresh = ReleaseBook::new(config(0));
+        fresh.handle(Input::Utxos(utxos()), 0);
+        fresh.handle(Input::Certified(payout(1)), 1_000);
+        assert!(proposals(&fresh.handle(Input::Tick, 2_000)).is_empty());
+    }
+
+    #[test]
+    fn a_proposal_out_of_turn_is_refused() {
+        let mut books = books();
+        let at = turn_of(1, 10_000);
+        let p = proposals(&books[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        // Validator 3 sends the same release outside its turn.
+        let acts = books[0].handle(Input::Proposal { from: 3, proposal: p }, at);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Refused { error: ReleaseError::NotInTurn { .. }, .. })),
+            "{acts:?}"
+        );
+        assert!(!signs(&acts));
+    }
+
+    /// An over-fee release from the proposer in turn is refused by the band; with the
+    /// band ignored (the canary), it is signed.
+    #[test]
+    fn an_over_fee_release_is_refused_by_the_band() {
+        let mut books = books();
+        let at = turn_of(1, 10_000);
+        let payouts: Vec<Payout> = (1..=3).map(payout).collect();
+        let free: Vec<(OutPoint, Sats)> = utxos().into_iter().collect();
+        let greedy = build_fundable(&free, &payouts, 90, &config(1).policy).expect("built");
+        let acts = books[0].handle(Input::Proposal { from: 1, proposal: greedy.clone() }, at);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Refused { error: ReleaseError::FeeOutOfBounds { .. }, .. })),
+            "{acts:?}"
+        );
+        #[cfg(feature = "canary")]
+        {
+            books[3].set_canary(Some(Canary::IgnoreFeeBand));
+            assert!(signs(&books[3].handle(Input::Proposal { from: 1, proposal: greedy }, at)));
+        }
+    }
+
+    #[test]
+    fn only_the_chain_marks_a_release_paid_and_a_reorged_payout_is_withdrawn() {
+        let mut books = books();
+        let at = turn_of(0, 10_000);
+        let p = proposals(&books[0].handle(Input::Tick, at)).pop().expect("proposed");
+        // Signed and broadcast: still not paid.
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        let acts = books[0].handle(Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] }, at + 10);
+        assert!(matches!(acts.first(), Some(Action::Persist(Change::Signed { .. }))));
+        assert!(acts.iter().any(|a| matches!(a, Action::Broadcast(_))));
+        assert!(books[0].paid_events().is_empty(), "a broadcast is not a payment");
+        // A reorg of one burn, before the release confirms: a withdrawal replaces it,
+        // the same on every validator.
+        let gone = p.payouts[0];
+        let w0 = proposals(&books[0].handle(Input::Reorged(gone), at + 20)).pop().expect("withdrawal");
+        assert!(!w0.payouts.contains(&gone));
+        for b in books.iter_mut().skip(1) {
+            b.handle(Input::Proposal { from: 0, proposal: p.clone() }, at + 15);
+            let w = proposals(&b.handle(Input::Reorged(gone), at + 20)).pop().expect("withdrawal");
+            assert_eq!(w, w0, "every honest validator builds the same withdrawal");
+        }
+        // The withdrawal confirms: its payouts are paid, the original is dropped.
+        let acts = books[1].handle(Input::VaultSpend { tx: w0.tx.clone() }, at + 30_000);
+        assert!(acts.iter().any(|a| matches!(a, Action::Count(Count::Confirmed))));
+        assert!(acts.iter().any(|a| matches!(a, Action::Abandon { txid } if *txid == p.txid())));
+        assert_eq!(books[1].paid_events(), w0.payouts.iter().copied().collect());
+        assert_eq!(books[1].live().count(), 0);
+        // Nothing left to propose: the reorged peg-out is not payable, the rest is paid.
+        for t in 0..8 {
+            assert!(proposals(&books[1].handle(Input::Tick, turn_of(1, at + 40_000 + t * 1_000))).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_budget_bounds_payments_by_what_the_chain_shows() {
+        // A vault spend at depth that paid peg-out 1's class (a release this book never
+        // held, e.g. its database was restored from an old backup): peg-out 1 is not
+        // paid again.
+        let mut b = books().remove(0);
+        let p1 = payout(1);
+        let value = p1.amount.0 - 2_000;
+        let spend = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: vec![TxOut { value: bitcoin::Amount::from_sat(value), script_pubkey: p1.script.clone() }],
+        };
+        b.handle(Input::VaultSpend { tx: spend }, 1);
+        let at = turn_of(0, 10_000);
+        let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
+        assert_eq!(p.payouts.len(), 2, "peg-out 1's class is paid already: {:?}", p.payouts);
+        assert!(!p.payouts.contains(&p1.event));
+    }
+
+    #[test]
+    fn a_restored_book_signs_or_broadcasts_what_it_held() {
+        let mut b = books().remove(0);
+        let at = turn_of(0, 10_000);
+        let mut persisted = Persisted::default();
+        for a in b.handle(Input::Tick, at) {
+            if let Action::Persist(c) = a {
+                persisted.apply(&c);
+            }
+        }
+        let (restored, owed) = ReleaseBook::restore(config(0), &persisted, at + 5);
+        assert_eq!(restored.live().count(), 1);
+        assert!(matches!(owed.as_slice(), [Action::Sign { .. }]), "{owed:?}");
+    }
+}
