@@ -15,6 +15,20 @@
 //!   [`check_budget`] against the payments the chain already made;
 //! - **RBF**: a release broadcast and not confirmed for `bump_after_ms` is replaced by
 //!   the proposer in turn (same inputs and payouts, a higher fee within the band);
+//! - **supersede and merge**: a release accepted here and not signed for
+//!   `respin_after_ms` (too few signers took it) is superseded by the proposer in turn:
+//!   every input of it, all its payouts and whatever else waits, so that at most one of
+//!   the two confirms and nothing it promised is stranded. Proposals refused here for
+//!   paying a peg-out a live release pays are kept as *rivals*; the superseding release
+//!   spends an input of each rival it overlaps and pays their peg-outs too, which mends
+//!   the split where some honest validators hold one release and the rest another;
+//! - **expiry**: a release accepted here, not signed for `expire_after_ms` and to which
+//!   this node never contributed a signature share ([`Input::Shared`]) is dropped, its
+//!   peg-outs and inputs free again. That is safe: two releases that pay one peg-out and
+//!   spend no common input both need t signers on each input, and any two sets of t
+//!   share an honest validator, which (having shared for one) holds it live and refuses
+//!   the other. It ends the split where some honest validators hold one release and the
+//!   rest another paying the same peg-outs, which no superseding release could mend;
 //! - **withdrawal**: a live release paying a peg-out that a reorg removed past finality
 //!   is replaced by [`withdraw`]'s transaction, which every honest validator builds
 //!   identically, so it is accepted from anyone ([`validate_withdrawal`]);
@@ -29,8 +43,8 @@
 //! broadcast). [`ReleaseBook::restore`] rebuilds the book from what was persisted.
 
 use crate::{
-    Live, MAX_PAYOUTS, PaymentClass, Payout, Policy, Proposal, ReleaseError, View, build_fundable, bump, check_budget,
-    class_of, finalize, payment_budget, signed_vsize, unpayable, validate, validate_withdrawal, withdraw,
+    Live, MAX_PAYOUTS, PaymentClass, Payout, Policy, Proposal, ReleaseError, View, build_fundable, build_with, bump,
+    check_budget, class_of, finalize, payment_budget, signed_vsize, unpayable, validate, validate_withdrawal, withdraw,
 };
 use bitcoin::{OutPoint, Transaction, Txid, secp256k1::schnorr};
 use btcfi_types::{EventId, Sats};
@@ -43,6 +57,8 @@ pub type Millis = u64;
 pub const MAX_WAITING: usize = 256;
 /// How long a kept proposal is checked again before it is dropped.
 pub const WAITING_MS: Millis = 30_000;
+/// How long a rival proposal is kept to be merged.
+pub const RIVAL_MS: Millis = 120_000;
 
 /// The book's settings.
 #[derive(Debug, Clone)]
@@ -56,6 +72,11 @@ pub struct Config {
     pub batch_max_wait_ms: Millis,
     /// How long a broadcast release waits unconfirmed before it is replaced by fee.
     pub bump_after_ms: Millis,
+    /// How long a release accepted here waits unsigned before it is superseded.
+    pub respin_after_ms: Millis,
+    /// How long a release accepted here, and never shared to, waits unsigned before it
+    /// is dropped.
+    pub expire_after_ms: Millis,
     pub policy: Policy,
 }
 
@@ -72,6 +93,11 @@ pub enum Input {
     Proposal {
         from: usize,
         proposal: Proposal,
+    },
+    /// This node is about to contribute to a signature of an input of `txid` (a share
+    /// sent, or a signature it aggregated): persisted before it leaves.
+    Shared {
+        txid: Txid,
     },
     /// Every input of release `txid` signed, in input order.
     Signed {
@@ -101,6 +127,8 @@ pub enum Input {
 pub enum Change {
     /// A release this node validated and signs: kept until it confirms or conflicts.
     Live { txid: Txid, proposer: usize, proposal: Proposal, at: Millis },
+    /// This node contributed to its signature: it never expires.
+    Shared { txid: Txid },
     /// Its signatures (it may be broadcast again after a restart).
     Signed { txid: Txid, signatures: Vec<schnorr::Signature> },
     /// It can no longer confirm (a conflicting spend reached depth), or it did.
@@ -116,6 +144,8 @@ pub enum Change {
 pub enum Count {
     Proposed,
     Replaced,
+    Respun,
+    Expired,
     Withdrawn,
     Broadcast,
     Confirmed,
@@ -154,6 +184,7 @@ struct LiveRelease {
     proposer: usize,
     at: Millis,
     signatures: Option<Vec<schnorr::Signature>>,
+    shared: bool,
     /// First broadcast (the RBF timer), and last.
     broadcast_at: Option<Millis>,
     sent_at: Millis,
@@ -166,6 +197,7 @@ struct Held {
     proposal: Proposal,
     at: Millis,
     signatures: Option<Vec<schnorr::Signature>>,
+    shared: bool,
 }
 
 /// What [`ReleaseBook::restore`] reads back: the result of applying every persisted
@@ -180,12 +212,19 @@ impl Persisted {
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::Live { txid, proposer, proposal, at } => {
-                self.live
-                    .insert(*txid, Held { proposer: *proposer, proposal: proposal.clone(), at: *at, signatures: None });
+                self.live.insert(
+                    *txid,
+                    Held { proposer: *proposer, proposal: proposal.clone(), at: *at, signatures: None, shared: false },
+                );
             }
             Change::Signed { txid, signatures } => {
                 if let Some(l) = self.live.get_mut(txid) {
                     l.signatures = Some(signatures.clone());
+                }
+            }
+            Change::Shared { txid } => {
+                if let Some(l) = self.live.get_mut(txid) {
+                    l.shared = true;
                 }
             }
             Change::Dropped { txid } => {
@@ -214,6 +253,9 @@ pub struct ReleaseBook {
     /// Vault spends at depth: the peg-outs each paid (those of a release held here).
     spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
     waiting: Vec<(usize, Proposal, Millis)>,
+    /// Proposals refused because they pay what a live release here pays: what a
+    /// superseding release merges.
+    rivals: BTreeMap<Txid, (Proposal, Millis)>,
     fee_estimate: Option<u64>,
     last_proposal: Option<Millis>,
     #[cfg(feature = "canary")]
@@ -241,6 +283,7 @@ impl ReleaseBook {
             live: BTreeMap::new(),
             spends: BTreeMap::new(),
             waiting: Vec::new(),
+            rivals: BTreeMap::new(),
             fee_estimate: None,
             last_proposal: None,
             #[cfg(feature = "canary")]
@@ -255,7 +298,7 @@ impl ReleaseBook {
         let mut book = Self::new(config);
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
-        for (txid, Held { proposer, proposal, at, signatures }) in &persisted.live {
+        for (txid, Held { proposer, proposal, at, signatures, shared }) in &persisted.live {
             book.live.insert(
                 *txid,
                 LiveRelease {
@@ -263,6 +306,7 @@ impl ReleaseBook {
                     proposer: *proposer,
                     at: *at,
                     signatures: signatures.clone(),
+                    shared: *shared,
                     broadcast_at: signatures.as_ref().map(|_| now),
                     sent_at: now,
                 },
@@ -313,6 +357,14 @@ impl ReleaseBook {
             }
             Input::Reorged(e) => self.on_reorged(e, now, &mut out),
             Input::Proposal { from, proposal } => self.on_proposal(from, proposal, now, &mut out),
+            Input::Shared { txid } => {
+                if let Some(l) = self.live.get_mut(&txid)
+                    && !l.shared
+                {
+                    l.shared = true;
+                    out.push(Action::Persist(Change::Shared { txid }));
+                }
+            }
             Input::Signed { txid, signatures } => {
                 let Some(l) = self.live.get_mut(&txid) else { return out };
                 if l.signatures.is_some() || signatures.len() != l.proposal.tx.input.len() {
@@ -340,8 +392,11 @@ impl ReleaseBook {
             Input::FeeEstimate(rate) => self.fee_estimate = Some(rate),
             Input::Tick => {
                 self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < WAITING_MS);
+                self.rivals.retain(|_, (_, at)| now.saturating_sub(*at) < RIVAL_MS);
+                self.expire(now, &mut out);
                 self.recheck(now, &mut out);
                 self.maybe_bump(now, &mut out);
+                self.maybe_respin(now, &mut out);
                 self.maybe_propose(now, &mut out);
                 self.rebroadcast(now, &mut out);
             }
@@ -420,7 +475,8 @@ impl ReleaseBook {
         let certified = self.payable();
         let paid = self.paid();
         let live = self.live_view();
-        let rival = BTreeSet::new();
+        let rival: BTreeSet<OutPoint> =
+            self.rivals.values().flat_map(|(r, _)| r.tx.input.iter().map(|i| i.previous_output)).collect();
         let view = View {
             utxos: &self.utxos,
             live: &live,
@@ -474,6 +530,16 @@ impl ReleaseBook {
                 }
             }
             Err(error) => {
+                if matches!(error, ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. })
+                    && !self.rivals.contains_key(&txid)
+                {
+                    if self.rivals.len() >= MAX_WAITING
+                        && let Some(oldest) = self.rivals.iter().min_by_key(|(_, (_, at))| *at).map(|(t, _)| *t)
+                    {
+                        self.rivals.remove(&oldest);
+                    }
+                    self.rivals.insert(txid, (p, now));
+                }
                 out.push(Action::Count(Count::Refused(error.reason())));
                 out.push(Action::Refused { from, txid, error });
             }
@@ -485,7 +551,15 @@ impl ReleaseBook {
         out.push(Action::Persist(Change::Live { txid, proposer: from, proposal: p.clone(), at: now }));
         self.live.insert(
             txid,
-            LiveRelease { proposal: p, proposer: from, at: now, signatures: None, broadcast_at: None, sent_at: now },
+            LiveRelease {
+                proposal: p,
+                proposer: from,
+                at: now,
+                signatures: None,
+                shared: false,
+                broadcast_at: None,
+                sent_at: now,
+            },
         );
         out.push(Action::Sign { txid, sighashes });
     }
@@ -529,11 +603,7 @@ impl ReleaseBook {
             if self.live.contains_key(&w.txid()) {
                 continue;
             }
-            if let Ok(sighashes) = self.check(self.config.me, &w, now) {
-                out.push(Action::Propose(w.clone()));
-                out.push(Action::Count(Count::Withdrawn));
-                self.accept(self.config.me, w, sighashes, now, out);
-            }
+            self.propose_own(w, Count::Withdrawn, now, out);
         }
     }
 
@@ -594,6 +664,22 @@ impl ReleaseBook {
             .collect()
     }
 
+    /// Vault UTXOs at depth that no live release spends.
+    fn free_utxos(&self) -> Vec<(OutPoint, Sats)> {
+        let locked: BTreeSet<OutPoint> =
+            self.live.values().flat_map(|l| l.proposal.tx.input.iter().map(|i| i.previous_output)).collect();
+        self.utxos.iter().filter(|(op, _)| !locked.contains(op)).map(|(op, a)| (*op, *a)).collect()
+    }
+
+    /// This node's own proposal, checked as a peer's would be: sent, counted, accepted.
+    fn propose_own(&mut self, p: Proposal, count: Count, now: Millis, out: &mut Vec<Action>) {
+        if let Ok(sighashes) = self.check(self.config.me, &p, now) {
+            out.push(Action::Propose(p.clone()));
+            out.push(Action::Count(count));
+            self.accept(self.config.me, p, sighashes, now, out);
+        }
+    }
+
     /// The rate this proposer pays: its estimate, within the band.
     fn rate(&self) -> u64 {
         let policy = &self.config.policy;
@@ -617,10 +703,7 @@ impl ReleaseBook {
         if !due {
             return;
         }
-        let locked: BTreeSet<OutPoint> =
-            self.live.values().flat_map(|l| l.proposal.tx.input.iter().map(|i| i.previous_output)).collect();
-        let free: Vec<(OutPoint, Sats)> =
-            self.utxos.iter().filter(|(op, _)| !locked.contains(op)).map(|(op, a)| (*op, *a)).collect();
+        let free = self.free_utxos();
         let Ok(p) = build_fundable(&free, &unpaid, self.rate(), &self.config.policy) else { return };
         self.last_proposal = Some(now);
         match self.check(self.config.me, &p, now) {
@@ -653,11 +736,88 @@ impl ReleaseBook {
             let old_rate = old.fee() / signed_vsize(&old.tx).max(1);
             let rate = self.rate().max(old_rate.saturating_add(old_rate / 4).saturating_add(1));
             let Some(p) = bump(&old, rate, &self.config.policy) else { continue };
-            if let Ok(sighashes) = self.check(self.config.me, &p, now) {
-                out.push(Action::Propose(p.clone()));
-                out.push(Action::Count(Count::Replaced));
-                self.accept(self.config.me, p, sighashes, now, out);
+            self.propose_own(p, Count::Replaced, now, out);
+        }
+    }
+
+    /// Releases never shared to and unsigned for `expire_after_ms` are dropped.
+    fn expire(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let expired: Vec<Txid> = self
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                !l.shared && l.signatures.is_none() && now.saturating_sub(l.at) >= self.config.expire_after_ms
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for txid in expired {
+            self.live.remove(&txid);
+            out.push(Action::Persist(Change::Dropped { txid }));
+            out.push(Action::Abandon { txid });
+            out.push(Action::Count(Count::Expired));
+        }
+    }
+
+    /// The proposer in turn supersedes a release left unsigned too long, unless a later
+    /// one held here supersedes it already.
+    fn maybe_respin(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if !self.may_propose(now) {
+            return;
+        }
+        let stuck: Vec<(Proposal, Millis)> = self
+            .live
+            .values()
+            .filter(|l| l.signatures.is_none() && now.saturating_sub(l.at) >= self.config.respin_after_ms)
+            .map(|l| (l.proposal.clone(), l.at))
+            .collect();
+        for (old, at) in stuck {
+            let inputs = Live::of(&old).inputs;
+            let superseded = self
+                .live
+                .values()
+                .any(|l| l.at > at && l.proposal.tx.input.iter().any(|i| inputs.contains(&i.previous_output)));
+            if superseded {
+                continue;
             }
+            let Some(mut payouts) =
+                old.payouts.iter().map(|e| self.certified.get(e).cloned()).collect::<Option<Vec<Payout>>>()
+            else {
+                continue;
+            };
+            let mut required: Vec<(OutPoint, Sats)> = old
+                .tx
+                .input
+                .iter()
+                .zip(&old.prevouts)
+                .map(|(i, o)| (i.previous_output, Sats(o.value.to_sat())))
+                .collect();
+            // Rivals paying what it pays: an input of each, and all their peg-outs.
+            let pays: BTreeSet<EventId> = old.payouts.iter().copied().collect();
+            for (r, _) in self.rivals.values() {
+                if !r.payouts.iter().any(|e| pays.contains(e)) {
+                    continue;
+                }
+                let theirs: Option<Vec<Payout>> = r.payouts.iter().map(|e| self.certified.get(e).cloned()).collect();
+                let input =
+                    r.tx.input.iter().zip(&r.prevouts).find(|(i, _)| self.utxos.contains_key(&i.previous_output));
+                let (Some(theirs), Some((i, o))) = (theirs, input) else { continue };
+                if !required.iter().any(|(op, _)| *op == i.previous_output) {
+                    required.push((i.previous_output, Sats(o.value.to_sat())));
+                }
+                let fresh: Vec<Payout> =
+                    theirs.into_iter().filter(|p| !payouts.iter().any(|q| q.event == p.event)).collect();
+                payouts.extend(fresh);
+            }
+            let more: Vec<Payout> =
+                self.unpaid().into_iter().filter(|p| !payouts.iter().any(|q| q.event == p.event)).collect();
+            payouts.extend(more);
+            payouts.truncate(MAX_PAYOUTS);
+            let free = self.free_utxos();
+            let Ok(p) = build_with(&required, &free, &payouts, self.rate(), &self.config.policy) else { continue };
+            if self.live.contains_key(&p.txid()) {
+                continue;
+            }
+            self.propose_own(p, Count::Respun, now, out);
         }
     }
 
@@ -693,6 +853,7 @@ impl ReleaseBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build;
     use bitcoin::hashes::Hash;
     use bitcoin::{ScriptBuf, TxOut};
     use btcfi_types::{ChainId, TxHash};
@@ -719,6 +880,8 @@ mod tests {
             batch_wait_ms: 2_000,
             batch_max_wait_ms: 20_000,
             bump_after_ms: 30_000,
+            respin_after_ms: 20_000,
+            expire_after_ms: 15_000,
             policy: Policy::new(vault(), Sats(2_000), 1, 100),
         }
     }
@@ -876,6 +1039,75 @@ mod tests {
         let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
         assert_eq!(p.payouts.len(), 2, "peg-out 1's class is paid already: {:?}", p.payouts);
         assert!(!p.payouts.contains(&p1.event));
+    }
+
+    /// A release never shared to expires (its peg-outs free again); one this node
+    /// contributed a share to is kept however long it waits.
+    #[test]
+    fn only_a_release_never_shared_to_expires() {
+        let mut books = books();
+        let at = turn_of(1, 10_000);
+        let p = proposals(&books[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        let (kept, dropped) = books.split_at_mut(2);
+        for b in [&mut kept[0], &mut dropped[0]] {
+            assert!(signs(&b.handle(Input::Proposal { from: 1, proposal: p.clone() }, at + 10)));
+        }
+        let acts = kept[0].handle(Input::Shared { txid: p.txid() }, at + 20);
+        assert_eq!(acts, vec![Action::Persist(Change::Shared { txid: p.txid() })], "persisted before the share");
+        let later = at + 10 + config(0).expire_after_ms;
+        let acts = dropped[0].handle(Input::Tick, later);
+        assert!(acts.contains(&Action::Abandon { txid: p.txid() }), "{acts:?}");
+        assert!(acts.contains(&Action::Persist(Change::Dropped { txid: p.txid() })));
+        assert_eq!(dropped[0].live().count(), 0);
+        kept[0].handle(Input::Tick, later);
+        assert_eq!(kept[0].live().count(), 1, "a release shared to stays live");
+        // Restored, the shared flag holds.
+        let mut persisted = Persisted::default();
+        persisted.apply(&Change::Live { txid: p.txid(), proposer: 1, proposal: p.clone(), at });
+        persisted.apply(&Change::Shared { txid: p.txid() });
+        let (mut restored, _) = ReleaseBook::restore(config(0), &persisted, later);
+        restored.handle(Input::Tick, later + config(0).expire_after_ms);
+        assert_eq!(restored.live().count(), 1);
+    }
+
+    /// Two honest validators hold different releases paying one peg-out: the one in
+    /// turn supersedes its stuck release with one that spends an input of each and pays
+    /// the peg-outs of both, which the other validator accepts too.
+    #[test]
+    fn a_superseding_release_merges_the_rival_it_was_refused_for() {
+        let two: BTreeMap<OutPoint, Sats> = [
+            (OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 }, Sats(5_000_000)),
+            (OutPoint { txid: Txid::from_byte_array([8; 32]), vout: 1 }, Sats(4_000_000)),
+        ]
+        .into_iter()
+        .collect();
+        let mut books = books();
+        for b in books.iter_mut() {
+            b.handle(Input::Utxos(two.clone()), 0);
+        }
+        let policy = config(0).policy;
+        let coins: Vec<(OutPoint, Sats)> = two.iter().map(|(o, a)| (*o, *a)).collect();
+        let mine = build(&coins[..1], &[payout(1)], 5, &policy).expect("one");
+        let theirs = build(&coins[1..], &[payout(1), payout(2)], 5, &policy).expect("other");
+        // Validator 0 holds `mine` (from 1, in turn); validator 3 holds `theirs` (from 2).
+        let t1 = turn_of(1, 10_000);
+        assert!(signs(&books[0].handle(Input::Proposal { from: 1, proposal: mine.clone() }, t1)));
+        let t2 = turn_of(2, t1);
+        assert!(signs(&books[3].handle(Input::Proposal { from: 2, proposal: theirs.clone() }, t2)));
+        let acts = books[0].handle(Input::Proposal { from: 2, proposal: theirs.clone() }, t2);
+        assert!(acts.iter().any(|a| matches!(a, Action::Refused { error: ReleaseError::PayoutLocked(_), .. })));
+        books[0].handle(Input::Shared { txid: mine.txid() }, t2);
+        books[3].handle(Input::Shared { txid: theirs.txid() }, t2);
+        // Validator 0's turn, the respin wait over.
+        let t0 = turn_of(0, t1 + config(0).respin_after_ms);
+        let merged = proposals(&books[0].handle(Input::Tick, t0)).pop().expect("a superseding release");
+        let inputs: BTreeSet<OutPoint> = merged.tx.input.iter().map(|i| i.previous_output).collect();
+        assert_eq!(inputs, two.keys().copied().collect(), "an input of each");
+        assert!(merged.payouts.contains(&payout(1).event) && merged.payouts.contains(&payout(2).event));
+        assert!(
+            signs(&books[3].handle(Input::Proposal { from: 0, proposal: merged }, t0 + 10)),
+            "the other side signs it"
+        );
     }
 
     #[test]

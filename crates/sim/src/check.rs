@@ -1,13 +1,17 @@
 //! The invariants, checked after every step from what the validators did, never from
 //! what they believe: the quorum is computed here from n, an observation is what the
-//! world fed a node's adapters, a mint is what the contract executed.
+//! world fed a node's adapters, a mint is what the contract executed, a payment is what
+//! a vault spend at depth paid.
 
+use crate::bitcoin::{CEILING_SAT_PER_VB, FLOOR_SAT_PER_VB, PEG_OUT_FEE};
 use crate::chain::{Deposit, Minted};
 use crate::node::{EPOCH, Note};
+use bitcoin::{OutPoint, ScriptBuf, Transaction};
 use btcfi_consensus::{InsecureTestCrypto, VoteVerifier, vote_signing_bytes};
 use btcfi_mint::MintRequest;
+use btcfi_release::{DEFAULT_MAX_FEE_MULTIPLE, Policy, signed_vsize};
 use btcfi_signer::session::SessionId;
-use btcfi_types::{Attestation, Digest, EventId};
+use btcfi_types::{Attestation, AttestationKind, Digest, EventId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The quorum of a set of `n`: floor(2n/3) + 1, written out here rather than asked of
@@ -34,6 +38,20 @@ pub struct Checker {
     /// The deposits, by event: what may be minted.
     deposits: BTreeMap<EventId, Attestation>,
     minted: BTreeSet<EventId>,
+    /// Peg-outs by the script they pay to (each burn names its own): event, amount.
+    payees: BTreeMap<ScriptBuf, (EventId, u64)>,
+    policy: Policy,
+    /// The highest fee rate an honest signer may sign, sat/vB: the band around the
+    /// estimate every validator is given, written out here.
+    band: u64,
+    /// The largest signed size of a release signed over each input set (a withdrawal
+    /// keeps its predecessor's fee).
+    sizes: BTreeMap<BTreeSet<OutPoint>, u64>,
+    /// Peg-outs each node was told were reorged out past finality.
+    told_reorged: BTreeMap<u16, BTreeSet<EventId>>,
+    /// Peg-outs the vault paid, at depth.
+    pub paid: BTreeSet<EventId>,
+    pub vault_fees: u64,
     pub violations: Vec<String>,
     pub certifications: u64,
     pub signatures: u64,
@@ -42,8 +60,33 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(n: u16, byzantine: BTreeSet<u16>, crypto: InsecureTestCrypto, deposits: &[Deposit]) -> Self {
+    pub fn new(
+        n: u16,
+        byzantine: BTreeSet<u16>,
+        crypto: InsecureTestCrypto,
+        deposits: &[Deposit],
+        burns: &[Attestation],
+        policy: Policy,
+        fee_estimate: u64,
+    ) -> Self {
+        let payees = burns
+            .iter()
+            .filter_map(|a| match &a.kind {
+                AttestationKind::PegOut { amount, script_pubkey, .. } => {
+                    Some((ScriptBuf::from(script_pubkey.clone()), (a.event, amount.0)))
+                }
+                _ => None,
+            })
+            .collect();
+        let band = fee_estimate.max(FLOOR_SAT_PER_VB).saturating_mul(DEFAULT_MAX_FEE_MULTIPLE).min(CEILING_SAT_PER_VB);
         Self {
+            payees,
+            policy,
+            band,
+            sizes: BTreeMap::new(),
+            told_reorged: BTreeMap::new(),
+            paid: BTreeSet::new(),
+            vault_fees: 0,
             n,
             q: independent_quorum(n),
             byzantine,
@@ -136,6 +179,44 @@ impl Checker {
                     }
                 }
             }
+            Note::ReleaseSigning { proposal } => {
+                let told = self.told_reorged.get(&node).cloned().unwrap_or_default();
+                for (index, e) in proposal.payouts.iter().enumerate() {
+                    if told.contains(e) {
+                        self.fail(format!(
+                            "t={now} node {node}: signing a release that pays {e}, reorged out past finality"
+                        ));
+                    }
+                    let certified = self.certified_at.get(&(node, *e)).map(|a| a.kind.clone());
+                    let out = proposal.tx.output.get(index);
+                    let exact = match (certified, out) {
+                        (Some(AttestationKind::PegOut { amount, script_pubkey, .. }), Some(o)) => {
+                            o.script_pubkey.as_bytes() == script_pubkey.as_slice()
+                                && amount.0.checked_sub(PEG_OUT_FEE) == Some(o.value.to_sat())
+                        }
+                        _ => false,
+                    };
+                    if !exact {
+                        self.fail(format!(
+                            "t={now} node {node}: signing a release whose output {index} is not the peg-out {e} it certified, less the fee"
+                        ));
+                    }
+                }
+                let inputs: BTreeSet<OutPoint> = proposal.tx.input.iter().map(|i| i.previous_output).collect();
+                let vsize = signed_vsize(&proposal.tx).max(1);
+                let size = self.sizes.entry(inputs).or_insert(0);
+                *size = (*size).max(vsize);
+                // Within the band (plus what a release without change leaves to the fee,
+                // and a withdrawal's 1 sat/vB over its predecessor).
+                let bound = self.band * *size + vsize + self.policy.dust_limit(&self.policy.vault_script) + 43 * self.band;
+                if proposal.fee() > bound {
+                    self.fail(format!(
+                        "t={now} node {node}: signing a release that pays {} sat in fees ({} sat/vB), over the bound of {bound} sat",
+                        proposal.fee(),
+                        proposal.fee() / vsize
+                    ));
+                }
+            }
             Note::Signed { .. } => self.signatures += 1,
             Note::Culprit { culprit } => {
                 self.culprits += 1;
@@ -150,6 +231,36 @@ impl Checker {
                 }
             }
             Note::Crashed => {}
+        }
+    }
+
+    /// Validator `node` was told that peg-out `e` was reorged out past finality.
+    pub fn told_reorg(&mut self, node: u16, e: EventId) {
+        self.told_reorged.entry(node).or_default().insert(e);
+    }
+
+    /// A vault spend at depth: every output is the vault's change or pays one peg-out,
+    /// once, exactly its amount less the fee.
+    pub fn spent(&mut self, tx: &Transaction, fee: u64, now: u64) {
+        self.vault_fees += fee;
+        let txid = tx.compute_txid();
+        for o in &tx.output {
+            if o.script_pubkey == self.policy.vault_script {
+                continue;
+            }
+            let Some(&(e, amount)) = self.payees.get(&o.script_pubkey) else {
+                self.fail(format!("t={now}: vault spend {txid} pays {} sat to a script no peg-out names", o.value));
+                continue;
+            };
+            if amount.checked_sub(PEG_OUT_FEE) != Some(o.value.to_sat()) {
+                self.fail(format!(
+                    "t={now}: vault spend {txid} pays {e} {} sat, not its {amount} sat less the {PEG_OUT_FEE} sat fee",
+                    o.value.to_sat()
+                ));
+            }
+            if !self.paid.insert(e) {
+                self.fail(format!("t={now}: peg-out {e} paid twice (again by {txid})"));
+            }
         }
     }
 

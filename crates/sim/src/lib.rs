@@ -1,11 +1,16 @@
 //! A whole bridge network in one process, deterministic from a seed.
 //!
 //! n validators, each with the real consensus core (`btcfi-consensus`), the real mint
-//! book (`btcfi-mint`) and real FROST signing sessions (`btcfi-signer`) over a
-//! trusted-dealer `evm` key, talk over a simulated bus. Below them: Bitcoin deposits
-//! that become final at their own times (some orphaned by a reorg shallower than
-//! finality, so never final), and one bridge contract per EVM chain that consumes each
-//! event id once and verifies the group signature with the contract's equation.
+//! book (`btcfi-mint`), the real release book (`btcfi-release`) and real FROST signing
+//! sessions (`btcfi-signer`) over trusted-dealer `evm` and `btc` keys, talk over a
+//! simulated bus. Below them: Bitcoin deposits that become final at their own times
+//! (some orphaned by a reorg shallower than finality, so never final) and fund the
+//! vault; peg-outs burned on the EVM chains (some dust, some orphaned, some reorged out
+//! past finality after they were certified); one bridge contract per EVM chain that
+//! consumes each event id once and verifies the group signature with the contract's
+//! equation; and a Bitcoin chain ([`bitcoin::Chain`]) whose mempool checks every
+//! key-path signature, standardness and replace-by-fee, and whose tip is reorged now and
+//! then.
 //!
 //! Faults, all drawn from the seed:
 //! - the bus drops, delays (so reorders) and duplicates messages, and partitions the
@@ -13,41 +18,54 @@
 //! - honest validators crash at any point (also right after a durable write, before
 //!   what follows it) and restart from what they persisted;
 //! - up to f Byzantine validators equivocate, vote for orphaned and invented deposits,
-//!   propose batches of fake or inflated mints, send bad signature shares, withhold
-//!   their signing messages or everything, replay what they received and spam garbage.
+//!   propose batches of fake or inflated mints, send bad signature shares (for both
+//!   keys), withhold their signing messages or everything, propose releases over the fee
+//!   band, spending every UTXO or out of turn, replay what they received and spam
+//!   garbage.
 //!
 //! Checked after every step ([`check::Checker`]): no two certified digests for one
 //! event; every certificate holds q valid signatures (q computed by the checker);
 //! nothing certified that the node did not observe; no nonce commitment issued twice;
 //! nothing signed that the signer did not certify; every mint a real deposit, exactly
 //! its recipient and amount, at most once; evidence and culprits name only Byzantine
-//! validators. Liveness: once the faults heal, every final deposit is minted within
-//! [`SETTLE_MS`].
+//! validators; every release an honest validator signs pays peg-outs it certified,
+//! exactly their amount less the fee, none it was told was reorged away, at a fee within
+//! the band; every vault spend at depth pays each peg-out at most once, exactly its
+//! amount less the fee. Liveness: once the faults heal, every final deposit is minted
+//! and every final payable peg-out paid within [`SETTLE_MS`].
 //!
 //! [`run`] returns a [`Report`] with a trace hash over every step: one seed run twice
 //! gives the same hash.
 
+mod attack;
+pub mod bitcoin;
 pub mod chain;
 pub mod check;
 pub mod node;
+pub mod signer;
 
+use ::bitcoin::hashes::Hash as _;
+use ::bitcoin::key::TweakedPublicKey;
+use ::bitcoin::{OutPoint, ScriptBuf, Txid};
 use alloy::primitives::Address;
-use btcfi_consensus::{InsecureTestCrypto, Message as CMessage, ValidatorIndex, Vote, max_faulty, quorum};
+use btcfi_consensus::{InsecureTestCrypto, max_faulty, quorum};
 use btcfi_mint::BatchProposal;
+use btcfi_release::book::Input as RInput;
 use btcfi_signer::evm::{EvmSignature, group_key_xy};
 use btcfi_signer::frost_secp256k1::{
     Identifier,
     keys::{IdentifierList, KeyPackage, generate_with_dealer},
 };
-use btcfi_signer::session::Message as SMessage;
+use btcfi_signer::frost_secp256k1_tr as tr;
 use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
 use chain::{Bridge, Deposit};
 use check::Checker;
-use node::{Effect, Keys, Suite, Validator, Wire};
+use node::{Effect, Validator, Wire};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest as _, Sha256};
+use signer::Keys;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub type Millis = u64;
@@ -55,6 +73,7 @@ pub type Millis = u64;
 /// How long after the faults heal every final deposit must be minted.
 pub const SETTLE_MS: Millis = 90_000;
 const TICK_MS: Millis = 250;
+const BLOCK_MS: Millis = 1_000;
 const CHAINS: [u64; 2] = [ChainId::ETHEREUM.0, ChainId::POLYGON.0];
 
 /// A planted bug, switched on for one run to show the checks catch it.
@@ -66,10 +85,20 @@ pub enum Canary {
     NoOwnObservation,
     /// A restarted signer draws the nonces of a session it already committed to again.
     NonceReuseAfterRestart,
+    /// A release signer accepts any fee rate (the band around its estimate is off).
+    IgnoreFeeBand,
+    /// A peg-out whose burn was reorged out past finality stays payable.
+    PayReorged,
 }
 
 impl Canary {
-    pub const ALL: [Canary; 3] = [Canary::QuorumOneBelow, Canary::NoOwnObservation, Canary::NonceReuseAfterRestart];
+    pub const ALL: [Canary; 5] = [
+        Canary::QuorumOneBelow,
+        Canary::NoOwnObservation,
+        Canary::NonceReuseAfterRestart,
+        Canary::IgnoreFeeBand,
+        Canary::PayReorged,
+    ];
 }
 
 /// One run.
@@ -100,6 +129,18 @@ pub struct Report {
     pub evidence: u64,
     pub reverts: u64,
     pub undecodable: u64,
+    /// Peg-outs burned, those final and payable (not dust, not reorged past finality),
+    /// and those the vault paid.
+    pub burns: usize,
+    pub payable_burns: usize,
+    pub paid: usize,
+    /// Vault spends that reached depth, and what they paid in fees.
+    pub releases: u64,
+    pub vault_fees: u64,
+    /// Mempool refusals and replacements, reorgs of the tip.
+    pub btc_refused: u64,
+    pub btc_replaced: u64,
+    pub btc_reorgs: u64,
     /// Safety violations, first ones first.
     pub violations: Vec<String>,
     /// Why liveness failed, if it did.
@@ -123,13 +164,34 @@ struct Byzantine {
     bad_shares: bool,
     withhold_signing: bool,
     spam: bool,
+    bad_releases: bool,
+}
+
+/// A peg-out: wrapped BTC burned on an EVM chain, to be paid by the vault.
+#[derive(Debug, Clone)]
+struct Burn {
+    deposit: Deposit,
+    /// Too small to pay (its amount less the fee is dust): never paid, never in the way.
+    dust: bool,
+    /// Reorged out past finality this long after it is first certified.
+    reorg_after: Option<Millis>,
+}
+
+/// An event a validator's adapters report.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Deposit(usize),
+    Burn(usize),
 }
 
 #[derive(Debug)]
 enum Ev {
     Deliver { to: u16, from: u16, wire: Wire },
     Tick { node: u16 },
-    Observe { node: u16, deposit: usize },
+    Observe { node: u16, item: Item },
+    Block,
+    Fund { deposit: usize },
+    BurnReorged { burn: usize },
     Crash { node: u16, at_persist: bool },
     Restart { node: u16 },
     Relay { node: u16, proposal: BatchProposal, signature: EvmSignature },
@@ -145,6 +207,12 @@ struct World {
     nodes: Vec<Validator>,
     byzantine: BTreeMap<u16, Byzantine>,
     deposits: Vec<Deposit>,
+    burns: Vec<Burn>,
+    btc: bitcoin::Chain,
+    fee_estimate: u64,
+    /// Peg-outs reorged out past finality (every validator is told).
+    reorged: BTreeSet<EventId>,
+    reorg_scheduled: BTreeSet<usize>,
     bridges: BTreeMap<u64, Bridge>,
     checker: Checker,
     crypto: InsecureTestCrypto,
@@ -158,6 +226,8 @@ struct World {
     pool: Vec<Wire>,
     trace: Sha256,
     report: Report,
+    /// `SIM_DEBUG` set: print what the chains do.
+    debug: bool,
     end: Millis,
 }
 
@@ -200,8 +270,12 @@ impl World {
             }
         };
         let (px, py) = group_key_xy(public.verifying_key()).expect("checked above");
-        let ids: BTreeMap<Identifier, u16> =
-            (0..n).map(|i| (Identifier::try_from(i + 1).expect("nonzero"), i)).collect();
+        // The btc group key (frost-secp256k1-tr: the dealer's output is BIP341-tweaked,
+        // so the group key is the vault's output key).
+        let (btc_shares, btc_public) =
+            tr::keys::generate_with_dealer(n, t as u16, tr::keys::IdentifierList::Default, &mut rng).expect("keygen");
+        let output_key = btcfi_signer::btc::output_key(btc_public.verifying_key()).expect("an x-only output key");
+        let vault = ScriptBuf::new_p2tr_tweaked(TweakedPublicKey::dangerous_assume_tweaked(output_key));
         let crypto = InsecureTestCrypto::new(setup.seed, n);
         let bridges: BTreeMap<u64, Address> = CHAINS.iter().map(|c| (*c, bridge_address(*c))).collect();
 
@@ -219,6 +293,7 @@ impl World {
                 bad_shares: rng.gen_bool(0.5),
                 withhold_signing: rng.gen_bool(0.2),
                 spam: rng.gen_bool(0.4),
+                bad_releases: rng.gen_bool(0.6),
             };
             byzantine.insert(b, s);
         }
@@ -248,6 +323,38 @@ impl World {
             deposits.push(Deposit { att, final_at });
         }
 
+        // Peg-outs, each to its own script; some dust, some orphaned (never final), some
+        // reorged out past finality after they were certified.
+        let count = match n {
+            0..=7 => rng.gen_range(1..=5),
+            8..=16 => rng.gen_range(1..=3),
+            _ => 2,
+        };
+        let mut burns = Vec::new();
+        for i in 0..count {
+            let chain = CHAINS[rng.gen_range(0..CHAINS.len())];
+            let dust = rng.gen_bool(0.1);
+            let amount = if dust { rng.gen_range(500..2_200) } else { rng.gen_range(20_000..3_000_000) };
+            let mut script = vec![0x00, 0x14];
+            script.extend(rng.r#gen::<[u8; 20]>());
+            let att = Attestation {
+                event: EventId::new(ChainId(chain), TxHash(rng.r#gen()), rng.gen_range(0..4)),
+                kind: AttestationKind::PegOut { nonce: i, amount: Sats(amount), script_pubkey: script },
+            };
+            let mined = rng.gen_range(0..10_000);
+            let orphaned = rng.gen_bool(0.1);
+            let final_at = (!orphaned).then(|| mined + rng.gen_range(1_000..3_000));
+            let reorg_after = (!dust && rng.gen_bool(0.15)).then(|| rng.gen_range(50..900));
+            burns.push(Burn { deposit: Deposit { att, final_at }, dust, reorg_after });
+        }
+        // The vault: funds from before, and every final deposit once final.
+        let mut btc = bitcoin::Chain::new(bitcoin::policy(vault.clone()), output_key);
+        for _ in 0..rng.gen_range(1..=3) {
+            let outpoint = OutPoint { txid: Txid::from_byte_array(rng.r#gen()), vout: rng.gen_range(0..3) };
+            btc.fund(outpoint, rng.gen_range(3_000_000..20_000_000));
+        }
+        let fee_estimate = rng.gen_range(1..=12);
+
         // The bus.
         let faulty = rng.gen_bool(0.8);
         let heal_at = if faulty { rng.gen_range(4_000..20_000) } else { 0 };
@@ -260,12 +367,38 @@ impl World {
                 let share = shares.get(&Identifier::try_from(i + 1).expect("nonzero")).expect("a share each").clone();
                 let keys =
                     Keys { key_package: KeyPackage::try_from(share).expect("key package"), public: public.clone() };
-                Validator::new(i, n, setup.seed, setup.canary, keys, crypto.clone(), bridges.clone(), ids.clone())
+                let id = tr::Identifier::try_from(i + 1).expect("nonzero");
+                let btc_share = btc_shares.get(&id).expect("a share each").clone();
+                let btc_keys = Keys {
+                    key_package: tr::keys::KeyPackage::try_from(btc_share).expect("key package"),
+                    public: btc_public.clone(),
+                };
+                Validator::new(
+                    i,
+                    n,
+                    setup.seed,
+                    setup.canary,
+                    keys,
+                    btc_keys,
+                    crypto.clone(),
+                    bridges.clone(),
+                    vault.clone(),
+                )
             })
             .collect();
         let chains = CHAINS.iter().map(|c| (*c, Bridge::new(*c, bridge_address(*c), px, py, 1_500))).collect();
-        let checker = Checker::new(n, byzantine.keys().copied().collect(), crypto.clone(), &deposits);
-        let last_final = deposits.iter().filter_map(|d| d.final_at).max().unwrap_or(0);
+        let payees: Vec<Attestation> = burns.iter().map(|b| b.deposit.att.clone()).collect();
+        let checker = Checker::new(
+            n,
+            byzantine.keys().copied().collect(),
+            crypto.clone(),
+            &deposits,
+            &payees,
+            btc.policy.clone(),
+            fee_estimate,
+        );
+        let last_final = deposits.iter().chain(burns.iter().map(|b| &b.deposit)).filter_map(|d| d.final_at).max();
+        let last_final = last_final.unwrap_or(0);
         let mut w = World {
             rng,
             n,
@@ -275,6 +408,11 @@ impl World {
             nodes,
             byzantine,
             deposits,
+            burns,
+            btc,
+            fee_estimate,
+            reorged: BTreeSet::new(),
+            reorg_scheduled: BTreeSet::new(),
             bridges: chains,
             checker,
             crypto,
@@ -285,26 +423,36 @@ impl World {
             told: vec![BTreeSet::new(); usize::from(n)],
             pool: Vec::new(),
             trace: Sha256::new(),
+            debug: std::env::var_os("SIM_DEBUG").is_some(),
             report: Report { seed: setup.seed, n, byzantine: byz_count, ..Report::default() },
             end: 0,
         };
         for v in 0..n {
             w.nodes[usize::from(v)].boot(0);
+            w.tell_bitcoin(v, 0);
             let phase = w.rng.gen_range(0..TICK_MS);
             w.at(phase, Ev::Tick { node: v });
         }
+        w.at(BLOCK_MS, Ev::Block);
         // Observations: each validator's adapters report a final deposit at their own
         // time; an honest one sometimes misses it (its RPC is down) until asked to look
         // again or until the faults heal.
-        for (i, d) in w.deposits.clone().iter().enumerate() {
-            let Some(final_at) = d.final_at else { continue };
+        let items: Vec<(Item, Option<Millis>)> = (w.deposits.iter().enumerate())
+            .map(|(i, d)| (Item::Deposit(i), d.final_at))
+            .chain(w.burns.iter().enumerate().map(|(i, b)| (Item::Burn(i), b.deposit.final_at)))
+            .collect();
+        for (item, final_at) in items {
+            let Some(final_at) = final_at else { continue };
+            if let Item::Deposit(deposit) = item {
+                w.at(final_at, Ev::Fund { deposit });
+            }
             for v in 0..n {
                 let at = if !w.byzantine.contains_key(&v) && w.rng.gen_bool(0.1) {
                     final_at.max(heal_at) + w.rng.gen_range(5_000..15_000)
                 } else {
                     final_at + w.rng.gen_range(0..1_500)
                 };
-                w.at(at, Ev::Observe { node: v, deposit: i });
+                w.at(at, Ev::Observe { node: v, item });
             }
         }
         // Crashes of honest validators.
@@ -342,7 +490,7 @@ impl World {
     fn step(&mut self, ev: Ev) {
         self.report.steps += 1;
         let now = self.now;
-        let touched = match ev {
+        let touched: Vec<u16> = match ev {
             Ev::Deliver { to, from, wire } => {
                 self.trace(1, u64::from(to) << 16 | u64::from(from), wire.bytes());
                 self.report.delivered += 1;
@@ -352,7 +500,7 @@ impl World {
                 if self.nodes[usize::from(to)].receive(from, wire, now).is_err() {
                     self.report.undecodable += 1;
                 }
-                to
+                vec![to]
             }
             Ev::Tick { node } => {
                 self.trace(2, u64::from(node), &[]);
@@ -361,16 +509,19 @@ impl World {
                     self.tell_consumed(node);
                     self.nodes[usize::from(node)].tick(now);
                 }
-                node
+                vec![node]
             }
-            Ev::Observe { node, deposit } => {
-                self.trace(3, u64::from(node), &(deposit as u64).to_be_bytes());
-                let att = self.deposits[deposit].att.clone();
+            Ev::Observe { node, item } => {
+                let (att, tag) = match item {
+                    Item::Deposit(i) => (self.deposits[i].att.clone(), i as u64),
+                    Item::Burn(i) => (self.burns[i].deposit.att.clone(), 1 << 32 | i as u64),
+                };
+                self.trace(3, u64::from(node), &tag.to_be_bytes());
                 if self.nodes[usize::from(node)].is_up() {
                     self.checker.fed(node, &att);
                     self.nodes[usize::from(node)].observe(vec![att], now);
                 }
-                node
+                vec![node]
             }
             Ev::Crash { node, at_persist } => {
                 self.trace(4, u64::from(node), &[u8::from(at_persist)]);
@@ -383,7 +534,7 @@ impl World {
                     }
                     self.report.crashes += 1;
                 }
-                node
+                vec![node]
             }
             Ev::Restart { node } => {
                 self.trace(5, u64::from(node), &[]);
@@ -391,11 +542,12 @@ impl World {
                 v.crash_at_persist = false;
                 if !v.is_up() {
                     v.boot(now);
-                    // The adapters rescan from their checkpoint: every deposit final by
-                    // now is reported again.
+                    // The adapters rescan from their checkpoint: every deposit and burn
+                    // final by now is reported again, and the vault's state at depth.
                     let finals: Vec<Attestation> = self
                         .deposits
                         .iter()
+                        .chain(self.burns.iter().map(|b| &b.deposit))
                         .filter(|d| d.final_at.is_some_and(|f| f <= now))
                         .map(|d| d.att.clone())
                         .collect();
@@ -405,8 +557,9 @@ impl World {
                     if !finals.is_empty() {
                         self.nodes[usize::from(node)].observe(finals, now);
                     }
+                    self.tell_bitcoin(node, now);
                 }
-                node
+                vec![node]
             }
             Ev::Relay { node, proposal, signature } => {
                 self.trace(6, u64::from(node), &proposal.encode());
@@ -414,17 +567,96 @@ impl World {
                 if self.nodes[usize::from(node)].is_up() && !silent {
                     self.relay(node, &proposal, &signature);
                 }
-                node
+                vec![node]
             }
             Ev::Attack { node } => {
                 self.trace(7, u64::from(node), &[]);
                 self.attack(node);
                 let next = now + self.rng.gen_range(300..1_500);
                 self.at(next, Ev::Attack { node });
-                node
+                vec![node]
+            }
+            Ev::Block => {
+                self.at(now + BLOCK_MS, Ev::Block);
+                // While the faults last, a tip is now and then reorged out (its
+                // transactions back to the mempool, or forgotten by it).
+                if now < self.heal_at && self.rng.gen_bool(0.15) {
+                    let lose = self.rng.gen_bool(0.5);
+                    if self.btc.reorg_tip(lose) {
+                        self.trace(9, 0, &[u8::from(lose)]);
+                        self.report.btc_reorgs += 1;
+                        return;
+                    }
+                }
+                let deep = self.btc.mine();
+                self.trace(9, 1, &(deep.len() as u64).to_be_bytes());
+                for tx in &deep {
+                    self.trace(10, 0, tx.compute_txid().as_byte_array());
+                    let fee = self.btc.fees.get(&tx.compute_txid()).copied().unwrap_or(0);
+                    self.checker.spent(tx, fee, now);
+                    if self.checker.violations.is_empty() {
+                        self.report.releases += 1;
+                    }
+                }
+                let utxos = self.btc.utxos_at_depth();
+                let up: Vec<u16> = (0..self.n).filter(|v| self.nodes[usize::from(*v)].is_up()).collect();
+                for &v in &up {
+                    let node = &mut self.nodes[usize::from(v)];
+                    node.bitcoin(RInput::Utxos(utxos.clone()), now);
+                    for tx in &deep {
+                        node.bitcoin(RInput::VaultSpend { tx: tx.clone() }, now);
+                    }
+                }
+                up
+            }
+            Ev::Fund { deposit } => {
+                let e = self.deposits[deposit].att.event;
+                let amount = match &self.deposits[deposit].att.kind {
+                    AttestationKind::PegIn { amount, .. } => amount.0,
+                    _ => 0,
+                };
+                self.trace(11, deposit as u64, &[]);
+                self.btc.fund(OutPoint { txid: Txid::from_byte_array(e.tx.0), vout: e.index }, amount);
+                Vec::new()
+            }
+            Ev::BurnReorged { burn } => {
+                let e = self.burns[burn].deposit.att.event;
+                self.trace(12, burn as u64, &[]);
+                self.reorged.insert(e);
+                let up: Vec<u16> = (0..self.n).filter(|v| self.nodes[usize::from(*v)].is_up()).collect();
+                for &v in &up {
+                    self.checker.told_reorg(v, e);
+                    self.nodes[usize::from(v)].bitcoin(RInput::Reorged(e), now);
+                }
+                up
             }
         };
-        self.drain(touched);
+        for node in touched {
+            self.drain(node);
+        }
+    }
+
+    /// What a validator's Bitcoin adapter reports when it starts: the fee estimate, the
+    /// vault's UTXOs and spends at depth, and the peg-outs reorged past finality.
+    fn tell_bitcoin(&mut self, node: u16, now: Millis) {
+        let utxos = self.btc.utxos_at_depth();
+        let spends = self.btc.spends_at_depth();
+        let reorged: Vec<EventId> = self.reorged.iter().copied().collect();
+        for e in &reorged {
+            self.checker.told_reorg(node, *e);
+        }
+        let v = &mut self.nodes[usize::from(node)];
+        if !v.is_up() {
+            return;
+        }
+        v.bitcoin(RInput::FeeEstimate(self.fee_estimate), now);
+        v.bitcoin(RInput::Utxos(utxos), now);
+        for tx in spends {
+            v.bitcoin(RInput::VaultSpend { tx }, now);
+        }
+        for e in reorged {
+            v.bitcoin(RInput::Reorged(e), now);
+        }
     }
 
     /// Carries out what a validator asked for and hands its notes to the checker.
@@ -435,6 +667,15 @@ impl World {
         if !self.byzantine.contains_key(&node) {
             for (life, note) in &notes {
                 self.checker.note(node, *life, note, self.now);
+                // A burn to be reorged out past finality goes soon after it is first
+                // certified (before the batch wait ends, so that a release could pay it).
+                if let node::Note::Certified { attestation, .. } = note
+                    && let Some(burn) = self.burns.iter().position(|b| b.deposit.att.event == attestation.event)
+                    && let Some(after) = self.burns[burn].reorg_after
+                    && self.reorg_scheduled.insert(burn)
+                {
+                    self.at(self.now + after, Ev::BurnReorged { burn });
+                }
             }
         }
         for effect in effects {
@@ -449,10 +690,25 @@ impl World {
                 }
                 Effect::Relay { at, proposal, signature } => self.at(at, Ev::Relay { node, proposal, signature }),
                 Effect::Reobserve(event) => {
-                    let due = self.deposits.iter().position(|d| d.att.event == event && d.final_at.is_some());
-                    if let Some(deposit) = due {
-                        let at = self.now.max(self.deposits[deposit].final_at.unwrap_or(0)) + 200;
-                        self.at(at, Ev::Observe { node, deposit });
+                    let deposit = self.deposits.iter().position(|d| d.att.event == event && d.final_at.is_some());
+                    let burn =
+                        self.burns.iter().position(|b| b.deposit.att.event == event && b.deposit.final_at.is_some());
+                    let due = match (deposit, burn) {
+                        (Some(i), _) => Some((Item::Deposit(i), self.deposits[i].final_at)),
+                        (None, Some(i)) => Some((Item::Burn(i), self.burns[i].deposit.final_at)),
+                        (None, None) => None,
+                    };
+                    if let Some((item, final_at)) = due {
+                        let at = self.now.max(final_at.unwrap_or(0)) + 200;
+                        self.at(at, Ev::Observe { node, item });
+                    }
+                }
+                Effect::BtcBroadcast(tx) => {
+                    if !self.byzantine.get(&node).is_some_and(|b| b.silent) {
+                        let result = self.btc.submit(&tx);
+                        if self.debug {
+                            eprintln!("t={} v{node} broadcasts {}: {result:?}", self.now, tx.compute_txid());
+                        }
                     }
                 }
             }
@@ -462,7 +718,7 @@ impl World {
     fn send(&mut self, from: u16, to: u16, wire: Wire) {
         let mut wire = wire;
         if let Some(b) = self.byzantine.get(&from).copied() {
-            if b.silent || (b.withhold_signing && matches!(wire, Wire::Signing(_))) {
+            if b.silent || (b.withhold_signing && matches!(wire, Wire::Signing(_) | Wire::BtcSigning(_))) {
                 return;
             }
             if b.bad_shares
@@ -486,90 +742,6 @@ impl World {
             self.at(again, Ev::Deliver { to, from, wire: wire.clone() });
         }
         self.at(self.now + delay, Ev::Deliver { to, from, wire });
-    }
-
-    fn corrupt_share(&mut self, wire: &Wire) -> Option<Wire> {
-        let Wire::Signing(bytes) = wire else { return None };
-        let Ok(SMessage::<Suite>::Share { session, attempt, .. }) = SMessage::<Suite>::decode(bytes) else {
-            return None;
-        };
-        let mut scalar = [0u8; 32];
-        self.rng.fill(&mut scalar[1..]);
-        let share = frost_core::round2::SignatureShare::<Suite>::deserialize(&scalar).ok()?;
-        SMessage::<Suite>::Share { session, attempt, share }.encode().ok().map(Wire::Signing)
-    }
-
-    fn attack(&mut self, node: u16) {
-        let Some(b) = self.byzantine.get(&node).copied() else { return };
-        if b.silent {
-            return;
-        }
-        let signer = self.crypto.signer(ValidatorIndex(node));
-        let others: Vec<u16> = (0..self.n).filter(|v| *v != node).collect();
-        if b.equivocate {
-            // Another amount for a real deposit, to some of the validators.
-            let d = self.deposits[self.rng.gen_range(0..self.deposits.len())].att.clone();
-            let mut alt = d.clone();
-            if let AttestationKind::PegIn { amount, .. } = &mut alt.kind {
-                *amount = Sats(amount.0 + 1);
-            }
-            let vote = Vote::sign(node::EPOCH, alt.event, alt.digest(), ValidatorIndex(node), &signer);
-            let wire = Wire::Consensus(CMessage::Vote(vote).encode());
-            for &to in &others {
-                if self.rng.gen_bool(0.5) {
-                    self.send(node, to, wire.clone());
-                }
-            }
-        }
-        if b.fake_votes {
-            // Votes for orphaned deposits and for invented ones.
-            let orphan = self.deposits.iter().find(|d| d.final_at.is_none()).map(|d| d.att.clone());
-            let invented = Attestation {
-                event: EventId::new(ChainId::BITCOIN, TxHash(self.rng.r#gen()), 0),
-                kind: AttestationKind::PegIn {
-                    dest_chain: ChainId(CHAINS[0]),
-                    recipient: EvmAddress([0xee; 20]),
-                    amount: Sats(21_000_000),
-                },
-            };
-            for att in orphan.into_iter().chain([invented]) {
-                let vote = Vote::sign(node::EPOCH, att.event, att.digest(), ValidatorIndex(node), &signer);
-                let wire = Wire::Consensus(CMessage::Vote(vote).encode());
-                for &to in &others {
-                    self.send(node, to, wire.clone());
-                }
-            }
-        }
-        if b.fake_batches {
-            // A batch with an orphaned deposit, or a real one inflated.
-            let pick = self.deposits[self.rng.gen_range(0..self.deposits.len())].clone();
-            let Some(mut request) = btcfi_mint::MintRequest::of(&pick.att) else { return };
-            if pick.final_at.is_some() {
-                request.leaf.amount = Sats(request.leaf.amount.0 * 2);
-            }
-            let proposal = BatchProposal::new(request.chain, vec![request.leaf]);
-            // It claims the first-ranked proposer's name, to displace honest batches.
-            let first = (request.chain % u64::from(self.n)) as u16;
-            let wire = Wire::Batch([&first.to_be_bytes()[..], &proposal.encode()].concat());
-            for &to in &others {
-                self.send(node, to, wire.clone());
-            }
-        }
-        if b.spam && !others.is_empty() {
-            let to = others[self.rng.gen_range(0..others.len())];
-            let mut junk = vec![0u8; self.rng.gen_range(0..200)];
-            self.rng.fill(junk.as_mut_slice());
-            let wire = match self.rng.gen_range(0..3) {
-                0 => Wire::Consensus(junk),
-                1 => Wire::Signing(junk),
-                _ => Wire::Batch(junk),
-            };
-            self.send(node, to, wire);
-            if !self.pool.is_empty() {
-                let replay = self.pool[self.rng.gen_range(0..self.pool.len())].clone();
-                self.send(node, to, replay);
-            }
-        }
     }
 
     /// Tells `node` of the mints that are final on their bridges.
@@ -631,6 +803,24 @@ impl World {
         if minted > deposited {
             self.checker.violations.push(format!("minted {minted} sat, more than the {deposited} deposited"));
         }
+        // Every final, payable peg-out not reorged away is paid.
+        let payable: Vec<EventId> = self
+            .burns
+            .iter()
+            .filter(|b| !b.dust && b.deposit.final_at.is_some() && !self.reorged.contains(&b.deposit.att.event))
+            .map(|b| b.deposit.att.event)
+            .collect();
+        let unpaid: Vec<EventId> = payable.iter().filter(|e| !self.checker.paid.contains(e)).copied().collect();
+        self.report.burns = self.burns.len();
+        self.report.payable_burns = payable.len();
+        self.report.paid = self.checker.paid.len();
+        self.report.vault_fees = self.checker.vault_fees;
+        self.report.btc_refused = self.btc.refused;
+        self.report.btc_replaced = self.btc.replaced;
+        let mut missing = missing;
+        let mut missing_events = missing_events;
+        missing.extend(unpaid.iter().map(|e| format!("peg-out {e}")));
+        missing_events.extend(unpaid.iter().copied());
         if self.checker.violations.is_empty() && !missing.is_empty() {
             let nodes: Vec<String> = self
                 .nodes
@@ -641,9 +831,9 @@ impl World {
                 })
                 .collect();
             self.report.liveness = Some(format!(
-                "{} of {} final deposits not minted {} ms after the faults healed: {}\n{}",
+                "{} of {} final deposits and payable peg-outs not minted or paid {} ms after the faults healed: {}\n{}",
                 missing.len(),
-                finals.len(),
+                finals.len() + payable.len(),
                 SETTLE_MS,
                 missing.join(", "),
                 nodes.join("\n")
@@ -655,6 +845,7 @@ impl World {
         self.report.culprits = self.checker.culprits;
         self.report.evidence = self.checker.evidence;
         self.trace.update(self.report.minted.to_be_bytes());
+        self.trace.update((self.report.paid as u64).to_be_bytes());
         self.report.trace = hex::encode(self.trace.finalize());
         self.report
     }

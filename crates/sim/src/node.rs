@@ -1,10 +1,13 @@
-//! One simulated validator: the consensus core, the mint book and one FROST signing
-//! session per message, driven the way the node drives them. What it must keep across a
-//! crash lives in [`Disk`], written by the `Persist` actions before anything after them
-//! runs; everything else is lost when it crashes.
+//! One simulated validator: the consensus core, the mint book, the release book and
+//! FROST signing for both keys (`evm` for mints, `btc` for the vault's Taproot inputs),
+//! driven the way the node drives them. What it must keep across a crash lives in
+//! [`Disk`], written by the `Persist` actions before anything after them runs;
+//! everything else is lost when it crashes.
 
+use crate::signer::{Keys, Out, Signer};
 use crate::{Canary, Millis};
 use alloy::primitives::Address;
+use bitcoin::{ScriptBuf, Transaction, Txid, secp256k1::schnorr};
 use btcfi_consensus::{
     Action as CAction, Certificate, Config as CConfig, Consensus, Epoch, Input as CInput, InsecureTestCrypto,
     InsecureTestSigner, Message as CMessage, PersistedState, ValidatorIndex,
@@ -12,31 +15,30 @@ use btcfi_consensus::{
 use btcfi_mint::{
     Action as MAction, BatchProposal, Config as MConfig, Input as MInput, MintBook, MintRequest, Persisted,
 };
+use btcfi_release::book::{
+    Action as RAction, Config as RConfig, Input as RInput, Persisted as RPersisted, ReleaseBook,
+};
+use btcfi_release::{Payout, Policy, Proposal};
 use btcfi_signer::evm::EvmSignature;
-use btcfi_signer::frost_secp256k1::{
-    Identifier, Secp256K1Sha256,
-    keys::{KeyPackage, PublicKeyPackage},
-};
-use btcfi_signer::session::{
-    Action as SAction, CommitmentIssued, Input as SInput, Message as SMessage, Session, SessionConfig, SessionId,
-};
-use btcfi_types::{Attestation, EventId};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use sha2::{Digest as _, Sha256};
+use btcfi_signer::frost_secp256k1::Secp256K1Sha256;
+use btcfi_signer::frost_secp256k1_tr::Secp256K1Sha256TR;
+use btcfi_signer::session::{CommitmentIssued, Message as SMessage, SessionId};
+use btcfi_types::{Attestation, AttestationKind, EventId};
+use frost_core::Ciphersuite;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The `evm` key's suite (mints).
 pub type Suite = Secp256K1Sha256;
+/// The `btc` key's suite (the vault's key-path spends).
+pub type BtcSuite = Secp256K1Sha256TR;
 type Core = Consensus<InsecureTestSigner, InsecureTestCrypto>;
 
 /// The epoch every simulated validator counts votes and signs in.
 pub const EPOCH: Epoch = Epoch(1);
 /// The signing sessions' attempt timeout.
 pub const SIGN_TIMEOUT_MS: Millis = 2_000;
-const MAX_PARKED: usize = 4_096;
-const MAX_PARKED_PER_SENDER: usize = 512;
-/// Rounds ahead of its own for which a node maps session ids (to follow its peers).
-const ROUNDS_AHEAD: u32 = 3;
+/// A validator's turn to propose releases.
+pub const RELEASE_TURN_MS: Millis = 4_000;
 
 /// Bytes on the simulated wire, by channel.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,12 +46,16 @@ pub enum Wire {
     Consensus(Vec<u8>),
     Signing(Vec<u8>),
     Batch(Vec<u8>),
+    /// A release proposal.
+    Release(Vec<u8>),
+    /// A `btc` signing session's message.
+    BtcSigning(Vec<u8>),
 }
 
 impl Wire {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Wire::Consensus(b) | Wire::Signing(b) | Wire::Batch(b) => b,
+            Wire::Consensus(b) | Wire::Signing(b) | Wire::Batch(b) | Wire::Release(b) | Wire::BtcSigning(b) => b,
         }
     }
 }
@@ -70,6 +76,8 @@ pub enum Effect {
     },
     /// Ask the adapters to look for this event again.
     Reobserve(EventId),
+    /// `sendrawtransaction`.
+    BtcBroadcast(Transaction),
 }
 
 /// What the checker is told.
@@ -82,6 +90,10 @@ pub enum Note {
     /// A signing session started for this batch.
     Signing {
         proposal: BatchProposal,
+    },
+    /// This node started signing this release's inputs.
+    ReleaseSigning {
+        proposal: Proposal,
     },
     /// A commitment left this node.
     Commitment {
@@ -106,48 +118,38 @@ pub enum Note {
 pub struct Disk {
     pub consensus: PersistedState,
     pub mints: Persisted,
+    pub releases: RPersisted,
     pub issued: BTreeSet<CommitmentIssued>,
     pub rounds: BTreeMap<Vec<u8>, u32>,
 }
 
-/// This validator's shares of the `evm` group key.
+/// A release's inputs being signed: one signature per input, in order.
 #[derive(Debug, Clone)]
-pub struct Keys {
-    pub key_package: KeyPackage,
-    pub public: PublicKeyPackage,
-}
-
-struct Signing {
-    round: u32,
-    session: Session<Suite>,
-    failed_at: Option<Millis>,
-    proposal: BatchProposal,
+struct Inputs {
+    sighashes: Vec<[u8; 32]>,
+    signatures: Vec<Option<schnorr::Signature>>,
 }
 
 /// One simulated validator.
 pub struct Validator {
     pub id: u16,
     n: u16,
-    f: usize,
     seed: u64,
     canary: Option<Canary>,
-    keys: Keys,
+    keys: Keys<Suite>,
+    btc_keys: Keys<BtcSuite>,
     crypto: InsecureTestCrypto,
     bridges: BTreeMap<u64, Address>,
-    ids: BTreeMap<Identifier, u16>,
-    signers: BTreeSet<Identifier>,
+    policy: Policy,
     pub life: u32,
-    /// Sessions created in this life: part of each session's nonce seed, so that a
-    /// session made again for one message (a batch displaced, then taken up again)
-    /// never draws the nonces of the one before.
-    sessions_made: u64,
     core: Option<Core>,
     book: Option<MintBook>,
-    signing: BTreeMap<Vec<u8>, Signing>,
-    sids: BTreeMap<SessionId, (Vec<u8>, u32)>,
-    parked: BTreeMap<SessionId, Vec<(u16, SMessage<Suite>)>>,
-    parked_len: usize,
-    ahead: BTreeMap<(Vec<u8>, u32), BTreeSet<u16>>,
+    releases: Option<ReleaseBook>,
+    evm: Option<Signer<Suite>>,
+    btc: Option<Signer<BtcSuite>>,
+    /// Releases whose inputs are being signed here, and which release each sighash is of.
+    inputs: BTreeMap<Txid, Inputs>,
+    sighash_of: BTreeMap<[u8; 32], (Txid, usize)>,
     pub disk: Disk,
     /// Crash right after the next durable write, before anything after it runs.
     pub crash_at_persist: bool,
@@ -156,6 +158,7 @@ pub struct Validator {
     /// `SIM_DEBUG` set: print signing and batch events to stderr (read once).
     debug: bool,
     pub effects: Vec<Effect>,
+    pub releases_signed: u64,
 }
 
 impl std::fmt::Debug for Validator {
@@ -171,67 +174,61 @@ impl Validator {
         n: u16,
         seed: u64,
         canary: Option<Canary>,
-        keys: Keys,
+        keys: Keys<Suite>,
+        btc_keys: Keys<BtcSuite>,
         crypto: InsecureTestCrypto,
         bridges: BTreeMap<u64, Address>,
-        ids: BTreeMap<Identifier, u16>,
+        vault: ScriptBuf,
     ) -> Self {
-        let signers = ids.keys().copied().collect();
         Self {
             id,
             n,
-            f: btcfi_consensus::max_faulty(n),
             seed,
             canary,
             keys,
+            btc_keys,
             crypto,
             bridges,
-            ids,
-            signers,
+            policy: crate::bitcoin::policy(vault),
             life: 0,
-            sessions_made: 0,
             core: None,
             book: None,
-            signing: BTreeMap::new(),
-            sids: BTreeMap::new(),
-            parked: BTreeMap::new(),
-            parked_len: 0,
-            ahead: BTreeMap::new(),
+            releases: None,
+            evm: None,
+            btc: None,
+            inputs: BTreeMap::new(),
+            sighash_of: BTreeMap::new(),
             disk: Disk::default(),
             crash_at_persist: false,
             notes: Vec::new(),
             debug: std::env::var_os("SIM_DEBUG").is_some(),
             effects: Vec::new(),
+            releases_signed: 0,
         }
     }
 
-    /// Where this validator's mints stand (for a liveness failure's report).
+    /// Where this validator's mints and releases stand (for a liveness failure's report).
     pub fn describe(&self, events: &[EventId]) -> String {
         let status: Vec<String> =
             events.iter().map(|e| format!("{:?}", self.core.as_ref().map(|c| c.status(e)))).collect();
-        let sessions: Vec<String> = self
-            .signing
-            .iter()
-            .map(|(m, s)| {
-                let state = if s.session.signature().is_some() {
-                    "signed".to_string()
-                } else if s.failed_at.is_some() {
-                    "failed".to_string()
-                } else {
-                    format!("{:?}", s.session.progress().map(|p| (p.attempt.0, p.candidates.len(), p.excluded.len())))
-                };
-                format!("{}:{} leaves r{} {state}", hex::encode(&m[..4]), s.proposal.leaves.len(), s.round)
-            })
-            .collect();
+        let evm = self.evm.as_ref().map(Signer::describe).unwrap_or_default();
+        let btc = self.btc.as_ref().map(Signer::describe).unwrap_or_default();
+        let live: Vec<String> = self
+            .releases
+            .as_ref()
+            .map(|b| b.live().map(|(t, p, r)| format!("{t}:by{p}:{}payouts", r.payouts.len())).collect())
+            .unwrap_or_default();
         format!(
-            "v{} up={} life={} consensus={:?} unbatched={} parked={} sessions=[{}]",
+            "v{} up={} life={} consensus={:?} unbatched={} parked={} evm=[{}] btc=[{}] live releases=[{}]",
             self.id,
             self.is_up(),
             self.life,
             status,
             self.book.as_ref().map_or(0, MintBook::unbatched),
-            self.parked_len,
-            sessions.join(", ")
+            self.evm.as_ref().map_or(0, Signer::parked) + self.btc.as_ref().map_or(0, Signer::parked),
+            evm.join(", "),
+            btc.join(", "),
+            live.join(", ")
         )
     }
 
@@ -258,6 +255,20 @@ impl Validator {
         c
     }
 
+    fn release_config(&self) -> RConfig {
+        RConfig {
+            me: usize::from(self.id),
+            n: usize::from(self.n),
+            takeover_ms: RELEASE_TURN_MS,
+            batch_wait_ms: 1_500,
+            batch_max_wait_ms: 15_000,
+            bump_after_ms: 12_000,
+            respin_after_ms: 20_000,
+            expire_after_ms: 25_000,
+            policy: self.policy.clone(),
+        }
+    }
+
     /// Starts (or restarts) from what is on disk: nothing the first time.
     pub fn boot(&mut self, now: Millis) {
         let mut core = match Consensus::restore(
@@ -278,14 +289,30 @@ impl Validator {
         if self.canary == Some(Canary::NoOwnObservation) {
             book.set_canary(Some(btcfi_mint::Canary::NoOwnObservation));
         }
-        // What consensus certified is durable; the mint book may not have heard of it
-        // (a crash right after the write): it is fed again, as the node does at start.
+        let (mut releases, owed_releases) = ReleaseBook::restore(self.release_config(), &self.disk.releases, now);
+        releases.set_canary(match self.canary {
+            Some(Canary::IgnoreFeeBand) => Some(btcfi_release::book::Canary::IgnoreFeeBand),
+            Some(Canary::PayReorged) => Some(btcfi_release::book::Canary::PayReorged),
+            _ => None,
+        });
+        let reuse = self.canary == Some(Canary::NonceReuseAfterRestart);
+        self.evm =
+            Some(Signer::new(self.id, self.n, b"evm", self.seed, self.life, reuse, self.keys.clone(), self.debug));
+        self.btc =
+            Some(Signer::new(self.id, self.n, b"btc", self.seed, self.life, reuse, self.btc_keys.clone(), self.debug));
+        // What consensus certified is durable; the books may not have heard of it (a
+        // crash right after the write): it is fed again, as the node does at start.
         let certified: Vec<(Attestation, Certificate)> =
             core.certified().map(|(a, c)| (a.clone(), c.clone())).collect();
         self.core = Some(core);
         self.book = Some(book);
+        self.releases = Some(releases);
         self.mint_actions(owed, now);
+        self.release_actions(owed_releases, now);
         for (attestation, certificate) in certified {
+            if !self.is_up() {
+                return;
+            }
             self.certified(attestation, certificate, now);
         }
     }
@@ -294,13 +321,12 @@ impl Validator {
     pub fn crash(&mut self) {
         self.core = None;
         self.book = None;
-        self.signing.clear();
-        self.sids.clear();
-        self.parked.clear();
-        self.parked_len = 0;
-        self.ahead.clear();
+        self.releases = None;
+        self.evm = None;
+        self.btc = None;
+        self.inputs.clear();
+        self.sighash_of.clear();
         self.crash_at_persist = false;
-        self.sessions_made = 0;
         self.note(Note::Crashed);
         self.life += 1;
     }
@@ -313,28 +339,23 @@ impl Validator {
         self.mint(MInput::Consumed(event), now);
     }
 
+    /// What this validator's Bitcoin adapter reports (UTXOs and spends at depth, fee
+    /// estimates, peg-outs whose burn was reorged past finality).
+    pub fn bitcoin(&mut self, input: RInput, now: Millis) {
+        self.release(input, now);
+    }
+
     pub fn tick(&mut self, now: Millis) {
         self.consensus(CInput::Tick, now);
         self.mint(MInput::Tick, now);
-        let messages: Vec<Vec<u8>> = self.signing.keys().cloned().collect();
-        for message in messages {
-            let Some(s) = self.signing.get_mut(&message) else { continue };
-            if let Some(at) = s.failed_at {
-                if now >= at + 2 * SIGN_TIMEOUT_MS {
-                    // The next round, or the latest a peer was seen in: after a failure
-                    // every signer lands in the highest round, so rounds converge.
-                    let seen = self.ahead.keys().filter(|(m, _)| *m == message).map(|(_, r)| *r).max();
-                    let round = seen.unwrap_or(0).max(s.round + 1);
-                    let proposal = s.proposal.clone();
-                    self.begin_round(message, proposal, round, now);
-                }
-                continue;
-            }
-            let actions = s.session.handle(SInput::Tick, now);
-            self.session_actions(&message, actions, now);
-            if !self.is_up() {
-                return;
-            }
+        self.release(RInput::Tick, now);
+        if let Some(s) = self.evm.as_mut() {
+            let outs = s.tick(&self.disk.issued, now);
+            self.evm_outs(outs, now);
+        }
+        if let Some(s) = self.btc.as_mut() {
+            let outs = s.tick(&self.disk.issued, now);
+            self.btc_outs(outs, now);
         }
     }
 
@@ -353,9 +374,23 @@ impl Validator {
                 let proposer = usize::from(u16::from_be_bytes(*proposer));
                 self.mint(MInput::Proposal { from: usize::from(from), proposer, proposal }, now);
             }
+            Wire::Release(bytes) => {
+                let proposal = Proposal::decode(&bytes).map_err(|_| "release proposal undecodable")?;
+                self.release(RInput::Proposal { from: usize::from(from), proposal }, now);
+            }
             Wire::Signing(bytes) => {
                 let message = SMessage::<Suite>::decode(&bytes).map_err(|_| "signing message undecodable")?;
-                self.on_signing(from, message, now);
+                if let Some(s) = self.evm.as_mut() {
+                    let outs = s.receive(from, message, &self.disk.issued, now);
+                    self.evm_outs(outs, now);
+                }
+            }
+            Wire::BtcSigning(bytes) => {
+                let message = SMessage::<BtcSuite>::decode(&bytes).map_err(|_| "signing message undecodable")?;
+                if let Some(s) = self.btc.as_mut() {
+                    let outs = s.receive(from, message, &self.disk.issued, now);
+                    self.btc_outs(outs, now);
+                }
             }
         }
         Ok(())
@@ -402,12 +437,23 @@ impl Validator {
         }
     }
 
-    /// Tells the checker, and hands a mint to the book.
+    /// Tells the checker, and hands a mint or a peg-out to its book.
     fn certified(&mut self, attestation: Attestation, certificate: Certificate, now: Millis) {
         let request = MintRequest::of(&attestation);
+        let payout = match &attestation.kind {
+            AttestationKind::PegOut { amount, script_pubkey, .. } => Some(Payout {
+                event: attestation.event,
+                amount: *amount,
+                script: ScriptBuf::from(script_pubkey.clone()),
+            }),
+            _ => None,
+        };
         self.note(Note::Certified { attestation, certificate });
         if let Some(r) = request {
             self.mint(MInput::Certified(r), now);
+        }
+        if let Some(p) = payout {
+            self.release(RInput::Certified(p), now);
         }
     }
 
@@ -434,18 +480,20 @@ impl Validator {
                     self.effects.push(Effect::Broadcast(Wire::Batch(bytes)));
                 }
                 MAction::Sign { message, proposal } => {
-                    if !self.signing.contains_key(&message) {
-                        self.note(Note::Signing { proposal: proposal.clone() });
+                    let Some(s) = self.evm.as_mut() else { return };
+                    if !s.is_running(&message) {
+                        self.note(Note::Signing { proposal });
                         let round = self.disk.rounds.get(&message).copied().unwrap_or(0);
-                        self.begin_round(message, proposal, round, now);
+                        let outs = self.evm.as_mut().map(|s| s.start(message, round, &self.disk.issued, now));
+                        self.evm_outs(outs.unwrap_or_default(), now);
                     }
                 }
                 MAction::Abandon { message } => {
                     if self.debug {
                         eprintln!("t={now} v{} abandons {}", self.id, hex::encode(&message[..4]));
                     }
-                    if self.signing.get(&message).is_some_and(|s| s.session.signature().is_none()) {
-                        self.signing.remove(&message);
+                    if let Some(s) = self.evm.as_mut() {
+                        s.abandon(&message);
                     }
                 }
                 MAction::Relay { proposal, signature, after_ms } => {
@@ -460,171 +508,151 @@ impl Validator {
         }
     }
 
-    fn sid(&self, message: &[u8], round: u32) -> SessionId {
-        SessionId::derive_round::<Suite>(message, EPOCH.0, &self.signers, round)
+    fn release(&mut self, input: RInput, now: Millis) {
+        let Some(book) = self.releases.as_mut() else { return };
+        let actions = book.handle(input, now);
+        self.release_actions(actions, now);
     }
 
-    fn session_rng(&self, sid: &SessionId) -> ChaCha8Rng {
-        let mut h = Sha256::new();
-        h.update(b"BTCFI-SIM-NONCES");
-        h.update(self.seed.to_be_bytes());
-        h.update(self.id.to_be_bytes());
-        // The canary draws a session's nonces from the session alone: after a restart the
-        // same nonces come back.
-        if self.canary != Some(Canary::NonceReuseAfterRestart) {
-            h.update(self.life.to_be_bytes());
-            h.update(self.sessions_made.to_be_bytes());
-        }
-        h.update(sid.0);
-        ChaCha8Rng::from_seed(h.finalize().into())
-    }
-
-    fn begin_round(&mut self, message: Vec<u8>, proposal: BatchProposal, round: u32, now: Millis) {
-        if self.debug {
-            eprintln!("t={now} v{} life {} begins {} round {round}", self.id, self.life, hex::encode(&message[..4]));
-        }
-        if round > 0 {
-            self.disk.rounds.insert(message.clone(), round);
-        }
-        for r in 0..=round + ROUNDS_AHEAD {
-            let sid = self.sid(&message, r);
-            self.sids.insert(sid, (message.clone(), r));
-        }
-        let sid = self.sid(&message, round);
-        let issued: Vec<CommitmentIssued> = if self.canary == Some(Canary::NonceReuseAfterRestart) {
-            Vec::new()
-        } else {
-            self.disk.issued.iter().filter(|c| c.session == sid).copied().collect()
-        };
-        let config = SessionConfig {
-            key_package: self.keys.key_package.clone(),
-            public_key_package: self.keys.public.clone(),
-            timeout_ms: SIGN_TIMEOUT_MS,
-            max_attempts: 12,
-        };
-        self.sessions_made += 1;
-        let mut session = Session::new(config, Box::new(self.session_rng(&sid)), issued);
-        let start = SInput::Start { message: message.clone(), epoch: EPOCH.0, signers: self.signers.clone(), round };
-        let actions = session.handle(start, now);
-        self.signing.insert(message.clone(), Signing { round, session, failed_at: None, proposal });
-        self.session_actions(&message, actions, now);
-        for (from, m) in self.parked.remove(&sid).unwrap_or_default() {
-            self.parked_len = self.parked_len.saturating_sub(1);
-            if !self.is_up() {
-                return;
-            }
-            self.deliver_signing(&message, from, m, now);
-        }
-    }
-
-    fn on_signing(&mut self, from: u16, m: SMessage<Suite>, now: Millis) {
-        let sid = session_of(&m);
-        match self.sids.get(&sid).cloned() {
-            Some((message, round)) => {
-                let Some(current) = self.signing.get(&message).map(|s| s.round) else { return };
-                if round == current {
-                    self.deliver_signing(&message, from, m, now);
-                } else if round > current {
-                    // Peers in a later round: follow once f + 1 (one honest) are there.
-                    let seen = self.ahead.entry((message.clone(), round)).or_default();
-                    seen.insert(from);
-                    if seen.len() > self.f {
-                        let proposal = self.signing.get(&message).map(|s| s.proposal.clone());
-                        if let Some(proposal) = proposal {
-                            self.begin_round(message.clone(), proposal, round, now);
-                            self.deliver_signing(&message, from, m, now);
-                        }
-                    } else {
-                        self.park(sid, from, m);
-                    }
-                }
-            }
-            None => self.park(sid, from, m),
-        }
-    }
-
-    fn park(&mut self, sid: SessionId, from: u16, m: SMessage<Suite>) {
-        let from_sender: usize =
-            self.parked.values().map(|v| v.iter().filter(|(f, _)| *f == from).count()).sum::<usize>();
-        if self.parked_len >= MAX_PARKED || from_sender >= MAX_PARKED_PER_SENDER {
-            return;
-        }
-        self.parked.entry(sid).or_default().push((from, m));
-        self.parked_len += 1;
-    }
-
-    fn deliver_signing(&mut self, message: &[u8], from: u16, m: SMessage<Suite>, now: Millis) {
-        let Some(from_id) = self.ids.iter().find(|(_, v)| **v == from).map(|(k, _)| *k) else { return };
-        let Some(s) = self.signing.get_mut(message) else { return };
-        let actions = s.session.handle(SInput::Message { from: from_id, message: m }, now);
-        self.session_actions(message, actions, now);
-    }
-
-    fn session_actions(&mut self, message: &[u8], actions: Vec<SAction<Suite>>, now: Millis) {
+    fn release_actions(&mut self, actions: Vec<RAction>, now: Millis) {
         for action in actions {
             if !self.is_up() {
                 return;
             }
             match action {
-                SAction::Persist(issued) => {
-                    self.disk.issued.insert(issued);
+                RAction::Persist(change) => {
+                    self.disk.releases.apply(&change);
                     if self.persisted() {
                         return;
                     }
                 }
-                SAction::Send { to, message: m } => {
-                    let Some(&to) = self.ids.get(&to) else { continue };
-                    if let Ok(bytes) = m.encode() {
-                        self.note_commitment(&m);
-                        self.effects.push(Effect::Send { to, wire: Wire::Signing(bytes) });
+                RAction::Propose(p) => self.effects.push(Effect::Broadcast(Wire::Release(p.encode()))),
+                RAction::Sign { txid, sighashes } => {
+                    if self.inputs.contains_key(&txid) {
+                        continue;
                     }
-                }
-                SAction::Broadcast(m) => {
-                    if let Ok(bytes) = m.encode() {
-                        self.note_commitment(&m);
-                        self.effects.push(Effect::Broadcast(Wire::Signing(bytes)));
+                    let proposal = self
+                        .releases
+                        .as_ref()
+                        .and_then(|b| b.live().find(|(t, _, _)| **t == txid).map(|(_, _, p)| p.clone()));
+                    if let Some(proposal) = proposal {
+                        self.note(Note::ReleaseSigning { proposal });
                     }
-                }
-                SAction::Done(signature) => {
-                    self.note(Note::Signed { message: message.to_vec() });
-                    if let Ok(signature) = EvmSignature::from_frost(&signature) {
-                        self.mint(MInput::Signed { message: message.to_vec(), signature }, now);
-                    }
-                }
-                SAction::Failed(e) => {
                     if self.debug {
-                        eprintln!("t={now} v{} {} failed: {e}", self.id, hex::encode(&message[..4]));
+                        eprintln!("t={now} v{} signs release {txid} ({} inputs)", self.id, sighashes.len());
                     }
-                    if let Some(s) = self.signing.get_mut(message) {
-                        s.failed_at = Some(now);
+                    for (k, h) in sighashes.iter().enumerate() {
+                        self.sighash_of.insert(*h, (txid, k));
+                    }
+                    let count = sighashes.len();
+                    self.inputs.insert(txid, Inputs { sighashes: sighashes.clone(), signatures: vec![None; count] });
+                    for h in sighashes {
+                        if !self.is_up() {
+                            return;
+                        }
+                        let message = h.to_vec();
+                        let round = self.disk.rounds.get(&message).copied().unwrap_or(0);
+                        let outs = self.btc.as_mut().map(|s| s.start(message, round, &self.disk.issued, now));
+                        self.btc_outs(outs.unwrap_or_default(), now);
                     }
                 }
-                SAction::Culprit(e) => {
-                    if let Some(&culprit) = self.ids.get(&e.culprit) {
-                        self.note(Note::Culprit { culprit });
+                RAction::Abandon { txid } => {
+                    if let Some(i) = self.inputs.remove(&txid) {
+                        for h in i.sighashes {
+                            self.sighash_of.remove(&h);
+                            if let Some(s) = self.btc.as_mut() {
+                                s.abandon(&h);
+                            }
+                            // Signed again later (the release proposed again), it is a
+                            // new round: a new session, new nonces.
+                            let round = self.disk.rounds.entry(h.to_vec()).or_insert(0);
+                            *round += 1;
+                        }
                     }
                 }
-                SAction::NewAttempt { .. } | SAction::Refused { .. } => {}
+                RAction::Broadcast(tx) => self.effects.push(Effect::BtcBroadcast(tx)),
+                RAction::Count(_) => {}
+                RAction::Refused { from, txid, error } => {
+                    if self.debug {
+                        eprintln!("t={now} v{} refused release {txid} of v{from}: {error}", self.id);
+                    }
+                }
             }
         }
     }
 
-    fn note_commitment(&mut self, m: &SMessage<Suite>) {
-        if let SMessage::Commitment { session, attempt, commitments } = m
-            && let Ok(bytes) = commitments.serialize()
-        {
-            self.note(Note::Commitment { session: *session, attempt: attempt.0, bytes });
+    /// Carries out a signer's outputs in order; stops at a crash.
+    fn signer_outs<C: Ciphersuite>(
+        &mut self,
+        outs: Vec<Out<C>>,
+        wire: fn(Vec<u8>) -> Wire,
+        now: Millis,
+    ) -> Vec<(Vec<u8>, frost_core::Signature<C>)> {
+        let mut done = Vec::new();
+        for out in outs {
+            if !self.is_up() {
+                break;
+            }
+            match out {
+                Out::Persist(issued) => {
+                    self.disk.issued.insert(issued);
+                    if self.persisted() {
+                        break;
+                    }
+                }
+                Out::Round { message, round } => {
+                    self.disk.rounds.insert(message, round);
+                }
+                Out::Send { to, bytes } => self.effects.push(Effect::Send { to, wire: wire(bytes) }),
+                Out::Broadcast(bytes) => self.effects.push(Effect::Broadcast(wire(bytes))),
+                Out::Commitment { session, attempt, bytes } => self.note(Note::Commitment { session, attempt, bytes }),
+                Out::Done { message, signature } => {
+                    self.note(Note::Signed { message: message.clone() });
+                    done.push((message, signature));
+                }
+                Out::Culprit(culprit) => self.note(Note::Culprit { culprit }),
+                Out::Shared { message } => {
+                    if let Ok(hash) = <[u8; 32]>::try_from(message.as_slice())
+                        && let Some(&(txid, _)) = self.sighash_of.get(&hash)
+                    {
+                        self.release(RInput::Shared { txid }, now);
+                        if !self.is_up() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    fn evm_outs(&mut self, outs: Vec<Out<Suite>>, now: Millis) {
+        for (message, signature) in self.signer_outs(outs, Wire::Signing, now) {
+            if !self.is_up() {
+                return;
+            }
+            if let Ok(signature) = EvmSignature::from_frost(&signature) {
+                self.mint(MInput::Signed { message, signature }, now);
+            }
         }
     }
-}
 
-/// The session a signing message belongs to.
-pub fn session_of(m: &SMessage<Suite>) -> SessionId {
-    match m {
-        SMessage::Commitment { session, .. }
-        | SMessage::SigningPackage { session, .. }
-        | SMessage::Share { session, .. }
-        | SMessage::NewAttempt { session, .. }
-        | SMessage::Signature { session, .. } => *session,
+    fn btc_outs(&mut self, outs: Vec<Out<BtcSuite>>, now: Millis) {
+        for (message, signature) in self.signer_outs(outs, Wire::BtcSigning, now) {
+            if !self.is_up() {
+                return;
+            }
+            let Ok(hash) = <[u8; 32]>::try_from(message.as_slice()) else { continue };
+            let Some(&(txid, k)) = self.sighash_of.get(&hash) else { continue };
+            let Ok(sig) = btcfi_signer::btc::schnorr_signature(&signature) else { continue };
+            let Some(inputs) = self.inputs.get_mut(&txid) else { continue };
+            if let Some(slot) = inputs.signatures.get_mut(k) {
+                *slot = Some(sig);
+            }
+            if let Some(all) = inputs.signatures.iter().copied().collect::<Option<Vec<_>>>() {
+                self.releases_signed += 1;
+                self.release(RInput::Signed { txid, signatures: all }, now);
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Planted bugs, each behind a test-only switch: the simulation must catch each within
-//! 200 seeds, and print the seed that did.
+//! Planted bugs, each behind a test-only switch (quorum one below q, no own
+//! observation, nonce reuse after a restart, the fee band ignored, a reorged peg-out
+//! still paid): the simulation must catch each within 200 seeds, and print the seed
+//! that did.
 
 use btcfi_sim::{Canary, Setup, run};
 
@@ -35,4 +37,18 @@ fn nonce_reuse_after_a_restart_is_caught() {
     let (seed, why) = caught(Canary::NonceReuseAfterRestart);
     println!("NonceReuseAfterRestart caught by seed {seed}: {why}");
     assert!(why.contains("nonce commitment issued twice"), "{why}");
+}
+
+#[test]
+fn a_signer_ignoring_the_fee_band_is_caught() {
+    let (seed, why) = caught(Canary::IgnoreFeeBand);
+    println!("IgnoreFeeBand caught by seed {seed}: {why}");
+    assert!(why.contains("in fees"), "{why}");
+}
+
+#[test]
+fn a_reorged_peg_out_still_paid_is_caught() {
+    let (seed, why) = caught(Canary::PayReorged);
+    println!("PayReorged caught by seed {seed}: {why}");
+    assert!(why.contains("reorged out past finality"), "{why}");
 }

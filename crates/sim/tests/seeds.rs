@@ -25,7 +25,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn describe(r: &Report) -> String {
     format!(
-        "seed {} n={}: {} steps, {} delivered, {} dropped, {}/{} final deposits minted ({} deposits), {} crashes, {} byzantine, {} certifications, {} signatures, {} culprits, {} evidence, {} reverts, {} undecodable, {} ms, trace {}",
+        "seed {} n={}: {} steps, {} delivered, {} dropped, {}/{} final deposits minted ({} deposits), {} crashes, {} byzantine, {} certifications, {} signatures, {} culprits, {} evidence, {} reverts, {} undecodable, {}/{} payable peg-outs paid ({} burns) by {} releases ({} sat fees, {} replaced, {} refused, {} reorgs), {} ms, trace {}",
         r.seed,
         r.n,
         r.steps,
@@ -42,6 +42,14 @@ fn describe(r: &Report) -> String {
         r.evidence,
         r.reverts,
         r.undecodable,
+        r.paid,
+        r.payable_burns,
+        r.burns,
+        r.releases,
+        r.vault_fees,
+        r.btc_replaced,
+        r.btc_refused,
+        r.btc_reorgs,
         r.sim_ms,
         &r.trace[..16]
     )
@@ -93,8 +101,11 @@ fn every_seed_keeps_safety_and_mints_every_final_deposit() {
     let culprits: u64 = reports.iter().map(|r| r.culprits).sum();
     let evidence: u64 = reports.iter().map(|r| r.evidence).sum();
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
+    let paid: usize = reports.iter().map(|r| r.paid).sum();
+    let releases: u64 = reports.iter().map(|r| r.releases).sum();
+    let reorgs: u64 = reports.iter().map(|r| r.btc_reorgs).sum();
     println!(
-        "{} seeds in {:.1} s ({:.0} seeds/min on {threads} threads): {delivered} messages delivered, {minted} mints, {crashes} crashes, {culprits} culprits named, {evidence} equivocations proven",
+        "{} seeds in {:.1} s ({:.0} seeds/min on {threads} threads): {delivered} messages delivered, {minted} mints, {paid} peg-outs paid by {releases} releases, {reorgs} tip reorgs, {crashes} crashes, {culprits} culprits named, {evidence} equivocations proven",
         reports.len(),
         elapsed.as_secs_f64(),
         reports.len() as f64 / elapsed.as_secs_f64() * 60.0
@@ -103,6 +114,8 @@ fn every_seed_keeps_safety_and_mints_every_final_deposit() {
     assert!(crashes > seeds / 4, "crashes happened in few runs: {crashes}");
     assert!(culprits > 0 && evidence > 0, "bad shares and equivocations were caught");
     assert_eq!(minted, reports.iter().map(|r| r.final_deposits).sum::<usize>());
+    assert!(paid >= reports.iter().map(|r| r.payable_burns).sum::<usize>(), "every payable peg-out paid");
+    assert!(reorgs > 0 && releases > 0, "releases confirmed through tip reorgs");
 }
 
 #[test]
