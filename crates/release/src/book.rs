@@ -137,6 +137,8 @@ pub enum Change {
     Spent { tx: Transaction, paid: Vec<EventId> },
     /// A vault spend left the chain.
     Unspent { txid: Txid },
+    /// A certified peg-out's burn left the canonical chain past finality: never paid.
+    Reorged(EventId),
 }
 
 /// What the book counts (its driver maps them to metrics).
@@ -206,6 +208,7 @@ struct Held {
 pub struct Persisted {
     live: BTreeMap<Txid, Held>,
     spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    reorged: BTreeSet<EventId>,
 }
 
 impl Persisted {
@@ -235,6 +238,9 @@ impl Persisted {
             }
             Change::Unspent { txid } => {
                 self.spends.remove(txid);
+            }
+            Change::Reorged(e) => {
+                self.reorged.insert(*e);
             }
         }
     }
@@ -298,6 +304,7 @@ impl ReleaseBook {
         let mut book = Self::new(config);
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
+        book.reorged = persisted.reorged.clone();
         for (txid, Held { proposer, proposal, at, signatures, shared }) in &persisted.live {
             book.live.insert(
                 *txid,
@@ -313,6 +320,8 @@ impl ReleaseBook {
             );
             match signatures {
                 Some(s) => out.push(Action::Broadcast(finalize(&proposal.tx, s))),
+                // It pays a peg-out reorged away: its withdrawal supersedes it.
+                None if proposal.payouts.iter().any(|p| book.reorged.contains(p)) => {}
                 None => {
                     if let Ok(sighashes) = crate::sighashes(&proposal.tx, &proposal.prevouts) {
                         out.push(Action::Sign { txid: *txid, sighashes });
@@ -584,14 +593,20 @@ impl ReleaseBook {
     }
 
     fn on_reorged(&mut self, e: EventId, now: Millis, out: &mut Vec<Action>) {
-        if !self.reorged.insert(e) || self.canary_is("reorg") {
+        if self.canary_is("reorg") || !self.reorged.insert(e) {
             return;
         }
+        // Durable, so that a restart does not sign again what pays it.
+        out.push(Action::Persist(Change::Reorged(e)));
         // Each live release not yet on chain that pays it is withdrawn: the same
-        // transaction on every honest validator.
+        // transaction on every honest validator. One still unsigned is no longer signed
+        // here (it stays held: its inputs are the withdrawal's).
         let mut withdrawals = Vec::new();
-        for l in self.live.values() {
+        for (txid, l) in &self.live {
             if l.proposal.payouts.contains(&e) {
+                if l.signatures.is_none() {
+                    out.push(Action::Abandon { txid: *txid });
+                }
                 let withdrawn: BTreeSet<EventId> =
                     l.proposal.payouts.iter().copied().filter(|p| self.reorged.contains(p)).collect();
                 if let Ok(w) = withdraw(&l.proposal, &withdrawn, &self.config.policy) {
@@ -1108,6 +1123,34 @@ mod tests {
             signs(&books[3].handle(Input::Proposal { from: 0, proposal: merged }, t0 + 10)),
             "the other side signs it"
         );
+    }
+
+    /// Told a peg-out was reorged away, a book stops signing the unsigned release that
+    /// pays it and, restarted, does not sign it again.
+    #[test]
+    fn a_restarted_book_never_signs_again_a_release_paying_a_peg_out_reorged_away() {
+        let mut b = books().remove(1);
+        let at = turn_of(0, 10_000);
+        let p = proposals(&books()[0].handle(Input::Tick, at)).pop().expect("proposed");
+        let mut persisted = Persisted::default();
+        let keep = |acts: Vec<Action>, persisted: &mut Persisted| {
+            for a in &acts {
+                if let Action::Persist(c) = a {
+                    persisted.apply(c);
+                }
+            }
+            acts
+        };
+        assert!(signs(&keep(b.handle(Input::Proposal { from: 0, proposal: p.clone() }, at + 10), &mut persisted)));
+        let gone = p.payouts[0];
+        let acts = keep(b.handle(Input::Reorged(gone), at + 20), &mut persisted);
+        assert!(acts.contains(&Action::Abandon { txid: p.txid() }), "{acts:?}");
+        let (_, owed) = ReleaseBook::restore(config(1), &persisted, at + 30);
+        let again = owed.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == p.txid()));
+        assert!(!again, "a restart signs what pays a reorged peg-out: {owed:?}");
+        // What it still signs is the withdrawal, which does not pay it.
+        let (restored, _) = ReleaseBook::restore(config(1), &persisted, at + 30);
+        assert!(restored.live().all(|(t, _, l)| *t == p.txid() || !l.payouts.contains(&gone)));
     }
 
     #[test]

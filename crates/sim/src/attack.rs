@@ -3,7 +3,7 @@
 //! honest signer may sign, corrupt their signature shares, replay and spam.
 
 use crate::node::{self, BtcSuite, Suite, Wire};
-use crate::{AttestationKind, CHAINS, Millis, World};
+use crate::{AttestationKind, CHAINS, World};
 use ::bitcoin::{OutPoint, ScriptBuf};
 use btcfi_consensus::{Message as CMessage, ValidatorIndex, Vote};
 use btcfi_mint::BatchProposal;
@@ -101,19 +101,12 @@ impl World {
         }
     }
 
-    /// A release proposal no honest signer may sign: over the fee band (at any time, in
-    /// its turn too), or one spending every free UTXO or an honest-looking one, sent out
-    /// of its turn.
-    ///
-    /// Not attempted yet: a valid release sent at the edge of its turn, which signers
-    /// judge in turn or not depending on when they process it. Signers that took it then
-    /// hold it live while the others refuse it and what conflicts with it, and the book
-    /// does not yet recover from that split (it needs live releases that were never
-    /// shared to expire, and holders to re-send them).
+    /// A release proposal: over the fee band (no honest signer may sign it), spending
+    /// every free UTXO, or an honest-looking one, at any time: mostly out of its turn,
+    /// sometimes in it or at its edge, where signers judge it in turn or not depending on
+    /// when they process it, so that some hold it live while the others refuse it (the
+    /// split a superseding release's merge and the expiry of unshared releases mend).
     fn bad_release(&mut self, node: u16, others: &[u16]) {
-        let turn = |at: Millis| (at / node::RELEASE_TURN_MS % u64::from(self.n)) as u16;
-        let margin = node::RELEASE_TURN_MS;
-        let near_turn = [self.now.saturating_sub(margin), self.now, self.now + margin].iter().any(|t| turn(*t) == node);
         let payouts: Vec<Payout> = self
             .burns
             .iter()
@@ -140,7 +133,6 @@ impl World {
         let est = self.fee_estimate;
         let proposal = match self.rng.gen_range(0..3) {
             0 => build_fundable(&free, &payouts, est * DEFAULT_MAX_FEE_MULTIPLE * 3 + 5, &policy),
-            _ if near_turn => return,
             1 => build_with(&free, &[], &payouts, est, &policy),
             _ => build_fundable(&free, &payouts, est, &policy),
         };
