@@ -14,21 +14,21 @@ use alloy::{
     primitives::{Address, B256, Bytes, U256, hex, keccak256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::{TransactionReceipt, TransactionRequest},
-    sol_types::{SolCall, SolError, SolEvent, SolEventInterface, SolValue},
+    sol_types::{SolCall, SolError, SolEvent, SolEventInterface, SolInterface, SolValue},
 };
 use bitcoin::{
     PubkeyHash, ScriptBuf, ScriptHash, WPubkeyHash, WScriptHash, WitnessProgram, WitnessVersion, hashes::Hash,
 };
 use btcfi_chain_adapters::evm::bindings::{
     IBridge::{self, IBridgeErrors, IBridgeInstance},
-    IWrappedBTC::{self, IWrappedBTCInstance},
+    IWrappedBTC::{self, IWrappedBTCErrors, IWrappedBTCInstance},
 };
 use btcfi_signer::evm::{
     EvmSignature, batch_message, merkle_proofs, merkle_root, mint_leaf, mint_message, rotate_message,
 };
 use btcfi_testkit::{
     Anvil,
-    contracts::{BridgeConfig, Deployed, KeyedBridge, abi_json, deploy_bridge, deploy_bridge_with},
+    contracts::{BridgeConfig, Deployed, KeyedBridge, abi_json, bytecode, deploy_bridge, deploy_bridge_with},
     frost::{DealerKey, TestRng},
 };
 use std::collections::BTreeSet;
@@ -122,15 +122,16 @@ async fn send<D: alloy::contract::CallDecoder>(
     receipt
 }
 
-/// Requires that sending `call` reverts with `expected` (gas estimation already sees it).
-async fn reverts<D: alloy::contract::CallDecoder>(
+/// Requires that sending `call` reverts with `expected` (gas estimation already sees it):
+/// a bridge error, or one of the token's that the bridge passes on.
+async fn reverts<D: alloy::contract::CallDecoder, E: SolInterface + std::fmt::Debug + PartialEq>(
     call: alloy::contract::CallBuilder<&DynProvider, D>,
-    expected: IBridgeErrors,
+    expected: E,
 ) {
     match call.send().await {
         Ok(pending) => panic!("expected revert {expected:?}, but the transaction was sent: {:?}", pending.tx_hash()),
         Err(e) => {
-            let got = e.as_decoded_interface_error::<IBridgeErrors>();
+            let got = e.as_decoded_interface_error::<E>();
             assert_eq!(got.as_ref(), Some(&expected), "expected revert {expected:?}, got {e}");
         }
     }
@@ -549,10 +550,17 @@ async fn burns_need_no_approval_and_share_one_nonce_sequence() {
     reverts(as_user.burnToChain(56, Address::ZERO, 1), IBridgeErrors::InvalidRecipient(IBridge::InvalidRecipient {}))
         .await;
     // More than the balance: the token refuses (an ERC-6093 error outside IBridge).
-    let too_much = as_user.burnToBitcoin(1_000_000, script.clone()).send().await;
-    assert!(too_much.is_err(), "burning more than the balance must revert");
+    let short = |sender: Address, balance: u64, needed: u64| {
+        IWrappedBTCErrors::ERC20InsufficientBalance(IWrappedBTC::ERC20InsufficientBalance {
+            sender,
+            balance: U256::from(balance),
+            needed: U256::from(needed),
+        })
+    };
+    reverts(as_user.burnToBitcoin(1_000_000, script.clone()), short(user, 100_000 - 10_000, 1_000_000)).await;
     // Someone without tokens cannot burn anyone else's.
-    assert!(f.bridge(RELAYER).burnToChain(56, dest, 1).send().await.is_err());
+    let relayer = f.anvil.dev_address(RELAYER);
+    reverts(f.bridge(RELAYER).burnToChain(56, dest, 1), short(relayer, 0, 1)).await;
     assert_eq!(as_user.burnNonce().call().await.unwrap(), 3);
 }
 
@@ -642,9 +650,20 @@ async fn burn_to_bitcoin_needs_the_peg_out_fee_plus_the_dust_limit_of_its_templa
     }
     // A fee above all bitcoin there is (21e6 BTC) is a deployment mistake.
     let absurd = BridgeConfig { peg_out_fee: 2_100_000_000_000_001, known_chains: vec![] };
+    let mut code = bytecode("Bridge").unwrap();
+    code.extend_from_slice(
+        &(f.anvil.dev_address(GUARDIAN), absurd.peg_out_fee, absurd.known_chains.clone()).abi_encode_params(),
+    );
     let deployed =
-        deploy_bridge_with(&f.anvil.url(), &f.anvil.dev_key(DEPLOYER), f.anvil.dev_address(GUARDIAN), &absurd).await;
-    assert!(deployed.is_err(), "a peg-out fee above MAX_MONEY must not deploy");
+        wallet(&f.anvil, DEPLOYER).send_transaction(TransactionRequest::default().with_deploy_code(code)).await;
+    let refusal =
+        deployed.as_ref().err().and_then(|e| e.as_error_resp()?.as_decoded_interface_error::<IBridgeErrors>());
+    assert_eq!(
+        refusal,
+        Some(IBridgeErrors::InvalidAmount(IBridge::InvalidAmount {})),
+        "a peg-out fee above MAX_MONEY must not deploy: {:?}",
+        deployed.map(|p| *p.tx_hash())
+    );
 }
 
 #[tokio::test]

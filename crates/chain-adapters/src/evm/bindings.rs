@@ -20,6 +20,8 @@ alloy::sol! {
         function allowance(address owner, address spender) external view returns (uint256);
         function transferFrom(address from, address to, uint256 value) external returns (bool);
         function bridge() external view returns (address);
+        error NotBridge();
+        error ERC20InsufficientBalance(address sender, uint256 balance, uint256 needed);
     }
 
     /// The bridge: mints on a FROST(secp256k1, SHA-256) signature by the group key,
