@@ -50,9 +50,11 @@ enum Command {
     Run {
         #[command(flatten)]
         home: HomeArg,
-        /// Testing only: misbehave on purpose (invalid-signature-shares,
+        /// Testing only, in builds with the `test-faults` feature (never a release
+        /// binary): misbehave on purpose (invalid-signature-shares,
         /// withhold-signature-shares, silent-on-mints, split-release-proposals,
-        /// greedy-fee-proposals, out-of-turn-proposals).
+        /// greedy-fee-proposals, out-of-turn-proposals, no-payment-bound).
+        #[cfg(feature = "test-faults")]
         #[arg(long, hide = true)]
         test_fault: Option<String>,
     },
@@ -208,20 +210,16 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
             eprintln!("config ok");
             Ok(())
         }
-        Command::Run { home, test_fault } => {
+        Command::Run {
+            home,
+            #[cfg(feature = "test-faults")]
+            test_fault,
+        } => {
             let cfg = load(&home.home)?;
-            use btcfi_node::{signing::SigningFault, threshold::ReleaseFault};
-            let (signing, release) = match test_fault.as_deref() {
-                None => (None, None),
-                Some("invalid-signature-shares") => (Some(SigningFault::InvalidShares), None),
-                Some("withhold-signature-shares") => (Some(SigningFault::WithholdShares), None),
-                Some("silent-on-mints") => (Some(SigningFault::SilentOnMints), None),
-                Some("split-release-proposals") => (None, Some(ReleaseFault::SplitProposals)),
-                Some("greedy-fee-proposals") => (None, Some(ReleaseFault::GreedyFee)),
-                Some("out-of-turn-proposals") => (None, Some(ReleaseFault::OutOfTurn)),
-                Some(other) => bail!("--test-fault {other}: unknown fault"),
-            };
-            let faults = btcfi_node::threshold::Faults { signing, release };
+            #[cfg(feature = "test-faults")]
+            let faults = test_faults(test_fault.as_deref())?;
+            #[cfg(not(feature = "test-faults"))]
+            let faults = btcfi_node::threshold::Faults::default();
             init_tracing(cli.log_format.unwrap_or(cfg.log.format), &cfg.log.filter);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {
@@ -336,4 +334,22 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The misbehaviour `--test-fault` names (builds with the `test-faults` feature only).
+#[cfg(feature = "test-faults")]
+fn test_faults(name: Option<&str>) -> eyre::Result<btcfi_node::threshold::Faults> {
+    use btcfi_node::{signing::SigningFault, threshold::ReleaseFault};
+    let (signing, release) = match name {
+        None => (None, None),
+        Some("invalid-signature-shares") => (Some(SigningFault::InvalidShares), None),
+        Some("withhold-signature-shares") => (Some(SigningFault::WithholdShares), None),
+        Some("silent-on-mints") => (Some(SigningFault::SilentOnMints), None),
+        Some("split-release-proposals") => (None, Some(ReleaseFault::SplitProposals)),
+        Some("greedy-fee-proposals") => (None, Some(ReleaseFault::GreedyFee)),
+        Some("out-of-turn-proposals") => (None, Some(ReleaseFault::OutOfTurn)),
+        Some("no-payment-bound") => (None, Some(ReleaseFault::NoPaymentBound)),
+        Some(other) => bail!("--test-fault {other}: unknown fault"),
+    };
+    Ok(btcfi_node::threshold::Faults { signing, release })
 }

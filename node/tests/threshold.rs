@@ -534,6 +534,46 @@ async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_again() {
+    let (net, burn, release, payee) = restored_after_a_payment(None).await;
+    // Longer than every validator's turn to propose (2 s + 3 × takeover of 4 s), with blocks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while tokio::time::Instant::now() < deadline {
+        let received = net.btc.rpc({
+            let payee = payee.clone();
+            move |c| c.get_received_by_address(&payee, Some(0))
+        });
+        assert_eq!(received.await.unwrap(), Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once, never again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for &i in &[0usize, 1, 2] {
+        let n = &net.nodes[i];
+        assert_eq!(n.metric("btcfi_releases_pending", ""), 0.0, "{}: nothing left to pay", n.name);
+        let v = n.get(&format!("/v1/attestations/{burn}")).unwrap();
+        assert!(v["release"].is_null() || v["release"]["txid"] == release.as_str(), "{}: {v}", n.name);
+    }
+}
+
+/// The negative control of the test above: the same restore with the payment bound off
+/// (the vault's payments on chain not counted) pays the peg-out a second time, so what
+/// the test above shows is the bound's work, not a lack of time or of signers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_payment_bound_validators_restored_from_backups_pay_again() {
+    let (net, _, _, payee) = restored_after_a_payment(Some("no-payment-bound")).await;
+    let twice = Amount::from_sat(2 * (400_000 - PEG_OUT_FEE));
+    wait_until("the peg-out paid a second time", Duration::from_secs(90), || async {
+        let payee = payee.clone();
+        let received = net.btc.rpc(move |c| c.get_received_by_address(&payee, Some(0))).await.ok()?;
+        (received == twice).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Three validators (t of them) backed up before a peg-out is paid, then restored from
+/// those backups after it was, running with `fault`; returns when each has certified
+/// the burn again and seen the vault's spend on chain: the network, the burn, the
+/// release that paid it, and the payee.
+async fn restored_after_a_payment(fault: Option<&str>) -> (Net, String, String, bitcoin::Address) {
     let mut net = network([None; 4]).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
@@ -576,6 +616,7 @@ async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_agai
         let data = n.home.path().join("data");
         std::fs::remove_dir_all(&data).unwrap();
         std::fs::rename(n.home.path().join("backup-before-peg-out"), &data).unwrap();
+        n.fault = fault.map(str::to_owned);
         n.start();
     }
     for &i in &restored {
@@ -596,22 +637,7 @@ async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_agai
         .await
         .unwrap();
     }
-    // Longer than every validator's turn to propose (2 s + 3 × takeover of 4 s), with blocks.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
-    while tokio::time::Instant::now() < deadline {
-        let received = net.btc.rpc({
-            let payee = payee.clone();
-            move |c| c.get_received_by_address(&payee, Some(0))
-        });
-        assert_eq!(received.await.unwrap(), Amount::from_sat(400_000 - PEG_OUT_FEE), "paid once, never again");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    for &i in &restored {
-        let n = &net.nodes[i];
-        assert_eq!(n.metric("btcfi_releases_pending", ""), 0.0, "{}: nothing left to pay", n.name);
-        let v = n.get(&format!("/v1/attestations/{burn}")).unwrap();
-        assert!(v["release"].is_null() || v["release"]["txid"] == release.as_str(), "{}: {v}", n.name);
-    }
+    (net, burn, release, payee)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
