@@ -140,6 +140,8 @@ struct Summary {
     seeds: u64,
     events: u64,
     live_events: u64,
+    /// Events whose observation >= q honest adapters reported identically (the plan).
+    planned_live: u64,
     certifications: u64,
     delivered: u64,
     dropped: u64,
@@ -156,6 +158,7 @@ impl Summary {
         self.seeds += o.seeds;
         self.events += o.events;
         self.live_events += o.live_events;
+        self.planned_live += o.planned_live;
         self.certifications += o.certifications;
         self.delivered += o.delivered;
         self.dropped += o.dropped;
@@ -785,7 +788,44 @@ impl Sim {
                 ));
             }
         }
-        // LIVENESS: a digest voted by >= q honest nodes is certified by each of them.
+        // LIVENESS from the plan, not from the cores: every observation that at least q
+        // honest nodes' adapters report identically (and still report after a restart)
+        // is certified by each of them, whether or not their cores voted.
+        for plan in &self.plans {
+            let event = plan.canonical.event;
+            let mut reporting: BTreeMap<Digest, (usize, Vec<u16>)> = BTreeMap::new();
+            for (node, h) in &self.honest {
+                let (att, prompt) = match &plan.views[node] {
+                    View::At { att, .. } => (att, true),
+                    View::Missed { att } => (att, false),
+                    View::Never => continue,
+                };
+                if h.restarted && plan.after_restart[node] != *att {
+                    continue;
+                }
+                let e = reporting.entry(att.digest()).or_default();
+                e.0 += usize::from(prompt);
+                e.1.push(*node);
+            }
+            for (digest, (prompt, nodes)) in reporting {
+                if prompt < self.q {
+                    continue;
+                }
+                self.stats.planned_live += 1;
+                for node in nodes {
+                    let core = self.honest[&node].core.as_ref().expect("up");
+                    if core.certificate(&event).map(|c| c.digest) != Some(digest) {
+                        self.fail(format!(
+                            "LIVENESS: node {node}'s adapters reported {digest} for {event} ({:?}), as did >= q honest \
+                             nodes', but it ended {:?}",
+                            plan.kind,
+                            core.status(&event)
+                        ));
+                    }
+                }
+            }
+        }
+        // And a digest voted by >= q honest nodes is certified by each of them.
         for plan in &self.plans {
             let event = plan.canonical.event;
             self.stats.events += 1;
@@ -833,6 +873,7 @@ fn run_range(n: u16) {
         }
     };
     let mut total = Summary::default();
+    let seeds_run = seeds.clone();
     for seed in seeds {
         let result = std::panic::catch_unwind(|| run_seed(seed));
         match result {
@@ -843,13 +884,28 @@ fn run_range(n: u16) {
             ),
         }
     }
+    // The run exercised what it claims: live events, certifications, and every fault.
+    if !seeds_run.is_empty() {
+        assert_eq!(total.seeds, seeds_run.len() as u64);
+        assert!(total.planned_live > 0 && total.certifications >= total.planned_live, "n={n}: {total:?}");
+        if seeds_run.len() >= 50 {
+            let faults =
+                [total.dropped, total.equivocations, total.reobserved, total.restarts, total.refused_second_digest];
+            assert!(
+                faults.iter().all(|f| *f > 0),
+                "n={n}: a fault never happened in {} seeds: {total:?}",
+                seeds_run.len()
+            );
+        }
+    }
     println!(
-        "sim n={n}: {} seeds, {} events ({} with >= q identical honest observations), {} certifications, {} messages \
+        "sim n={n}: {} seeds, {} events ({} with >= q identical honest observations, {} planned so), {} certifications, {} messages \
          delivered ({} dropped, {} undecodable), {} equivocations caught, {} re-observations, {} restarts, {} second \
          digests refused, {} network disagreements, {:.1} s",
         total.seeds,
         total.events,
         total.live_events,
+        total.planned_live,
         total.certifications,
         total.delivered,
         total.dropped,
