@@ -324,7 +324,7 @@ fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<Value>,
     // The threshold signature (mints) and what this node did with it.
     v["signature"] = Value::Null;
     if let Some(sig) =
-        s.store.get_json::<crate::threshold::SignedRecord>(Cf::SigningAttempts, crate::threshold::signed_key(id))?
+        s.store.get_json::<crate::records::SignedRecord>(Cf::SigningAttempts, crate::records::signed_key(id))?
     {
         v["status"] = json!("signed");
         v["signature"] = json!({"rx": sig.rx, "ry": sig.ry, "z": sig.z});
@@ -345,12 +345,12 @@ fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<Value>,
             v["relay"] = json!(r);
         }
     }
-    if let Some(u) = s.store.get_json::<Value>(Cf::Releases, crate::threshold::unpayable_key(id))? {
+    if let Some(u) = s.store.get_json::<Value>(Cf::Releases, crate::records::unpayable_key(id))? {
         v["status"] = json!("unpayable");
         v["unpayable_reason"] = u["reason"].clone();
     }
-    if let Ok(Some(r)) = crate::threshold::Threshold::release_of(&s.store, id) {
-        if r.status == crate::threshold::ReleaseStatus::Confirmed {
+    if let Ok(Some(r)) = crate::records::release_of(&s.store, id) {
+        if r.status == crate::records::ReleaseStatus::Confirmed {
             v["status"] = json!("paid");
         } else {
             v["status"] = json!("releasing");

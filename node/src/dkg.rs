@@ -29,7 +29,7 @@ use crate::{
     crypto::SetVerifier,
     identity,
     keys::{self, KeyKind, StoredKey},
-    run::ValidatorSet,
+    validators::{ValidatorSet, identifier, index_of},
 };
 use btcfi_consensus::VoteVerifier;
 use btcfi_p2p::{Keypair, MessageKind, NetworkEvent, NetworkHandle, PeerId};
@@ -80,17 +80,6 @@ fn round2_signed_bytes(epoch: u64, tag: u8, from: usize, to: usize, message: &[u
 pub enum DkgFault {
     /// Send each round-2 recipient the share made for another one.
     SwapRound2Shares,
-}
-
-/// The identifier of validator `index` (0-based config position) in FROST: index + 1.
-pub fn identifier<C: Ciphersuite>(index: usize) -> eyre::Result<Identifier<C>> {
-    let i = u16::try_from(index + 1)?;
-    Identifier::try_from(i).map_err(|e| eyre!("validator index {index}: {e}"))
-}
-
-/// The validator index of a FROST identifier, if it is one of the set's.
-pub fn index_of<C: Ciphersuite>(id: &Identifier<C>, n: usize) -> Option<usize> {
-    (0..n).find(|i| identifier::<C>(*i).ok().as_ref() == Some(id))
 }
 
 struct Side<C: Ciphersuite> {

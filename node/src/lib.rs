@@ -17,9 +17,11 @@ pub mod keys;
 pub mod metrics;
 pub mod relay;
 pub use btcfi_release as release;
+pub mod pipeline;
+pub mod records;
 pub mod run;
 pub mod signing;
 pub mod state;
-pub mod threshold;
+pub mod validators;
 
 pub use config::{LogFormat, NodeConfig};

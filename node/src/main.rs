@@ -219,7 +219,7 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
             #[cfg(feature = "test-faults")]
             let faults = test_faults(test_fault.as_deref())?;
             #[cfg(not(feature = "test-faults"))]
-            let faults = btcfi_node::threshold::Faults::default();
+            let faults = btcfi_node::pipeline::Faults::default();
             init_tracing(cli.log_format.unwrap_or(cfg.log.format), &cfg.log.filter);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {
@@ -338,8 +338,8 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
 
 /// The misbehaviour `--test-fault` names (builds with the `test-faults` feature only).
 #[cfg(feature = "test-faults")]
-fn test_faults(name: Option<&str>) -> eyre::Result<btcfi_node::threshold::Faults> {
-    use btcfi_node::{signing::SigningFault, threshold::ReleaseFault};
+fn test_faults(name: Option<&str>) -> eyre::Result<btcfi_node::pipeline::Faults> {
+    use btcfi_node::{pipeline::ReleaseFault, signing::SigningFault};
     let (signing, release) = match name {
         None => (None, None),
         Some("invalid-signature-shares") => (Some(SigningFault::InvalidShares), None),
@@ -351,5 +351,5 @@ fn test_faults(name: Option<&str>) -> eyre::Result<btcfi_node::threshold::Faults
         Some("no-payment-bound") => (None, Some(ReleaseFault::NoPaymentBound)),
         Some(other) => bail!("--test-fault {other}: unknown fault"),
     };
-    Ok(btcfi_node::threshold::Faults { signing, release })
+    Ok(btcfi_node::pipeline::Faults { signing, release })
 }

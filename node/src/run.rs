@@ -12,18 +12,20 @@ use crate::{
     identity,
     keys::{self, KeyKind},
     metrics::Metrics,
+    pipeline::{Faults, Pipeline},
+    records,
     state::{self, StoredEvent},
-    threshold::{self, Faults, Threshold},
+    validators::ValidatorSet,
 };
 use btcfi_chain_adapters::{
     ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, VaultSpend, bitcoin::BitcoinSource, evm::EvmSource,
 };
 use btcfi_consensus::{Action, Alert, Config as CoreConfig, Consensus, Epoch, Input, Message, ValidatorIndex};
-use btcfi_p2p::{ChainHeights, MessageKind, NetworkConfig, NetworkEvent, NetworkHandle, NetworkService, ValidatorPeer};
+use btcfi_p2p::{ChainHeights, MessageKind, NetworkEvent, NetworkHandle};
 use btcfi_store::{Batch, Cf, Store};
 use btcfi_types::ChainId;
 use eyre::{WrapErr, eyre};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -139,7 +141,7 @@ struct Ctx {
     pending_responses: BTreeMap<ValidatorIndex, btcfi_p2p::ResponseChannel>,
     catch_up_tx: mpsc::Sender<Input>,
     next_peer: usize,
-    threshold: Threshold,
+    pipeline: Pipeline,
     /// Votes each validator may send, per second with bursts, on top of the p2p
     /// layer's message and byte budgets: a vote costs a signature check here.
     vote_budget: BTreeMap<ValidatorIndex, btcfi_p2p::TokenBucket>,
@@ -198,7 +200,7 @@ impl Ctx {
                 Action::Certified { attestation, certificate } => {
                     self.metrics.certified.inc();
                     info!(target: "consensus::quorum", event = %attestation.event, digest = %certificate.digest, signers = certificate.signatures.len(), "attestation certified");
-                    self.threshold.on_certified(&attestation)?;
+                    self.pipeline.on_certified(&attestation)?;
                 }
                 Action::Equivocation(e) => {
                     self.metrics.evidence.inc();
@@ -250,7 +252,7 @@ impl Ctx {
             NetworkEvent::Request { from, kind: MessageKind::Signing, payload, channel } => {
                 let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
                 let _ = self.net.respond(channel, MessageKind::Signing, Vec::new()).await;
-                self.threshold.on_request(usize::from(idx.0), &payload)?;
+                self.pipeline.on_request(usize::from(idx.0), &payload)?;
             }
             NetworkEvent::Request { from, payload, channel, .. } => {
                 let Some(&idx) = self.index_of.get(&from) else { return Ok(()) };
@@ -269,66 +271,6 @@ impl Ctx {
             _ => {}
         }
         Ok(())
-    }
-}
-
-/// The epoch's validator set from the config, and where this node sits in it.
-#[derive(Debug, Clone)]
-pub(crate) struct ValidatorSet {
-    /// Peer ids in config order; a validator's index is its position here.
-    pub peers: Vec<PeerId>,
-    /// Names, in the same order.
-    pub names: Vec<String>,
-    /// This node's index.
-    pub own: usize,
-    addrs: Vec<ValidatorPeer>,
-}
-
-impl ValidatorSet {
-    pub fn from_config(cfg: &NodeConfig, me: PeerId) -> eyre::Result<Self> {
-        let mut peers = Vec::new();
-        let mut addrs = Vec::new();
-        for v in &cfg.validators {
-            let p: PeerId = v.peer_id.parse().map_err(|e| eyre!("validators: peer id {}: {e}", v.peer_id))?;
-            let a: Multiaddr = v.address.parse().map_err(|e| eyre!("validators: address {}: {e}", v.address))?;
-            peers.push(p);
-            addrs.push(ValidatorPeer::new(p, vec![a]));
-        }
-        let own = peers.iter().position(|p| *p == me).ok_or_else(|| {
-            eyre!(
-                "this node's identity {me} is not in the validators list: add it, or point --home at the right identity.key"
-            )
-        })?;
-        let names = cfg.validators.iter().map(|v| v.name.clone()).collect();
-        Ok(Self { peers, names, own, addrs })
-    }
-
-    /// Quorum and FROST threshold: floor(2n/3) + 1.
-    pub fn threshold(&self) -> u16 {
-        u16::try_from(self.peers.len() * 2 / 3 + 1).unwrap_or(u16::MAX)
-    }
-
-    /// `name (peer id)` of validator `i`, for messages an operator reads.
-    pub fn describe(&self, i: usize) -> String {
-        match (self.names.get(i), self.peers.get(i)) {
-            (Some(n), Some(p)) => format!("{n} ({p})"),
-            _ => format!("validator #{i}"),
-        }
-    }
-
-    /// Starts the p2p service of this epoch.
-    pub async fn start_network(
-        &self,
-        cfg: &NodeConfig,
-        keypair: libp2p::identity::Keypair,
-        registry: &prometheus::Registry,
-    ) -> eyre::Result<NetworkService> {
-        let mut net_cfg = NetworkConfig::new(keypair, vec![cfg.p2p.listen.parse()?], self.addrs.clone());
-        net_cfg.topic_prefix = format!("btcfi/epoch-{}", cfg.node.epoch);
-        net_cfg.node_version = concat!("btcfi-node/", env!("CARGO_PKG_VERSION")).to_owned();
-        net_cfg.heartbeat_interval = Duration::from_secs(5);
-        net_cfg.redial_interval = Duration::from_secs(1);
-        Ok(NetworkService::start(net_cfg, registry).await?)
     }
 }
 
@@ -463,7 +405,7 @@ pub async fn run_with(
         // A passphrase file that is exposed or unreadable: refuse to start, loudly.
         Err(e) => return Err(e.into()),
     };
-    let threshold = Threshold::new(
+    let pipeline = Pipeline::new(
         &cfg,
         store.clone(),
         metrics.clone(),
@@ -481,13 +423,13 @@ pub async fn run_with(
         pending_responses: BTreeMap::new(),
         catch_up_tx,
         next_peer: 0,
-        threshold,
+        pipeline,
         vote_budget: BTreeMap::new(),
     };
     let events = state::load_events(&store)?;
     // Events reorged out past finality are never acted on, whatever else is stored.
     let reorged = events.iter().filter(|r| r.reorged.is_some()).map(|r| r.event.id()).collect();
-    ctx.threshold.resume(reorged)?;
+    ctx.pipeline.resume(reorged)?;
 
     // Re-feed stored observations: after a crash between storing an event and voting.
     let stored: Vec<_> =
@@ -503,8 +445,8 @@ pub async fn run_with(
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 if let Err(e) = ctx.feed(&mut core, Input::Tick).await { break Err(e) }
-                if let Err(e) = ctx.threshold.tick().await { break Err(e) }
-                let (key_issues, signing) = (ctx.threshold.not_ready(), ctx.threshold.summary());
+                if let Err(e) = ctx.pipeline.tick().await { break Err(e) }
+                let (key_issues, signing) = (ctx.pipeline.not_ready(), ctx.pipeline.summary());
                 let connected = ctx.net.connected_validators().len();
                 if let Ok(mut s) = snapshot.write() {
                     s.key_issues = key_issues;
@@ -520,7 +462,7 @@ pub async fn run_with(
                 if let Err(e) = on_chain(&mut ctx, &mut core, &snapshot, update).await { break Err(e) }
             }
             Some((id, reply)) = explain_rx.recv() => {
-                let _ = reply.send(ctx.threshold.explain(&id));
+                let _ = reply.send(ctx.pipeline.explain(&id));
             }
             Some(input) = catch_up_rx.recv() => {
                 if let Err(e) = ctx.feed(&mut core, input).await { break Err(e) }
@@ -555,7 +497,7 @@ async fn on_chain(
         warn!(target: "chain::poll", chain = %u.name, error = %e, "poll failed; retrying");
     }
     if let Some(utxos) = &u.extra.utxos {
-        ctx.threshold.set_utxos(utxos);
+        ctx.pipeline.set_utxos(utxos);
     }
     if let Some((bal, n)) = u.extra.vault {
         ctx.metrics.vault_balance_sats.set(bal as i64);
@@ -581,7 +523,7 @@ async fn on_chain(
     if u.chain == ChainId::BITCOIN
         && let Some(h) = u.heads
     {
-        ctx.threshold.set_bitcoin_progress(cp.cursor.height, h.finalized);
+        ctx.pipeline.set_bitcoin_progress(cp.cursor.height, h.finalized);
     }
     // A rejected deposit worth refunding gets its refund attestation (stored with it).
     let events: Vec<ChainEvent> = u
@@ -589,7 +531,7 @@ async fn on_chain(
         .into_iter()
         .map(|ev| match ev {
             ChainEvent::Rejected(mut r) => {
-                r.refund = ctx.threshold.refund_for(&r);
+                r.refund = ctx.pipeline.refund_for(&r);
                 ChainEvent::Rejected(r)
             }
             other => other,
@@ -608,12 +550,12 @@ async fn on_chain(
         let rec = match ev {
             // The vault's own spends: the payments ledger, not events to attest.
             ChainEvent::VaultSpend(spend) => {
-                batch.put_json(Cf::Releases, threshold::onchain_key(&spend.txid), spend)?;
+                batch.put_json(Cf::Releases, records::onchain_key(&spend.txid), spend)?;
                 continue;
             }
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
                 error!(target: "chain::reorg", chain = %u.name, txid = %id.tx, "a final vault spend left the canonical chain");
-                batch.delete(Cf::Releases, threshold::onchain_key(&id.tx));
+                batch.delete(Cf::Releases, records::onchain_key(&id.tx));
                 continue;
             }
             ChainEvent::Reorged { id, block } => {
@@ -637,16 +579,16 @@ async fn on_chain(
     for ev in events {
         if let Some(att) = ev.attestation() {
             ctx.metrics.observations.inc();
-            ctx.threshold.on_final(att.event);
+            ctx.pipeline.on_final(att.event);
             observed.push(att.clone());
             continue;
         }
         match ev {
-            ChainEvent::VaultSpend(spend) => ctx.threshold.on_vault_spend(spend)?,
+            ChainEvent::VaultSpend(spend) => ctx.pipeline.on_vault_spend(spend)?,
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
-                ctx.threshold.on_vault_spend_reorged(&id.tx);
+                ctx.pipeline.on_vault_spend_reorged(&id.tx);
             }
-            ChainEvent::Reorged { id, .. } => ctx.threshold.on_reorged(id)?,
+            ChainEvent::Reorged { id, .. } => ctx.pipeline.on_reorged(id)?,
             _ => {}
         }
     }

@@ -22,7 +22,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use crate::{dkg::identifier, keys::KeyKind, metrics::Metrics};
+use crate::{keys::KeyKind, metrics::Metrics, validators::identifier};
 use btcfi_signer::session::{Action, Attempt, CommitmentIssued, Input, Message, Session, SessionConfig, SessionId};
 use btcfi_store::{Batch, Cf, Store};
 use btcfi_types::EventId;
@@ -683,7 +683,7 @@ impl<C: Ciphersuite> Suite<C> {
     }
 
     fn index(&self, id: &Identifier<C>) -> Option<usize> {
-        crate::dkg::index_of(id, self.n)
+        crate::validators::index_of(id, self.n)
     }
 
     fn encode(&self, m: &Message<C>) -> Option<Vec<u8>> {

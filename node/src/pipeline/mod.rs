@@ -1,0 +1,613 @@
+//! What happens after certification: signing with the epoch's group keys, relaying
+//! mints, and paying peg-outs from the vault.
+//!
+//! [`Pipeline`] lives in the run loop. It owns the two signing [`Suite`]s
+//! ([`signers`]), checks a fresh key with a test signature before using it, turns
+//! certified peg-ins and EVM-to-EVM attestations into mint signatures ([`mints`],
+//! batched in [`batches`]; stored, served by the API, handed to the relayer), and
+//! drives Bitcoin releases ([`releases`]). Who proposes what, and when, is
+//! [`validators`]; what it stores is [`crate::records`].
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
+use crate::{
+    batch::{BatchProposal, Leaf, TAG_BATCH, TAG_BATCH_READY, TAG_BATCH_SIGNED},
+    bridge_key::BridgeKeys,
+    config::NodeConfig,
+    keys::{self, KeyKind},
+    metrics::Metrics,
+    records::*,
+    relay::{self, BatchJob, MintJob, RelayJob},
+    release::{self, Payout, Policy, Proposal, ReleaseError, TAG_RELEASE},
+    signing::{Effect, Purpose, SigningFault, Suite, TAG_BTC, TAG_EVM, TAG_ROUND},
+};
+use alloy::primitives::Address;
+use bitcoin::{OutPoint, ScriptBuf, Txid, hashes::Hash};
+use btcfi_chain_adapters::{
+    Rejected, SpendOutput, VaultSpend,
+    bitcoin::{BitcoinSource, BtcError, MempoolVerdict, VaultUtxo},
+    evm::{BatchLeaf, BatchMintRequest, MintRequest, MintSignature},
+};
+use btcfi_p2p::{MessageKind, NetworkHandle, PeerId};
+use btcfi_signer::{
+    btc as btcsig,
+    evm::{EvmSignature, mint_message},
+    frost_secp256k1::Secp256K1Sha256 as Evm,
+    frost_secp256k1_tr::Secp256K1Sha256TR as Btc,
+    session::SessionConfig,
+};
+use btcfi_store::{Batch, Cf, Store};
+use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+mod batches;
+mod explain;
+mod mints;
+mod releases;
+mod signers;
+mod validators;
+
+use batches::*;
+use releases::*;
+use signers::*;
+
+/// The mint a peg-in or EVM-to-EVM attestation asks for: its destination chain and
+/// leaf (None for payouts).
+fn mint_of(att: &Attestation) -> Option<(ChainId, Leaf)> {
+    match att.kind {
+        AttestationKind::PegIn { dest_chain, recipient, amount }
+        | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
+            Some((dest_chain, Leaf { event: att.event, recipient, amount }))
+        }
+        AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => None,
+    }
+}
+
+/// `0x` + the 32 bytes in hex, as the records store words.
+fn word(b: &[u8; 32]) -> String {
+    format!("0x{}", hex::encode(b))
+}
+
+/// This node's own aggregated `evm` signature, in the form the bridges verify.
+fn own_evm_signature(signature: &[u8]) -> eyre::Result<EvmSignature> {
+    let sig = btcfi_signer::frost_secp256k1::Signature::deserialize(signature)
+        .map_err(|e| eyre::eyre!("own signature does not decode: {e}"))?;
+    Ok(EvmSignature::from_frost(&sig)?)
+}
+
+fn hex32(s: &str) -> eyre::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim_start_matches("0x"), &mut out)
+        .map_err(|e| eyre::eyre!("stored signature word {s}: {e}"))?;
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Deliberate misbehaviour, testing only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub signing: Option<SigningFault>,
+    pub release: Option<ReleaseFault>,
+}
+
+/// Deliberate misbehaviour of a release proposer, testing only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseFault {
+    /// Send each fresh proposal as two releases with different inputs for the same
+    /// peg-outs, each to a minority of the validators (an equivocating proposer).
+    SplitProposals,
+    /// Propose at once (whatever the turn) at ten times the honest fee rate.
+    GreedyFee,
+    /// Propose at once at the honest fee rate, whatever the turn and whatever is
+    /// promised already (from the smallest vault UTXO).
+    OutOfTurn,
+    /// The payment bound off: the vault's final payments on chain are not counted
+    /// against the certified peg-outs (the negative control of the tests that a
+    /// restored database never pays again).
+    NoPaymentBound,
+}
+
+/// Signing, relaying and releases of one node.
+pub struct Pipeline {
+    store: Arc<Store>,
+    metrics: Metrics,
+    net: NetworkHandle,
+    peers: Vec<PeerId>,
+    me: usize,
+    n: usize,
+    epoch: u64,
+    takeover: Duration,
+    evm: Option<Suite<Evm>>,
+    btc: Option<Suite<Btc>>,
+    group_keys: BTreeMap<KeyKind, String>,
+    usable: BTreeSet<KeyKind>,
+    deferred: Vec<(KeyKind, Vec<u8>, Purpose)>,
+    bridges: BTreeMap<u64, Address>,
+    vault_address: String,
+    /// The vault's spends at depth and what each paid out (from the chain).
+    onchain: BTreeMap<TxHash, Vec<SpendOutput>>,
+    /// Those payments counted by class.
+    paid: BTreeMap<release::PaymentClass, usize>,
+    /// Peg-outs paid by releases this node followed to depth (finished releases are
+    /// not kept in memory).
+    paid_events: BTreeSet<EventId>,
+    /// Whether the Bitcoin adapter has seen every final block.
+    bitcoin_synced: bool,
+    relay: Option<mpsc::Sender<RelayJob>>,
+    finalized_at: BTreeMap<EventId, Instant>,
+    // Releases.
+    policy: Policy,
+    confirmations: u64,
+    rbf_after: Duration,
+    bitcoin: Option<BitcoinSource>,
+    utxos: BTreeMap<OutPoint, Sats>,
+    pegouts: BTreeMap<EventId, Payout>,
+    pegout_seen: BTreeMap<EventId, Instant>,
+    releases: BTreeMap<Txid, (ReleaseRecord, Proposal)>,
+    waiting: Vec<(usize, Proposal, Instant)>,
+    last_release_check: Instant,
+    last_proposal: Option<Instant>,
+    /// After a proposal that could not be made: none before this.
+    proposals_resume: Option<Instant>,
+    /// Fresh proposals refused here as out of turn, by the validators that sent them
+    /// (and when first): one that f+1 of them sent on was accepted in turn by an honest
+    /// one (validators resend only releases they accepted), and is accepted here too.
+    vouched: BTreeMap<Txid, (BTreeSet<usize>, Instant)>,
+    /// Peg-outs left out of this node's last release for want of free funds, and since
+    /// when ([`release::build_fundable`]).
+    unfunded: BTreeMap<EventId, Instant>,
+    last_resend: Instant,
+    resend_every: Duration,
+    /// Proposals refused because another release holds their peg-outs or inputs here.
+    competing: BTreeMap<Txid, (Proposal, Instant, usize)>,
+    /// Stalled releases a merge was proposed for, and when.
+    merged: BTreeMap<Txid, Instant>,
+    merge_after: Duration,
+    /// This node's own fee estimate (sat/vB, clamped to the bounds), and when it was
+    /// read: what it proposes at, and the centre of the band it signs within.
+    fee_estimate: Option<u64>,
+    fee_estimated_at: Option<Instant>,
+    /// Testing only: a proposer's misbehaviour.
+    release_fault: Option<ReleaseFault>,
+    key_checks_started: bool,
+    /// Every bridge's `groupKey()` against the epoch's evm key (None before the DKG).
+    bridge_keys: Option<BridgeKeys>,
+    /// Certified mints held back while their destination bridge holds another key.
+    held_mints: Vec<Attestation>,
+    /// Peers' proposals valid here, to ask bitcoind's policy about before signing.
+    to_check: Vec<(usize, Proposal)>,
+    /// Signed releases bitcoind's policy refused to broadcast (named once).
+    policy_refused: BTreeSet<Txid>,
+    /// Events whose block left the canonical chain after they were reported final (a
+    /// reorg deeper than finality): never signed, relayed or paid (from the store at
+    /// start, then as the adapters report them).
+    reorged: BTreeSet<EventId>,
+    /// Releases paying a reorged peg-out, and when their withdrawal was last tried.
+    withdraw_tried: BTreeMap<Txid, Instant>,
+    /// A signing queue not empty for this long makes the node not ready.
+    queue_saturated: Duration,
+    /// Certified mints in no batch here yet, per destination chain, with when they
+    /// were certified.
+    unbatched: BTreeMap<u64, BTreeMap<EventId, (Leaf, Instant)>>,
+    /// Batches being signed here, by the message the group key signs.
+    batches: BTreeMap<Vec<u8>, ActiveBatch>,
+    /// The message of the batch each mint is being signed in.
+    in_batch: BTreeMap<EventId, Vec<u8>>,
+    batch_max: usize,
+    batch_wait: Duration,
+    last_batch_resend: Instant,
+    /// Peers' batch proposals that came before this node certified their mints.
+    early_batches: Vec<(usize, BatchProposal, Instant)>,
+    /// Validators that said they hold a batch (by its message), and since when.
+    batch_ready: BTreeMap<Vec<u8>, (BTreeSet<usize>, Instant)>,
+    /// The epoch's evm group key as the bridges take it (None before the DKG).
+    evm_xy: Option<(alloy::primitives::U256, alloy::primitives::U256)>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("usable", &self.usable).finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Opens the epoch's keys (if any) with `passphrase` and prepares signing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &NodeConfig,
+        store: Arc<Store>,
+        metrics: Metrics,
+        net: NetworkHandle,
+        peers: Vec<PeerId>,
+        me: usize,
+        passphrase: Option<&str>,
+        faults: Faults,
+    ) -> eyre::Result<Self> {
+        let epoch = cfg.node.epoch;
+        let n = peers.len();
+        let timeout_ms = cfg.signing.timeout_ms;
+        let open = SuiteOpener {
+            store: &store,
+            epoch,
+            n,
+            me,
+            timeout_ms,
+            max_attempts: cfg.signing.max_attempts,
+            max_in_flight: cfg.signing.max_sessions_in_flight,
+            passphrase,
+            fault: faults.signing,
+            metrics: &metrics,
+        };
+        let evm = open.suite::<Evm>(KeyKind::Evm)?;
+        let btc = open.suite::<Btc>(KeyKind::Btc)?;
+        let group_keys: BTreeMap<KeyKind, String> = [
+            evm.as_ref().map(|(gk, _)| (KeyKind::Evm, gk.clone())),
+            btc.as_ref().map(|(gk, _)| (KeyKind::Btc, gk.clone())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let (evm, btc) = (evm.map(|(_, s)| s), btc.map(|(_, s)| s));
+        let mut usable = BTreeSet::new();
+        for kind in group_keys.keys() {
+            if keys::check(&store, *kind, epoch)?.is_some() {
+                usable.insert(*kind);
+                metrics.key_usable.with_label_values(&[kind.as_str()]).set(1);
+            }
+        }
+        let relay = match cfg.relayer_signer() {
+            Some(s) if !cfg.evm.is_empty() => Some(relay::spawn(&cfg.evm, s, store.clone(), metrics.clone())?),
+            _ => {
+                info!(target: "relay", "no relayer key configured: this node signs mints but leaves submitting them to others");
+                None
+            }
+        };
+        let bridges = cfg.evm.iter().map(|c| (c.chain_id.0, c.bridge)).collect();
+        let vault_script = if cfg.bitcoin.vault_address.is_empty() {
+            ScriptBuf::new()
+        } else {
+            cfg.bitcoin
+                .vault_address
+                .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()?
+                .require_network(cfg.bitcoin.network)?
+                .script_pubkey()
+        };
+        let bitcoin = BitcoinSource::for_submission(cfg.bitcoin.clone()).ok();
+        let mut spends = Vec::new();
+        for (_, raw) in store.scan_prefix(Cf::Releases, ONCHAIN_PREFIX)? {
+            spends.push(serde_json::from_slice::<VaultSpend>(&raw)?);
+        }
+        // In memory: the releases that may still confirm; of the finished ones, only the
+        // peg-outs paid (the store keeps every record, for the API).
+        let mut releases = BTreeMap::new();
+        let mut paid_events = BTreeSet::new();
+        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
+            let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
+            match rec.status {
+                ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
+                ReleaseStatus::Conflicted => {}
+                _ => {
+                    let p = Proposal::decode(&hex::decode(&rec.proposal)?)
+                        .map_err(|e| eyre::eyre!("stored release: {e}"))?;
+                    releases.insert(p.txid(), (rec, p));
+                }
+            }
+        }
+        let mut t = Self {
+            store,
+            metrics,
+            net,
+            peers,
+            me,
+            n,
+            epoch,
+            takeover: Duration::from_millis(cfg.signing.takeover_ms),
+            evm,
+            btc,
+            group_keys,
+            usable,
+            deferred: Vec::new(),
+            bridges,
+            vault_address: cfg.bitcoin.vault_address.clone(),
+            paid: BTreeMap::new(),
+            paid_events,
+            onchain: BTreeMap::new(),
+            bitcoin_synced: false,
+            relay,
+            finalized_at: BTreeMap::new(),
+            policy: Policy {
+                dust_relay_sat_per_kvb: cfg.release.dust_relay_sat_per_kvb,
+                max_fee_multiple: cfg.release.max_fee_multiple,
+                consolidation_inputs: cfg.release.consolidation_inputs,
+                ..Policy::new(
+                    vault_script,
+                    cfg.bitcoin.peg_out_fee,
+                    cfg.bitcoin.fees.floor_sat_per_vb,
+                    cfg.bitcoin.fees.ceiling_sat_per_vb,
+                )
+            },
+            fee_estimate: None,
+            fee_estimated_at: None,
+            confirmations: u64::from(cfg.bitcoin.confirmations),
+            rbf_after: Duration::from_secs(cfg.bitcoin.rbf_after_secs),
+            bitcoin,
+            utxos: BTreeMap::new(),
+            pegouts: BTreeMap::new(),
+            pegout_seen: BTreeMap::new(),
+            releases,
+            waiting: Vec::new(),
+            last_release_check: Instant::now(),
+            last_proposal: None,
+            proposals_resume: None,
+            vouched: BTreeMap::new(),
+            unfunded: BTreeMap::new(),
+            last_resend: Instant::now(),
+            resend_every: RESEND_EVERY
+                .min(Duration::from_millis(cfg.signing.merge_after_ms / 4))
+                .max(Duration::from_secs(1)),
+            competing: BTreeMap::new(),
+            merged: BTreeMap::new(),
+            merge_after: Duration::from_millis(cfg.signing.merge_after_ms),
+            release_fault: faults.release,
+            key_checks_started: false,
+            bridge_keys: None,
+            held_mints: Vec::new(),
+            to_check: Vec::new(),
+            policy_refused: BTreeSet::new(),
+            reorged: BTreeSet::new(),
+            withdraw_tried: BTreeMap::new(),
+            queue_saturated: Duration::from_secs(cfg.signing.queue_saturated_secs),
+            unbatched: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            in_batch: BTreeMap::new(),
+            batch_max: cfg.signing.batch_max_mints.clamp(1, crate::batch::MAX_BATCH_LEAVES),
+            batch_wait: Duration::from_millis(cfg.signing.batch_wait_ms),
+            last_batch_resend: Instant::now(),
+            early_batches: Vec::new(),
+            batch_ready: BTreeMap::new(),
+            evm_xy: None,
+        };
+        if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
+            && !cfg.evm.is_empty()
+        {
+            let parse = |v: &str| {
+                alloy::primitives::U256::from_str_radix(v.trim_start_matches("0x"), 16)
+                    .map_err(|e| eyre::eyre!("stored evm key coordinate {v}: {e}"))
+            };
+            t.evm_xy = Some((parse(&x)?, parse(&y)?));
+            let every = Duration::from_secs(cfg.signing.bridge_key_check_secs);
+            t.bridge_keys =
+                Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), cfg.bitcoin.peg_out_fee.0, every));
+        }
+        t.metrics.vault_fee_alert.set(i64::try_from(cfg.release.daily_fee_alert_sats).unwrap_or(i64::MAX));
+        for spend in spends {
+            Self::count_payments(&mut t.paid, &spend.payouts, false);
+            t.onchain.insert(spend.txid, spend.payouts);
+        }
+        t.update_pending_gauge();
+        Ok(t)
+    }
+
+    /// Group keys, vault and releases, for `/v1/status`.
+    pub fn summary(&self) -> serde_json::Value {
+        let keys: serde_json::Map<String, serde_json::Value> = [KeyKind::Evm, KeyKind::Btc]
+            .into_iter()
+            .map(|k| {
+                let load = self.load(k);
+                let v = serde_json::json!({
+                    "group_key": self.group_keys.get(&k),
+                    "usable": self.usable.contains(&k),
+                    "sessions_in_flight": load.map(|l| l.in_flight),
+                    "max_sessions_in_flight": load.map(|l| l.max_in_flight),
+                    "queued": load.map(|l| l.queued),
+                    "queued_for_secs": load.map(|l| l.backlog.as_secs()),
+                });
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        let mut releases = BTreeMap::<&str, usize>::new();
+        for (r, _) in self.releases.values() {
+            let status = match r.status {
+                ReleaseStatus::Signing => "signing",
+                ReleaseStatus::Broadcast => "broadcast",
+                ReleaseStatus::Replaced => "replaced",
+                ReleaseStatus::Confirmed => "confirmed",
+                ReleaseStatus::Conflicted => "conflicted",
+            };
+            *releases.entry(status).or_default() += 1;
+        }
+        serde_json::json!({
+            "keys": keys,
+            "vault_address": self.vault_address,
+            "peg_outs_pending": self.metrics.releases_pending.get(),
+            "releases_in_flight": releases,
+            "peg_outs_paid": self.paid_events.len(),
+            "relayer": self.relay.is_some(),
+        })
+    }
+
+    /// Which keys are missing or not yet verified, and which bridges hold another key
+    /// (for `/ready`).
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = self.bridge_keys.as_ref().map(BridgeKeys::issues).unwrap_or_default();
+        for kind in [KeyKind::Evm, KeyKind::Btc] {
+            if !self.group_keys.contains_key(&kind) {
+                why.push(format!("no {kind} key for epoch {}: run `btcfi-node dkg`", self.epoch));
+            } else if !self.usable.contains(&kind) {
+                why.push(format!("{kind} key not verified yet (test signature pending)"));
+            }
+            if let Some(l) = self.load(kind)
+                && l.queued > 0
+                && l.backlog >= self.queue_saturated
+            {
+                why.push(format!(
+                    "{kind} signing saturated: {} waiting behind {} sessions in flight for {} s",
+                    l.queued,
+                    l.in_flight,
+                    l.backlog.as_secs()
+                ));
+            }
+        }
+        why
+    }
+
+    /// Resumes work left by a restart: unsigned certified attestations, releases.
+    /// Picks up what the store holds after a start: `reorged` are the events stored as
+    /// reorged out past finality (never acted on, whatever else the store holds).
+    pub fn resume(&mut self, reorged: BTreeSet<EventId>) -> eyre::Result<()> {
+        self.reorged = reorged;
+        for rec in crate::state::all_certified(&self.store)? {
+            self.take_certified(&rec.attestation)?;
+        }
+        self.update_pending_gauge();
+        // Releases still being signed: sign their remaining inputs.
+        for txid in self.releases_in(&[ReleaseStatus::Signing]) {
+            self.start_release_sessions(txid)?;
+        }
+        Ok(())
+    }
+
+    /// An event became final on its chain (for the finality-to-signature histogram).
+    pub fn on_final(&mut self, event: EventId) {
+        // Reported final again (the same burn or deposit in the new chain): it stands,
+        // and what it was certified for is taken up again.
+        if self.reorged.remove(&event)
+            && let Ok(Some(rec)) = crate::state::get_certified(&self.store, &event)
+            && let Err(e) = self.take_certified(&rec.attestation)
+        {
+            warn!(target: "signing", %event, error = %e, "cannot take up an event final again");
+        }
+        if self.finalized_at.len() < 100_000 {
+            self.finalized_at.insert(event, Instant::now());
+        }
+    }
+
+    /// The vault's UTXOs at depth, from the Bitcoin adapter.
+    pub fn set_utxos(&mut self, utxos: &[VaultUtxo]) {
+        self.utxos = utxos.iter().map(|u| (u.outpoint, u.amount)).collect();
+    }
+
+    /// Sends a signing request, retrying for a few seconds (a peer may be redialling);
+    /// the sessions tolerate duplicates and losses beyond that.
+    fn send(&self, to: usize, payload: Vec<u8>) {
+        let Some(peer) = self.peers.get(to).copied() else { return };
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            for delay in [0u64, 250, 500, 1000, 2000, 4000] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                if net.request(peer, MessageKind::Signing, payload.clone()).await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Sends `payload` to every other validator ([`Pipeline::send`] to each).
+    fn send_to_peers(&self, payload: &[u8]) {
+        for to in (0..self.n).filter(|i| *i != self.me) {
+            self.send(to, payload.to_vec());
+        }
+    }
+
+    /// A `MessageKind::Signing` request from validator `from`.
+    pub fn on_request(&mut self, from: usize, payload: &[u8]) -> eyre::Result<()> {
+        let Some((&tag, body)) = payload.split_first() else { return Ok(()) };
+        let effects = match tag {
+            TAG_EVM => match self.evm.as_mut() {
+                Some(s) => s.on_message(&self.store, from, body, now_ms())?,
+                None => vec![],
+            },
+            TAG_BTC => match self.btc.as_mut() {
+                Some(s) => s.on_message(&self.store, from, body, now_ms())?,
+                None => vec![],
+            },
+            TAG_ROUND => match body.split_first() {
+                Some((&TAG_EVM, hint)) => match self.evm.as_mut() {
+                    Some(s) => s.on_round_hint(&self.store, from, hint, now_ms())?,
+                    None => vec![],
+                },
+                Some((&TAG_BTC, hint)) => match self.btc.as_mut() {
+                    Some(s) => s.on_round_hint(&self.store, from, hint, now_ms())?,
+                    None => vec![],
+                },
+                _ => vec![],
+            },
+            TAG_BATCH_READY => {
+                self.on_batch_ready(from, body)?;
+                vec![]
+            }
+            TAG_BATCH_SIGNED => {
+                self.on_signed_records(from, body)?;
+                vec![]
+            }
+            TAG_BATCH => {
+                match BatchProposal::decode(body) {
+                    Ok(p) => self.on_batch_proposal(from, p)?,
+                    Err(e) => warn!(target: "signing", from, error = %e, "undecodable batch proposal dropped"),
+                }
+                vec![]
+            }
+            TAG_RELEASE => {
+                match Proposal::decode(body) {
+                    Ok(p) => self.on_proposal(from, p)?,
+                    Err(e) => warn!(target: "release", from, error = %e, "undecodable release proposal dropped"),
+                }
+                vec![]
+            }
+            _ => vec![],
+        };
+        self.apply(effects)
+    }
+
+    /// Once a second: session timeouts, release proposals and follow-up.
+    pub async fn tick(&mut self) -> eyre::Result<()> {
+        self.start_key_checks()?;
+        let mut effects = Vec::new();
+        if let Some(s) = self.evm.as_mut() {
+            effects.extend(s.tick(&self.store, now_ms())?);
+        }
+        if let Some(s) = self.btc.as_mut() {
+            effects.extend(s.tick(&self.store, now_ms())?);
+        }
+        self.apply(effects)?;
+        if self.usable.contains(&KeyKind::Evm) {
+            self.retry_held_mints()?;
+            self.retry_early_batches()?;
+            self.propose_batches()?;
+            self.resend_batches();
+        }
+        if self.usable.contains(&KeyKind::Btc) {
+            self.refresh_fee_estimate().await;
+            self.retry_waiting()?;
+            self.check_accepted().await?;
+            self.resend_proposals();
+            if self.release_fault == Some(ReleaseFault::OutOfTurn) && self.bitcoin_synced {
+                // Well clear of its own turn, on every validator's clock.
+                let (now, margin) = (now_ms(), 2 * self.turn_slack_ms());
+                let turns = [self.turn_at(now.saturating_sub(margin)), self.turn_at(now), self.turn_at(now + margin)];
+                if !turns.contains(&self.me) {
+                    self.propose_out_of_turn()?;
+                }
+            }
+            if self.bitcoin_synced {
+                self.maybe_withdraw()?;
+                self.maybe_merge().await?;
+            }
+            self.maybe_propose().await?;
+            if self.last_release_check.elapsed() >= Duration::from_secs(2) {
+                self.last_release_check = Instant::now();
+                self.follow_releases().await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The validator set's order: whose turn it is to propose a release or a batch, and
+//! when a proposal counts as in turn.
+
+use super::*;
+
+impl Pipeline {
+    /// How far validator `who` stands after the first proposer of the batches of mints
+    /// to `chain`: the others follow it `takeover` apart, each proposing only mints
+    /// certified here for at least its rank × takeover.
+    pub(super) fn batch_rank_of(&self, chain: u64, who: usize) -> usize {
+        let n = self.n.max(1);
+        (who + n - self.batch_proposer(chain)) % n
+    }
+
+    /// The validator that proposes the batches of mints to `chain` first.
+    pub(super) fn batch_proposer(&self, chain: u64) -> usize {
+        (chain % self.n.max(1) as u64) as usize
+    }
+
+    /// Of two deliveries of one proposal (sender, arrival), the one its turn is judged
+    /// by: the first while it is recent (two turns) and was in turn, or when the latest
+    /// was not in turn either; else the latest. A proposal forwarded first by a
+    /// validator that did not make it is then still heard from its proposer in turn,
+    /// and an old arrival's turn does not pass a proposal resent long after.
+    pub(super) fn delivery(&self, first: (usize, Instant), latest: (usize, Instant)) -> (usize, Instant) {
+        let recent = first.1.elapsed() < self.takeover * 2;
+        if recent && (self.in_turn(first.0, first.1).is_ok() || self.in_turn(latest.0, latest.1).is_err()) {
+            first
+        } else {
+            latest
+        }
+    }
+
+    /// Whether validator `from` may propose `p`, received at `at`. A fresh release (one
+    /// that touches no live release here) comes from the validator whose turn it is
+    /// ([`Pipeline::turn_at`]). Replacements and merges are gated in
+    /// [`Pipeline::validate`] instead (their predecessors' time to be signed or
+    /// confirmed, a higher fee for the same inputs).
+    pub(super) fn check_turn(&self, from: usize, p: &Proposal, at: Instant) -> Result<(), ReleaseError> {
+        let mine = release::Live::of(p);
+        let touches_live = self
+            .locks()
+            .live
+            .values()
+            .any(|l| !l.inputs.is_disjoint(&mine.inputs) || !l.payouts.is_disjoint(&mine.payouts));
+        if touches_live {
+            return Ok(());
+        }
+        self.in_turn(from, at)
+    }
+
+    /// The validator whose turn it is to propose fresh releases at wall-clock time
+    /// `at_ms`: the turn passes every `takeover` to the next validator, round robin.
+    /// One proposer at a time builds every release of a burst from inputs and peg-outs
+    /// it knows to be free, where proposers ranked per peg-out raced each other for
+    /// the same largest vault UTXOs. A silent validator costs one `takeover` a round.
+    pub fn turn_at(&self, at_ms: u64) -> usize {
+        let slot = at_ms / (self.takeover.as_millis() as u64).max(1);
+        (slot % self.n.max(1) as u64) as usize
+    }
+
+    /// The slack around a turn's ends (a quarter of `takeover`), for the validators'
+    /// clocks and the network's delay.
+    pub(super) fn turn_slack_ms(&self) -> u64 {
+        self.takeover.as_millis() as u64 / 4
+    }
+
+    /// Whether this node may send a fresh proposal now: its turn, away from the turn's
+    /// ends by the slack, so that its proposals reach the others within its turn (as
+    /// their clocks see it) and do not overlap the last proposer's final ones.
+    pub(super) fn may_propose_now(&self) -> bool {
+        self.proposing_window_in_ms(now_ms()) == 0
+    }
+
+    /// How long from wall-clock `now_ms` until this node's proposing window opens (the
+    /// middle of its turn, a slack away from either end): 0 while it is open. A lone
+    /// validator's window never closes.
+    pub(super) fn proposing_window_in_ms(&self, now_ms: u64) -> u64 {
+        let n = self.n.max(1);
+        if n == 1 {
+            return 0;
+        }
+        let (turn_ms, slack) = ((self.takeover.as_millis() as u64).max(1), self.turn_slack_ms());
+        let into_turn = now_ms % turn_ms;
+        match (self.me + n - self.turn_at(now_ms)) % n {
+            0 if into_turn + slack <= turn_ms => slack.saturating_sub(into_turn),
+            0 => turn_ms * n as u64 - into_turn + slack,
+            k => turn_ms * k as u64 - into_turn + slack,
+        }
+    }
+
+    /// Whether `from` held the turn when its proposal arrived here at `at` (within the
+    /// slack at either end of the turn).
+    pub(super) fn in_turn(&self, from: usize, at: Instant) -> Result<(), ReleaseError> {
+        if from == self.me {
+            return Ok(());
+        }
+        let at_ms = now_ms().saturating_sub(at.elapsed().as_millis() as u64);
+        let slack = self.turn_slack_ms();
+        let turn = self.turn_at(at_ms);
+        if [turn, self.turn_at(at_ms.saturating_sub(slack)), self.turn_at(at_ms.saturating_add(slack))].contains(&from)
+        {
+            return Ok(());
+        }
+        Err(ReleaseError::NotInTurn { proposer: from, in_turn: turn })
+    }
+
+    /// How long `txid` may stay unconfirmed before this node bumps it: `rbf_after`, plus
+    /// `takeover` per rank after the validator first in turn for its first payout.
+    pub(super) fn bump_turn(&self, txid: &Txid) -> u64 {
+        let rank =
+            self.releases.get(txid).and_then(|(r, _)| r.payouts.first()).map_or(0, |e| relay::rank(e, self.me, self.n))
+                as u64;
+        (self.rbf_after.as_millis() as u64).saturating_add(rank.saturating_mul(self.takeover.as_millis() as u64))
+    }
+}
