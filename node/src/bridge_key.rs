@@ -70,15 +70,22 @@ impl BridgeKeys {
     }
 
     /// Starts checking every bridge of `chains` against the key `(x, y)` and the
-    /// peg-out fee `peg_out_fee`, every `every`. Every chain starts [`BridgeKey::Unknown`].
-    pub fn spawn(chains: &[EvmChainConfig], expected: (U256, U256), peg_out_fee: u64, every: Duration) -> Self {
+    /// peg-out fee `peg_out_fee`, every `every`, as the critical task `bridge key watch`.
+    /// Every chain starts [`BridgeKey::Unknown`].
+    pub fn spawn(
+        chains: &[EvmChainConfig],
+        expected: (U256, U256),
+        peg_out_fee: u64,
+        every: Duration,
+        tasks: &mut crate::tasks::Tasks,
+    ) -> Self {
         let keys = Self::default();
         for c in chains {
             keys.set(c.chain_id.0, BridgeKey::Unknown);
         }
         let chains = chains.to_vec();
         let shared = keys.clone();
-        tokio::spawn(async move {
+        tasks.critical("bridge key watch", async move {
             loop {
                 for c in &chains {
                     let last = shared.state.read().ok().and_then(|s| s.get(&c.chain_id.0).cloned());

@@ -22,6 +22,7 @@ pub mod records;
 pub mod run;
 pub mod signing;
 pub mod state;
+pub mod tasks;
 pub mod validators;
 
 pub use config::{LogFormat, NodeConfig};

@@ -33,22 +33,67 @@ pub fn rank(event: &EventId, me: usize, n: usize) -> usize {
     (me + n - relayer_index(event, n)) % n.max(1)
 }
 
+/// What became of this node's relay of a mint (stored and served as its snake_case
+/// name, which is also the `outcome` label of `btcfi_relay_submissions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayOutcome {
+    /// Sent; not mined yet.
+    Submitted,
+    /// The bridge had consumed the event already (another validator's mint).
+    AlreadyConsumed,
+    /// Mined and reverted (another validator's mint came first).
+    Reverted,
+    /// The submission failed; retried.
+    Failed,
+    /// This node's submission mined.
+    Mined,
+    /// The event left the canonical chain past finality: never relayed.
+    Reorged,
+}
+
+impl RelayOutcome {
+    /// Every outcome a submission is counted under (`mined` is not a submission).
+    pub const COUNTED: [RelayOutcome; 5] = [
+        RelayOutcome::Submitted,
+        RelayOutcome::Failed,
+        RelayOutcome::Reverted,
+        RelayOutcome::AlreadyConsumed,
+        RelayOutcome::Reorged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayOutcome::Submitted => "submitted",
+            RelayOutcome::AlreadyConsumed => "already_consumed",
+            RelayOutcome::Reverted => "reverted",
+            RelayOutcome::Failed => "failed",
+            RelayOutcome::Mined => "mined",
+            RelayOutcome::Reorged => "reorged",
+        }
+    }
+
+    /// Whether the mint is on chain (by this node or another): nothing left to relay.
+    pub fn is_final(self) -> bool {
+        matches!(self, RelayOutcome::Mined | RelayOutcome::AlreadyConsumed | RelayOutcome::Reverted)
+    }
+}
+
 /// What this node did with a mint, as stored under `relay/` + event id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayRecord {
     pub chain_id: u64,
-    /// `submitted`, `already_consumed`, `reverted`, `failed`, `mined`, `reorged`.
-    pub outcome: String,
+    pub outcome: RelayOutcome,
     pub tx_hash: Option<String>,
     pub detail: Option<String>,
     pub at_ms: u64,
 }
 
 impl RelayRecord {
-    fn new(chain_id: u64, outcome: &str, tx_hash: Option<[u8; 32]>, detail: Option<String>) -> Self {
+    fn new(chain_id: u64, outcome: RelayOutcome, tx_hash: Option<[u8; 32]>, detail: Option<String>) -> Self {
         RelayRecord {
             chain_id,
-            outcome: outcome.to_owned(),
+            outcome,
             tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
             detail,
             at_ms: now_ms(),
@@ -77,7 +122,7 @@ fn is_reorged(store: &Store, event: &EventId) -> bool {
 
 /// Whether this node's own submission for `event` mined (a record to keep).
 fn mined_here(store: &Store, event: &EventId) -> bool {
-    matches!(store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(event)), Ok(Some(r)) if r.outcome == "mined")
+    matches!(store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(event)), Ok(Some(r)) if r.outcome == RelayOutcome::Mined)
 }
 
 pub fn relay_key(event: &EventId) -> Vec<u8> {
@@ -121,12 +166,15 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Starts the relayer: one destination per configured chain, signing with `signer`.
+/// Starts the relayer: one destination per configured chain, signing with `signer`; its
+/// dispatcher is the critical task `relay dispatcher` (each mint's relay is its own
+/// short task).
 pub fn spawn(
     chains: &[EvmChainConfig],
     signer: alloy::signers::local::PrivateKeySigner,
     store: Arc<Store>,
     metrics: Metrics,
+    tasks: &mut crate::tasks::Tasks,
 ) -> eyre::Result<mpsc::Sender<RelayJob>> {
     let mut dests: BTreeMap<u64, (String, Arc<Mutex<EvmDestination>>)> = BTreeMap::new();
     for c in chains {
@@ -134,13 +182,13 @@ pub fn spawn(
         dests.insert(c.chain_id.0, (c.name.clone(), Arc::new(Mutex::new(d))));
         // Every outcome is exported from the start at 0, so that a dashboard's rate and
         // an alert on a missing series see this relayer before its first submission.
-        for outcome in RELAY_OUTCOMES {
-            metrics.relay_submissions.with_label_values(&[c.name.as_str(), outcome]);
+        for outcome in RelayOutcome::COUNTED {
+            metrics.relay_submissions.with_label_values(&[c.name.as_str(), outcome.as_str()]);
         }
     }
     info!(target: "relay", account = %signer.address(), chains = dests.len(), "relayer ready");
     let (tx, mut rx) = mpsc::channel::<RelayJob>(1024);
-    tokio::spawn(async move {
+    tasks.critical("relay dispatcher", async move {
         while let Some(job) = rx.recv().await {
             let chain = match &job {
                 RelayJob::Mint(j) => j.dest.0,
@@ -155,12 +203,11 @@ pub fn spawn(
                 RelayJob::Batch(job) => tokio::spawn(relay_batch(job, name, dest, store.clone(), metrics.clone())),
             };
         }
+        // Every sender is gone: the node is stopping.
+        Ok(())
     });
     Ok(tx)
 }
-
-/// The `outcome` label values of `btcfi_relay_submissions_total`.
-const RELAY_OUTCOMES: [&str; 5] = ["submitted", "failed", "reverted", "already_consumed", "reorged"];
 
 /// Submissions of one mint before this node gives up on it (others take over).
 const MAX_TRIES: u32 = 5;
@@ -173,9 +220,10 @@ const MINE_TIMEOUT: Duration = Duration::from_secs(120);
 async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>, store: Arc<Store>, metrics: Metrics) {
     tokio::time::sleep(job.delay).await;
     let event = job.request.event;
-    let record = |outcome: &str, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
+    let record = |outcome: RelayOutcome, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
     let save = |r: &RelayRecord| save_records(&store, &[event], r);
-    let count = |outcome: &str| metrics.relay_submissions.with_label_values(&[name.as_str(), outcome]).inc();
+    let count =
+        |outcome: RelayOutcome| metrics.relay_submissions.with_label_values(&[name.as_str(), outcome.as_str()]).inc();
     for attempt in 0..MAX_TRIES {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(5u64 << attempt.min(4))).await;
@@ -184,29 +232,29 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
         // relayed (checked before every submission, the store being the truth).
         if is_reorged(&store, &event) {
             warn!(target: "relay", chain = %name, %event, "event reorged out past finality: mint not relayed");
-            count("reorged");
-            save(&record("reorged", None, None));
+            count(RelayOutcome::Reorged);
+            save(&record(RelayOutcome::Reorged, None, None));
             return;
         }
         let submitted = dest.lock().await.submit_mint(&job.request).await;
         let tx_hash = match submitted {
             Ok(MintSubmission::AlreadyConsumed) => {
-                count("already_consumed");
+                count(RelayOutcome::AlreadyConsumed);
                 // Keep the record of our own successful submission if we made one.
                 if !mined_here(&store, &event) {
-                    save(&record("already_consumed", None, None));
+                    save(&record(RelayOutcome::AlreadyConsumed, None, None));
                 }
                 return;
             }
             Ok(MintSubmission::Submitted { tx_hash, .. }) => {
-                count("submitted");
-                save(&record("submitted", Some(tx_hash), None));
+                count(RelayOutcome::Submitted);
+                save(&record(RelayOutcome::Submitted, Some(tx_hash), None));
                 tx_hash
             }
             Err(e) => {
-                count("failed");
+                count(RelayOutcome::Failed);
                 warn!(target: "relay", chain = %name, %event, error = %e, attempt, "mint submission failed; retrying");
-                save(&record("failed", None, Some(e.to_string())));
+                save(&record(RelayOutcome::Failed, None, Some(e.to_string())));
                 continue;
             }
         };
@@ -216,14 +264,14 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
             match status {
                 Ok(TxStatus::Confirmed { success: true, .. }) => {
                     info!(target: "relay", chain = %name, %event, tx = %hex::encode(tx_hash), "mint mined");
-                    save(&record("mined", Some(tx_hash), None));
+                    save(&record(RelayOutcome::Mined, Some(tx_hash), None));
                     return;
                 }
                 Ok(TxStatus::Confirmed { revert_reason, .. }) => {
                     // Another validator's mint came first: the contract refused the replay.
-                    count("reverted");
+                    count(RelayOutcome::Reverted);
                     info!(target: "relay", chain = %name, %event, reason = ?revert_reason, "mint reverted (duplicate)");
-                    save(&record("reverted", Some(tx_hash), revert_reason));
+                    save(&record(RelayOutcome::Reverted, Some(tx_hash), revert_reason));
                     return;
                 }
                 Ok(TxStatus::Submitted { .. }) => {}
@@ -248,10 +296,10 @@ async fn relay_batch(
 ) {
     tokio::time::sleep(job.delay).await;
     let root = hex::encode(job.request.root);
-    let record = |outcome: &str, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
+    let record = |outcome: RelayOutcome, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
     let save = |events: &[EventId], r: &RelayRecord| save_records(&store, events, r);
-    let count = |outcome: &str, n: usize| {
-        metrics.relay_submissions.with_label_values(&[name.as_str(), outcome]).inc_by(n as u64);
+    let count = |outcome: RelayOutcome, n: usize| {
+        metrics.relay_submissions.with_label_values(&[name.as_str(), outcome.as_str()]).inc_by(n as u64);
     };
     for attempt in 0..MAX_TRIES {
         if attempt > 0 {
@@ -263,8 +311,8 @@ async fn relay_batch(
         if !reorged.is_empty() {
             let events: Vec<EventId> = reorged.iter().map(|l| l.event).collect();
             warn!(target: "relay", chain = %name, %root, reorged = events.len(), "leaves reorged out past finality: not relayed");
-            count("reorged", events.len());
-            save(&events, &record("reorged", None, None));
+            count(RelayOutcome::Reorged, events.len());
+            save(&events, &record(RelayOutcome::Reorged, None, None));
         }
         if live.is_empty() {
             return;
@@ -274,20 +322,20 @@ async fn relay_batch(
         let submitted = dest.lock().await.submit_mint_batch(&request).await;
         let tx_hash = match submitted {
             Ok(MintSubmission::AlreadyConsumed) => {
-                count("already_consumed", events.len());
+                count(RelayOutcome::AlreadyConsumed, events.len());
                 let theirs: Vec<EventId> = events.iter().copied().filter(|e| !mined_here(&store, e)).collect();
-                save(&theirs, &record("already_consumed", None, None));
+                save(&theirs, &record(RelayOutcome::AlreadyConsumed, None, None));
                 return;
             }
             Ok(MintSubmission::Submitted { tx_hash, .. }) => {
-                count("submitted", events.len());
-                save(&events, &record("submitted", Some(tx_hash), None));
+                count(RelayOutcome::Submitted, events.len());
+                save(&events, &record(RelayOutcome::Submitted, Some(tx_hash), None));
                 tx_hash
             }
             Err(e) => {
-                count("failed", events.len());
+                count(RelayOutcome::Failed, events.len());
                 warn!(target: "relay", chain = %name, %root, error = %e, attempt, "batch submission failed; retrying");
-                save(&events, &record("failed", None, Some(e.to_string())));
+                save(&events, &record(RelayOutcome::Failed, None, Some(e.to_string())));
                 continue;
             }
         };
@@ -297,13 +345,13 @@ async fn relay_batch(
             match status {
                 Ok(TxStatus::Confirmed { success: true, gas_used, .. }) => {
                     info!(target: "relay", chain = %name, %root, mints = events.len(), gas_used, tx = %hex::encode(tx_hash), "batch mined");
-                    save(&events, &record("mined", Some(tx_hash), None));
+                    save(&events, &record(RelayOutcome::Mined, Some(tx_hash), None));
                     return;
                 }
                 Ok(TxStatus::Confirmed { revert_reason, .. }) => {
-                    count("reverted", events.len());
+                    count(RelayOutcome::Reverted, events.len());
                     warn!(target: "relay", chain = %name, %root, reason = ?revert_reason, "batch reverted");
-                    save(&events, &record("reverted", Some(tx_hash), revert_reason));
+                    save(&events, &record(RelayOutcome::Reverted, Some(tx_hash), revert_reason));
                     // Leaves minted by others meanwhile are skipped, never reverted: a
                     // revert is something else. Try again (the leaves are re-read).
                     break;
@@ -315,4 +363,24 @@ async fn relay_batch(
         }
     }
     warn!(target: "relay", chain = %name, %root, tries = MAX_TRIES, "giving up on this batch; other validators take over");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored and served name of each outcome is its metric label, and the records
+    /// written before the enum (plain strings) still read.
+    #[test]
+    fn outcomes_are_stored_as_their_label() {
+        let all = [RelayOutcome::Mined].into_iter().chain(RelayOutcome::COUNTED);
+        for o in all {
+            assert_eq!(serde_json::to_value(o).unwrap(), serde_json::json!(o.as_str()));
+        }
+        let old = r#"{"chain_id":1,"outcome":"already_consumed","tx_hash":null,"detail":null,"at_ms":5}"#;
+        let r: RelayRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.outcome, RelayOutcome::AlreadyConsumed);
+        assert!(r.outcome.is_final() && !RelayOutcome::Submitted.is_final());
+        assert!(serde_json::from_str::<RelayRecord>(&old.replace("already_consumed", "lost")).is_err());
+    }
 }

@@ -15,6 +15,7 @@ use crate::{
     pipeline::{Faults, Pipeline},
     records,
     state::{self, StoredEvent},
+    tasks::Tasks,
     validators::ValidatorSet,
 };
 use btcfi_chain_adapters::{
@@ -354,26 +355,29 @@ pub async fn run_with(
             warn!(target: "chain::btc", error = %e, "cannot ask bitcoind for its indexes (is it up?); it must run with -txindex=1")
         }
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(chain_task(
-        btc,
-        "bitcoin".into(),
-        Duration::from_millis(cfg.bitcoin_poll_ms()),
-        chain_tx.clone(),
-        |s| Extra {
+    let mut tasks = Tasks::new();
+    let btc_task =
+        chain_task(btc, "bitcoin".into(), Duration::from_millis(cfg.bitcoin_poll_ms()), chain_tx.clone(), |s| Extra {
             vault: Some((s.vault_balance().0, s.vault_utxos().len())),
             utxos: Some(s.vault_utxos()),
             endpoints: vec![],
-        },
-    ));
+        });
+    tasks.critical("chain bitcoin", async move {
+        btc_task.await;
+        Ok(())
+    });
     for c in &cfg.evm {
         let cp = load_checkpoint(&store, c.chain_id)?;
         let src = EvmSource::new(c.clone(), cp, 0).wrap_err_with(|| format!("starting the {} adapter", c.name))?;
-        tasks.spawn(chain_task(src, c.name.clone(), c.poll_interval(), chain_tx.clone(), |s| Extra {
+        let task = chain_task(src, c.name.clone(), c.poll_interval(), chain_tx.clone(), |s| Extra {
             vault: None,
             utxos: None,
             endpoints: s.endpoint_health(),
-        }));
+        });
+        tasks.critical(format!("chain {}", c.name), async move {
+            task.await;
+            Ok(())
+        });
     }
     drop(chain_tx);
 
@@ -393,11 +397,7 @@ pub async fn run_with(
         .await
         .wrap_err_with(|| format!("api.listen {}: address in use or not allowed; choose another", cfg.api.listen))?;
     info!(target: "node", api = %listener.local_addr()?, "HTTP API listening");
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, api::router(api_state)).await {
-            error!(target: "node", error = %e, "HTTP API stopped");
-        }
-    });
+    tasks.critical("http api", async move { Ok(axum::serve(listener, api::router(api_state)).await?) });
 
     let passphrase = match keys::passphrase(cfg.keys.passphrase_file.as_deref()) {
         Ok(p) => Some(p),
@@ -414,6 +414,7 @@ pub async fn run_with(
         own,
         passphrase.as_deref(),
         faults,
+        &mut tasks,
     )?;
     let mut ctx = Ctx {
         store: store.clone(),
@@ -471,8 +472,9 @@ pub async fn run_with(
                 Some(ev) => if let Err(e) = ctx.on_network(&mut core, ev).await { break Err(e) },
                 None => break Err(eyre!("the p2p network task stopped")),
             },
-            Some(done) = tasks.join_next() => {
-                break Err(eyre!("a critical task exited: {done:?}"));
+            exit = tasks.exited() => {
+                error!(target: "node", reason = %exit, "stopping: a critical task ended");
+                break Err(exit.into());
             }
         }
     };

@@ -46,8 +46,7 @@ impl Pipeline {
                     // Signed before a restart: relay it again unless that is done.
                     let relayed =
                         self.store.get_json::<relay::RelayRecord>(Cf::SigningAttempts, relay::relay_key(&att.event))?;
-                    if !relayed.is_some_and(|r| matches!(r.outcome.as_str(), "mined" | "already_consumed" | "reverted"))
-                    {
+                    if !relayed.is_some_and(|r| r.outcome.is_final()) {
                         let sig =
                             MintSignature { rx: hex32(&signed.rx)?, ry: hex32(&signed.ry)?, z: hex32(&signed.z)? };
                         match &signed.batch {

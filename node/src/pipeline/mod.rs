@@ -231,6 +231,7 @@ impl Pipeline {
         me: usize,
         passphrase: Option<&str>,
         faults: Faults,
+        tasks: &mut crate::tasks::Tasks,
     ) -> eyre::Result<Self> {
         let epoch = cfg.node.epoch;
         let n = peers.len();
@@ -265,7 +266,7 @@ impl Pipeline {
             }
         }
         let relay = match cfg.relayer_signer() {
-            Some(s) if !cfg.evm.is_empty() => Some(relay::spawn(&cfg.evm, s, store.clone(), metrics.clone())?),
+            Some(s) if !cfg.evm.is_empty() => Some(relay::spawn(&cfg.evm, s, store.clone(), metrics.clone(), tasks)?),
             _ => {
                 info!(target: "relay", "no relayer key configured: this node signs mints but leaves submitting them to others");
                 None
@@ -386,7 +387,7 @@ impl Pipeline {
             t.evm_xy = Some((parse(&x)?, parse(&y)?));
             let every = Duration::from_secs(cfg.signing.bridge_key_check_secs);
             t.bridge_keys =
-                Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), cfg.bitcoin.peg_out_fee.0, every));
+                Some(BridgeKeys::spawn(&cfg.evm, (parse(&x)?, parse(&y)?), cfg.bitcoin.peg_out_fee.0, every, tasks));
         }
         t.metrics.vault_fee_alert.set(i64::try_from(cfg.release.daily_fee_alert_sats).unwrap_or(i64::MAX));
         for spend in spends {
