@@ -51,16 +51,17 @@ fn sigkill_at_any_instant_leaves_a_consistent_database() {
             .spawn()
             .unwrap();
         // Wait until the writer committed at least one batch, then let it run a
-        // round-dependent while and kill it mid-stream.
-        let mut out = child.stdout.take().unwrap();
-        let mut buf = [0u8; 64];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            use std::io::Read;
-            let n = out.read(&mut buf).unwrap();
-            if n == 0 || String::from_utf8_lossy(&buf[..n]).contains("ready") || Instant::now() > deadline {
+        // round-dependent while and kill it mid-stream. Line by line: a "ready" split across two reads is still seen. The writer
+        // prints it after its first commit, so progress is a fact, not a timing.
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // (The reader lives until the kill: the pipe stays open.)
+        let mut lines = std::io::BufRead::lines(out);
+        for line in lines.by_ref() {
+            if line.unwrap().contains("ready") {
                 break;
             }
+            assert!(Instant::now() < deadline, "round {round}: the writer never said ready");
         }
         std::thread::sleep(Duration::from_millis(20 + 37 * round));
         child.kill().unwrap(); // SIGKILL
