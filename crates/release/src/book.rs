@@ -305,7 +305,17 @@ impl ReleaseBook {
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
         book.reorged = persisted.reorged.clone();
+        let spent: BTreeSet<OutPoint> =
+            persisted.spends.values().flat_map(|(tx, _)| tx.input.iter().map(|i| i.previous_output)).collect();
         for (txid, Held { proposer, proposal, at, signatures, shared }) in &persisted.live {
+            // On chain, or in conflict with what is, already (a crash came between the
+            // spend's record and the release's drop): it is dropped now.
+            if persisted.spends.contains_key(txid)
+                || proposal.tx.input.iter().any(|i| spent.contains(&i.previous_output))
+            {
+                out.push(Action::Persist(Change::Dropped { txid: *txid }));
+                continue;
+            }
             book.live.insert(
                 *txid,
                 LiveRelease {
@@ -624,14 +634,19 @@ impl ReleaseBook {
 
     fn on_spend(&mut self, tx: Transaction, out: &mut Vec<Action>) {
         let txid = tx.compute_txid();
-        if self.spends.contains_key(&txid) {
-            return;
+        // Known already (reported again after a restart): its record stands, and what it
+        // ends is ended again below, in case a crash came between the two writes.
+        let known = self.spends.get(&txid).map(|(_, paid)| paid.clone());
+        let paid: Vec<EventId> = match known.clone() {
+            Some(paid) => paid,
+            None => self.live.get(&txid).map(|l| l.proposal.payouts.clone()).unwrap_or_default(),
+        };
+        if known.is_none() {
+            if !paid.is_empty() {
+                out.push(Action::Count(Count::Confirmed));
+            }
+            out.push(Action::Persist(Change::Spent { tx: tx.clone(), paid: paid.clone() }));
         }
-        let paid: Vec<EventId> = self.live.get(&txid).map(|l| l.proposal.payouts.clone()).unwrap_or_default();
-        if !paid.is_empty() {
-            out.push(Action::Count(Count::Confirmed));
-        }
-        out.push(Action::Persist(Change::Spent { tx: tx.clone(), paid: paid.clone() }));
         // This release and every live one sharing an input can no longer confirm.
         let spent: BTreeSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
         let done: Vec<Txid> = self
@@ -1151,6 +1166,37 @@ mod tests {
         // What it still signs is the withdrawal, which does not pay it.
         let (restored, _) = ReleaseBook::restore(config(1), &persisted, at + 30);
         assert!(restored.live().all(|(t, _, l)| *t == p.txid() || !l.payouts.contains(&gone)));
+    }
+
+    /// A crash between a vault spend's record and the drop of the releases it ends
+    /// leaves them on disk: the restored book drops them instead of signing them, and
+    /// the spend reported again ends them too.
+    #[test]
+    fn a_crash_between_a_spend_and_its_drops_leaves_nothing_live() {
+        let mut b = books().remove(0);
+        let at = turn_of(0, 10_000);
+        let mut persisted = Persisted::default();
+        let acts = b.handle(Input::Tick, at);
+        let p = proposals(&acts).pop().expect("proposed");
+        for a in &acts {
+            if let Action::Persist(c) = a {
+                persisted.apply(c);
+            }
+        }
+        // A conflicting spend of the same input confirms; only its first write lands.
+        let mut other = p.tx.clone();
+        other.output.truncate(1);
+        let acts = b.handle(Input::VaultSpend { tx: other.clone() }, at + 100);
+        let first = acts.iter().find_map(|a| if let Action::Persist(c) = a { Some(c.clone()) } else { None });
+        assert!(matches!(first, Some(Change::Spent { .. })), "{acts:?}");
+        persisted.apply(&first.expect("spent"));
+        let (mut restored, owed) = ReleaseBook::restore(config(0), &persisted, at + 200);
+        assert!(!signs(&owed), "a dead release signed after the restart: {owed:?}");
+        assert!(owed.contains(&Action::Persist(Change::Dropped { txid: p.txid() })), "{owed:?}");
+        assert_eq!(restored.live().count(), 0);
+        // Reported again by the chain: no second record, nothing live.
+        let again = restored.handle(Input::VaultSpend { tx: other }, at + 300);
+        assert!(!again.iter().any(|a| matches!(a, Action::Persist(Change::Spent { .. }))), "{again:?}");
     }
 
     #[test]
