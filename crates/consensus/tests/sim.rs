@@ -812,17 +812,12 @@ impl Sim {
                     continue;
                 }
                 self.stats.planned_live += 1;
-                for node in nodes {
-                    let core = self.honest[&node].core.as_ref().expect("up");
-                    if core.certificate(&event).map(|c| c.digest) != Some(digest) {
-                        self.fail(format!(
-                            "LIVENESS: node {node}'s adapters reported {digest} for {event} ({:?}), as did >= q honest \
-                             nodes', but it ended {:?}",
-                            plan.kind,
-                            core.status(&event)
-                        ));
-                    }
-                }
+                self.expect_certified(event, digest, &nodes, |node| {
+                    format!(
+                        "node {node}'s adapters reported {digest} for {event} ({:?}), as did >= q honest nodes'",
+                        plan.kind
+                    )
+                });
             }
         }
         // And a digest voted by >= q honest nodes is certified by each of them.
@@ -840,17 +835,21 @@ impl Sim {
                     continue;
                 }
                 self.stats.live_events += 1;
-                for node in nodes {
-                    let core = self.honest[&node].core.as_ref().expect("up");
-                    if core.certificate(&event).map(|c| c.digest) != Some(digest) {
-                        self.fail(format!(
-                            "LIVENESS: node {node} voted {digest} for {event} ({:?}) with >= q honest voters but \
-                             ended {:?}",
-                            plan.kind,
-                            core.status(&event)
-                        ));
-                    }
-                }
+                self.expect_certified(event, digest, &nodes, |node| {
+                    format!("node {node} voted {digest} for {event} ({:?}) with >= q honest voters", plan.kind)
+                });
+            }
+        }
+    }
+}
+
+impl Sim {
+    /// Each of `nodes` ended with `event` certified as `digest` (`why` says why it must).
+    fn expect_certified(&self, event: EventId, digest: Digest, nodes: &[u16], why: impl Fn(u16) -> String) {
+        for &node in nodes {
+            let core = self.honest[&node].core.as_ref().expect("up");
+            if core.certificate(&event).map(|c| c.digest) != Some(digest) {
+                self.fail(format!("LIVENESS: {}, but it ended {:?}", why(node), core.status(&event)));
             }
         }
     }
