@@ -821,17 +821,20 @@ impl ReleaseBook {
                 .zip(&old.prevouts)
                 .map(|(i, o)| (i.previous_output, Sats(o.value.to_sat())))
                 .collect();
-            // Rivals paying what it pays: an input of each, and all their peg-outs.
-            let pays: BTreeSet<EventId> = old.payouts.iter().copied().collect();
-            for (r, _) in self.rivals.values() {
-                if !r.payouts.iter().any(|e| pays.contains(e)) {
-                    continue;
-                }
+            // Every release linked to it, through any chain of shared inputs or
+            // peg-outs, among those held here and the rivals refused here: an input of
+            // each, and all their peg-outs. Linked directly only, a crossed split (one
+            // side holds `a -> 1` and `b -> 2`, the other `a -> 2` and `b -> 1`) is
+            // never mended: the merge of two would strand the third's peg-out.
+            let linked = self.linked(&old);
+            for r in &linked {
                 let theirs: Option<Vec<Payout>> = r.payouts.iter().map(|e| self.certified.get(e).cloned()).collect();
-                let input =
-                    r.tx.input.iter().zip(&r.prevouts).find(|(i, _)| self.utxos.contains_key(&i.previous_output));
-                let (Some(theirs), Some((i, o))) = (theirs, input) else { continue };
-                if !required.iter().any(|(op, _)| *op == i.previous_output) {
+                let Some(theirs) = theirs else { continue };
+                let covered = r.tx.input.iter().any(|i| required.iter().any(|(op, _)| *op == i.previous_output));
+                if !covered {
+                    let input =
+                        r.tx.input.iter().zip(&r.prevouts).find(|(i, _)| self.utxos.contains_key(&i.previous_output));
+                    let Some((i, o)) = input else { continue };
                     required.push((i.previous_output, Sats(o.value.to_sat())));
                 }
                 let fresh: Vec<Payout> =
@@ -848,6 +851,36 @@ impl ReleaseBook {
                 continue;
             }
             self.propose_own(p, Count::Respun, now, out);
+        }
+    }
+
+    /// The releases held here or refused here as rivals that `start` reaches through
+    /// a chain of shared inputs or peg-outs, `start` itself left out.
+    fn linked(&self, start: &Proposal) -> Vec<Proposal> {
+        let mut pool: Vec<&Proposal> = self
+            .live
+            .values()
+            .map(|l| &l.proposal)
+            .chain(self.rivals.values().map(|(r, _)| r))
+            .filter(|p| p.txid() != start.txid())
+            .collect();
+        let mut inputs: BTreeSet<OutPoint> = start.tx.input.iter().map(|i| i.previous_output).collect();
+        let mut pays: BTreeSet<EventId> = start.payouts.iter().copied().collect();
+        let mut found = Vec::new();
+        loop {
+            let (touching, rest): (Vec<&Proposal>, Vec<&Proposal>) = pool.into_iter().partition(|p| {
+                p.tx.input.iter().any(|i| inputs.contains(&i.previous_output))
+                    || p.payouts.iter().any(|e| pays.contains(e))
+            });
+            pool = rest;
+            if touching.is_empty() {
+                return found;
+            }
+            for p in touching {
+                inputs.extend(p.tx.input.iter().map(|i| i.previous_output));
+                pays.extend(p.payouts.iter().copied());
+                found.push(p.clone());
+            }
         }
     }
 
@@ -1129,6 +1162,53 @@ mod tests {
         books[0].handle(Input::Shared { txid: mine.txid() }, t2);
         books[3].handle(Input::Shared { txid: theirs.txid() }, t2);
         // Validator 0's turn, the respin wait over.
+        let t0 = turn_of(0, t1 + config(0).respin_after_ms);
+        let merged = proposals(&books[0].handle(Input::Tick, t0)).pop().expect("a superseding release");
+        let inputs: BTreeSet<OutPoint> = merged.tx.input.iter().map(|i| i.previous_output).collect();
+        assert_eq!(inputs, two.keys().copied().collect(), "an input of each");
+        assert!(merged.payouts.contains(&payout(1).event) && merged.payouts.contains(&payout(2).event));
+        assert!(
+            signs(&books[3].handle(Input::Proposal { from: 0, proposal: merged }, t0 + 10)),
+            "the other side signs it"
+        );
+    }
+
+    /// A crossed split: validator 0 holds `a -> 1` and `b -> 2`, validator 3 holds
+    /// `a -> 2` and `b -> 1`, so no release of either shares only with one of the
+    /// other's. The superseding release takes every release linked to the stuck one by
+    /// an input or a peg-out (here all four): it spends `a` and `b` and pays 1 and 2,
+    /// which both sides accept (sim seed 23, n=7).
+    #[test]
+    fn a_superseding_release_mends_a_crossed_split() {
+        let two: BTreeMap<OutPoint, Sats> = [
+            (OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 }, Sats(5_000_000)),
+            (OutPoint { txid: Txid::from_byte_array([8; 32]), vout: 1 }, Sats(4_000_000)),
+        ]
+        .into_iter()
+        .collect();
+        let mut books = books();
+        for b in books.iter_mut() {
+            b.handle(Input::Utxos(two.clone()), 0);
+        }
+        let policy = config(0).policy;
+        let coins: Vec<(OutPoint, Sats)> = two.iter().map(|(o, a)| (*o, *a)).collect();
+        let (a, b) = (&coins[..1], &coins[1..]);
+        let a1 = build(a, &[payout(1)], 5, &policy).expect("a -> 1");
+        let b2 = build(b, &[payout(2)], 5, &policy).expect("b -> 2");
+        let a2 = build(a, &[payout(2)], 5, &policy).expect("a -> 2");
+        let b1 = build(b, &[payout(1)], 5, &policy).expect("b -> 1");
+        let t1 = turn_of(1, 10_000);
+        for p in [&a1, &b2] {
+            assert!(signs(&books[0].handle(Input::Proposal { from: 1, proposal: p.clone() }, t1)));
+            books[0].handle(Input::Shared { txid: p.txid() }, t1);
+        }
+        let t2 = turn_of(2, t1);
+        for p in [&a2, &b1] {
+            assert!(signs(&books[3].handle(Input::Proposal { from: 2, proposal: p.clone() }, t2)));
+            books[3].handle(Input::Shared { txid: p.txid() }, t2);
+            let refused = books[0].handle(Input::Proposal { from: 2, proposal: p.clone() }, t2);
+            assert!(refused.iter().any(|a| matches!(a, Action::Refused { .. })), "validator 0 holds a rival");
+        }
         let t0 = turn_of(0, t1 + config(0).respin_after_ms);
         let merged = proposals(&books[0].handle(Input::Tick, t0)).pop().expect("a superseding release");
         let inputs: BTreeSet<OutPoint> = merged.tx.input.iter().map(|i| i.previous_output).collect();

@@ -10,12 +10,15 @@ use std::time::Instant;
 
 fn main() {
     let max_n: u16 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let mut failed = Vec::new();
     for n in [4u16, 7, 16] {
         let started = Instant::now();
         let (mut seeds, mut delivered) = (0u64, 0u64);
         while started.elapsed().as_secs_f64() < 10.0 {
             let r = run(&Setup { seed: seeds, n, canary: None });
-            assert!(r.ok(), "seed {} n={n}: {:?} {:?}", r.seed, r.violations, r.liveness);
+            if !r.ok() {
+                failed.push(format!("SIM_SEED={} SIM_N={n}: {:?} {:?}", r.seed, r.violations, r.liveness));
+            }
             seeds += 1;
             delivered += r.delivered;
         }
@@ -40,4 +43,8 @@ fn main() {
         n = if n < 64 { n * 2 } else { n + 32 };
     }
     println!("largest n with a seed under 10 s: {largest}");
+    for f in &failed {
+        println!("failed: {}", f.chars().take(600).collect::<String>());
+    }
+    assert!(failed.is_empty(), "{} seeds failed", failed.len());
 }
