@@ -49,7 +49,7 @@ pub fn signed_key(event: &EventId) -> Vec<u8> {
 }
 
 /// Where a release stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseStatus {
     Signing,
@@ -82,7 +82,13 @@ pub struct ReleaseRecord {
     pub replaces: Option<String>,
 }
 
-/// Key of the record of a certified peg-out that can never be paid (`{"reason"}`).
+/// A certified peg-out that can never be paid, under [`unpayable_key`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnpayableRecord {
+    pub reason: String,
+}
+
+/// Key of the [`UnpayableRecord`] of a certified peg-out.
 pub fn unpayable_key(event: &EventId) -> Vec<u8> {
     let mut k = b"unpayable/".to_vec();
     k.extend_from_slice(&event.to_bytes());

@@ -35,7 +35,7 @@ pub fn rank(event: &EventId, me: usize, n: usize) -> usize {
 
 /// What became of this node's relay of a mint (stored and served as its snake_case
 /// name, which is also the `outcome` label of `btcfi_relay_submissions_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RelayOutcome {
     /// Sent; not mined yet.

@@ -451,7 +451,7 @@ pub async fn run_with(
                 let connected = ctx.net.connected_validators().len();
                 if let Ok(mut s) = snapshot.write() {
                     s.key_issues = key_issues;
-                    s.signing = signing;
+                    s.signing = Some(signing);
                     s.peers_connected = connected;
                     s.certified = core.stats().certified;
                     s.own_votes = core.stats().observations;

@@ -216,6 +216,25 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     for route in ["/health", "/ready", "/metrics", "/v1/status", "/v1/attestations", "/v1/deposits/{outpoint}"] {
         assert!(spec["paths"].as_object().unwrap().keys().any(|k| k == route), "openapi lists {route}: {spec}");
     }
+    // Every route the document lists is served, with a status it declares, and the
+    // required fields of its 200 body are there.
+    for (route, item) in spec["paths"].as_object().unwrap() {
+        let path = route.replace("{id}", &first).replace("{outpoint}", &first[2..]);
+        let (code, body) = api.request("GET", &path, "");
+        let declared = &item["get"]["responses"][code.to_string()];
+        assert!(declared.is_object(), "{path}: {code} is not a status the document declares: {body}");
+        if code != 200 || route == "/metrics" {
+            continue;
+        }
+        let mut schema = &declared["content"]["application/json"]["schema"];
+        if let Some(name) = schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+            schema = &spec["components"]["schemas"][name];
+        }
+        for field in schema["required"].as_array().into_iter().flatten() {
+            let field = field.as_str().unwrap();
+            assert!(body.get(field).is_some(), "{path}: required field {field} missing from {body}");
+        }
+    }
     // Mints are signed in batches, a moment after certification.
     wait_until("the deposits' mints signed", Duration::from_secs(60), || async {
         let (_, listed) = api.request("GET", "/v1/attestations?status=signed&source=0", "");

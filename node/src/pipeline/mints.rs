@@ -122,7 +122,7 @@ impl Pipeline {
             error!(target: "release", %event, %reason, "certified peg-out can never be paid: left out of every release");
             self.metrics.releases.with_label_values(&["unpayable"]).inc();
             let mut b = Batch::new();
-            b.put_json(Cf::Releases, unpayable_key(&event), &serde_json::json!({ "reason": reason }))?;
+            b.put_json(Cf::Releases, unpayable_key(&event), &crate::records::UnpayableRecord { reason })?;
             self.store.commit(b)?;
         }
         Ok(())

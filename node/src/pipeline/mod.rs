@@ -399,23 +399,23 @@ impl Pipeline {
     }
 
     /// Group keys, vault and releases, for `/v1/status`.
-    pub fn summary(&self) -> serde_json::Value {
-        let keys: serde_json::Map<String, serde_json::Value> = [KeyKind::Evm, KeyKind::Btc]
+    pub fn summary(&self) -> crate::api::SigningSummary {
+        let keys = [KeyKind::Evm, KeyKind::Btc]
             .into_iter()
             .map(|k| {
                 let load = self.load(k);
-                let v = serde_json::json!({
-                    "group_key": self.group_keys.get(&k),
-                    "usable": self.usable.contains(&k),
-                    "sessions_in_flight": load.map(|l| l.in_flight),
-                    "max_sessions_in_flight": load.map(|l| l.max_in_flight),
-                    "queued": load.map(|l| l.queued),
-                    "queued_for_secs": load.map(|l| l.backlog.as_secs()),
-                });
+                let v = crate::api::KeyView {
+                    group_key: self.group_keys.get(&k).cloned(),
+                    usable: self.usable.contains(&k),
+                    sessions_in_flight: load.map(|l| l.in_flight),
+                    max_sessions_in_flight: load.map(|l| l.max_in_flight),
+                    queued: load.map(|l| l.queued),
+                    queued_for_secs: load.map(|l| l.backlog.as_secs()),
+                };
                 (k.as_str().to_owned(), v)
             })
             .collect();
-        let mut releases = BTreeMap::<&str, usize>::new();
+        let mut releases = BTreeMap::<String, usize>::new();
         for (r, _) in self.releases.values() {
             let status = match r.status {
                 ReleaseStatus::Signing => "signing",
@@ -424,16 +424,16 @@ impl Pipeline {
                 ReleaseStatus::Confirmed => "confirmed",
                 ReleaseStatus::Conflicted => "conflicted",
             };
-            *releases.entry(status).or_default() += 1;
+            *releases.entry(status.to_owned()).or_default() += 1;
         }
-        serde_json::json!({
-            "keys": keys,
-            "vault_address": self.vault_address,
-            "peg_outs_pending": self.metrics.releases_pending.get(),
-            "releases_in_flight": releases,
-            "peg_outs_paid": self.paid_events.len(),
-            "relayer": self.relay.is_some(),
-        })
+        crate::api::SigningSummary {
+            keys,
+            vault_address: self.vault_address.clone(),
+            peg_outs_pending: self.metrics.releases_pending.get(),
+            releases_in_flight: releases,
+            peg_outs_paid: self.paid_events.len(),
+            relayer: self.relay.is_some(),
+        }
     }
 
     /// Which keys are missing or not yet verified, and which bridges hold another key
