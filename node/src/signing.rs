@@ -524,54 +524,51 @@ impl<C: Ciphersuite> Suite<C> {
     /// waiting for its next round (and when), or signing (session, round, attempt, its
     /// coordinator, the signers eligible and left out, and, when this node coordinates,
     /// those whose commitment or share it still waits for). Validators by index.
-    pub fn explain(&self, message: &[u8]) -> Option<serde_json::Value> {
-        use serde_json::json;
+    pub fn explain(&self, message: &[u8]) -> Option<crate::api::SessionWait> {
+        use crate::api::{SessionWait, SetAside};
         let w = self.wanted.get(message)?;
         let index = |id: &Identifier<C>| self.index(id);
         let list = |set: &BTreeSet<Identifier<C>>| set.iter().filter_map(index).collect::<Vec<usize>>();
         let sid = w.sids.last().copied();
         let set_aside = sid.and_then(|s| self.sessions.get(&s)).filter(|s| s.suspended);
         if w.sids.is_empty() || set_aside.is_some() {
-            return Some(json!({
-                "state": "queued",
-                "position": self.queue.position(message),
-                "queued": self.queue.len(),
-                "sessions_in_flight": self.active(),
-                "max_sessions_in_flight": self.max_in_flight,
-                "set_aside": set_aside.map(|s| json!({
-                    "attempt": s.attempt.0,
-                    "committed": s.session.present(),
-                    "held_messages": s.held.len(),
-                })),
-            }));
+            return Some(SessionWait::Queued {
+                position: self.queue.position(message),
+                queued: self.queue.len(),
+                sessions_in_flight: self.active(),
+                max_sessions_in_flight: self.max_in_flight,
+                set_aside: set_aside.map(|s| SetAside {
+                    attempt: s.attempt.0,
+                    committed: s.session.present(),
+                    held_messages: s.held.len(),
+                }),
+            });
         }
         let sid = sid?;
         if let Some(at) = w.retry_at {
-            return Some(json!({
-                "state": "retrying",
-                "session": hex::encode(sid.0),
-                "round": w.round,
-                "failed_rounds": w.failures,
-                "next_round_in_ms": at.saturating_duration_since(Instant::now()).as_millis() as u64,
-            }));
+            return Some(SessionWait::Retrying {
+                session: hex::encode(sid.0),
+                round: w.round,
+                failed_rounds: w.failures,
+                next_round_in_ms: at.saturating_duration_since(Instant::now()).as_millis() as u64,
+            });
         }
         let slot = self.sessions.get(&sid)?;
         let p = slot.session.progress();
         let waiting_for = |have: &Option<BTreeSet<Identifier<C>>>, p: &btcfi_signer::session::Progress<C>| {
             have.as_ref().map(|h| list(&p.candidates.difference(h).copied().collect()))
         };
-        Some(json!({
-            "state": "signing",
-            "session": hex::encode(sid.0),
-            "round": w.round,
-            "attempt": p.as_ref().map(|p| p.attempt.0),
-            "coordinator": p.as_ref().and_then(|p| index(&p.coordinator)),
-            "candidates": p.as_ref().map(|p| list(&p.candidates)),
-            "excluded": p.as_ref().map(|p| list(&p.excluded)),
-            "missing_commitments": p.as_ref().and_then(|p| waiting_for(&p.committed, p)),
-            "missing_shares": p.as_ref().and_then(|p| waiting_for(&p.shared, p)),
-            "running_for_ms": slot.started.elapsed().as_millis() as u64,
-        }))
+        Some(SessionWait::Signing {
+            session: hex::encode(sid.0),
+            round: w.round,
+            attempt: p.as_ref().map(|p| p.attempt.0),
+            coordinator: p.as_ref().and_then(|p| index(&p.coordinator)),
+            candidates: p.as_ref().map(|p| list(&p.candidates)),
+            excluded: p.as_ref().map(|p| list(&p.excluded)),
+            missing_commitments: p.as_ref().and_then(|p| waiting_for(&p.committed, p)),
+            missing_shares: p.as_ref().and_then(|p| waiting_for(&p.shared, p)),
+            running_for_ms: slot.started.elapsed().as_millis() as u64,
+        })
     }
 
     fn has_slot(&self) -> bool {

@@ -15,7 +15,6 @@ use btcfi_store::{Cf, Store};
 use btcfi_types::{ChainId, EventId, TxHash};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::{
     collections::BTreeMap,
     sync::{Arc, OnceLock, RwLock},
@@ -25,8 +24,10 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 mod views;
+mod waiting;
 use tokio::sync::Semaphore;
 pub use views::*;
+pub use waiting::*;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChainStatus {
@@ -126,11 +127,11 @@ pub struct ApiState {
 }
 
 /// An event id, and where the daemon loop answers why it waits (signing, queue, release).
-pub type ExplainRequest = (EventId, tokio::sync::oneshot::Sender<Option<Value>>);
+pub type ExplainRequest = (EventId, tokio::sync::oneshot::Sender<Option<Waiting>>);
 
 /// Why `id` waits, from the daemon loop; `None` if nothing waits or the loop does not
 /// answer within two seconds (it is busy: the rest of the view still stands).
-async fn waiting(s: &ApiState, id: EventId) -> Option<Value> {
+async fn waiting(s: &ApiState, id: EventId) -> Option<Waiting> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     s.explain.try_send((id, tx)).ok()?;
     tokio::time::timeout(std::time::Duration::from_secs(2), rx).await.ok()?.ok()?
@@ -406,6 +407,7 @@ async fn get_deposit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn doc() -> Value {
         serde_json::to_value(openapi()).expect("the document serializes")
@@ -496,7 +498,7 @@ mod tests {
         full.signature = Some(None);
         full.mint = None;
         full.unpayable_reason = Some("u".into());
-        full.waiting = Some(Value::Null);
+        full.waiting = Some(Waiting::Stage(Stage::WaitingForEvmKey));
         let served = serde_json::to_value(&full).expect("serializes");
         let mut keys: Vec<String> = served.as_object().expect("an object").keys().cloned().collect();
         keys.extend(["mint", "relay", "release", "refund"].map(String::from));

@@ -10,7 +10,6 @@ use btcfi_consensus::{ValidatorIndex, persist::PeerVoteRecord};
 use btcfi_store::Cf;
 use btcfi_types::{Attestation, AttestationKind, EventId};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
@@ -332,8 +331,7 @@ pub struct EventView {
     /// Why it waits, from the daemon loop (one event's view only; absent if nothing
     /// waits here or the loop is busy).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub waiting: Option<Value>,
+    pub waiting: Option<super::Waiting>,
 }
 
 impl EventView {

@@ -1,21 +1,21 @@
 //! Why an event stands where it does (the `explain` view of the API).
 
 use super::*;
+use crate::api::{BatchWait, Stage, UnsignedInput, Waiting};
 
 impl Pipeline {
     /// Why `event` waits, as this node sees it now (None: nothing pending here): a mint
     /// held by its bridge's key, queued or being signed (the session, its attempt, the
     /// signers missing, the next retry); a payout waiting for a release, or in one
     /// being signed (which inputs, and their sessions); reorged.
-    pub fn explain(&self, event: &EventId) -> Option<serde_json::Value> {
-        use serde_json::json;
+    pub fn explain(&self, event: &EventId) -> Option<Waiting> {
         if self.reorged.contains(event) {
-            return Some(
-                json!({"state": "reorged", "detail": "reorged out past finality: never signed, relayed or paid"}),
-            );
+            return Some(Waiting::Stage(Stage::Reorged {
+                detail: "reorged out past finality: never signed, relayed or paid",
+            }));
         }
         if let Some(a) = self.held_mints.iter().find(|a| a.event == *event) {
-            return Some(json!({"state": "held", "reason": self.bridge_not_ready(a.destination().0)}));
+            return Some(Waiting::Stage(Stage::Held { reason: self.bridge_not_ready(a.destination().0) }));
         }
         if self.pegouts.contains_key(event) {
             let live = self
@@ -26,73 +26,64 @@ impl Pipeline {
                 .max_by_key(|(_, (r, _))| r.created_ms);
             let Some((txid, (rec, p))) = live else {
                 let now = now_ms();
-                let mine_in_ms = self.proposing_window_in_ms(now);
-                return Some(json!({
-                    "state": "waiting for a release",
-                    "certified_for_secs": self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
-                    "proposer_in_turn": self.turn_at(now),
-                    "this_node_proposes_in_ms": mine_in_ms,
+                return Some(Waiting::Stage(Stage::WaitingForRelease {
+                    certified_for_secs: self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
+                    proposer_in_turn: self.turn_at(now),
+                    this_node_proposes_in_ms: self.proposing_window_in_ms(now),
                 }));
             };
             let hashes = release::sighashes(&p.tx, &p.prevouts).unwrap_or_default();
-            let sessions: Vec<serde_json::Value> = rec
+            let unsigned_inputs = rec
                 .signatures
                 .iter()
                 .zip(&hashes)
                 .enumerate()
                 .filter(|(_, (sig, _))| sig.is_none())
-                .map(|(i, (_, h))| json!({"input": i, "session": self.btc.as_ref().and_then(|b| b.explain(h))}))
+                .map(|(input, (_, h))| UnsignedInput { input, session: self.btc.as_ref().and_then(|b| b.explain(h)) })
                 .collect();
-            return Some(json!({
-                "state": "releasing",
-                "release": txid.to_string(),
-                "status": rec.status,
-                "inputs": rec.signatures.len(),
-                "inputs_signed": rec.signatures.iter().filter(|s| s.is_some()).count(),
-                "unsigned_inputs": sessions,
+            return Some(Waiting::Stage(Stage::Releasing {
+                release: txid.to_string(),
+                status: rec.status,
+                inputs: rec.signatures.len(),
+                inputs_signed: rec.signatures.iter().filter(|s| s.is_some()).count(),
+                unsigned_inputs,
             }));
         }
         if let Some((chain, (_, at))) = self.unbatched.iter().find_map(|(c, w)| w.get(event).map(|entry| (*c, entry))) {
             let rank = self.batch_rank_of(chain, self.me);
-            return Some(json!({
-                "state": "batching",
-                "chain_id": chain,
-                "certified_for_ms": at.elapsed().as_millis() as u64,
-                "proposer": self.batch_proposer(chain),
-                "proposer_rank_of_this_node": rank,
-                "this_node_proposes_in_ms": (self.takeover * rank as u32 + self.batch_wait).saturating_sub(at.elapsed()).as_millis() as u64,
+            return Some(Waiting::Stage(Stage::Batching {
+                chain_id: chain,
+                certified_for_ms: at.elapsed().as_millis() as u64,
+                proposer: self.batch_proposer(chain),
+                proposer_rank_of_this_node: rank,
+                this_node_proposes_in_ms: (self.takeover * rank as u32 + self.batch_wait)
+                    .saturating_sub(at.elapsed())
+                    .as_millis() as u64,
             }));
         }
         if !self.usable.contains(&KeyKind::Evm) {
-            return Some(json!({"state": "waiting for the evm key's test signature"}));
+            return Some(Waiting::Stage(Stage::WaitingForEvmKey));
         }
         if let Some(message) = self.in_batch.get(event)
             && let Some(b) = self.batches.get(message)
         {
-            let batch = json!({
-                "root": word(&b.proposal.root()),
-                "mints": b.proposal.leaves.len(),
-                "proposer": b.proposer,
-                "proposed_ms_ago": b.since.elapsed().as_millis() as u64,
-            });
+            let batch = BatchWait {
+                root: word(&b.proposal.root()),
+                mints: b.proposal.leaves.len(),
+                proposer: b.proposer,
+                proposed_ms_ago: b.since.elapsed().as_millis() as u64,
+            };
             if b.started_at.is_none() {
                 let ready: Vec<usize> =
                     self.batch_ready.get(message).map(|(who, _)| who.iter().copied().collect()).unwrap_or_default();
-                return Some(json!({
-                    "state": "awaiting signers",
-                    "batch": batch,
-                    "ready": ready,
-                    "needed": self.n * 2 / 3,
-                }));
+                return Some(Waiting::Stage(Stage::AwaitingSigners { batch, ready, needed: self.n * 2 / 3 }));
             }
-            let mut v = self.evm.as_ref()?.explain(message)?;
-            if let Some(o) = v.as_object_mut() {
-                o.insert("batch".into(), batch);
-            }
-            return Some(v);
+            let session = self.evm.as_ref()?.explain(message)?;
+            return Some(Waiting::Session { session, batch: Some(batch) });
         }
         let rec = crate::state::get_certified(&self.store, event).ok()??;
         let message = self.mint_message_of(&rec.attestation)?;
-        self.evm.as_ref()?.explain(&message)
+        let session = self.evm.as_ref()?.explain(&message)?;
+        Some(Waiting::Session { session, batch: None })
     }
 }
