@@ -48,8 +48,6 @@ pub enum Cf {
     Evidence,
     /// Signing attempts ("commitment issued" records).
     SigningAttempts,
-    /// The vault's UTXO set.
-    VaultUtxos,
     /// Bitcoin releases (peg-out transactions) and their state.
     Releases,
     /// Key material (encrypted at rest by its owner) and public key packages.
@@ -57,7 +55,7 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Cursors,
         Cf::Events,
@@ -67,7 +65,6 @@ impl Cf {
         Cf::NetworkCertificates,
         Cf::Evidence,
         Cf::SigningAttempts,
-        Cf::VaultUtxos,
         Cf::Releases,
         Cf::Keys,
     ];
@@ -83,12 +80,19 @@ impl Cf {
             Cf::NetworkCertificates => "network_certificates",
             Cf::Evidence => "evidence",
             Cf::SigningAttempts => "signing_attempts",
-            Cf::VaultUtxos => "vault_utxos",
             Cf::Releases => "releases",
             Cf::Keys => "keys",
         }
     }
 }
+
+/// Column families earlier builds created and this one no longer uses: dropped when a
+/// database that has them is opened (RocksDB refuses to open a database without naming
+/// every family it holds).
+const RETIRED: [&str; 1] = [
+    // The vault's UTXO set: never written; the chain is asked instead.
+    "vault_utxos",
+];
 
 /// The node's database.
 #[derive(Debug)]
@@ -149,8 +153,18 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| StoreError::open(&path, e))?;
+        // Retired families the database still holds are opened, then dropped.
+        let existing = DB::list_cf(&opts, &path).unwrap_or_default();
+        let retired: Vec<&str> = RETIRED.into_iter().filter(|r| existing.iter().any(|e| e == r)).collect();
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| cf.name())
+            .chain(retired.iter().copied())
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let mut db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| StoreError::open(&path, e))?;
+        for name in retired {
+            db.drop_cf(name).map_err(|e| StoreError::open(&path, e))?;
+        }
         let store = Self { db, path };
         match store.get(Cf::Meta, SCHEMA_KEY)? {
             None => {
@@ -262,6 +276,26 @@ mod tests {
         del.delete(Cf::Votes, b"e1/0");
         s.commit(del).unwrap();
         assert_eq!(s.scan_prefix(Cf::Votes, b"e1/").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_database_holding_a_retired_family_opens_and_loses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let names = Cf::ALL.iter().map(|c| c.name()).chain(["vault_utxos"]);
+            let db = DB::open_cf(&opts, dir.path(), names).unwrap();
+            db.put_cf(db.cf_handle("vault_utxos").unwrap(), b"k", b"v").unwrap();
+            db.put_cf(db.cf_handle("events").unwrap(), b"e", b"1").unwrap();
+        }
+        let store = Store::open(dir.path()).expect("opens");
+        assert_eq!(store.get(Cf::Events, b"e").unwrap().as_deref(), Some(&b"1"[..]));
+        drop(store);
+        let left = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!left.iter().any(|n| n == "vault_utxos"), "dropped: {left:?}");
+        Store::open(dir.path()).expect("opens again");
     }
 
     #[test]
