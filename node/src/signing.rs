@@ -4,9 +4,11 @@
 //! A session starts only from this node's own decision ([`Suite::start`]: a digest it
 //! certified, a sighash of a release it validated, the test message of a fresh key).
 //! Peer messages for a session this node has not started yet are parked (bounded, for
-//! two minutes) and replayed when it starts. Every `CommitmentIssued` record is written
-//! to the store (synced) before the commitment leaves; at start the records are loaded
-//! back, so no attempt from before a restart is ever answered. A finished session
+//! two minutes) and replayed when it starts. The suite writes nothing itself: every
+//! `CommitmentIssued` record, round and piece of evidence comes as [`Effect::Persist`]
+//! ahead of the effects that depend on it, and the driver commits it (synced) before it
+//! carries out the next, so no commitment leaves before its record is durable. At start
+//! the records are loaded back, so no attempt from before a restart is ever answered. A finished session
 //! answers late peers with its signature so they finish too.
 //!
 //! A session that fails (its attempts ran out while signers were away) is retried by
@@ -85,6 +87,8 @@ pub enum SigningFault {
 /// What the run loop must do.
 #[derive(Debug)]
 pub enum Effect {
+    /// Commit this batch (synced) before carrying out the effects after it.
+    Persist(Batch),
     /// Send `payload` (a `MessageKind::Signing` request) to validator `to`.
     Send { to: usize, payload: Vec<u8> },
     /// A session produced a verified group signature.
@@ -661,7 +665,7 @@ impl<C: Ciphersuite> Suite<C> {
     }
 
     /// Takes a set-aside session up again: its held messages are delivered.
-    fn resume(&mut self, store: &Store, sid: SessionId, now_ms: u64) -> eyre::Result<Vec<Effect>> {
+    fn resume(&mut self, sid: SessionId, now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let Some(slot) = self.sessions.get_mut(&sid) else { return Ok(vec![]) };
         slot.suspended = false;
         slot.active_since = Instant::now();
@@ -669,7 +673,7 @@ impl<C: Ciphersuite> Suite<C> {
         debug!(target: "signing", key = %self.kind, session = ?sid, held = held.len(), "set-aside session resumed");
         let mut out = Vec::new();
         for (from, m) in held {
-            out.extend(self.deliver(store, sid, from, m, now_ms)?);
+            out.extend(self.deliver(sid, from, m, now_ms)?);
         }
         Ok(out)
     }
@@ -790,20 +794,21 @@ impl<C: Ciphersuite> Suite<C> {
             return Ok(vec![]);
         }
         self.wanted.insert(message.clone(), w);
-        self.start_round(store, &message, round, now_ms)
+        self.start_round(&message, round, now_ms)
     }
 
     /// Starts round `round` of signing `message` (leaving the round before, if it still
     /// runs): the round is stored (synced) first, then a new session begins under that
     /// round's id, with the messages parked for it.
-    fn start_round(&mut self, store: &Store, message: &[u8], round: u32, now_ms: u64) -> eyre::Result<Vec<Effect>> {
+    fn start_round(&mut self, message: &[u8], round: u32, now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let sids: Vec<SessionId> = (0..=round).map(|r| self.sid_of(message, r)).collect();
         let key = self.round_key(message);
         let Some(w) = self.wanted.get_mut(message) else { return Ok(vec![]) };
+        let mut persisted = Vec::new();
         if round > 0 {
             let mut b = Batch::new();
             b.put(Cf::SigningAttempts, key, round.to_be_bytes());
-            store.commit(b)?;
+            persisted.push(Effect::Persist(b));
         }
         let left: Vec<SessionId> = w.sids.clone();
         w.round = round;
@@ -843,15 +848,16 @@ impl<C: Ciphersuite> Suite<C> {
                 active_since: Instant::now(),
             },
         );
-        let mut out = self.process(store, sid, actions, now_ms)?;
+        let mut out = persisted;
+        out.extend(self.process(sid, actions, now_ms)?);
         for (from, m) in self.parked.take(&sid) {
-            out.extend(self.deliver(store, sid, from, m, now_ms)?);
+            out.extend(self.deliver(sid, from, m, now_ms)?);
         }
         Ok(out)
     }
 
     /// A session message from validator `from`.
-    pub fn on_message(&mut self, store: &Store, from: usize, body: &[u8], now_ms: u64) -> eyre::Result<Vec<Effect>> {
+    pub fn on_message(&mut self, from: usize, body: &[u8], now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let m = match Message::<C>::decode(body) {
             Ok(m) => m,
             Err(e) => {
@@ -870,12 +876,12 @@ impl<C: Ciphersuite> Suite<C> {
             return Ok(vec![]);
         }
         if self.sessions.contains_key(&sid) {
-            return self.deliver(store, sid, from, m, now_ms);
+            return self.deliver(sid, from, m, now_ms);
         }
         if let Some(message) = self.by_sid.get(&sid).cloned() {
             // An earlier round of a message this node signs (or the current one, failed
             // here): the peer is behind, or back from away. Tell it where this node is.
-            return self.behind(store, from, &message, sid, m, now_ms);
+            return self.behind(from, &message, sid, m, now_ms);
         }
         if let Err(why) = self.parked.park(sid, from, m, body.len(), Instant::now()) {
             self.metrics.signing_refused.with_label_values(&[self.kind.as_str(), why.as_str()]).inc();
@@ -898,7 +904,6 @@ impl<C: Ciphersuite> Suite<C> {
     ///   `f + 1` peers say the same ([`Suite::on_round_hint`]).
     fn behind(
         &mut self,
-        store: &Store,
         from: usize,
         message: &[u8],
         sid: SessionId,
@@ -918,7 +923,7 @@ impl<C: Ciphersuite> Suite<C> {
             round = round.saturating_add(1);
             if self.has_slot() {
                 info!(target: "signing", key = %self.kind, from, round, "a signer is back: the next round starts now");
-                out.extend(self.start_round(store, message, round, now_ms)?);
+                out.extend(self.start_round(message, round, now_ms)?);
             } else if let Some(w) = self.wanted.get_mut(message) {
                 // Due now: it starts as soon as a slot frees.
                 w.retry_at = Some(now);
@@ -998,7 +1003,7 @@ impl<C: Ciphersuite> Suite<C> {
     /// A round hint from `from` (`session id | round`): it is in `round` of the message
     /// whose earlier round `session id` is. Once `f + 1` peers are past this node's round,
     /// it joins the highest round that many of them reached.
-    pub fn on_round_hint(&mut self, store: &Store, from: usize, body: &[u8], now_ms: u64) -> eyre::Result<Vec<Effect>> {
+    pub fn on_round_hint(&mut self, from: usize, body: &[u8], now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let (Some(sid), Some(round)) = (
             body.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()),
             body.get(32..36).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes),
@@ -1019,7 +1024,7 @@ impl<C: Ciphersuite> Suite<C> {
                 let here = w.round;
                 if self.holds_slot(&message) || self.has_slot() {
                     info!(target: "signing", key = %self.kind, from = here, to = target, "peers are in a later round of this signing: joining it");
-                    return self.start_round(store, &message, target, now_ms);
+                    return self.start_round(&message, target, now_ms);
                 }
                 // Every slot is taken: it joins them as soon as one frees.
                 if let Some(w) = self.wanted.get_mut(&message) {
@@ -1031,14 +1036,7 @@ impl<C: Ciphersuite> Suite<C> {
             _ => Ok(vec![]),
         }
     }
-    fn deliver(
-        &mut self,
-        store: &Store,
-        sid: SessionId,
-        from: usize,
-        m: Message<C>,
-        now_ms: u64,
-    ) -> eyre::Result<Vec<Effect>> {
+    fn deliver(&mut self, sid: SessionId, from: usize, m: Message<C>, now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let Ok(from_id) = identifier::<C>(from) else { return Ok(vec![]) };
         let Some(slot) = self.sessions.get_mut(&sid) else { return Ok(vec![]) };
         if slot.suspended && !matches!(m, Message::Signature { .. }) {
@@ -1070,18 +1068,18 @@ impl<C: Ciphersuite> Suite<C> {
                 && (self.has_slot() || self.set_aside_one(sid, Instant::now()))
             {
                 self.queue.remove(&message);
-                return self.resume(store, sid, now_ms);
+                return self.resume(sid, now_ms);
             }
             // Otherwise it goes first when a slot frees (the limit holds).
             return Ok(vec![]);
         }
         let actions = slot.session.handle(Input::Message { from: from_id, message: m }, now_ms);
-        self.process(store, sid, actions, now_ms)
+        self.process(sid, actions, now_ms)
     }
 
     /// Time passed: attempts time out, parked messages expire, failed sessions are
     /// retried as their next round.
-    pub fn tick(&mut self, store: &Store, now_ms: u64) -> eyre::Result<Vec<Effect>> {
+    pub fn tick(&mut self, now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let now = Instant::now();
         self.parked.expire(now);
         let mut out = Vec::new();
@@ -1098,7 +1096,7 @@ impl<C: Ciphersuite> Suite<C> {
                 break;
             }
             info!(target: "signing", key = %self.kind, round, "retrying a failed signing session as a new round");
-            out.extend(self.start_round(store, &message, round, now_ms)?);
+            out.extend(self.start_round(&message, round, now_ms)?);
         }
         self.yield_slot(now);
         while self.has_slot() {
@@ -1109,12 +1107,12 @@ impl<C: Ciphersuite> Suite<C> {
             if let Some(sid) = last {
                 // Set aside before, or already running in another round.
                 if self.sessions.get(&sid).is_some_and(|s| s.suspended) {
-                    out.extend(self.resume(store, sid, now_ms)?);
+                    out.extend(self.resume(sid, now_ms)?);
                 }
                 continue;
             }
             self.queued_sids.remove(&self.sid_of(&message, round));
-            out.extend(self.start_round(store, &message, round, now_ms)?);
+            out.extend(self.start_round(&message, round, now_ms)?);
         }
         let kind = self.kind.as_str();
         self.metrics.signing_queue.with_label_values(&[kind]).set(self.queue.len() as i64);
@@ -1123,7 +1121,7 @@ impl<C: Ciphersuite> Suite<C> {
         for sid in ids {
             if let Some(slot) = self.sessions.get_mut(&sid) {
                 let actions = slot.session.handle(Input::Tick, now_ms);
-                out.extend(self.process(store, sid, actions, now_ms)?);
+                out.extend(self.process(sid, actions, now_ms)?);
             }
         }
         Ok(out)
@@ -1137,13 +1135,7 @@ impl<C: Ciphersuite> Suite<C> {
         SignatureShare::deserialize(&bytes).unwrap_or(*share)
     }
 
-    fn process(
-        &mut self,
-        store: &Store,
-        sid: SessionId,
-        actions: Vec<Action<C>>,
-        _now_ms: u64,
-    ) -> eyre::Result<Vec<Effect>> {
+    fn process(&mut self, sid: SessionId, actions: Vec<Action<C>>, _now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let mut out = Vec::new();
         let kind = self.kind;
         for a in actions {
@@ -1151,8 +1143,9 @@ impl<C: Ciphersuite> Suite<C> {
                 Action::Persist(rec) => {
                     let mut b = Batch::new();
                     b.put(Cf::SigningAttempts, issued_key(kind, &rec), []);
-                    // Durable before the commitment leaves; a failed write stops the node.
-                    store.commit(b)?;
+                    // Durable before the commitment leaves (the effects are carried out
+                    // in order); a failed write stops the node.
+                    out.push(Effect::Persist(b));
                     self.issued.insert(rec);
                     self.metrics.signing_commitments.with_label_values(&[kind.as_str()]).inc();
                     debug!(target: "signing", key = %kind, session = ?sid, attempt = rec.attempt.0, "commitment issued (persisted)");
@@ -1212,7 +1205,7 @@ impl<C: Ciphersuite> Suite<C> {
                     });
                     let mut b = Batch::new();
                     b.put_json(Cf::Evidence, key, &record)?;
-                    store.commit(b)?;
+                    out.push(Effect::Persist(b));
                 }
                 Action::Done(signature) => {
                     let Some(slot) = self.sessions.remove(&sid) else { continue };
@@ -1421,6 +1414,7 @@ mod tests {
         fn take(&mut self, from: usize, effects: Vec<Effect>) {
             for e in effects {
                 match e {
+                    Effect::Persist(b) => self.stores[from].commit(b).expect("commit"),
                     Effect::Send { to, payload } => self.wire.push((from, to, payload)),
                     Effect::Signed { message, .. } => {
                         self.signed[from].insert(message);
@@ -1449,15 +1443,15 @@ mod tests {
                     let now = self.now_ms();
                     let (tag, body) = payload.split_first().expect("tagged");
                     let effects = if *tag == TAG_ROUND {
-                        self.suites[to].on_round_hint(&self.stores[to], from, &body[1..], now)
+                        self.suites[to].on_round_hint(from, &body[1..], now)
                     } else {
-                        self.suites[to].on_message(&self.stores[to], from, body, now)
+                        self.suites[to].on_message(from, body, now)
                     };
                     self.take(to, effects.expect("delivered"));
                 }
                 for v in 0..4 {
                     let now = self.now_ms();
-                    let effects = self.suites[v].tick(&self.stores[v], now).expect("tick");
+                    let effects = self.suites[v].tick(now).expect("tick");
                     self.take(v, effects);
                 }
                 std::thread::sleep(Duration::from_millis(5));

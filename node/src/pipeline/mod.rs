@@ -524,20 +524,20 @@ impl Pipeline {
         let Some((&tag, body)) = payload.split_first() else { return Ok(()) };
         let effects = match tag {
             TAG_EVM => match self.evm.as_mut() {
-                Some(s) => s.on_message(&self.store, from, body, now_ms())?,
+                Some(s) => s.on_message(from, body, now_ms())?,
                 None => vec![],
             },
             TAG_BTC => match self.btc.as_mut() {
-                Some(s) => s.on_message(&self.store, from, body, now_ms())?,
+                Some(s) => s.on_message(from, body, now_ms())?,
                 None => vec![],
             },
             TAG_ROUND => match body.split_first() {
                 Some((&TAG_EVM, hint)) => match self.evm.as_mut() {
-                    Some(s) => s.on_round_hint(&self.store, from, hint, now_ms())?,
+                    Some(s) => s.on_round_hint(from, hint, now_ms())?,
                     None => vec![],
                 },
                 Some((&TAG_BTC, hint)) => match self.btc.as_mut() {
-                    Some(s) => s.on_round_hint(&self.store, from, hint, now_ms())?,
+                    Some(s) => s.on_round_hint(from, hint, now_ms())?,
                     None => vec![],
                 },
                 _ => vec![],
@@ -574,10 +574,10 @@ impl Pipeline {
         self.start_key_checks()?;
         let mut effects = Vec::new();
         if let Some(s) = self.evm.as_mut() {
-            effects.extend(s.tick(&self.store, now_ms())?);
+            effects.extend(s.tick(now_ms())?);
         }
         if let Some(s) = self.btc.as_mut() {
-            effects.extend(s.tick(&self.store, now_ms())?);
+            effects.extend(s.tick(now_ms())?);
         }
         self.apply(effects)?;
         if self.usable.contains(&KeyKind::Evm) {

@@ -107,6 +107,7 @@ impl Pipeline {
     pub(super) fn apply(&mut self, effects: Vec<Effect>) -> eyre::Result<()> {
         for e in effects {
             match e {
+                Effect::Persist(b) => self.store.commit(b)?,
                 Effect::Send { to, payload } => self.send(to, payload),
                 Effect::Signed { kind, purpose, message, signature, signers, attempt, .. } => {
                     self.on_signed(kind, purpose, &message, &signature, signers, attempt)?;
