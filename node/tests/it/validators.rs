@@ -4,8 +4,7 @@
 //! catches up; a fifth node whose key is not in the set is refused. The vault is the
 //! validators' own (from `btcfi-node dkg`).
 
-mod common;
-
+use crate::common::{EvmChain, Setup, Validator, dkg_all, node_bin, wait_certified};
 use alloy::primitives::B256;
 use bitcoin::hashes::Hash;
 use bitcoin::{Address, Amount};
@@ -18,7 +17,6 @@ use btcfi_testkit::{
 };
 use btcfi_testkit::{Bitcoind, wait_until};
 use btcfi_types::{ChainId, DepositMemo, EvmAddress};
-use common::{EvmChain, Setup, Validator, dkg_all, node_bin, wait_certified};
 use std::{process::Command, time::Duration};
 
 /// A real anvil with the bridge deployed under a dealer group key.
@@ -109,12 +107,12 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert!(String::from_utf8_lossy(&check.stdout).contains("rpc_password = \"***\""), "password masked");
     let keys = dkg_all(&nodes.iter().collect::<Vec<_>>());
-    let vault = common::vault_of(&keys);
+    let vault = crate::common::vault_of(&keys);
     // Wrapped BTC for the burn below, minted under the dealer key; then the bridge is
     // the validators'.
     evm.mint(2, 70_000).await;
     evm.rotate_to(&keys).await;
-    common::start_all(&mut nodes).await;
+    crate::common::start_all(&mut nodes).await;
 
     // One deposit: all four certify the same digest.
     let first = deposit(&btc, &vault, 1_000_000).await;

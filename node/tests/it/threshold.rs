@@ -4,8 +4,7 @@
 //! validator, one returning invalid shares, and one SIGKILLed between commitment and
 //! share.
 
-mod common;
-
+use crate::common::{EvmChain, Setup, Validator, dkg_all, tail};
 use alloy::primitives::{Address, B256, U256};
 use bitcoin::Amount;
 use bitcoincore_rpc::RpcApi;
@@ -17,7 +16,6 @@ use btcfi_signer::{
 };
 use btcfi_testkit::{Anvil, Bitcoind, contracts::deploy_bridge, wait_until};
 use btcfi_types::{ChainId, DepositMemo, EventId, EvmAddress, TxHash};
-use common::{EvmChain, Setup, Validator, dkg_all, tail};
 use std::{
     collections::BTreeSet,
     str::FromStr,
@@ -174,11 +172,11 @@ async fn network_opts(o: Opts) -> Net {
             .unwrap();
         assert!(r.status(), "setInitialKey");
     }
-    let vault = common::vault_of(&keys);
+    let vault = crate::common::vault_of(&keys);
     if unkeyed.is_some() {
         nodes.iter_mut().for_each(Validator::start);
     } else {
-        common::start_all(&mut nodes).await;
+        crate::common::start_all(&mut nodes).await;
     }
     // A block a second, as a live chain would.
     let mining = Arc::new(AtomicBool::new(true));
@@ -280,7 +278,7 @@ async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
     let mut net = network([None; 4]).await;
     let user = net.chains[1].anvil.dev_address(7);
     // The operator's summary names both keys as usable and the DKG's vault.
-    let status = std::process::Command::new(common::node_bin())
+    let status = std::process::Command::new(crate::common::node_bin())
         .args(["status", "--home"])
         .arg(net.nodes[0].home.path())
         .output()
@@ -585,7 +583,7 @@ async fn restored_after_a_payment(fault: Option<&str>) -> (Net, String, String, 
         let n = &mut net.nodes[i];
         n.kill();
         let out = n.home.path().join("backup-before-peg-out");
-        let done = std::process::Command::new(common::node_bin())
+        let done = std::process::Command::new(crate::common::node_bin())
             .args(["backup", "--home"])
             .arg(n.home.path())
             .arg("--out")

@@ -1,5 +1,4 @@
 //! Shared by the node's multi-process tests: validator processes, their configs, the DKG.
-#![allow(dead_code)]
 
 use btcfi_testkit::{Bitcoind, free_port, wait_until};
 use serde_json::Value;

@@ -2,10 +2,8 @@
 //! `config check` and refused by `run` (file and `BTCFI_` environment alike); `backup`
 //! writes a checkpoint that opens as the node's database, and refuses what it must.
 
-mod common;
-
+use crate::common::{Setup, Validator, node_bin};
 use btcfi_store::{Batch, Cf, Store};
-use common::{Setup, Validator, node_bin};
 use std::{
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -27,7 +25,7 @@ fn home() -> Validator {
         btc_password: "secret-password".into(),
         vault: vault(),
         start_height: 0,
-        evm: vec![common::EvmChain {
+        evm: vec![crate::common::EvmChain {
             name: "ethereum".into(),
             chain_id: 31337,
             url: "http://127.0.0.1:8545".into(),
