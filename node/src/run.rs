@@ -440,13 +440,15 @@ pub async fn run_with(
     }
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The release path's bitcoind answers (the driver task makes the calls).
+    let mut bitcoind = ctx.pipeline.take_bitcoind_answers();
     tokio::pin!(shutdown);
     let result: eyre::Result<()> = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 if let Err(e) = ctx.feed(&mut core, Input::Tick).await { break Err(e) }
-                if let Err(e) = ctx.pipeline.tick().await { break Err(e) }
+                if let Err(e) = ctx.pipeline.tick() { break Err(e) }
                 let (key_issues, signing) = (ctx.pipeline.not_ready(), ctx.pipeline.summary());
                 let connected = ctx.net.connected_validators().len();
                 if let Ok(mut s) = snapshot.write() {
@@ -458,6 +460,9 @@ pub async fn run_with(
                 }
                 let heights: Vec<ChainHeights> = snapshot.read().map(|s| s.chains.values().map(|c| ChainHeights { chain_id: c.chain_id, head: c.head, finalized: c.finalized }).collect()).unwrap_or_default();
                 ctx.net.set_chain_heights(heights);
+            }
+            Some(answer) = next_answer(&mut bitcoind) => {
+                if let Err(e) = ctx.pipeline.on_bitcoind(answer) { break Err(e) }
             }
             Some(update) = chain_rx.recv() => {
                 if let Err(e) = on_chain(&mut ctx, &mut core, &snapshot, update).await { break Err(e) }
@@ -481,6 +486,16 @@ pub async fn run_with(
     tasks.abort_all();
     network.shutdown().await;
     result
+}
+
+/// The next answer of the bitcoind driver; never, without one.
+async fn next_answer(
+    rx: &mut Option<mpsc::Receiver<crate::pipeline::BitcoindAnswer>>,
+) -> Option<crate::pipeline::BitcoindAnswer> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn on_chain(

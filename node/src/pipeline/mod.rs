@@ -54,6 +54,7 @@ mod signers;
 mod validators;
 
 use batches::*;
+pub(crate) use releases::driver::Answer as BitcoindAnswer;
 use releases::*;
 use signers::*;
 
@@ -148,7 +149,11 @@ pub struct Pipeline {
     policy: Policy,
     confirmations: u64,
     rbf_after: Duration,
-    bitcoin: Option<BitcoinSource>,
+    /// The bitcoind driver's end (None without a usable bitcoind config), its answers
+    /// until the run loop takes them, and what was asked of it.
+    bitcoind: Option<releases::driver::Driver>,
+    bitcoind_answers: Option<mpsc::Receiver<releases::driver::Answer>>,
+    asked: Asked,
     utxos: BTreeMap<OutPoint, Sats>,
     pegouts: BTreeMap<EventId, Payout>,
     pegout_seen: BTreeMap<EventId, Instant>,
@@ -282,7 +287,13 @@ impl Pipeline {
                 .require_network(cfg.bitcoin.network)?
                 .script_pubkey()
         };
-        let bitcoin = BitcoinSource::for_submission(cfg.bitcoin.clone()).ok();
+        let (bitcoind, bitcoind_answers) = match BitcoinSource::for_submission(cfg.bitcoin.clone()) {
+            Ok(btc) => {
+                let (d, answers) = releases::driver::Driver::spawn(btc, tasks);
+                (Some(d), Some(answers))
+            }
+            Err(_) => (None, None),
+        };
         let mut spends = Vec::new();
         for (_, raw) in store.scan_prefix(Cf::Releases, ONCHAIN_PREFIX)? {
             spends.push(serde_json::from_slice::<VaultSpend>(&raw)?);
@@ -340,7 +351,9 @@ impl Pipeline {
             fee_estimated_at: None,
             confirmations: u64::from(cfg.bitcoin.confirmations),
             rbf_after: Duration::from_secs(cfg.bitcoin.rbf_after_secs),
-            bitcoin,
+            bitcoind,
+            bitcoind_answers,
+            asked: Asked::default(),
             utxos: BTreeMap::new(),
             pegouts: BTreeMap::new(),
             pegout_seen: BTreeMap::new(),
@@ -570,7 +583,7 @@ impl Pipeline {
     }
 
     /// Once a second: session timeouts, release proposals and follow-up.
-    pub async fn tick(&mut self) -> eyre::Result<()> {
+    pub fn tick(&mut self) -> eyre::Result<()> {
         self.start_key_checks()?;
         let mut effects = Vec::new();
         if let Some(s) = self.evm.as_mut() {
@@ -587,9 +600,9 @@ impl Pipeline {
             self.resend_batches();
         }
         if self.usable.contains(&KeyKind::Btc) {
-            self.refresh_fee_estimate().await;
+            self.refresh_fee_estimate();
             self.retry_waiting()?;
-            self.check_accepted().await?;
+            self.check_accepted();
             self.resend_proposals();
             if self.release_fault == Some(ReleaseFault::OutOfTurn) && self.bitcoin_synced {
                 // Well clear of its own turn, on every validator's clock.
@@ -601,12 +614,12 @@ impl Pipeline {
             }
             if self.bitcoin_synced {
                 self.maybe_withdraw()?;
-                self.maybe_merge().await?;
+                self.maybe_merge()?;
             }
-            self.maybe_propose().await?;
-            if self.last_release_check.elapsed() >= Duration::from_secs(2) {
+            self.maybe_propose()?;
+            if !self.asked.follow && self.last_release_check.elapsed() >= Duration::from_secs(2) {
                 self.last_release_check = Instant::now();
-                self.follow_releases().await?;
+                self.follow_releases();
             }
         }
         Ok(())

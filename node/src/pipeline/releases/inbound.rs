@@ -238,7 +238,7 @@ impl Pipeline {
     /// validators holds one, neither reaches t): propose one that spends an input of
     /// each and pays all their peg-outs. It is valid beside either, conflicts with both,
     /// so at most one of them all confirms. By turns, like proposals.
-    pub(in crate::pipeline) async fn maybe_merge(&mut self) -> eyre::Result<()> {
+    pub(in crate::pipeline) fn maybe_merge(&mut self) -> eyre::Result<()> {
         let now = now_ms();
         self.competing.retain(|_, (_, at, _)| at.elapsed() < Duration::from_secs(3_600));
         self.merged.retain(|_, at| at.elapsed() < self.merge_after);
@@ -264,7 +264,7 @@ impl Pipeline {
                 .map(|(c, _, _)| release::Live::of(c))
                 .filter(|c| !c.inputs.is_disjoint(&mine.inputs) || !c.payouts.is_disjoint(&mine.payouts))
                 .collect();
-            if self.bitcoin.is_none() {
+            if self.bitcoind.is_none() {
                 return Ok(());
             }
             let rate = self.honest_rate();

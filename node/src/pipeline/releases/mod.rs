@@ -6,10 +6,28 @@
 
 use super::*;
 
+mod checks;
+pub(crate) mod driver;
 mod inbound;
 mod ledger;
 mod proposer;
 mod signing;
+
+/// What this node asked the bitcoind driver and has no answer for yet: one of each
+/// at a time, so a slow bitcoind is not asked ever more.
+#[derive(Debug, Default)]
+pub(in crate::pipeline) struct Asked {
+    /// A fee estimate.
+    pub(in crate::pipeline) fee: bool,
+    /// A policy check of this node's own next proposal.
+    pub(in crate::pipeline) own: bool,
+    /// The confirmations of the releases it follows.
+    pub(in crate::pipeline) follow: bool,
+    /// Policy checks of peers' proposals, by txid.
+    pub(in crate::pipeline) checks: BTreeSet<Txid>,
+    /// Broadcasts, by txid.
+    pub(in crate::pipeline) broadcasts: BTreeSet<Txid>,
+}
 
 /// What the releases this node knows hold: the live ones (that may still confirm) with
 /// their inputs and payouts, and the peg-outs paid by confirmed ones.
@@ -30,10 +48,8 @@ impl Locks {
     }
 }
 
-/// Longest one bitcoind call of the release path may take inside the main loop.
+/// Longest one bitcoind call of the release path may take (in the driver's task).
 pub(in crate::pipeline) const RPC_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest following the releases may take in one tick.
-pub(in crate::pipeline) const FOLLOW_BUDGET: Duration = Duration::from_secs(3);
 
 /// `call`, or an error once [`RPC_TIMEOUT`] passed (the call is abandoned, not undone:
 /// every call here is a read or an idempotent broadcast).

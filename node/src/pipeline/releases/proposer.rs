@@ -95,23 +95,6 @@ impl Pipeline {
         self.fee_estimate.unwrap_or(self.policy.floor_sat_per_vb)
     }
 
-    /// Reads bitcoind's fee estimate again once it is older than ten seconds (bounded,
-    /// like every call of the release path). A failed read keeps the last estimate.
-    pub(in crate::pipeline) async fn refresh_fee_estimate(&mut self) {
-        if self.fee_estimated_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
-            return;
-        }
-        let Some(btc) = self.bitcoin.as_ref() else { return };
-        match bounded(btc.estimate_fee_rate()).await {
-            Ok(f) => {
-                self.fee_estimate = Some(f.sat_per_vb);
-                self.fee_estimated_at = Some(Instant::now());
-            }
-            // The last estimate stands until bitcoind answers again.
-            Err(e) => debug!(target: "release", error = %e, "fee estimate unavailable"),
-        }
-    }
-
     pub(in crate::pipeline) fn propose(&mut self, p: Proposal) -> eyre::Result<()> {
         if self.releases.contains_key(&p.txid()) {
             return Ok(());
@@ -140,10 +123,11 @@ impl Pipeline {
     /// wait, or the oldest waited [`BATCH_WAIT`] and no other came for as long, or the
     /// oldest waited [`BATCH_MAX_WAIT`]. So a burst is paid in full releases, one after
     /// another, and a lone peg-out a moment after it was certified.
-    pub(in crate::pipeline) async fn maybe_propose(&mut self) -> eyre::Result<()> {
+    pub(in crate::pipeline) fn maybe_propose(&mut self) -> eyre::Result<()> {
         let faulty_now = self.release_fault == Some(ReleaseFault::GreedyFee);
         if self.policy.vault_script.is_empty()
             || !self.bitcoin_synced
+            || self.asked.own
             || self.release_fault == Some(ReleaseFault::OutOfTurn)
             || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
             || self.proposals_resume.is_some_and(|t| Instant::now() < t)
@@ -222,7 +206,7 @@ impl Pipeline {
         };
         let available: Vec<(OutPoint, Sats)> =
             self.utxos.iter().filter(|(op, _)| !locked_inputs.contains(op)).map(|(op, a)| (*op, *a)).collect();
-        if self.bitcoin.is_none() {
+        if self.bitcoind.is_none() {
             return Ok(());
         }
         let rate = self.honest_rate();
@@ -251,27 +235,9 @@ impl Pipeline {
                 self.propose_split(p, &available, &payouts, rate)
             }
             Ok(p) => {
-                match self.policy_refusal(p.tx.clone()).await {
-                    Ok(None) => {}
-                    Ok(Some(reason)) => {
-                        let blamed = self.blame(&p, &reason).await?;
-                        warn!(target: "release", txid = %p.txid(), %reason, blamed = blamed.len(), "own release refused by bitcoind's relay policy: the next one goes without what it blames");
-                        self.back_off_proposals();
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        debug!(target: "release", error = %e, "testmempoolaccept unavailable: not proposing yet");
-                        self.back_off_proposals();
-                        return Ok(());
-                    }
-                }
-                // bitcoind took its time: the turn may have passed on meanwhile.
-                if !self.may_propose_now() {
-                    debug!(target: "release", txid = %p.txid(), "the turn passed on while bitcoind checked the release: not sent");
-                    return Ok(());
-                }
-                info!(target: "release", txid = %p.txid(), payouts = p.payouts.len(), inputs = p.tx.input.len(), rate, "proposing a release");
-                self.propose(p)
+                // Sent once bitcoind's policy takes it ([`Pipeline::on_own_checked`]).
+                self.check_own(p);
+                Ok(())
             }
             Err(e) => {
                 self.back_off_proposals();

@@ -1,7 +1,10 @@
 //! Signing a release's inputs, broadcasting it, following it to depth, and replacing
 //! it by fee.
 
-use super::*;
+use super::{
+    driver::{Ask, Broadcast},
+    *,
+};
 
 impl Pipeline {
     pub(in crate::pipeline) fn start_release_sessions(&mut self, txid: Txid) -> eyre::Result<()> {
@@ -56,7 +59,7 @@ impl Pipeline {
         if let Some((rec, _)) = self.releases.get_mut(&txid)
             && rec.status == ReleaseStatus::Signing
         {
-            // The async tick broadcasts it (bitcoind does not know it yet).
+            // Following it broadcasts it (bitcoind does not know it yet).
             rec.status = ReleaseStatus::Broadcast;
             info!(target: "release", %txid, "every input signed: broadcasting");
         }
@@ -65,30 +68,39 @@ impl Pipeline {
         Ok(())
     }
 
-    pub(in crate::pipeline) async fn follow_releases(&mut self) -> eyre::Result<()> {
-        if self.bitcoin.is_none() {
-            return Ok(());
-        }
+    /// Asks bitcoind for the confirmations of the releases broadcast or replaced (one
+    /// ask at a time); [`Pipeline::on_confirmations`] takes the answer.
+    pub(in crate::pipeline) fn follow_releases(&mut self) {
         let watched = self.releases_in(&[ReleaseStatus::Broadcast, ReleaseStatus::Replaced]);
+        if !watched.is_empty() {
+            self.asked.follow = self.ask(Ask::Confirmations(watched));
+        }
+    }
+
+    /// bitcoind's confirmations of the releases followed: the ones at depth are
+    /// confirmed (and what conflicts with them dead), stuck ones replaced by fee, and
+    /// ones bitcoind does not know (first time, or evicted) broadcast.
+    pub(in crate::pipeline) fn on_confirmations(
+        &mut self,
+        confs: Vec<(Txid, Result<Option<u64>, String>)>,
+    ) -> eyre::Result<()> {
+        self.asked.follow = false;
         let mut changed = Vec::new();
         let mut stuck_releases = Vec::new();
-        // This runs in the node's main loop: a slow bitcoind must not hold up consensus.
-        let budget = Instant::now() + FOLLOW_BUDGET;
-        for txid in watched {
-            if Instant::now() > budget {
-                debug!(target: "release", "following releases: time budget spent, the rest next tick");
-                break;
-            }
-            let Some(btc) = self.bitcoin.as_ref() else { break };
-            let confs = match bounded(btc.tx_confirmations(txid)).await {
+        for (txid, confs) in confs {
+            let confs = match confs {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(target: "release", %txid, error = %e, "cannot follow the release");
                     continue;
                 }
             };
+            // Gone, or finished meanwhile: nothing to follow.
             let Some((rec, _)) = self.releases.get(&txid) else { continue };
             let status = rec.status;
+            if !matches!(status, ReleaseStatus::Broadcast | ReleaseStatus::Replaced) {
+                continue;
+            }
             match confs {
                 Some(c) if c >= self.confirmations => {
                     let Some((rec, p)) = self.releases.get_mut(&txid) else { continue };
@@ -112,6 +124,7 @@ impl Pipeline {
                 }
                 // Pays a reorged peg-out: never broadcast from here (its withdrawal is).
                 None if self.pays_reorged(&txid) => {}
+                None if self.asked.broadcasts.contains(&txid) => {}
                 None if status == ReleaseStatus::Broadcast => {
                     // Not known to bitcoind (first time, or evicted): (re)broadcast.
                     let tx = match self.signed_tx(&txid) {
@@ -125,47 +138,15 @@ impl Pipeline {
                             None
                         }
                     };
-                    let refused_long = self.releases.get(&txid).is_some_and(|(r, _)| {
-                        r.broadcast_ms.is_none() && now_ms().saturating_sub(r.created_ms) > self.bump_turn(&txid)
-                    });
-                    // Asked first. A signed release that bitcoind's policy now refuses
-                    // (its policy changed since the release was checked before signing)
-                    // stays live: its signatures exist, another node's mempool or a miner
-                    // may still confirm it, so its payouts stay promised to it (freeing
-                    // them could pay them twice). It is named once, with what it blames.
-                    if let Some(t) = &tx
-                        && let Ok(Some(reason)) = self.policy_refusal(t.clone()).await
-                    {
-                        if self.policy_refused.insert(txid) {
-                            let blamed = self.blamed_payouts(&txid).await;
-                            error!(target: "release", %txid, %reason, blamed = ?blamed, "signed release refused by bitcoind's relay policy: not broadcast from here; its payouts stay promised to it");
-                            self.metrics.releases.with_label_values(&["refused_by_policy"]).inc();
-                        }
-                        continue;
-                    }
-                    let btc = match self.bitcoin.as_ref() {
-                        Some(b) => b,
-                        None => continue,
-                    };
+                    // Asked of the policy first. A signed release that bitcoind's policy
+                    // now refuses (its policy changed since the release was checked
+                    // before signing) stays live: its signatures exist, another node's
+                    // mempool or a miner may still confirm it, so its payouts stay
+                    // promised to it (freeing them could pay them twice).
                     if let Some(tx) = tx {
-                        match bounded(btc.broadcast(tx)).await {
-                            Ok(_) => {
-                                let Some((rec, _)) = self.releases.get_mut(&txid) else { continue };
-                                if rec.broadcast_ms.is_none() {
-                                    rec.broadcast_ms = Some(now_ms());
-                                    self.metrics.releases.with_label_values(&["broadcast"]).inc();
-                                    info!(target: "release", %txid, "release broadcast");
-                                }
-                                changed.push(txid);
-                            }
-                            Err(e) => {
-                                warn!(target: "release", %txid, error = %e, "broadcast refused");
-                                // A replacement the mempool refuses (fee too low to replace):
-                                // bump it in turn, like a stuck one.
-                                if refused_long {
-                                    stuck_releases.push(txid);
-                                }
-                            }
+                        let probes = self.releases.get(&txid).map(|(_, p)| self.probes(p));
+                        if self.ask(Ask::Broadcast { txid, tx, probes }) {
+                            self.asked.broadcasts.insert(txid);
                         }
                     }
                 }
@@ -173,10 +154,9 @@ impl Pipeline {
                     // Fully signed, evicted, and no replacement of it out there yet: it
                     // is still the best way to pay its peg-outs.
                     if let Ok(Some(tx)) = self.signed_tx(&txid)
-                        && let Some(btc) = self.bitcoin.as_ref()
-                        && let Err(e) = bounded(btc.broadcast(tx)).await
+                        && self.ask(Ask::Broadcast { txid, tx, probes: None })
                     {
-                        debug!(target: "release", %txid, error = %e, "replaced release not re-broadcast");
+                        self.asked.broadcasts.insert(txid);
                     }
                 }
                 None => {}
@@ -204,10 +184,50 @@ impl Pipeline {
         for t in stuck_releases {
             // One paying a reorged peg-out is withdrawn, not bumped.
             if !self.pays_reorged(&t) {
-                self.replace(t).await?;
+                self.replace(t)?;
             }
         }
         self.update_pending_gauge();
+        Ok(())
+    }
+
+    /// What came of broadcasting release `txid`.
+    pub(in crate::pipeline) fn on_broadcast(&mut self, txid: Txid, sent: Broadcast) -> eyre::Result<()> {
+        self.asked.broadcasts.remove(&txid);
+        let Some((rec, _)) = self.releases.get(&txid) else { return Ok(()) };
+        let status = rec.status;
+        match sent {
+            Broadcast::Done => {
+                let Some((rec, _)) = self.releases.get_mut(&txid) else { return Ok(()) };
+                if rec.broadcast_ms.is_none() {
+                    rec.broadcast_ms = Some(now_ms());
+                    self.metrics.releases.with_label_values(&["broadcast"]).inc();
+                    info!(target: "release", %txid, "release broadcast");
+                }
+                self.save_release(&txid)?;
+            }
+            Broadcast::Refused { reason, blamed } => {
+                // Named once, with what it blames; its payouts stay promised to it.
+                if self.policy_refused.insert(txid) {
+                    let blamed: Vec<EventId> = blamed.into_iter().map(|(e, _)| e).collect();
+                    error!(target: "release", %txid, %reason, blamed = ?blamed, "signed release refused by bitcoind's relay policy: not broadcast from here; its payouts stay promised to it");
+                    self.metrics.releases.with_label_values(&["refused_by_policy"]).inc();
+                }
+            }
+            Broadcast::Failed(e) if status == ReleaseStatus::Broadcast => {
+                warn!(target: "release", %txid, error = %e, "broadcast refused");
+                // A replacement the mempool refuses (fee too low to replace): bump it
+                // in turn, like a stuck one.
+                let refused_long = self.releases.get(&txid).is_some_and(|(r, _)| {
+                    r.broadcast_ms.is_none() && now_ms().saturating_sub(r.created_ms) > self.bump_turn(&txid)
+                });
+                if refused_long && !self.pays_reorged(&txid) {
+                    self.replace(txid)?;
+                    self.update_pending_gauge();
+                }
+            }
+            Broadcast::Failed(e) => debug!(target: "release", %txid, error = %e, "replaced release not re-broadcast"),
+        }
         Ok(())
     }
 
@@ -251,9 +271,9 @@ impl Pipeline {
         dead
     }
 
-    pub(in crate::pipeline) async fn replace(&mut self, txid: Txid) -> eyre::Result<()> {
+    pub(in crate::pipeline) fn replace(&mut self, txid: Txid) -> eyre::Result<()> {
         let Some((rec, p)) = self.releases.get(&txid) else { return Ok(()) };
-        if self.bitcoin.is_none() {
+        if self.bitcoind.is_none() {
             return Ok(());
         }
         // Twice the old rate, or the estimate, within the band the signers accept.
