@@ -1,4 +1,5 @@
-//! Why an event stands where it does (the `explain` view of the API).
+//! What the API shows of the pipeline: the status summary, readiness, and why an
+//! event stands where it does (the `explain` view).
 
 use super::*;
 use crate::api::{BatchWait, Stage, UnsignedInput, Waiting};
@@ -85,5 +86,68 @@ impl Pipeline {
         let message = self.mint_message_of(&rec.attestation)?;
         let session = self.evm.as_ref()?.explain(&message)?;
         Some(Waiting::Session { session, batch: None })
+    }
+
+    /// Group keys, vault and releases, for `/v1/status`.
+    pub fn summary(&self) -> crate::api::SigningSummary {
+        let keys = [KeyKind::Evm, KeyKind::Btc]
+            .into_iter()
+            .map(|k| {
+                let load = self.load(k);
+                let v = crate::api::KeyView {
+                    group_key: self.group_keys.get(&k).cloned(),
+                    usable: self.usable.contains(&k),
+                    sessions_in_flight: load.map(|l| l.in_flight),
+                    max_sessions_in_flight: load.map(|l| l.max_in_flight),
+                    queued: load.map(|l| l.queued),
+                    queued_for_secs: load.map(|l| l.backlog.as_secs()),
+                };
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        let mut releases = BTreeMap::<String, usize>::new();
+        for (r, _) in self.releases.values() {
+            let status = match r.status {
+                ReleaseStatus::Signing => "signing",
+                ReleaseStatus::Broadcast => "broadcast",
+                ReleaseStatus::Replaced => "replaced",
+                ReleaseStatus::Confirmed => "confirmed",
+                ReleaseStatus::Conflicted => "conflicted",
+            };
+            *releases.entry(status.to_owned()).or_default() += 1;
+        }
+        crate::api::SigningSummary {
+            keys,
+            vault_address: self.vault_address.clone(),
+            peg_outs_pending: self.metrics.releases_pending.get(),
+            releases_in_flight: releases,
+            peg_outs_paid: self.paid_events.len(),
+            relayer: self.relay.is_some(),
+        }
+    }
+
+    /// Which keys are missing or not yet verified, and which bridges hold another key
+    /// (for `/ready`).
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = self.bridge_keys.as_ref().map(BridgeKeys::issues).unwrap_or_default();
+        for kind in [KeyKind::Evm, KeyKind::Btc] {
+            if !self.group_keys.contains_key(&kind) {
+                why.push(format!("no {kind} key for epoch {}: run `btcfi-node dkg`", self.epoch));
+            } else if !self.usable.contains(&kind) {
+                why.push(format!("{kind} key not verified yet (test signature pending)"));
+            }
+            if let Some(l) = self.load(kind)
+                && l.queued > 0
+                && l.backlog >= self.queue_saturated
+            {
+                why.push(format!(
+                    "{kind} signing saturated: {} waiting behind {} sessions in flight for {} s",
+                    l.queued,
+                    l.in_flight,
+                    l.backlog.as_secs()
+                ));
+            }
+        }
+        why
     }
 }

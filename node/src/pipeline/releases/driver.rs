@@ -167,21 +167,6 @@ mod tests {
     };
     use btcfi_chain_adapters::bitcoin::{BitcoinConfig, FeeBounds};
 
-    /// A bitcoind that takes connections and never answers (each is held `hold`).
-    fn hung_bitcoind(hold: Duration) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    std::thread::sleep(hold);
-                    drop(conn);
-                });
-            }
-        });
-        format!("http://127.0.0.1:{port}")
-    }
-
     fn cfg(rpc_url: String) -> BitcoinConfig {
         // The generator's x coordinate: any valid key serves as the vault here.
         let x = hex::decode("79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").expect("hex");
@@ -210,7 +195,8 @@ mod tests {
     /// driver's bound, in order; asking (a plain `fn`) never waits on it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_bitcoind_gets_each_ask_answered_with_an_error_within_the_bound() {
-        let btc = BitcoinSource::for_submission(cfg(hung_bitcoind(RPC_TIMEOUT * 3))).expect("source");
+        let hung = btcfi_testkit::rpc::FakeRpc::start(|_| btcfi_testkit::rpc::Reply::Hang).expect("endpoint");
+        let btc = BitcoinSource::for_submission(cfg(hung.url())).expect("source");
         let mut tasks = crate::tasks::Tasks::new();
         let (driver, mut answers) = Driver::spawn(btc, &mut tasks);
         assert!(driver.ask(Ask::FeeEstimate));
