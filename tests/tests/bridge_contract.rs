@@ -14,7 +14,7 @@ use alloy::{
     primitives::{Address, B256, Bytes, U256, hex, keccak256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::{TransactionReceipt, TransactionRequest},
-    sol_types::{SolCall, SolError, SolEvent, SolEventInterface, SolInterface, SolValue},
+    sol_types::{SolCall, SolError, SolEvent, SolEventInterface, SolValue},
 };
 use bitcoin::{
     PubkeyHash, ScriptBuf, ScriptHash, WPubkeyHash, WScriptHash, WitnessProgram, WitnessVersion, hashes::Hash,
@@ -28,7 +28,7 @@ use btcfi_signer::evm::{
 };
 use btcfi_testkit::{
     Anvil,
-    contracts::{BridgeConfig, Deployed, KeyedBridge, abi_json, bytecode, deploy_bridge, deploy_bridge_with},
+    contracts::{BridgeConfig, Deployed, KeyedBridge, abi_json, bytecode, deploy_bridge, deploy_bridge_with, reverts},
     frost::{DealerKey, TestRng},
 };
 use std::collections::BTreeSet;
@@ -120,21 +120,6 @@ async fn send<D: alloy::contract::CallDecoder>(
     let receipt = call.send().await.unwrap().get_receipt().await.unwrap();
     assert!(receipt.status(), "transaction reverted: {receipt:?}");
     receipt
-}
-
-/// Requires that sending `call` reverts with `expected` (gas estimation already sees it):
-/// a bridge error, or one of the token's that the bridge passes on.
-async fn reverts<D: alloy::contract::CallDecoder, E: SolInterface + std::fmt::Debug + PartialEq>(
-    call: alloy::contract::CallBuilder<&DynProvider, D>,
-    expected: E,
-) {
-    match call.send().await {
-        Ok(pending) => panic!("expected revert {expected:?}, but the transaction was sent: {:?}", pending.tx_hash()),
-        Err(e) => {
-            let got = e.as_decoded_interface_error::<E>();
-            assert_eq!(got.as_ref(), Some(&expected), "expected revert {expected:?}, got {e}");
-        }
-    }
 }
 
 /// The result of a view call: its value, or the bridge error it reverted with.

@@ -6,12 +6,13 @@ use btcfi_chain_adapters::{
     ChainEvent, ChainSource, Inclusion,
     bitcoin::{BitcoinConfig, BitcoinSource, BtcError, BtcRpc, ConfirmationTier, FeeBounds, FeeSource},
 };
-use btcfi_testkit::Bitcoind;
+use btcfi_testkit::{
+    Bitcoind,
+    rpc::{FakeRpc, Reply},
+};
 use btcfi_types::{AttestationKind, ChainId, DepositMemo, EventId, EvmAddress, Sats, TxHash};
 use serde_json::json;
 use std::{
-    io::{Read, Write},
-    net::TcpListener,
     str::FromStr,
     sync::{
         Arc,
@@ -336,53 +337,9 @@ async fn vault_spends_update_the_utxo_set_and_broadcast_is_followed() -> eyre::R
     Ok(())
 }
 
-/// A loopback HTTP server that answers every JSON-RPC request with `body(id)`.
-fn bad_node(body: fn(&serde_json::Value) -> String) -> String {
-    serve(move |req| body(&req["id"]))
-}
-
-/// A loopback HTTP server that answers every JSON-RPC request with `answer(request)`.
-fn serve(answer: impl Fn(&serde_json::Value) -> String + Send + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let mut buf = vec![0u8; 65536];
-            let mut got = 0;
-            // Read headers and the body announced by Content-Length.
-            let request = loop {
-                let Ok(n) = s.read(&mut buf[got..]) else { break None };
-                if n == 0 {
-                    break None;
-                }
-                got += n;
-                let text = String::from_utf8_lossy(&buf[..got]).to_string();
-                if let Some(pos) = text.find("\r\n\r\n") {
-                    let len = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if got >= pos + 4 + len {
-                        break Some(text[pos + 4..pos + 4 + len].to_owned());
-                    }
-                }
-            };
-            let Some(req) = request else { continue };
-            let req: serde_json::Value = serde_json::from_str(&req).unwrap_or_default();
-            let payload = answer(&req);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                payload.len(),
-                payload
-            );
-        }
-    });
-    url
+/// A loopback JSON-RPC endpoint that answers every request with `body(id)`.
+fn bad_node(body: fn(&serde_json::Value) -> String) -> FakeRpc {
+    FakeRpc::start(move |req| Reply::Raw(body(&req["id"]))).expect("a loopback endpoint")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,14 +366,14 @@ async fn bad_answers_from_the_node_are_typed_errors() -> eyre::Result<()> {
     let truncated = bad_node(|id| format!("{{\"result\": 12, \"error\": null, \"id\": {id}"));
     let wrong_type = bad_node(|id| format!("{{\"result\": \"twelve\", \"error\": null, \"id\": {id}}}"));
     let bad_block = bad_node(|id| format!("{{\"result\": \"00ff\", \"error\": null, \"id\": {id}}}"));
-    for url in [truncated, wrong_type] {
-        let rpc = BtcRpc::new(&cfg_for(url))?;
+    for node in [&truncated, &wrong_type] {
+        let rpc = BtcRpc::new(&cfg_for(node.url()))?;
         match rpc.tip().await {
             Err(BtcError::BadResponse { method: "getblockcount", .. }) => {}
             other => panic!("expected BadResponse, got {other:?}"),
         }
     }
-    let rpc = BtcRpc::new(&cfg_for(bad_block))?;
+    let rpc = BtcRpc::new(&cfg_for(bad_block.url()))?;
     let hash = bitcoin::BlockHash::from_str(&"00".repeat(32))?;
     assert!(matches!(rpc.block(hash).await, Err(BtcError::BadResponse { method: "getblock", .. })));
     // An unreachable node is a retryable transport error.
@@ -424,7 +381,8 @@ async fn bad_answers_from_the_node_are_typed_errors() -> eyre::Result<()> {
     let err = BtcRpc::new(&cfg_for(dead))?.tip().await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     // An adapter over a broken node fails to start with a typed error, not a panic.
-    let e = BitcoinSource::new(cfg_for(bad_node(|id| format!("{{\"id\": {id}, \"result\": [1,2"))), None).await;
+    let broken = bad_node(|id| format!("{{\"id\": {id}, \"result\": [1,2"));
+    let e = BitcoinSource::new(cfg_for(broken.url()), None).await;
     assert!(matches!(e, Err(BtcError::BadResponse { .. })), "{e:?}");
     Ok(())
 }
@@ -521,31 +479,15 @@ async fn rejected_deposits_report_where_a_refund_would_go_and_wait_for_their_tie
 }
 
 /// A JSON-RPC proxy to bitcoind that, while `fail` is set, refuses `getblock <hash> 3`.
-fn proxy_failing_verbose_blocks(btc: &Bitcoind, fail: Arc<AtomicBool>) -> eyre::Result<String> {
-    let upstream = bitcoincore_rpc::Client::new(
-        &btc.rpc_url(),
-        bitcoincore_rpc::Auth::UserPass(btc.rpc_user().into(), btc.rpc_password().into()),
-    )?;
-    Ok(serve(move |req| {
-        let id = &req["id"];
-        let method = req["method"].as_str().unwrap_or_default();
-        let params = req["params"].as_array().cloned().unwrap_or_default();
-        let verbose_block = method == "getblock" && params.get(1) == Some(&json!(3));
-        let answer = if verbose_block && fail.load(Ordering::SeqCst) {
-            Err((-1, "injected failure".to_owned()))
-        } else {
-            upstream.call::<serde_json::Value>(method, &params).map_err(|e| match e {
-                bitcoincore_rpc::Error::JsonRpc(bitcoincore_rpc::jsonrpc::Error::Rpc(r)) => (r.code, r.message),
-                other => (-1, other.to_string()),
-            })
-        };
-        match answer {
-            Ok(result) => json!({ "result": result, "error": null, "id": id }).to_string(),
-            Err((code, message)) => {
-                json!({ "result": null, "error": { "code": code, "message": message }, "id": id }).to_string()
-            }
-        }
-    }))
+fn proxy_failing_verbose_blocks(btc: &Bitcoind, fail: Arc<AtomicBool>) -> eyre::Result<FakeRpc> {
+    FakeRpc::proxy(&btc.rpc_url(), move |req| {
+        let verbose_block = req["method"] == "getblock" && req["params"].get(1) == Some(&json!(3));
+        (verbose_block && fail.load(Ordering::SeqCst)).then(|| {
+            Reply::json(
+                json!({ "result": null, "error": { "code": -1, "message": "injected failure" }, "id": req["id"] }),
+            )
+        })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +497,8 @@ async fn a_failed_prevout_lookup_fails_the_poll_and_the_block_is_processed_once_
     // Refusing from the start: a block without a rejected payment must not ask for it.
     let fail = Arc::new(AtomicBool::new(true));
     let mut cfg = config(&btc, &vault, 1).await?;
-    cfg.rpc_url = proxy_failing_verbose_blocks(&btc, fail.clone())?;
+    let proxy = proxy_failing_verbose_blocks(&btc, fail.clone())?;
+    cfg.rpc_url = proxy.url();
     let mut src = BitcoinSource::new(cfg, None).await?;
     let dep = btc.send_deposit(&vault, Amount::from_sat(10_000_000), Some(&memo(1))).await?;
     btc.mine(1).await?;

@@ -23,7 +23,6 @@ use alloy::{
     providers::Provider,
     rpc::types::{TransactionReceipt, TransactionRequest},
     sol_types::SolEvent,
-    transports::http::reqwest,
 };
 use btcfi_chain_adapters::{
     AdapterError, ChainEvent, ChainSource, Inclusion, Observed,
@@ -37,25 +36,20 @@ use btcfi_testkit::{
     Anvil,
     contracts::KeyedBridge,
     frost::{DealerKey, TestRng},
+    rpc::{FakeRpc, Forwarder, Reply},
     wait_until,
 };
 use btcfi_types::{AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeSet,
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::{JoinHandle, JoinSet},
-};
+use tokio::task::JoinSet;
 
 const DEPLOYER: usize = 0;
 const USER: usize = 2;
@@ -375,15 +369,15 @@ async fn restarts_neither_repeat_nor_skip_across_ten_thousand_blocks() {
 async fn with_the_first_endpoint_killed_the_adapter_follows_through_the_second() {
     let mut chain = Chain::start(31342).await;
     chain.fund(USER, 100_000).await;
-    let mut forwarder = Forwarder::start(0, chain.anvil.port()).await;
-    let first = format!("http://127.0.0.1:{}", forwarder.port);
+    let mut forwarder = Forwarder::start(0, chain.anvil.port()).unwrap();
+    let first = forwarder.url();
     let config = chain.config(vec![first, chain.anvil.url()], Finality::Depth(1));
     let mut source = EvmSource::new(config, None, 1).unwrap();
     drain_to(&mut source, chain.head().await - 1).await;
     let h = source.endpoint_health();
     assert!(h[0].healthy && h[0].requests > 0 && h[0].errors == 0, "{h:?}");
 
-    forwarder.kill().await;
+    forwarder.cut();
     let (nonce, block) = chain.burn_to_btc(USER, 5_000).await;
     chain.anvil.mine(1).await.unwrap();
     let events = drain_to(&mut source, block).await;
@@ -395,7 +389,7 @@ async fn with_the_first_endpoint_killed_the_adapter_follows_through_the_second()
     assert!(h[1].healthy && h[1].requests > 0 && h[1].last_head.is_some(), "{h:?}");
 
     // The same port answers again: probes bring endpoint 1 back.
-    let forwarder = Forwarder::start(forwarder.port, chain.anvil.port()).await;
+    let forwarder = Forwarder::start(forwarder.port(), chain.anvil.port()).unwrap();
     let start = Instant::now();
     while !source.endpoint_health()[0].healthy {
         let _ = source.poll().await;
@@ -424,9 +418,8 @@ async fn an_event_counts_only_once_two_independent_endpoints_return_it() {
     let height = chain.head().await;
     other.anvil.mine(height + 1).await.unwrap();
 
-    let forwarder = Forwarder::start(0, chain.anvil.port()).await;
-    let mut config =
-        chain.config(vec![chain.anvil.url(), format!("http://127.0.0.1:{}", forwarder.port)], Finality::Depth(1));
+    let forwarder = Forwarder::start(0, chain.anvil.port()).unwrap();
+    let mut config = chain.config(vec![chain.anvil.url(), forwarder.url()], Finality::Depth(1));
     config.min_agreeing_endpoints = 2;
     let mut agreeing = EvmSource::new(config, None, 1).unwrap();
     let events = drain_to(&mut agreeing, block).await;
@@ -507,25 +500,20 @@ async fn the_log_range_shrinks_below_what_the_provider_accepts() {
     let upstream = chain.anvil.url();
     let proxy = {
         let (refused, largest_served) = (refused.clone(), largest_served.clone());
-        HttpServer::start(Arc::new(move |req: Value| {
-            let (refused, largest_served, upstream) = (refused.clone(), largest_served.clone(), upstream.clone());
-            Box::pin(async move {
-                if req["method"] == "eth_getLogs" {
-                    let n = |k: &str| {
-                        u64::from_str_radix(req["params"][0][k].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-                    };
-                    let span = n("toBlock") - n("fromBlock") + 1;
-                    if span > K {
-                        refused.fetch_add(1, Ordering::SeqCst);
-                        return Reply::json(json!({"jsonrpc":"2.0","id":req["id"],
-                            "error":{"code":-32000,"message":format!("block range too large: {span} > {K}")}}));
-                    }
-                    largest_served.fetch_max(span, Ordering::SeqCst);
-                }
-                forward(&upstream, &req).await
-            }) as ReplyFuture
-        }))
-        .await
+        FakeRpc::proxy(&upstream, move |req| {
+            if req["method"] != "eth_getLogs" {
+                return None;
+            }
+            let n = |k: &str| u64::from_str_radix(req["params"][0][k].as_str()?.trim_start_matches("0x"), 16).ok();
+            let span = n("toBlock")? - n("fromBlock")? + 1;
+            if span > K {
+                refused.fetch_add(1, Ordering::SeqCst);
+                return Some(Reply::error(req, -32000, &format!("block range too large: {span} > {K}")));
+            }
+            largest_served.fetch_max(span, Ordering::SeqCst);
+            None
+        })
+        .unwrap()
     };
     let mut config = chain.config(vec![proxy.url()], Finality::Depth(1));
     config.max_log_range = 2000;
@@ -559,11 +547,7 @@ async fn bad_input_from_a_node_is_a_typed_error_or_a_rejected_event() {
     let bridge = Address::repeat_byte(0xb1);
     let server = {
         let mode = mode.clone();
-        HttpServer::start(Arc::new(move |req: Value| {
-            let mode = *mode.lock().unwrap();
-            Box::pin(async move { fake_node(mode, bridge, &req) }) as ReplyFuture
-        }))
-        .await
+        FakeRpc::start(move |req| fake_node(*mode.lock().unwrap(), bridge, req)).unwrap()
     };
     let config = |url: String| {
         let mut c = EvmChainConfig::new("fake", ChainId(CHAIN), vec![url], bridge, Finality::Depth(0));
@@ -818,155 +802,5 @@ fn fake_node(mode: &str, bridge: Address, req: &Value) -> Reply {
             ok(json!([bad, good]))
         }
         _ => Reply::json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "method not found"}})),
-    }
-}
-
-// ------------------------------------------------------------------ loopback plumbing
-
-/// A TCP forwarder on loopback in front of `target_port`; `kill` closes the listener
-/// and every open connection, so the port refuses from then on.
-struct Forwarder {
-    port: u16,
-    task: JoinHandle<()>,
-}
-
-impl Forwarder {
-    /// Listens on `port` (0: any free one).
-    async fn start(port: u16, target_port: u16) -> Self {
-        let start = Instant::now();
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(start.elapsed() < DEADLINE, "binding {port}: {e}");
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { port, task }
-    }
-
-    async fn kill(&mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-enum Reply {
-    /// A JSON-RPC body with status 200.
-    Raw(String),
-    /// An HTTP error status with a body.
-    Status(u16, String),
-}
-
-impl Reply {
-    fn json(v: Value) -> Self {
-        Reply::Raw(v.to_string())
-    }
-}
-
-type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
-type Handler = Arc<dyn Fn(Value) -> ReplyFuture + Send + Sync>;
-
-/// A minimal HTTP/1.1 JSON-RPC server on loopback (one request per connection).
-struct HttpServer {
-    port: u16,
-    task: JoinHandle<()>,
-}
-
-impl HttpServer {
-    async fn start(handler: Handler) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                let handler = handler.clone();
-                conns.spawn(async move {
-                    let _ = serve_one(stream, handler).await;
-                });
-            }
-        });
-        Self { port, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve_one(mut stream: TcpStream, handler: Handler) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let (head_end, content_length) = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            break (pos + 4, len);
-        }
-    };
-    while buf.len() < head_end + content_length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let request: Value = serde_json::from_slice(&buf[head_end..head_end + content_length]).unwrap_or(Value::Null);
-    let (status, body) = match handler(request).await {
-        Reply::Raw(body) => (200, body),
-        Reply::Status(code, body) => (code, body),
-    };
-    let reason = if status == 200 { "OK" } else { "Error" };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Forwards one JSON-RPC request to `upstream` and relays its answer.
-async fn forward(upstream: &str, req: &Value) -> Reply {
-    let client = reqwest::Client::new();
-    match client.post(upstream).header("content-type", "application/json").body(req.to_string()).send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
-            if status == 200 { Reply::Raw(body) } else { Reply::Status(status, body) }
-        }
-        Err(e) => Reply::Status(502, e.to_string()),
     }
 }

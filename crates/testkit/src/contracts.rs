@@ -217,3 +217,20 @@ impl KeyedBridge {
         Ok(Self { anvil, deployed, key, rng })
     }
 }
+
+/// Requires that sending `call` reverts with `expected`, decoded from the revert data
+/// (gas estimation already sees it): a test that means one error must not pass on
+/// another, or on a call that goes through.
+pub async fn reverts<D, E>(call: alloy::contract::CallBuilder<&alloy::providers::DynProvider, D>, expected: E)
+where
+    D: alloy::contract::CallDecoder,
+    E: alloy::sol_types::SolInterface + std::fmt::Debug + PartialEq,
+{
+    match call.send().await {
+        Ok(pending) => panic!("expected revert {expected:?}, but the transaction was sent: {:?}", pending.tx_hash()),
+        Err(e) => {
+            let got = e.as_decoded_interface_error::<E>();
+            assert_eq!(got.as_ref(), Some(&expected), "expected revert {expected:?}, got {e}");
+        }
+    }
+}

@@ -18,7 +18,7 @@ fn vault() -> String {
 
 /// A validator home with a complete, valid config (no chain is contacted by `check`).
 fn home() -> Validator {
-    let v = Validator::init("v0");
+    let v = Validator::init(&crate::common::node_bin(), "v0");
     let setup = Setup {
         btc_url: "http://127.0.0.1:18443".into(),
         btc_user: "u".into(),

@@ -14,17 +14,9 @@ use btcfi_signer::{
     frost_secp256k1::{Identifier, Secp256K1Sha256},
     session::{Attempt, SessionId, coordinator},
 };
-use btcfi_testkit::{Anvil, Bitcoind, contracts::deploy_bridge, wait_until};
+use btcfi_testkit::{Anvil, Bitcoind, Miner, contracts::deploy_bridge, wait_until};
 use btcfi_types::{ChainId, DepositMemo, EventId, EvmAddress, TxHash};
-use std::{
-    collections::BTreeSet,
-    str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeSet, str::FromStr, sync::Arc, time::Duration};
 
 const PEG_OUT_FEE: u64 = 2_000;
 
@@ -44,17 +36,10 @@ struct Net {
     chains: Vec<Chain>,
     nodes: Vec<Validator>,
     vault: bitcoin::Address,
-    miner: tokio::task::JoinHandle<()>,
-    /// Whether the miner task mines (a block every 700 ms) or holds off.
-    mining: Arc<AtomicBool>,
+    /// A block every 700 ms, unless paused.
+    miner: Miner,
     /// The DKG's group keys, as `btcfi-node dkg` printed them.
     keys: serde_json::Value,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.miner.abort();
-    }
 }
 
 /// How a test network differs from the default one.
@@ -138,7 +123,8 @@ async fn network_opts(o: Opts) -> Net {
         "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\nmax_sessions_in_flight = {max_sessions_in_flight}\nbatch_max_mints = {batch_max_mints}\n\n\
          [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
     );
-    let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
+    let mut nodes: Vec<Validator> =
+        (0..4).map(|i| Validator::init(&crate::common::node_bin(), &format!("v{i}"))).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
         // Relayers: anvil dev accounts 1..=4 (the same on every anvil).
         n.relayer_key = Some(chains[0].anvil.dev_key(i + 1));
@@ -179,20 +165,8 @@ async fn network_opts(o: Opts) -> Net {
         crate::common::start_all(&mut nodes).await;
     }
     // A block a second, as a live chain would.
-    let mining = Arc::new(AtomicBool::new(true));
-    let miner = {
-        let btc = btc.clone();
-        let mining = mining.clone();
-        tokio::spawn(async move {
-            loop {
-                if mining.load(Ordering::SeqCst) {
-                    let _ = btc.mine(1).await;
-                }
-                tokio::time::sleep(Duration::from_millis(700)).await;
-            }
-        })
-    };
-    Net { btc, chains, nodes, vault, miner, mining, keys }
+    let miner = Miner::start(btc.clone(), Duration::from_millis(700));
+    Net { btc, chains, nodes, vault, miner, keys }
 }
 
 impl Net {
@@ -482,7 +456,7 @@ async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
     })
     .await
     .unwrap();
-    net.mining.store(false, Ordering::SeqCst);
+    net.miner.pause().await;
     let mempool = || async {
         net.btc.rpc(|c| c.get_raw_mempool()).await.unwrap().into_iter().map(|t| t.to_string()).collect::<Vec<_>>()
     };
@@ -513,7 +487,7 @@ async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
     assert!(net.metric_sum("btcfi_releases_total", "outcome=\"replaced\"") >= 1.0);
 
     // Blocks again: the replacement confirms and pays exactly once.
-    net.mining.store(true, Ordering::SeqCst);
+    net.miner.resume();
     let paid = wait_until("the peg-out paid at depth", Duration::from_secs(120), || async {
         net.nodes[2].get(&format!("/v1/attestations/{burn}")).filter(|v| v["status"] == "paid")
     })
@@ -957,7 +931,7 @@ async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and
     net.wait_balance(1, user, 1_000_000).await;
     let (kept_payee, gone_payee) = (net.btc.new_address().await.unwrap(), net.btc.new_address().await.unwrap());
     // No blocks from now: the release stays in the mempool.
-    net.mining.store(false, Ordering::SeqCst);
+    net.miner.pause().await;
     let kept = net.burn_unmined(1, 7, 300_000, &kept_payee).await;
     let gone = net.burn_unmined(1, 7, 200_000, &gone_payee).await;
     net.chains[1].anvil.mine(3).await.unwrap();
@@ -1011,7 +985,7 @@ async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and
     assert!(tx.output.iter().all(|o| o.script_pubkey != gone_payee.script_pubkey()), "{tx:?}");
     assert!(net.metric_sum("btcfi_chain_events_total", "kind=\"reorged\"") >= 4.0, "the alert's counter");
 
-    net.mining.store(true, Ordering::SeqCst);
+    net.miner.resume();
     let paid = wait_paid(&net, &kept).await;
     assert_eq!(paid["release"]["txid"], second.as_str(), "{paid}");
     assert_eq!(paid["release"]["paid_sats"], 300_000 - PEG_OUT_FEE, "{paid}");

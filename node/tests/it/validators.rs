@@ -94,7 +94,8 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
         bridge: evm.deployed.bridge.to_string(),
     });
 
-    let mut nodes: Vec<Validator> = (0..4).map(|i| Validator::init(&format!("v{i}"))).collect();
+    let mut nodes: Vec<Validator> =
+        (0..4).map(|i| Validator::init(&crate::common::node_bin(), &format!("v{i}"))).collect();
     {
         let set: Vec<&Validator> = nodes.iter().collect();
         for n in &nodes {
@@ -153,7 +154,7 @@ async fn four_validators_certify_catch_up_and_refuse_strangers() {
     assert_eq!(nodes[3].certified_digest(&first).as_deref(), Some(d1.as_str()));
 
     // A fifth node with a key outside the set is refused by the validators.
-    let stranger = Validator::init("stranger");
+    let stranger = Validator::init(&crate::common::node_bin(), "stranger");
     {
         let mut set: Vec<&Validator> = nodes.iter().collect();
         set.push(&stranger);
