@@ -135,7 +135,9 @@ pub enum Change {
     Dropped { txid: Txid },
     /// A vault spend at depth, and the peg-outs it paid.
     Spent { tx: Transaction, paid: Vec<EventId> },
-    /// A vault spend left the chain.
+    /// A vault spend left the chain. It stays a payment in flight: its transaction is
+    /// signed and valid, so it may confirm again, and its peg-outs are never paid by
+    /// another release until a spend conflicting with it reaches depth.
     Unspent { txid: Txid },
     /// A certified peg-out's burn left the canonical chain past finality: never paid.
     Reorged(EventId),
@@ -208,6 +210,8 @@ struct Held {
 pub struct Persisted {
     live: BTreeMap<Txid, Held>,
     spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    /// Spends that left the chain and may confirm again.
+    unconfirmed: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
     reorged: BTreeSet<EventId>,
 }
 
@@ -234,16 +238,27 @@ impl Persisted {
                 self.live.remove(txid);
             }
             Change::Spent { tx, paid } => {
-                self.spends.insert(tx.compute_txid(), (tx.clone(), paid.clone()));
+                let txid = tx.compute_txid();
+                self.unconfirmed.remove(&txid);
+                self.unconfirmed.retain(|_, (u, _)| !conflicts(u, tx));
+                self.spends.insert(txid, (tx.clone(), paid.clone()));
             }
             Change::Unspent { txid } => {
-                self.spends.remove(txid);
+                if let Some(spend) = self.spends.remove(txid) {
+                    self.unconfirmed.insert(*txid, spend);
+                }
             }
             Change::Reorged(e) => {
                 self.reorged.insert(*e);
             }
         }
     }
+}
+
+/// Whether `a` and `b` spend an outpoint in common (at most one of them can confirm).
+fn conflicts(a: &Transaction, b: &Transaction) -> bool {
+    let spent: BTreeSet<OutPoint> = a.input.iter().map(|i| i.previous_output).collect();
+    b.input.iter().any(|i| spent.contains(&i.previous_output))
 }
 
 /// One validator's release ledger.
@@ -258,6 +273,10 @@ pub struct ReleaseBook {
     live: BTreeMap<Txid, LiveRelease>,
     /// Vault spends at depth: the peg-outs each paid (those of a release held here).
     spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    /// Vault spends that left the chain (a reorg past finality): still payments in
+    /// flight, sent again, their inputs locked and their peg-outs counted paid, until
+    /// they confirm again or a conflicting spend does. With when each was last sent.
+    unconfirmed: BTreeMap<Txid, (Transaction, Vec<EventId>, Millis)>,
     waiting: Vec<(usize, Proposal, Millis)>,
     /// Proposals refused because they pay what a live release here pays: what a
     /// superseding release merges.
@@ -288,6 +307,7 @@ impl ReleaseBook {
             reorged: BTreeSet::new(),
             live: BTreeMap::new(),
             spends: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
             waiting: Vec::new(),
             rivals: BTreeMap::new(),
             fee_estimate: None,
@@ -305,6 +325,10 @@ impl ReleaseBook {
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
         book.reorged = persisted.reorged.clone();
+        for (txid, (tx, paid)) in &persisted.unconfirmed {
+            book.unconfirmed.insert(*txid, (tx.clone(), paid.clone(), now));
+            out.push(Action::Broadcast(tx.clone()));
+        }
         let spent: BTreeSet<OutPoint> =
             persisted.spends.values().flat_map(|(tx, _)| tx.input.iter().map(|i| i.previous_output)).collect();
         for (txid, Held { proposer, proposal, at, signatures, shared }) in &persisted.live {
@@ -399,8 +423,13 @@ impl ReleaseBook {
             }
             Input::VaultSpend { tx } => self.on_spend(tx, &mut out),
             Input::SpendReorged { txid } => {
-                if self.spends.remove(&txid).is_some() {
+                // Signed and valid still: sent again, and what it pays is not paid by
+                // another release unless a conflicting spend reaches depth (a second
+                // payment that could confirm beside it would pay those peg-outs twice).
+                if let Some((tx, paid)) = self.spends.remove(&txid) {
                     out.push(Action::Persist(Change::Unspent { txid }));
+                    out.push(Action::Broadcast(tx.clone()));
+                    self.unconfirmed.insert(txid, (tx, paid, now));
                 }
             }
             Input::Mempool { txid, accepted } => {
@@ -468,14 +497,18 @@ impl ReleaseBook {
             .collect()
     }
 
+    /// Peg-outs paid by a spend at depth, or by one that left the chain and may
+    /// confirm again.
     fn paid(&self) -> BTreeSet<EventId> {
-        self.spends.values().flat_map(|(_, paid)| paid.iter().copied()).collect()
+        let unconfirmed = self.unconfirmed.values().map(|(_, paid, _)| paid);
+        self.spends.values().map(|(_, paid)| paid).chain(unconfirmed).flat_map(|paid| paid.iter().copied()).collect()
     }
 
     /// Final payments on chain by class (every vault spend's non-vault outputs).
     fn on_chain(&self) -> BTreeMap<PaymentClass, usize> {
         let mut m = BTreeMap::new();
-        for (tx, _) in self.spends.values() {
+        let unconfirmed = self.unconfirmed.values().map(|(tx, _, _)| tx);
+        for tx in self.spends.values().map(|(tx, _)| tx).chain(unconfirmed) {
             for o in &tx.output {
                 if o.script_pubkey != self.config.policy.vault_script {
                     *m.entry((o.script_pubkey.clone(), o.value.to_sat())).or_default() += 1;
@@ -637,12 +670,18 @@ impl ReleaseBook {
         // Known already (reported again after a restart): its record stands, and what it
         // ends is ended again below, in case a crash came between the two writes.
         let known = self.spends.get(&txid).map(|(_, paid)| paid.clone());
-        let paid: Vec<EventId> = match known.clone() {
+        // Back on the chain after a reorg took it out: what it paid it pays again.
+        let returned = self.unconfirmed.remove(&txid).map(|(_, paid, _)| paid);
+        // Spends out of the chain that conflict with this one can never confirm: their
+        // peg-outs are unpaid again (the records dropped with `Spent`, see `Persisted`).
+        self.unconfirmed.retain(|_, (u, _, _)| !conflicts(u, &tx));
+        let was_returned = returned.is_some();
+        let paid: Vec<EventId> = match known.clone().or(returned) {
             Some(paid) => paid,
             None => self.live.get(&txid).map(|l| l.proposal.payouts.clone()).unwrap_or_default(),
         };
         if known.is_none() {
-            if !paid.is_empty() {
+            if !paid.is_empty() && !was_returned {
                 out.push(Action::Count(Count::Confirmed));
             }
             out.push(Action::Persist(Change::Spent { tx: tx.clone(), paid: paid.clone() }));
@@ -696,8 +735,14 @@ impl ReleaseBook {
 
     /// Vault UTXOs at depth that no live release spends.
     fn free_utxos(&self) -> Vec<(OutPoint, Sats)> {
-        let locked: BTreeSet<OutPoint> =
-            self.live.values().flat_map(|l| l.proposal.tx.input.iter().map(|i| i.previous_output)).collect();
+        let in_flight = self.unconfirmed.values().map(|(tx, _, _)| tx);
+        let locked: BTreeSet<OutPoint> = self
+            .live
+            .values()
+            .map(|l| &l.proposal.tx)
+            .chain(in_flight)
+            .flat_map(|tx| tx.input.iter().map(|i| i.previous_output))
+            .collect();
         self.utxos.iter().filter(|(op, _)| !locked.contains(op)).map(|(op, a)| (*op, *a)).collect()
     }
 
@@ -893,6 +938,12 @@ impl ReleaseBook {
             {
                 l.sent_at = now;
                 out.push(Action::Broadcast(finalize(&l.proposal.tx, s)));
+            }
+        }
+        for (tx, _, sent_at) in self.unconfirmed.values_mut() {
+            if now.saturating_sub(*sent_at) >= 10_000 {
+                *sent_at = now;
+                out.push(Action::Broadcast(tx.clone()));
             }
         }
     }
@@ -1292,5 +1343,91 @@ mod tests {
         let (restored, owed) = ReleaseBook::restore(config(0), &persisted, at + 5);
         assert_eq!(restored.live().count(), 1);
         assert!(matches!(owed.as_slice(), [Action::Sign { .. }]), "{owed:?}");
+    }
+
+    /// A confirmed release whose spend a reorg past finality takes out of the chain is
+    /// still a payment in flight: it is sent again, and no other release pays its
+    /// peg-outs (one that could confirm beside it would pay them twice), here or after
+    /// a restart. Only a conflicting spend at depth frees them, and they are paid once.
+    #[test]
+    fn a_spend_reorged_out_is_sent_again_and_its_peg_outs_are_never_paid_twice() {
+        let mut b = books().remove(0);
+        let at = turn_of(0, 10_000);
+        let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        b.handle(Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] }, at + 10);
+        let mut disk = Persisted::default();
+        let record = |acts: &[Action], disk: &mut Persisted| {
+            for a in acts {
+                if let Action::Persist(c) = a {
+                    disk.apply(c);
+                }
+            }
+        };
+        let spent = b.handle(Input::VaultSpend { tx: p.tx.clone() }, at + 20_000);
+        record(&spent, &mut disk);
+        assert_eq!(b.paid_events().len(), 3);
+
+        let acts = b.handle(Input::SpendReorged { txid: p.txid() }, at + 30_000);
+        record(&acts, &mut disk);
+        assert!(acts.iter().any(|a| matches!(a, Action::Broadcast(tx) if tx.compute_txid() == p.txid())), "{acts:?}");
+        assert_eq!(b.paid_events().len(), 3, "its peg-outs are still paid: {:?}", b.paid_events());
+        // Its inputs come back to the UTXO set: no turn of anyone's pays its peg-outs again.
+        b.handle(Input::Utxos(utxos()), at + 30_001);
+        let (mut restored, owed) = ReleaseBook::restore(config(0), &disk, at + 30_002);
+        restored.handle(Input::Utxos(utxos()), at + 30_003);
+        restored.handle(Input::FeeEstimate(5), at + 30_003);
+        for i in 1..=3 {
+            restored.handle(Input::Certified(payout(i)), 0);
+        }
+        assert!(owed.iter().any(|a| matches!(a, Action::Broadcast(tx) if tx.compute_txid() == p.txid())), "{owed:?}");
+        for book in [&mut b, &mut restored] {
+            let mut sent = 0;
+            for t in 0..40u64 {
+                let acts = book.handle(Input::Tick, turn_of(0, at + 40_000 + t * 4 * TURN));
+                assert!(proposals(&acts).is_empty(), "a second payment proposed: {acts:?}");
+                sent += acts.iter().filter(|a| matches!(a, Action::Broadcast(_))).count();
+            }
+            assert!(sent >= 1, "the reorged spend is sent again");
+            // A peer's release paying them again is refused.
+            let fresh = (OutPoint { txid: Txid::from_byte_array([8; 32]), vout: 0 }, Sats(5_000_000));
+            let mut other = utxos();
+            other.insert(fresh.0, fresh.1);
+            let again = build(&[fresh], &(1..=3).map(payout).collect::<Vec<_>>(), 5, &config(1).policy).expect("built");
+            book.handle(Input::Utxos(other), at + 800_000);
+            let acts = book.handle(Input::Proposal { from: 1, proposal: again }, turn_of(1, at + 800_000));
+            assert!(!signs(&acts), "signed a second payment of paid peg-outs: {acts:?}");
+            assert!(
+                acts.iter().any(|a| matches!(a, Action::Refused { error: ReleaseError::PayoutLocked(_), .. })),
+                "refused as paid: {acts:?}"
+            );
+        }
+
+        // A spend at depth that conflicts with it (here: spends its input, pays nothing)
+        // means it can never confirm: its peg-outs are payable again, once.
+        let conflicting = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: p.tx.input.clone(),
+            output: vec![TxOut { value: bitcoin::Amount::from_sat(4_000_000), script_pubkey: vault() }],
+        };
+        let mut other = utxos();
+        other.clear();
+        let change = OutPoint { txid: conflicting.compute_txid(), vout: 0 };
+        other.insert(change, Sats(4_000_000));
+        let acts = restored.handle(Input::VaultSpend { tx: conflicting }, at + 900_000);
+        record(&acts, &mut disk);
+        restored.handle(Input::Utxos(other), at + 900_001);
+        assert!(restored.paid_events().is_empty(), "{:?}", restored.paid_events());
+        let mut repaid = Vec::new();
+        for t in 0..8u64 {
+            repaid.extend(proposals(&restored.handle(Input::Tick, turn_of(0, at + 1_000_000 + t * 4 * TURN))));
+        }
+        // One release (sent again while it waits for signatures), paying all three.
+        let txids: BTreeSet<Txid> = repaid.iter().map(Proposal::txid).collect();
+        assert_eq!(txids.len(), 1, "{repaid:?}");
+        assert_eq!(repaid.first().map(|p| p.payouts.len()), Some(3));
+        let (again, _) = ReleaseBook::restore(config(0), &disk, at + 1_100_000);
+        assert!(again.paid_events().is_empty(), "the voided spend is gone from the records too");
     }
 }
