@@ -452,39 +452,24 @@ impl ReleaseBook {
         out
     }
 
+    /// The turn order this book proposes and judges by.
+    pub fn turns(&self) -> crate::Turns {
+        crate::Turns { n: self.config.n, me: self.config.me, takeover_ms: self.config.takeover_ms }
+    }
+
     /// The validator whose turn it is at `at_ms`.
     pub fn turn_at(&self, at_ms: Millis) -> usize {
-        let slot = at_ms / self.config.takeover_ms.max(1);
-        usize::try_from(slot % self.config.n.max(1) as u64).unwrap_or(0)
+        self.turns().turn_at(at_ms)
     }
 
-    fn slack(&self) -> Millis {
-        self.config.takeover_ms / 4
-    }
-
-    /// Whether this node's proposing window is open at `now`: its turn, away from
-    /// either end by the slack (so that its proposals arrive within its turn as the
-    /// others' clocks see it).
+    /// Whether this node's proposing window is open at `now` ([`crate::Turns::may_propose`]).
     pub fn may_propose(&self, now: Millis) -> bool {
-        if self.config.n <= 1 {
-            return true;
-        }
-        let turn = self.config.takeover_ms.max(1);
-        let into = now % turn;
-        self.turn_at(now) == self.config.me && into >= self.slack() && into + self.slack() <= turn
+        self.turns().may_propose(now)
     }
 
     /// Whether `from` held the turn at `at` (within the slack at either end).
     pub fn in_turn(&self, from: usize, at: Millis) -> Result<(), ReleaseError> {
-        if from == self.config.me {
-            return Ok(());
-        }
-        let slack = self.slack();
-        let turn = self.turn_at(at);
-        if [turn, self.turn_at(at.saturating_sub(slack)), self.turn_at(at.saturating_add(slack))].contains(&from) {
-            return Ok(());
-        }
-        Err(ReleaseError::NotInTurn { proposer: from, in_turn: turn })
+        self.turns().in_turn(from, at)
     }
 
     /// Peg-outs certified here and payable: not reorged (unless the canary says so).

@@ -43,7 +43,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub mod book;
 mod error;
+mod turns;
 pub use error::ReleaseError;
+pub use turns::Turns;
 
 /// Payload tag of a release proposal (beside the session tags of the node's signing
 /// driver).

@@ -1,5 +1,5 @@
-//! The validator set's order: whose turn it is to propose a release or a batch, and
-//! when a proposal counts as in turn.
+//! The pipeline's use of the validator set's order ([`crate::validators`]): whose turn
+//! it is to propose a release or a batch, and when a proposal counts as in turn.
 
 use super::*;
 
@@ -8,13 +8,12 @@ impl Pipeline {
     /// to `chain`: the others follow it `takeover` apart, each proposing only mints
     /// certified here for at least its rank × takeover.
     pub(super) fn batch_rank_of(&self, chain: u64, who: usize) -> usize {
-        let n = self.n.max(1);
-        (who + n - self.batch_proposer(chain)) % n
+        crate::validators::batch_rank(chain, who, self.n)
     }
 
     /// The validator that proposes the batches of mints to `chain` first.
     pub(super) fn batch_proposer(&self, chain: u64) -> usize {
-        (chain % self.n.max(1) as u64) as usize
+        crate::validators::batch_proposer(chain, self.n)
     }
 
     /// Of two deliveries of one proposal (sender, arrival), the one its turn is judged
@@ -49,60 +48,36 @@ impl Pipeline {
         self.in_turn(from, at)
     }
 
-    /// The validator whose turn it is to propose fresh releases at wall-clock time
-    /// `at_ms`: the turn passes every `takeover` to the next validator, round robin.
-    /// One proposer at a time builds every release of a burst from inputs and peg-outs
-    /// it knows to be free, where proposers ranked per peg-out raced each other for
-    /// the same largest vault UTXOs. A silent validator costs one `takeover` a round.
+    /// The turn order of release proposers ([`crate::validators::turns`]).
+    pub fn turns(&self) -> release::Turns {
+        crate::validators::turns(self.n, self.me, self.takeover)
+    }
+
+    /// The validator whose turn it is to propose fresh releases at wall-clock `at_ms`.
     pub fn turn_at(&self, at_ms: u64) -> usize {
-        let slot = at_ms / (self.takeover.as_millis() as u64).max(1);
-        (slot % self.n.max(1) as u64) as usize
+        self.turns().turn_at(at_ms)
     }
 
-    /// The slack around a turn's ends (a quarter of `takeover`), for the validators'
-    /// clocks and the network's delay.
+    /// The slack around a turn's ends.
     pub(super) fn turn_slack_ms(&self) -> u64 {
-        self.takeover.as_millis() as u64 / 4
+        self.turns().slack_ms()
     }
 
-    /// Whether this node may send a fresh proposal now: its turn, away from the turn's
-    /// ends by the slack, so that its proposals reach the others within its turn (as
-    /// their clocks see it) and do not overlap the last proposer's final ones.
+    /// Whether this node may send a fresh proposal now (its proposing window is open).
     pub(super) fn may_propose_now(&self) -> bool {
-        self.proposing_window_in_ms(now_ms()) == 0
+        self.turns().may_propose(now_ms())
     }
 
-    /// How long from wall-clock `now_ms` until this node's proposing window opens (the
-    /// middle of its turn, a slack away from either end): 0 while it is open. A lone
-    /// validator's window never closes.
+    /// How long from wall-clock `now_ms` until this node's proposing window opens.
     pub(super) fn proposing_window_in_ms(&self, now_ms: u64) -> u64 {
-        let n = self.n.max(1);
-        if n == 1 {
-            return 0;
-        }
-        let (turn_ms, slack) = ((self.takeover.as_millis() as u64).max(1), self.turn_slack_ms());
-        let into_turn = now_ms % turn_ms;
-        match (self.me + n - self.turn_at(now_ms)) % n {
-            0 if into_turn + slack <= turn_ms => slack.saturating_sub(into_turn),
-            0 => turn_ms * n as u64 - into_turn + slack,
-            k => turn_ms * k as u64 - into_turn + slack,
-        }
+        self.turns().window_in_ms(now_ms)
     }
 
     /// Whether `from` held the turn when its proposal arrived here at `at` (within the
     /// slack at either end of the turn).
     pub(super) fn in_turn(&self, from: usize, at: Instant) -> Result<(), ReleaseError> {
-        if from == self.me {
-            return Ok(());
-        }
         let at_ms = now_ms().saturating_sub(at.elapsed().as_millis() as u64);
-        let slack = self.turn_slack_ms();
-        let turn = self.turn_at(at_ms);
-        if [turn, self.turn_at(at_ms.saturating_sub(slack)), self.turn_at(at_ms.saturating_add(slack))].contains(&from)
-        {
-            return Ok(());
-        }
-        Err(ReleaseError::NotInTurn { proposer: from, in_turn: turn })
+        self.turns().in_turn(from, at_ms)
     }
 
     /// How long `txid` may stay unconfirmed before this node bumps it: `rbf_after`, plus
