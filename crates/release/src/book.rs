@@ -442,6 +442,7 @@ impl ReleaseBook {
                 self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < WAITING_MS);
                 self.rivals.retain(|_, (_, at)| now.saturating_sub(*at) < RIVAL_MS);
                 self.expire(now, &mut out);
+                self.withdraw_reorged(now, &mut out);
                 self.recheck(now, &mut out);
                 self.maybe_bump(now, &mut out);
                 self.maybe_respin(now, &mut out);
@@ -629,17 +630,32 @@ impl ReleaseBook {
         // Each live release not yet on chain that pays it is withdrawn: the same
         // transaction on every honest validator. One still unsigned is no longer signed
         // here (it stays held: its inputs are the withdrawal's).
-        let mut withdrawals = Vec::new();
         for (txid, l) in &self.live {
-            if l.proposal.payouts.contains(&e) {
-                if l.signatures.is_none() {
-                    out.push(Action::Abandon { txid: *txid });
-                }
-                let withdrawn: BTreeSet<EventId> =
-                    l.proposal.payouts.iter().copied().filter(|p| self.reorged.contains(p)).collect();
-                if let Ok(w) = withdraw(&l.proposal, &withdrawn, &self.config.policy) {
-                    withdrawals.push(w);
-                }
+            if l.proposal.payouts.contains(&e) && l.signatures.is_none() {
+                out.push(Action::Abandon { txid: *txid });
+            }
+        }
+        self.withdraw_reorged(now, out);
+    }
+
+    /// Proposes the withdrawal of each live release that pays a reorged peg-out and has
+    /// none live yet. Called on every reorg and every tick: a withdrawal this node's own
+    /// checks refused for the moment (its view of the vault UTXOs behind, say) is tried
+    /// again, so a release paying what no longer exists never keeps its inputs and its
+    /// other peg-outs held for good.
+    fn withdraw_reorged(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if self.reorged.is_empty() {
+            return;
+        }
+        let mut withdrawals = Vec::new();
+        for l in self.live.values() {
+            let withdrawn: BTreeSet<EventId> =
+                l.proposal.payouts.iter().copied().filter(|p| self.reorged.contains(p)).collect();
+            if withdrawn.is_empty() {
+                continue;
+            }
+            if let Ok(w) = withdraw(&l.proposal, &withdrawn, &self.config.policy) {
+                withdrawals.push(w);
             }
         }
         for w in withdrawals {
@@ -1414,5 +1430,27 @@ mod tests {
         assert_eq!(repaid.first().map(|p| p.payouts.len()), Some(3));
         let (again, _) = ReleaseBook::restore(config(0), &disk, at + 1_100_000);
         assert!(again.paid_events().is_empty(), "the voided spend is gone from the records too");
+    }
+
+    /// A withdrawal this node's own checks refuse when the reorg is reported (here its
+    /// view of the vault UTXOs is behind: the release's input is missing from it) is
+    /// proposed once they pass, instead of never: the release paying what no longer
+    /// exists would otherwise hold its input and its other peg-outs for good.
+    #[test]
+    fn a_withdrawal_refused_for_the_moment_is_proposed_once_the_checks_pass() {
+        let mut b = books().remove(0);
+        let at = turn_of(0, 10_000);
+        let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        b.handle(Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] }, at + 10);
+        b.handle(Input::Utxos(BTreeMap::new()), at + 20);
+        let gone = p.payouts[0];
+        let acts = b.handle(Input::Reorged(gone), at + 30);
+        assert!(proposals(&acts).is_empty(), "its input is unknown here: no withdrawal yet: {acts:?}");
+        b.handle(Input::Utxos(utxos()), at + 1_000);
+        let w = proposals(&b.handle(Input::Tick, at + 1_010)).pop().expect("the withdrawal, once the input is known");
+        assert!(!w.payouts.contains(&gone) && w.payouts.len() == 2, "{:?}", w.payouts);
+        assert_eq!(w, withdraw(&p, &[gone].into_iter().collect(), &config(0).policy).expect("withdrawal"));
+        assert!(proposals(&b.handle(Input::Tick, at + 2_000)).iter().all(|q| q.txid() == w.txid()), "one withdrawal");
     }
 }
