@@ -211,7 +211,7 @@ pub struct Persisted {
     live: BTreeMap<Txid, Held>,
     spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
     /// Spends that left the chain and may confirm again.
-    unconfirmed: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    unconfirmed: InFlight,
     reorged: BTreeSet<EventId>,
 }
 
@@ -240,13 +240,11 @@ impl Persisted {
             Change::Spent { tx, paid } => {
                 let txid = tx.compute_txid();
                 self.unconfirmed.remove(&txid);
-                self.unconfirmed.retain(|_, (u, _)| !conflicts(u, tx));
+                void(&mut self.unconfirmed, tx);
                 self.spends.insert(txid, (tx.clone(), paid.clone()));
             }
             Change::Unspent { txid } => {
-                if let Some(spend) = self.spends.remove(txid) {
-                    self.unconfirmed.insert(*txid, spend);
-                }
+                unspend(&mut self.spends, &mut self.unconfirmed, txid);
             }
             Change::Reorged(e) => {
                 self.reorged.insert(*e);
@@ -259,6 +257,50 @@ impl Persisted {
 fn conflicts(a: &Transaction, b: &Transaction) -> bool {
     let spent: BTreeSet<OutPoint> = a.input.iter().map(|i| i.previous_output).collect();
     b.input.iter().any(|i| spent.contains(&i.previous_output))
+}
+
+/// Spends out of the chain, by txid: each with the peg-outs it paid.
+type InFlight = BTreeMap<Txid, (Transaction, Vec<EventId>)>;
+
+/// Removes from `unconfirmed` every spend that can no longer confirm now that `tx` is
+/// at depth: each that conflicts with it and, transitively, each that spends an output
+/// of one removed. The same rule in memory and on replay, so a restart rebuilds the
+/// same set.
+fn void(unconfirmed: &mut InFlight, tx: &Transaction) {
+    let own = tx.compute_txid();
+    let dead = unconfirmed.iter().filter(|(t, (u, _))| **t != own && conflicts(u, tx)).map(|(t, _)| *t).collect();
+    bury(unconfirmed, dead);
+}
+
+/// Removes `dead` from `unconfirmed`, and with them every spend there that spends an
+/// output of one removed, transitively (an output that will never exist).
+fn bury(unconfirmed: &mut InFlight, mut dead: BTreeSet<Txid>) {
+    loop {
+        let orphans: Vec<Txid> = unconfirmed
+            .iter()
+            .filter(|(t, (u, _))| !dead.contains(*t) && u.input.iter().any(|i| dead.contains(&i.previous_output.txid)))
+            .map(|(t, _)| *t)
+            .collect();
+        if orphans.is_empty() {
+            break;
+        }
+        dead.extend(orphans);
+    }
+    unconfirmed.retain(|t, _| !dead.contains(t));
+}
+
+/// Moves the spend `txid` out of `spends`, as a reorg took it out of the chain: into
+/// `unconfirmed` (it may confirm again), unless a spend still at depth conflicts with
+/// it (then it never can, nor can what spends its outputs). `None` if it was not a
+/// spend at depth; else the transaction kept in flight, if it is.
+fn unspend(spends: &mut InFlight, unconfirmed: &mut InFlight, txid: &Txid) -> Option<Option<Transaction>> {
+    let (tx, paid) = spends.remove(txid)?;
+    if spends.values().any(|(s, _)| conflicts(s, &tx)) {
+        bury(unconfirmed, BTreeSet::from([*txid]));
+        return Some(None);
+    }
+    unconfirmed.insert(*txid, (tx.clone(), paid));
+    Some(Some(tx))
 }
 
 /// One validator's release ledger.
@@ -275,8 +317,10 @@ pub struct ReleaseBook {
     spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
     /// Vault spends that left the chain (a reorg past finality): still payments in
     /// flight, sent again, their inputs locked and their peg-outs counted paid, until
-    /// they confirm again or a conflicting spend does. With when each was last sent.
-    unconfirmed: BTreeMap<Txid, (Transaction, Vec<EventId>, Millis)>,
+    /// they confirm again or a conflicting spend does.
+    unconfirmed: InFlight,
+    /// When each of `unconfirmed` was last sent.
+    unconfirmed_sent: BTreeMap<Txid, Millis>,
     waiting: Vec<(usize, Proposal, Millis)>,
     /// Proposals refused because they pay what a live release here pays: what a
     /// superseding release merges.
@@ -308,6 +352,7 @@ impl ReleaseBook {
             live: BTreeMap::new(),
             spends: BTreeMap::new(),
             unconfirmed: BTreeMap::new(),
+            unconfirmed_sent: BTreeMap::new(),
             waiting: Vec::new(),
             rivals: BTreeMap::new(),
             fee_estimate: None,
@@ -325,8 +370,9 @@ impl ReleaseBook {
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
         book.reorged = persisted.reorged.clone();
-        for (txid, (tx, paid)) in &persisted.unconfirmed {
-            book.unconfirmed.insert(*txid, (tx.clone(), paid.clone(), now));
+        book.unconfirmed = persisted.unconfirmed.clone();
+        for (txid, (tx, _)) in &persisted.unconfirmed {
+            book.unconfirmed_sent.insert(*txid, now);
             out.push(Action::Broadcast(tx.clone()));
         }
         let spent: BTreeSet<OutPoint> =
@@ -426,10 +472,12 @@ impl ReleaseBook {
                 // Signed and valid still: sent again, and what it pays is not paid by
                 // another release unless a conflicting spend reaches depth (a second
                 // payment that could confirm beside it would pay those peg-outs twice).
-                if let Some((tx, paid)) = self.spends.remove(&txid) {
+                if let Some(kept) = unspend(&mut self.spends, &mut self.unconfirmed, &txid) {
                     out.push(Action::Persist(Change::Unspent { txid }));
-                    out.push(Action::Broadcast(tx.clone()));
-                    self.unconfirmed.insert(txid, (tx, paid, now));
+                    if let Some(tx) = kept {
+                        self.unconfirmed_sent.insert(txid, now);
+                        out.push(Action::Broadcast(tx));
+                    }
                 }
             }
             Input::Mempool { txid, accepted } => {
@@ -486,14 +534,14 @@ impl ReleaseBook {
     /// Peg-outs paid by a spend at depth, or by one that left the chain and may
     /// confirm again.
     fn paid(&self) -> BTreeSet<EventId> {
-        let unconfirmed = self.unconfirmed.values().map(|(_, paid, _)| paid);
+        let unconfirmed = self.unconfirmed.values().map(|(_, paid)| paid);
         self.spends.values().map(|(_, paid)| paid).chain(unconfirmed).flat_map(|paid| paid.iter().copied()).collect()
     }
 
     /// Final payments on chain by class (every vault spend's non-vault outputs).
     fn on_chain(&self) -> BTreeMap<PaymentClass, usize> {
         let mut m = BTreeMap::new();
-        let unconfirmed = self.unconfirmed.values().map(|(tx, _, _)| tx);
+        let unconfirmed = self.unconfirmed.values().map(|(tx, _)| tx);
         for tx in self.spends.values().map(|(tx, _)| tx).chain(unconfirmed) {
             for o in &tx.output {
                 if o.script_pubkey != self.config.policy.vault_script {
@@ -672,10 +720,10 @@ impl ReleaseBook {
         // ends is ended again below, in case a crash came between the two writes.
         let known = self.spends.get(&txid).map(|(_, paid)| paid.clone());
         // Back on the chain after a reorg took it out: what it paid it pays again.
-        let returned = self.unconfirmed.remove(&txid).map(|(_, paid, _)| paid);
+        let returned = self.unconfirmed.remove(&txid).map(|(_, paid)| paid);
         // Spends out of the chain that conflict with this one can never confirm: their
         // peg-outs are unpaid again (the records dropped with `Spent`, see `Persisted`).
-        self.unconfirmed.retain(|_, (u, _, _)| !conflicts(u, &tx));
+        void(&mut self.unconfirmed, &tx);
         let was_returned = returned.is_some();
         let paid: Vec<EventId> = match known.clone().or(returned) {
             Some(paid) => paid,
@@ -736,7 +784,7 @@ impl ReleaseBook {
 
     /// Vault UTXOs at depth that no live release spends.
     fn free_utxos(&self) -> Vec<(OutPoint, Sats)> {
-        let in_flight = self.unconfirmed.values().map(|(tx, _, _)| tx);
+        let in_flight = self.unconfirmed.values().map(|(tx, _)| tx);
         let locked: BTreeSet<OutPoint> = self
             .live
             .values()
@@ -941,7 +989,9 @@ impl ReleaseBook {
                 out.push(Action::Broadcast(finalize(&l.proposal.tx, s)));
             }
         }
-        for (tx, _, sent_at) in self.unconfirmed.values_mut() {
+        self.unconfirmed_sent.retain(|t, _| self.unconfirmed.contains_key(t));
+        for (txid, (tx, _)) in &self.unconfirmed {
+            let sent_at = self.unconfirmed_sent.entry(*txid).or_insert(0);
             if now.saturating_sub(*sent_at) >= 10_000 {
                 *sent_at = now;
                 out.push(Action::Broadcast(tx.clone()));
@@ -1383,7 +1433,7 @@ mod tests {
         }
         assert!(owed.iter().any(|a| matches!(a, Action::Broadcast(tx) if tx.compute_txid() == p.txid())), "{owed:?}");
         for book in [&mut b, &mut restored] {
-            let mut sent = 0;
+            let mut sent = 0usize;
             for t in 0..40u64 {
                 let acts = book.handle(Input::Tick, turn_of(0, at + 40_000 + t * 4 * TURN));
                 assert!(proposals(&acts).is_empty(), "a second payment proposed: {acts:?}");
@@ -1403,6 +1453,18 @@ mod tests {
                 "refused as paid: {acts:?}"
             );
         }
+
+        // A new peg-out is paid, from a UTXO no payment in flight spends.
+        let fresh = OutPoint { txid: Txid::from_byte_array([8; 32]), vout: 0 };
+        let mut both = utxos();
+        both.insert(fresh, Sats(5_000_000));
+        b.handle(Input::Utxos(both), at + 900_000);
+        b.handle(Input::Certified(payout(4)), at + 900_000);
+        let fourth = (0..8)
+            .find_map(|t| proposals(&b.handle(Input::Tick, turn_of(0, at + 910_000 + t * 4 * TURN))).pop())
+            .expect("the fourth peg-out proposed");
+        assert_eq!(fourth.payouts, vec![payout(4).event]);
+        assert_eq!(fourth.tx.input.iter().map(|i| i.previous_output).collect::<Vec<_>>(), vec![fresh]);
 
         // A spend at depth that conflicts with it (here: spends its input, pays nothing)
         // means it can never confirm: its peg-outs are payable again, once.
@@ -1451,6 +1513,78 @@ mod tests {
         let w = proposals(&b.handle(Input::Tick, at + 1_010)).pop().expect("the withdrawal, once the input is known");
         assert!(!w.payouts.contains(&gone) && w.payouts.len() == 2, "{:?}", w.payouts);
         assert_eq!(w, withdraw(&p, &[gone].into_iter().collect(), &config(0).policy).expect("withdrawal"));
-        assert!(proposals(&b.handle(Input::Tick, at + 2_000)).iter().all(|q| q.txid() == w.txid()), "one withdrawal");
+        assert!(proposals(&b.handle(Input::Tick, at + 2_000)).is_empty(), "one withdrawal, not one a tick");
+    }
+
+    fn step(b: &mut ReleaseBook, disk: &mut Persisted, input: Input, now: Millis) -> Vec<Action> {
+        let acts = b.handle(input, now);
+        for a in &acts {
+            if let Action::Persist(c) = a {
+                disk.apply(c);
+            }
+        }
+        acts
+    }
+
+    /// A release that spent the change of another, both taken out of the chain by a
+    /// deep reorg: when a spend conflicting with the parent reaches depth (before or
+    /// after the reorg is reported), the parent can never confirm, nor can the child
+    /// (it spends an output that will never exist). Both are dropped, their peg-outs
+    /// payable again, in memory and after a restart alike.
+    #[test]
+    fn spends_out_of_the_chain_that_can_never_confirm_are_dropped_with_what_spends_them() {
+        for conflict_first in [false, true] {
+            let mut b = books().remove(0);
+            let mut disk = Persisted::default();
+            let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+            let at = turn_of(0, 10_000);
+            let parent = proposals(&step(&mut b, &mut disk, Input::Tick, at)).pop().expect("proposed");
+            let n = parent.tx.input.len();
+            step(&mut b, &mut disk, Input::Signed { txid: parent.txid(), signatures: vec![sig; n] }, at + 10);
+            step(&mut b, &mut disk, Input::VaultSpend { tx: parent.tx.clone() }, at + 20);
+            let (vout, change) =
+                parent.tx.output.iter().enumerate().find(|(_, o)| o.script_pubkey == vault()).expect("change");
+            let change_op = OutPoint { txid: parent.txid(), vout: u32::try_from(vout).expect("vout") };
+            let utxos = BTreeMap::from([(change_op, Sats(change.value.to_sat()))]);
+            step(&mut b, &mut disk, Input::Utxos(utxos), at + 30);
+            step(&mut b, &mut disk, Input::Certified(payout(4)), at + 30);
+            let child = (0..8)
+                .find_map(|t| {
+                    proposals(&step(&mut b, &mut disk, Input::Tick, turn_of(0, at + 20_000 + t * 16_000))).pop()
+                })
+                .expect("the child proposed");
+            assert_eq!(child.tx.input.iter().map(|i| i.previous_output).collect::<Vec<_>>(), vec![change_op]);
+            let n = child.tx.input.len();
+            step(&mut b, &mut disk, Input::Signed { txid: child.txid(), signatures: vec![sig; n] }, at + 200_000);
+            step(&mut b, &mut disk, Input::VaultSpend { tx: child.tx.clone() }, at + 200_010);
+            assert_eq!(b.paid_events().len(), 4);
+
+            // The parent's input spent by another transaction at depth, paying nothing.
+            let rival = Transaction {
+                version: bitcoin::transaction::Version::TWO,
+                lock_time: bitcoin::absolute::LockTime::ZERO,
+                input: parent.tx.input.clone(),
+                output: vec![TxOut { value: bitcoin::Amount::from_sat(4_000_000), script_pubkey: vault() }],
+            };
+            if conflict_first {
+                step(&mut b, &mut disk, Input::VaultSpend { tx: rival.clone() }, at + 300_000);
+            }
+            step(&mut b, &mut disk, Input::SpendReorged { txid: child.txid() }, at + 300_010);
+            step(&mut b, &mut disk, Input::SpendReorged { txid: parent.txid() }, at + 300_020);
+            if !conflict_first {
+                assert_eq!(b.paid_events().len(), 4, "both in flight: still paid");
+                step(&mut b, &mut disk, Input::VaultSpend { tx: rival.clone() }, at + 300_030);
+            }
+            assert!(b.paid_events().is_empty(), "conflict first: {conflict_first}: {:?}", b.paid_events());
+            let later = b.handle(Input::Tick, at + 400_000);
+            assert!(!later.iter().any(|a| matches!(a, Action::Broadcast(_))), "a dead spend sent again: {later:?}");
+            let (restored, owed) = ReleaseBook::restore(config(0), &disk, at + 400_010);
+            assert!(
+                restored.paid_events().is_empty(),
+                "conflict first: {conflict_first}: {:?}",
+                restored.paid_events()
+            );
+            assert!(owed.is_empty(), "{owed:?}");
+        }
     }
 }
