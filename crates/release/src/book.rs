@@ -572,14 +572,24 @@ impl ReleaseBook {
             rival_inputs: &rival,
         };
         // A withdrawal of a live release, identical on every honest node: from anyone.
+        // It is checked against each live release with its inputs (a release and its
+        // RBF bump both may be live here, and other validators may hold only one of
+        // them): the withdrawal of any is accepted, as they all conflict.
         let inputs: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+        let mut refused = None;
         for l in self.live.values() {
             let same_inputs = Live::of(&l.proposal).inputs == inputs;
             let withdrawn: BTreeSet<EventId> =
                 l.proposal.payouts.iter().copied().filter(|e| !p.payouts.contains(e)).collect();
             if same_inputs && !withdrawn.is_empty() && withdrawn.iter().all(|e| self.reorged.contains(e)) {
-                return validate_withdrawal(p, &l.proposal, &withdrawn, &view, &self.config.policy);
+                match validate_withdrawal(p, &l.proposal, &withdrawn, &view, &self.config.policy) {
+                    Ok(sighashes) => return Ok(sighashes),
+                    Err(e) => refused = refused.or(Some(e)),
+                }
             }
+        }
+        if let Some(e) = refused {
+            return Err(e);
         }
         self.in_turn(from, now)?;
         let mut policy = self.config.policy.clone();
@@ -1585,6 +1595,44 @@ mod tests {
                 restored.paid_events()
             );
             assert!(owed.is_empty(), "{owed:?}");
+        }
+    }
+
+    /// A validator holding a release and its RBF bump (both live: same inputs) accepts
+    /// the withdrawal of either: validators holding only one of them build that one's,
+    /// and each must find enough signers.
+    #[test]
+    fn the_withdrawal_of_a_release_or_of_its_bump_is_accepted_by_a_validator_holding_both() {
+        let mut books = books();
+        let at = turn_of(0, 10_000);
+        let r = proposals(&books[0].handle(Input::Tick, at)).pop().expect("proposed");
+        assert!(signs(&books[1].handle(Input::Proposal { from: 0, proposal: r.clone() }, at + 50)));
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        let n = r.tx.input.len();
+        books[0].handle(Input::Signed { txid: r.txid(), signatures: vec![sig; n] }, at + 100);
+        let bumped = (1..8u64)
+            .find_map(|k| {
+                let now = turn_of(0, at + 30_000 + k * 4 * TURN);
+                proposals(&books[0].handle(Input::Tick, now)).pop().map(|p| (p, now))
+            })
+            .expect("the stuck release bumped by its proposer in turn");
+        let (r_b, when) = bumped;
+        assert_eq!(Live::of(&r_b).inputs, Live::of(&r).inputs, "an RBF bump spends the same inputs");
+        assert_ne!(r_b.txid(), r.txid());
+        assert!(signs(&books[1].handle(Input::Proposal { from: 0, proposal: r_b.clone() }, when + 50)));
+        assert_eq!(books[1].live().count(), 2, "the release and its bump");
+
+        let gone = r.payouts[0];
+        let withdrawn: BTreeSet<EventId> = [gone].into_iter().collect();
+        let w = withdraw(&r, &withdrawn, &config(1).policy).expect("withdrawal of the release");
+        let w_b = withdraw(&r_b, &withdrawn, &config(1).policy).expect("withdrawal of the bump");
+        assert_ne!(w.txid(), w_b.txid());
+        books[1].handle(Input::Reorged(gone), when + 100);
+        for (name, proposal) in [("the release's", w), ("the bump's", w_b)] {
+            let txid = proposal.txid();
+            let held = books[1].live().any(|(t, _, _)| *t == txid);
+            let acts = books[1].handle(Input::Proposal { from: 2, proposal }, when + 200);
+            assert!(held || signs(&acts), "{name} withdrawal refused: {acts:?}");
         }
     }
 }
