@@ -53,8 +53,12 @@ use std::collections::{BTreeMap, BTreeSet};
 pub type Millis = u64;
 
 /// Proposals kept to check again (a peg-out not certified here yet, a UTXO not at
-/// depth yet), at most this many, the oldest dropped first.
+/// depth yet), and rivals kept to merge: at most this many of each, and at most
+/// [`MAX_WAITING_PER_SENDER`] from one validator (see [`evict`]).
 pub const MAX_WAITING: usize = 256;
+/// At most this many kept proposals (and rivals) from one validator: its own oldest
+/// goes first, so that one flooding proposals in its turn displaces only its own.
+pub const MAX_WAITING_PER_SENDER: usize = 8;
 /// How long a kept proposal is checked again before it is dropped.
 pub const WAITING_MS: Millis = 30_000;
 /// How long a rival proposal is kept to be merged.
@@ -303,6 +307,27 @@ fn unspend(spends: &mut InFlight, unconfirmed: &mut InFlight, txid: &Txid) -> Op
     Some(Some(tx))
 }
 
+/// Which kept entry (`(key, sender, kept at)`) goes before one more from `from` is
+/// kept: `from`'s own oldest once it has [`MAX_WAITING_PER_SENDER`]; else, when
+/// [`MAX_WAITING`] are kept, the oldest of the sender that has the most. A validator
+/// flooding proposals in its turn so only ever displaces its own, never an honest
+/// proposer's kept proposal or the rival a merge needs.
+fn evict<K: Copy>(kept: &[(K, usize, Millis)], from: usize) -> Option<K> {
+    let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+    for (_, sender, _) in kept {
+        *per.entry(*sender).or_default() += 1;
+    }
+    let oldest_of = |s: usize| kept.iter().filter(|(_, w, _)| *w == s).min_by_key(|(_, _, at)| *at).map(|(k, _, _)| *k);
+    if per.get(&from).copied().unwrap_or(0) >= MAX_WAITING_PER_SENDER {
+        return oldest_of(from);
+    }
+    if kept.len() >= MAX_WAITING {
+        let (heaviest, _) = per.iter().max_by_key(|(_, count)| **count)?;
+        return oldest_of(*heaviest);
+    }
+    None
+}
+
 /// One validator's release ledger.
 #[derive(Debug)]
 pub struct ReleaseBook {
@@ -324,7 +349,7 @@ pub struct ReleaseBook {
     waiting: Vec<(usize, Proposal, Millis)>,
     /// Proposals refused because they pay what a live release here pays: what a
     /// superseding release merges.
-    rivals: BTreeMap<Txid, (Proposal, Millis)>,
+    rivals: BTreeMap<Txid, (Proposal, Millis, usize)>,
     fee_estimate: Option<u64>,
     last_proposal: Option<Millis>,
     #[cfg(feature = "canary")]
@@ -488,7 +513,7 @@ impl ReleaseBook {
             Input::FeeEstimate(rate) => self.fee_estimate = Some(rate),
             Input::Tick => {
                 self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < WAITING_MS);
-                self.rivals.retain(|_, (_, at)| now.saturating_sub(*at) < RIVAL_MS);
+                self.rivals.retain(|_, (_, at, _)| now.saturating_sub(*at) < RIVAL_MS);
                 self.expire(now, &mut out);
                 self.withdraw_reorged(now, &mut out);
                 self.recheck(now, &mut out);
@@ -562,7 +587,7 @@ impl ReleaseBook {
         let paid = self.paid();
         let live = self.live_view();
         let rival: BTreeSet<OutPoint> =
-            self.rivals.values().flat_map(|(r, _)| r.tx.input.iter().map(|i| i.previous_output)).collect();
+            self.rivals.values().flat_map(|(r, _, _)| r.tx.input.iter().map(|i| i.previous_output)).collect();
         let view = View {
             utxos: &self.utxos,
             live: &live,
@@ -619,8 +644,10 @@ impl ReleaseBook {
             Ok(sighashes) => self.accept(from, p, sighashes, now, out),
             Err(e) if e.may_pass_later() => {
                 if !self.waiting.iter().any(|(_, q, _)| q.txid() == txid) {
-                    if self.waiting.len() >= MAX_WAITING {
-                        self.waiting.remove(0);
+                    let kept: Vec<(usize, usize, Millis)> =
+                        self.waiting.iter().enumerate().map(|(i, (f, _, at))| (i, *f, *at)).collect();
+                    if let Some(i) = evict(&kept, from) {
+                        self.waiting.remove(i);
                     }
                     self.waiting.push((from, p, now));
                 }
@@ -629,12 +656,12 @@ impl ReleaseBook {
                 if matches!(error, ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. })
                     && !self.rivals.contains_key(&txid)
                 {
-                    if self.rivals.len() >= MAX_WAITING
-                        && let Some(oldest) = self.rivals.iter().min_by_key(|(_, (_, at))| *at).map(|(t, _)| *t)
-                    {
-                        self.rivals.remove(&oldest);
+                    let kept: Vec<(Txid, usize, Millis)> =
+                        self.rivals.iter().map(|(t, (_, at, f))| (*t, *f, *at)).collect();
+                    if let Some(t) = evict(&kept, from) {
+                        self.rivals.remove(&t);
                     }
-                    self.rivals.insert(txid, (p, now));
+                    self.rivals.insert(txid, (p, now, from));
                 }
                 out.push(Action::Count(Count::Refused(error.reason())));
                 out.push(Action::Refused { from, txid, error });
@@ -965,7 +992,7 @@ impl ReleaseBook {
             .live
             .values()
             .map(|l| &l.proposal)
-            .chain(self.rivals.values().map(|(r, _)| r))
+            .chain(self.rivals.values().map(|(r, _, _)| r))
             .filter(|p| p.txid() != start.txid())
             .collect();
         let mut inputs: BTreeSet<OutPoint> = start.tx.input.iter().map(|i| i.previous_output).collect();
@@ -1524,6 +1551,61 @@ mod tests {
         assert!(!w.payouts.contains(&gone) && w.payouts.len() == 2, "{:?}", w.payouts);
         assert_eq!(w, withdraw(&p, &[gone].into_iter().collect(), &config(0).policy).expect("withdrawal"));
         assert!(proposals(&b.handle(Input::Tick, at + 2_000)).is_empty(), "one withdrawal, not one a tick");
+    }
+
+    /// A peg-out certified on one validator only, not the others (yet).
+    fn uncertified(k: u32) -> Payout {
+        Payout {
+            event: EventId::new(ChainId(31337), TxHash([200; 32]), k),
+            amount: Sats(100_000 + u64::from(k)),
+            script: payee(200),
+        }
+    }
+
+    /// A validator flooding proposals in its turn (each waiting on a peg-out this node
+    /// does not know) keeps at most its own quota and never displaces an honest
+    /// proposer's kept proposal. Before, the shared list dropped its oldest entry, the
+    /// honest one, after 256 from the flooder, and that release was never signed here.
+    #[test]
+    fn a_flood_of_waiting_proposals_displaces_only_the_flooders_own() {
+        let mut books = books();
+        let policy = config(0).policy;
+        let coins: Vec<(OutPoint, Sats)> = utxos().into_iter().collect();
+        let honest = build(&coins, &[uncertified(0)], 5, &policy).expect("honest");
+        let t1 = turn_of(1, 10_000);
+        let acts = books[0].handle(Input::Proposal { from: 1, proposal: honest.clone() }, t1);
+        assert!(!signs(&acts) && !acts.iter().any(|a| matches!(a, Action::Refused { .. })), "kept: {acts:?}");
+        let t2 = turn_of(2, t1);
+        for k in 1..=(MAX_WAITING as u32 + 44) {
+            let spam = build(&coins, &[uncertified(k)], 5, &policy).expect("spam");
+            books[0].handle(Input::Proposal { from: 2, proposal: spam }, t2 + u64::from(k % 100));
+        }
+        let from_flooder = books[0].waiting.iter().filter(|(f, _, _)| *f == 2).count();
+        let acts = books[0].handle(Input::Certified(uncertified(0)), t2 + 1_000);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == honest.txid())),
+            "the honest proposal is signed once its peg-out is certified here: {acts:?}"
+        );
+        assert!(from_flooder <= MAX_WAITING_PER_SENDER, "{from_flooder} kept from one sender");
+    }
+
+    #[test]
+    fn eviction_takes_the_senders_own_oldest_then_the_heaviest_senders() {
+        // Under its quota and room left: nothing goes.
+        let kept: Vec<(u32, usize, Millis)> = (0..3).map(|k| (k, 1, Millis::from(k))).collect();
+        assert_eq!(evict(&kept, 1), None);
+        // At its quota: its own oldest, never another's older entry.
+        let mut kept: Vec<(u32, usize, Millis)> = vec![(100, 0, 0)];
+        kept.extend((0..MAX_WAITING_PER_SENDER as u32).map(|k| (k, 3, 10 + Millis::from(k))));
+        assert_eq!(evict(&kept, 3), Some(0));
+        assert_eq!(evict(&kept, 0), None);
+        // Full, everyone under quota: the oldest of the sender with the most, though
+        // the others' entries are older still.
+        let quota = MAX_WAITING_PER_SENDER as u32 - 1;
+        let kept: Vec<(u32, usize, Millis)> = (0..MAX_WAITING as u32)
+            .map(|k| if k < quota { (k, 5, 1_000 + Millis::from(k)) } else { (k, 1_000 + k as usize, Millis::from(k)) })
+            .collect();
+        assert_eq!(evict(&kept, 7), Some(0));
     }
 
     fn step(b: &mut ReleaseBook, disk: &mut Persisted, input: Input, now: Millis) -> Vec<Action> {

@@ -526,7 +526,19 @@ impl Validator {
                         return;
                     }
                 }
-                RAction::Propose(p) => self.effects.push(Effect::Broadcast(Wire::Release(p.encode()))),
+                RAction::Propose(p) => {
+                    if self.debug {
+                        let ins: Vec<String> = p.tx.input.iter().map(|i| i.previous_output.to_string()).collect();
+                        let pays: Vec<String> = p.payouts.iter().map(|e| e.to_string()).collect();
+                        eprintln!(
+                            "t={now} v{} proposes {} ins={ins:?} pays={pays:?} fee={}",
+                            self.id,
+                            p.txid(),
+                            p.fee()
+                        );
+                    }
+                    self.effects.push(Effect::Broadcast(Wire::Release(p.encode())))
+                }
                 RAction::Sign { txid, sighashes } => {
                     if self.inputs.contains_key(&txid) {
                         continue;
@@ -571,7 +583,11 @@ impl Validator {
                     }
                 }
                 RAction::Broadcast(tx) => self.effects.push(Effect::BtcBroadcast(tx)),
-                RAction::Count(_) => {}
+                RAction::Count(c) => {
+                    if self.debug {
+                        eprintln!("t={now} v{} counts {c:?}", self.id);
+                    }
+                }
                 RAction::Refused { from, txid, error } => {
                     if self.debug {
                         eprintln!("t={now} v{} refused release {txid} of v{from}: {error}", self.id);
