@@ -512,7 +512,9 @@ impl ReleaseBook {
             }
             Input::FeeEstimate(rate) => self.fee_estimate = Some(rate),
             Input::Tick => {
-                self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < WAITING_MS);
+                // Kept as long as the supersede gate may hold one back, and more.
+                let keep = WAITING_MS + self.config.respin_after_ms.max(self.config.bump_after_ms);
+                self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < keep);
                 self.rivals.retain(|_, (_, at, _)| now.saturating_sub(*at) < RIVAL_MS);
                 self.expire(now, &mut out);
                 self.withdraw_reorged(now, &mut out);
@@ -582,7 +584,8 @@ impl ReleaseBook {
     }
 
     /// Validates `p` from `from` against this node's view: the sighashes to sign.
-    fn check(&self, from: usize, p: &Proposal, now: Millis) -> Result<Vec<[u8; 32]>, ReleaseError> {
+    /// Validates `p` from `from`, which arrived at `arrived` (its turn), at `now`.
+    fn check(&self, from: usize, p: &Proposal, arrived: Millis, now: Millis) -> Result<Vec<[u8; 32]>, ReleaseError> {
         let certified = self.payable();
         let paid = self.paid();
         let live = self.live_view();
@@ -616,7 +619,7 @@ impl ReleaseBook {
         if let Some(e) = refused {
             return Err(e);
         }
-        self.in_turn(from, now)?;
+        self.in_turn(from, arrived)?;
         let mut policy = self.config.policy.clone();
         if self.canary_is("fee") {
             policy.ceiling_sat_per_vb = u64::MAX / 1_000_000;
@@ -632,7 +635,58 @@ impl ReleaseBook {
             .flat_map(|l| l.proposal.payouts.iter().copied())
             .collect();
         check_budget(p, &certified, &self.on_chain(), &promised, &policy)?;
+        // This node's own supersedes are chosen by `maybe_respin` and `maybe_bump` from
+        // releases that had their time here; those they merge may be young, and the
+        // others keep the merge until their own wait is over.
+        if from != self.config.me {
+            self.supersede_gate(p, now)?;
+        }
         Ok(sighashes)
+    }
+
+    /// A release that spends an input of a live one held here supersedes it only once
+    /// that one had its chance: signing under way here (a share given) for
+    /// `respin_after_ms` since it was accepted, or broadcast and unconfirmed for
+    /// `bump_after_ms`; and, spending the very same inputs as a broadcast one, only at
+    /// a higher fee (else mempools would refuse the replacement). Otherwise a
+    /// validator in turn could replace every release while it is being signed, over
+    /// and over. One this node never gave a share to is not gated: its signing is not
+    /// under way here (it waits for t signers, as the halves of a split do), and the
+    /// merge that mends a split must be signed at once, before the halves expire and
+    /// propose again. The node's own gate (`pipeline/releases/ledger.rs`) also refuses
+    /// a cheaper twin of a release still being signed; here that twin is signed beside
+    /// it after the wait (at most one of two conflicting releases confirms), as the
+    /// simulation found a validator splitting twins otherwise splits the signers.
+    /// (A withdrawal is checked before this: it must replace its release at once.)
+    fn supersede_gate(&self, p: &Proposal, now: Millis) -> Result<(), ReleaseError> {
+        let (txid, mine) = (p.txid(), Live::of(p));
+        // Those it supersedes whose signing is under way here (or done), with when
+        // their wait started and how long it is.
+        let gated: Vec<(Txid, &LiveRelease, Millis, Millis)> = self
+            .live
+            .iter()
+            .filter(|(t, l)| **t != txid && !Live::of(&l.proposal).inputs.is_disjoint(&mine.inputs))
+            .filter_map(|(t, l)| match l.broadcast_at {
+                Some(b) => Some((*t, l, b, self.config.bump_after_ms)),
+                None if l.shared => Some((*t, l, l.at, self.config.respin_after_ms)),
+                None => None,
+            })
+            .collect();
+        // Never at no higher fee for the same inputs as one broadcast (mempools keep
+        // the first; checked first: it is for good, and such a proposal is a rival
+        // to merge, not one to keep for later). A cheaper twin of one still being
+        // signed is signed beside it once its wait is over: at most one confirms.
+        for (t, l, _, _) in &gated {
+            if l.broadcast_at.is_some() && Live::of(&l.proposal).inputs == mine.inputs && p.fee() <= l.proposal.fee() {
+                return Err(ReleaseError::NoFeeIncrease(*t));
+            }
+        }
+        for (t, _, since, wait) in &gated {
+            if now.saturating_sub(*since) < *wait {
+                return Err(ReleaseError::TooEarly(*t));
+            }
+        }
+        Ok(())
     }
 
     fn on_proposal(&mut self, from: usize, p: Proposal, now: Millis, out: &mut Vec<Action>) {
@@ -640,7 +694,7 @@ impl ReleaseBook {
         if self.live.contains_key(&txid) {
             return;
         }
-        match self.check(from, &p, now) {
+        match self.check(from, &p, now, now) {
             Ok(sighashes) => self.accept(from, p, sighashes, now, out),
             Err(e) if e.may_pass_later() => {
                 if !self.waiting.iter().any(|(_, q, _)| q.txid() == txid) {
@@ -653,8 +707,10 @@ impl ReleaseBook {
                 }
             }
             Err(error) => {
-                if matches!(error, ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. })
-                    && !self.rivals.contains_key(&txid)
+                if matches!(
+                    error,
+                    ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. } | ReleaseError::NoFeeIncrease(_)
+                ) && !self.rivals.contains_key(&txid)
                 {
                     let kept: Vec<(Txid, usize, Millis)> =
                         self.rivals.iter().map(|(t, (_, at, f))| (*t, *f, *at)).collect();
@@ -695,7 +751,7 @@ impl ReleaseBook {
             if self.live.contains_key(&p.txid()) {
                 continue;
             }
-            match self.check(from, &p, at) {
+            match self.check(from, &p, at, now) {
                 Ok(sighashes) => self.accept(from, p, sighashes, now, out),
                 Err(e) if e.may_pass_later() => self.waiting.push((from, p, at)),
                 Err(error) => {
@@ -834,7 +890,7 @@ impl ReleaseBook {
 
     /// This node's own proposal, checked as a peer's would be: sent, counted, accepted.
     fn propose_own(&mut self, p: Proposal, count: Count, now: Millis, out: &mut Vec<Action>) {
-        if let Ok(sighashes) = self.check(self.config.me, &p, now) {
+        if let Ok(sighashes) = self.check(self.config.me, &p, now, now) {
             out.push(Action::Propose(p.clone()));
             out.push(Action::Count(count));
             self.accept(self.config.me, p, sighashes, now, out);
@@ -867,7 +923,7 @@ impl ReleaseBook {
         let free = self.free_utxos();
         let Ok(p) = build_fundable(&free, &unpaid, self.rate(), &self.config.policy) else { return };
         self.last_proposal = Some(now);
-        match self.check(self.config.me, &p, now) {
+        match self.check(self.config.me, &p, now, now) {
             Ok(sighashes) => {
                 out.push(Action::Propose(p.clone()));
                 out.push(Action::Count(Count::Proposed));
@@ -977,7 +1033,20 @@ impl ReleaseBook {
             payouts.extend(more);
             payouts.truncate(MAX_PAYOUTS);
             let free = self.free_utxos();
-            let Ok(p) = build_with(&required, &free, &payouts, self.rate(), &self.config.policy) else { continue };
+            // With a twin of it about (the same inputs, another fee: a validator split
+            // its proposal), above the rate of both: a twin is replaced only at a
+            // higher fee, and built at the estimate the respin may be the very
+            // release held. (Without one, the estimate: a respin identical to the
+            // release is not proposed, and signing goes on undisturbed.)
+            let twins: Vec<&Proposal> = linked.iter().filter(|r| Live::of(r).inputs == inputs).collect();
+            let replaced =
+                std::iter::once(&old).chain(twins.iter().copied()).map(|r| r.fee() / signed_vsize(&r.tx).max(1));
+            let rate = if twins.is_empty() {
+                self.rate()
+            } else {
+                self.rate().max(replaced.max().unwrap_or(0).saturating_add(1))
+            };
+            let Ok(p) = build_with(&required, &free, &payouts, rate, &self.config.policy) else { continue };
             if self.live.contains_key(&p.txid()) {
                 continue;
             }
@@ -1189,6 +1258,56 @@ mod tests {
         }
     }
 
+    /// A validator in turn may not replace a release whose signing is under way before
+    /// that one had its time to be signed, nor replace it at no higher fee: the
+    /// replacement is kept, not signed, and signed once the release waited
+    /// `respin_after_ms` here (a Byzantine proposer otherwise starts a rival signing
+    /// beside every release in each of its turns). Where no share was given yet, the
+    /// replacement is signed at once (the merge of a split must be).
+    #[test]
+    fn a_release_is_superseded_only_once_it_had_its_time_and_only_at_a_higher_fee() {
+        let mut books = books();
+        let at = turn_of(1, 10_000);
+        let p = proposals(&books[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        assert!(signs(&books[0].handle(Input::Proposal { from: 1, proposal: p.clone() }, at)));
+        assert!(signs(&books[3].handle(Input::Proposal { from: 1, proposal: p.clone() }, at)));
+        // Validator 0 gave a share (its signing is under way); validator 3 did not.
+        books[0].handle(Input::Shared { txid: p.txid() }, at + 10);
+        let policy = config(2).policy;
+        // Validator 2, in its next turn (well within `respin_after_ms`): a higher fee.
+        let early_at = turn_of(2, at);
+        assert!(early_at - at < config(0).respin_after_ms);
+        let early = bump(&p, 10, &policy).expect("bumped");
+        let acts = books[0].handle(Input::Proposal { from: 2, proposal: early.clone() }, early_at);
+        assert!(!signs(&acts), "superseded before it had its time: {acts:?}");
+        assert!(!acts.iter().any(|a| matches!(a, Action::Refused { .. })), "kept, not refused: {acts:?}");
+        assert!(
+            matches!(books[0].check(2, &early, early_at, early_at), Err(ReleaseError::TooEarly(t)) if t == p.txid())
+        );
+        // Where its signing is not under way, nothing to wait for.
+        assert!(signs(&books[3].handle(Input::Proposal { from: 2, proposal: early.clone() }, early_at)));
+        // The kept replacement, judged in the turn it arrived in, is signed once the
+        // release waited long enough.
+        let late = at + config(0).respin_after_ms;
+        let acts = books[0].handle(Input::Tick, late);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == early.txid())),
+            "signed once the release had its time: {acts:?}"
+        );
+        // Once a release is broadcast: nothing spending its inputs at no higher fee,
+        // ever (mempools keep the first).
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        books[3].handle(Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] }, early_at);
+        let mut cheaper = p.clone();
+        let change = cheaper.tx.output.last_mut().expect("change");
+        change.value += bitcoin::Amount::from_sat(100);
+        assert!(cheaper.fee() < p.fee());
+        let much_later = turn_of(2, early_at + 10 * config(0).bump_after_ms);
+        assert!(
+            matches!(books[3].check(2, &cheaper, much_later, much_later), Err(ReleaseError::NoFeeIncrease(t)) if t == p.txid())
+        );
+    }
+
     #[test]
     fn only_the_chain_marks_a_release_paid_and_a_reorged_payout_is_withdrawn() {
         let mut books = books();
@@ -1309,6 +1428,43 @@ mod tests {
         assert!(
             signs(&books[3].handle(Input::Proposal { from: 0, proposal: merged }, t0 + 10)),
             "the other side signs it"
+        );
+    }
+
+    /// A validator splits its proposal into twins (the same inputs and peg-outs, its
+    /// own release at a lower fee), and each half starts signing its own. The half
+    /// holding the dearer one signs the cheaper only once the dearer had its time. The
+    /// proposer in turn then respins the stuck twin above the rate of both, which
+    /// either half signs. Before, the respin was built at the estimate rate, came out
+    /// as the dearer twin itself, and was never proposed (sim seeds 2068 and 2258, n=7).
+    #[test]
+    fn a_respin_pays_more_than_the_twins_it_supersedes() {
+        let mut books = books();
+        let t1 = turn_of(1, 10_000);
+        let p = proposals(&books[1].handle(Input::Tick, t1)).pop().expect("validator 1 proposes");
+        let coins: Vec<(OutPoint, Sats)> = utxos().into_iter().collect();
+        let pays: Vec<Payout> = (1..=3).map(payout).collect();
+        let twin = build(&coins, &pays, 4, &config(1).policy).expect("cheaper twin");
+        assert!(twin.payouts == p.payouts && twin.fee() < p.fee());
+        assert!(signs(&books[0].handle(Input::Proposal { from: 1, proposal: p.clone() }, t1)), "p signed at 0");
+        assert!(signs(&books[3].handle(Input::Proposal { from: 1, proposal: twin.clone() }, t1)), "twin signed at 3");
+        books[0].handle(Input::Shared { txid: p.txid() }, t1 + 10);
+        books[3].handle(Input::Shared { txid: twin.txid() }, t1 + 10);
+        let acts = books[0].handle(Input::Proposal { from: 1, proposal: twin.clone() }, t1 + 20);
+        assert!(!signs(&acts), "the cheaper twin, before the dearer had its time: {acts:?}");
+        let t0 = turn_of(0, t1 + config(0).respin_after_ms);
+        let acts = books[0].handle(Input::Tick, t0);
+        assert!(acts.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == twin.txid())), "{acts:?}");
+        books[0].handle(Input::Shared { txid: twin.txid() }, t0 + 10);
+        // Validator 0's next turn, the twin's own respin wait over.
+        let t0 = turn_of(0, t0 + config(0).respin_after_ms);
+        let respin = proposals(&books[0].handle(Input::Tick, t0)).pop().expect("a respin");
+        let inputs = |r: &Proposal| r.tx.input.iter().map(|i| i.previous_output).collect::<BTreeSet<_>>();
+        assert_eq!(inputs(&respin), inputs(&p));
+        assert!(respin.fee() > p.fee(), "{} > {}", respin.fee(), p.fee());
+        assert!(
+            signs(&books[3].handle(Input::Proposal { from: 0, proposal: respin }, t0 + 10)),
+            "the twin's half signs the respin"
         );
     }
 

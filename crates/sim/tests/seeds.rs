@@ -151,8 +151,13 @@ fn one_seed_run_twice_gives_the_same_trace() {
 fn seeds_that_once_failed_pass() {
     // 254: a restart signed again a release paying a reorged peg-out.
     // 66 at n=4: a crash between a spend's record and its drops left dead releases live.
-    // 23 at n=7: a crossed split (each side held two releases, crosswise) never merged.
-    for (seed, n) in [(254, 4), (66, 4), (23, 7)] {
+    // 23 at n=7: a crossed split (each side held two releases, crosswise) never merged;
+    //   and, with a supersede gate on every live release, the merge of a split waited
+    //   while its halves kept proposing their releases anew.
+    // 92 at n=4: that gate refused the proposer's own merge of a young release.
+    // 2068 and 2258 at n=7: a respin at the estimate rate came out as the release it
+    //   replaced, so a Byzantine validator's cheaper twin of it split the signers for good.
+    for (seed, n) in [(254, 4), (66, 4), (23, 7), (92, 4), (2068, 7), (2258, 7)] {
         let r = run(&Setup { seed, n, canary: None });
         assert_ok(&r);
     }
