@@ -151,8 +151,13 @@ pub enum Change {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
     Proposed,
+    /// An RBF bump of a release stuck unconfirmed.
     Replaced,
+    /// A release left unsigned, proposed again alone.
     Respun,
+    /// A release left unsigned, superseded by one that also takes in the releases
+    /// linked to it (a split's other half, a twin): the node's `merged`.
+    Merged,
     Expired,
     Withdrawn,
     Broadcast,
@@ -1050,7 +1055,8 @@ impl ReleaseBook {
             if self.live.contains_key(&p.txid()) {
                 continue;
             }
-            self.propose_own(p, Count::Respun, now, out);
+            let count = if linked.is_empty() { Count::Respun } else { Count::Merged };
+            self.propose_own(p, count, now, out);
         }
     }
 
@@ -1421,7 +1427,9 @@ mod tests {
         books[3].handle(Input::Shared { txid: theirs.txid() }, t2);
         // Validator 0's turn, the respin wait over.
         let t0 = turn_of(0, t1 + config(0).respin_after_ms);
-        let merged = proposals(&books[0].handle(Input::Tick, t0)).pop().expect("a superseding release");
+        let acts = books[0].handle(Input::Tick, t0);
+        assert!(acts.contains(&Action::Count(Count::Merged)), "counted as a merge: {acts:?}");
+        let merged = proposals(&acts).pop().expect("a superseding release");
         let inputs: BTreeSet<OutPoint> = merged.tx.input.iter().map(|i| i.previous_output).collect();
         assert_eq!(inputs, two.keys().copied().collect(), "an input of each");
         assert!(merged.payouts.contains(&payout(1).event) && merged.payouts.contains(&payout(2).event));
