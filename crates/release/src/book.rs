@@ -44,7 +44,7 @@
 
 use crate::{
     Live, MAX_PAYOUTS, PaymentClass, Payout, Policy, Proposal, ReleaseError, View, build_fundable, build_with, bump,
-    check_budget, class_of, finalize, payment_budget, signed_vsize, unpayable, validate, validate_withdrawal, withdraw,
+    check_budget, class_of, finalize, payment_budget, unpayable, validate, validate_withdrawal, withdraw,
 };
 use bitcoin::{OutPoint, Transaction, Txid, secp256k1::schnorr};
 use btcfi_types::{EventId, Sats};
@@ -644,7 +644,7 @@ impl ReleaseBook {
         // releases that had their time here; those they merge may be young, and the
         // others keep the merge until their own wait is over.
         if from != self.config.me {
-            self.supersede_gate(p, now)?;
+            self.supersede_gate(p, &inputs, &live, now)?;
         }
         Ok(sighashes)
     }
@@ -663,14 +663,21 @@ impl ReleaseBook {
     /// it after the wait (at most one of two conflicting releases confirms), as the
     /// simulation found a validator splitting twins otherwise splits the signers.
     /// (A withdrawal is checked before this: it must replace its release at once.)
-    fn supersede_gate(&self, p: &Proposal, now: Millis) -> Result<(), ReleaseError> {
-        let (txid, mine) = (p.txid(), Live::of(p));
+    /// `inputs` are `p`'s, `live` the view of the releases held here ([`Self::live_view`]).
+    fn supersede_gate(
+        &self,
+        p: &Proposal,
+        inputs: &BTreeSet<OutPoint>,
+        live: &BTreeMap<Txid, Live>,
+        now: Millis,
+    ) -> Result<(), ReleaseError> {
+        let txid = p.txid();
         // Those it supersedes whose signing is under way here (or done), with when
         // their wait started and how long it is.
         let gated: Vec<(Txid, &LiveRelease, Millis, Millis)> = self
             .live
             .iter()
-            .filter(|(t, l)| **t != txid && !Live::of(&l.proposal).inputs.is_disjoint(&mine.inputs))
+            .filter(|(t, _)| **t != txid && live.get(*t).is_some_and(|v| !v.inputs.is_disjoint(inputs)))
             .filter_map(|(t, l)| match l.broadcast_at {
                 Some(b) => Some((*t, l, b, self.config.bump_after_ms)),
                 None if l.shared => Some((*t, l, l.at, self.config.respin_after_ms)),
@@ -682,7 +689,8 @@ impl ReleaseBook {
         // to merge, not one to keep for later). A cheaper twin of one still being
         // signed is signed beside it once its wait is over: at most one confirms.
         for (t, l, _, _) in &gated {
-            if l.broadcast_at.is_some() && Live::of(&l.proposal).inputs == mine.inputs && p.fee() <= l.proposal.fee() {
+            let same_inputs = live.get(t).is_some_and(|v| v.inputs == *inputs);
+            if l.broadcast_at.is_some() && same_inputs && p.fee() <= l.proposal.fee() {
                 return Err(ReleaseError::NoFeeIncrease(*t));
             }
         }
@@ -955,7 +963,7 @@ impl ReleaseBook {
             if self.live.values().any(|l| Live::of(&l.proposal).inputs == inputs && l.proposal.fee() > old.fee()) {
                 continue;
             }
-            let old_rate = old.fee() / signed_vsize(&old.tx).max(1);
+            let old_rate = old.fee_rate();
             let rate = self.rate().max(old_rate.saturating_add(old_rate / 4).saturating_add(1));
             let Some(p) = bump(&old, rate, &self.config.policy) else { continue };
             self.propose_own(p, Count::Replaced, now, out);
@@ -1044,8 +1052,7 @@ impl ReleaseBook {
             // release held. (Without one, the estimate: a respin identical to the
             // release is not proposed, and signing goes on undisturbed.)
             let twins: Vec<&Proposal> = linked.iter().filter(|r| Live::of(r).inputs == inputs).collect();
-            let replaced =
-                std::iter::once(&old).chain(twins.iter().copied()).map(|r| r.fee() / signed_vsize(&r.tx).max(1));
+            let replaced = std::iter::once(&old).chain(twins.iter().copied()).map(|r| r.fee_rate());
             let rate = if twins.is_empty() {
                 self.rate()
             } else {

@@ -770,6 +770,11 @@ impl Proposal {
             _ => 0,
         }
     }
+
+    /// Fee rate once signed (sat/vB, rounded down), as the fee band judges it.
+    pub fn fee_rate(&self) -> u64 {
+        self.fee() / signed_vsize(&self.tx).max(1)
+    }
 }
 
 #[cfg(test)]

@@ -289,7 +289,7 @@ impl Pipeline {
             // No rival (or none that merges): the signers are slow or some sessions gave
             // up. The same release at a slightly higher fee gets fresh sessions.
             if proposed.is_none() {
-                let fee_rate = stuck.fee() / release::signed_vsize(&stuck.tx).max(1);
+                let fee_rate = stuck.fee_rate();
                 if let Some(respin) = release::bump(&stuck, rate.max(fee_rate.saturating_add(1)), &self.policy)
                     && self.validate(&respin).is_ok()
                 {
