@@ -32,6 +32,11 @@
 //! - **withdrawal**: a live release paying a peg-out that a reorg removed past finality
 //!   is replaced by [`withdraw`]'s transaction, which every honest validator builds
 //!   identically, so it is accepted from anyone ([`validate_withdrawal`]);
+//! - **resends and vouching**: every release held here and not signed yet is sent to
+//!   the peers again every `resend_every_ms`. A proposal refused as out of turn is
+//!   judged as made in turn once f + 1 validators sent it (one of them honest, which
+//!   sends again only what it accepted), so a validator that missed a release in its
+//!   turn (away, partitioned, or it kept it for a re-check too briefly) signs it late;
 //! - **confirmation**: the chain's vault spend ([`Input::VaultSpend`]) is the only
 //!   source of "paid". A spend of a release this book holds marks its peg-outs paid; any
 //!   spend counts its payments by class (script, value) for the payment budget, so that
@@ -63,6 +68,9 @@ pub const MAX_WAITING_PER_SENDER: usize = 8;
 pub const WAITING_MS: Millis = 30_000;
 /// How long a rival proposal is kept to be merged.
 pub const RIVAL_MS: Millis = 120_000;
+/// A relay-policy check ([`Action::Check`]) not answered, or answered with the policy
+/// node's silence, is asked again after this long.
+pub const CHECK_RETRY_MS: Millis = 5_000;
 
 /// The book's settings.
 #[derive(Debug, Clone)]
@@ -81,7 +89,24 @@ pub struct Config {
     /// How long a release accepted here, and never shared to, waits unsigned before it
     /// is dropped.
     pub expire_after_ms: Millis,
+    /// How often the releases held here and not yet signed are sent to the peers again
+    /// (a validator that missed one, or kept it too briefly, learns of it: see
+    /// [`ReleaseBook`]'s vouching).
+    pub resend_every_ms: Millis,
+    /// Whether a release is put to the relay policy (bitcoind's `testmempoolaccept`,
+    /// [`Action::Check`]) before this node signs a peer's or sends its own fresh one.
+    pub policy_checks: bool,
     pub policy: Policy,
+}
+
+/// What the relay policy said of an unsigned release ([`Input::Checked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It passes (or only its missing signatures stop it).
+    Passes,
+    /// Refused for `reason`; `blamed` are the peg-outs refused alone (each in a copy of
+    /// the release paying only it), with their reasons: they are set apart.
+    Refused { reason: String, blamed: Vec<(EventId, String)> },
 }
 
 /// What the book is told.
@@ -116,6 +141,17 @@ pub enum Input {
     SpendReorged {
         txid: Txid,
     },
+    /// The relay policy's verdict on a release this book asked about
+    /// ([`Action::Check`]); `Err` is the policy node's silence or error, never a
+    /// verdict (asked again after [`CHECK_RETRY_MS`]).
+    Checked {
+        txid: Txid,
+        verdict: Result<Verdict, String>,
+    },
+    /// Whether this node's view of the chain has caught up with every final block:
+    /// until it has, no release is signed or proposed here ([`ReleaseError::NotSynced`]).
+    /// A book starts synced; a driver whose view catches up at start says so first.
+    Synced(bool),
     /// What the mempool said of a broadcast.
     Mempool {
         txid: Txid,
@@ -145,6 +181,9 @@ pub enum Change {
     Unspent { txid: Txid },
     /// A certified peg-out's burn left the canonical chain past finality: never paid.
     Reorged(EventId),
+    /// A certified peg-out that the relay policy refuses to pay: left out of every
+    /// release from now on.
+    SetApart { event: EventId, reason: String },
 }
 
 /// What the book counts (its driver maps them to metrics).
@@ -172,6 +211,9 @@ pub enum Action {
     Persist(Change),
     /// Send this proposal to every peer.
     Propose(Proposal),
+    /// Put this unsigned release to the relay policy; the answer comes back as
+    /// [`Input::Checked`].
+    Check(Proposal),
     /// Sign these BIP341 sighashes, one session per input.
     Sign {
         txid: Txid,
@@ -201,6 +243,18 @@ struct LiveRelease {
     /// First broadcast (the RBF timer), and last.
     broadcast_at: Option<Millis>,
     sent_at: Millis,
+    /// When its proposal was last sent to the peers.
+    resent_at: Millis,
+}
+
+/// A release put to the relay policy.
+#[derive(Debug, Clone)]
+struct Checking {
+    from: usize,
+    proposal: Proposal,
+    /// When it arrived (its turn), and when the policy was last asked.
+    arrived: Millis,
+    asked: Millis,
 }
 
 /// A live release as persisted.
@@ -222,6 +276,7 @@ pub struct Persisted {
     /// Spends that left the chain and may confirm again.
     unconfirmed: InFlight,
     reorged: BTreeSet<EventId>,
+    apart: BTreeMap<EventId, String>,
 }
 
 impl Persisted {
@@ -257,6 +312,9 @@ impl Persisted {
             }
             Change::Reorged(e) => {
                 self.reorged.insert(*e);
+            }
+            Change::SetApart { event, reason } => {
+                self.apart.insert(*event, reason.clone());
             }
         }
     }
@@ -312,6 +370,13 @@ fn unspend(spends: &mut InFlight, unconfirmed: &mut InFlight, txid: &Txid) -> Op
     Some(Some(tx))
 }
 
+/// Whether a proposal refused for `e` competes with a release held here (it pays what
+/// that one pays, or spends its inputs): kept as a rival, for a merge or for when that
+/// one is gone.
+fn is_rival(e: &ReleaseError) -> bool {
+    matches!(e, ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. } | ReleaseError::NoFeeIncrease(_))
+}
+
 /// Which kept entry (`(key, sender, kept at)`) goes before one more from `from` is
 /// kept: `from`'s own oldest once it has [`MAX_WAITING_PER_SENDER`]; else, when
 /// [`MAX_WAITING`] are kept, the oldest of the sender that has the most. A validator
@@ -355,6 +420,21 @@ pub struct ReleaseBook {
     /// Proposals refused because they pay what a live release here pays: what a
     /// superseding release merges.
     rivals: BTreeMap<Txid, (Proposal, Millis, usize)>,
+    /// Proposals refused here as out of turn, with the validators that sent them (when
+    /// first, and who first): once f + 1 did, one honest validator accepted it and
+    /// resends it, so it is judged as made in turn.
+    vouchers: BTreeMap<Txid, (BTreeSet<usize>, Millis, usize)>,
+    /// Proposals judged as made in turn because f + 1 validators sent them.
+    vouched: BTreeSet<Txid>,
+    /// Releases valid here waiting for the relay policy's verdict (this node's own
+    /// fresh one among them, from `me`).
+    checking: BTreeMap<Txid, Checking>,
+    /// Certified peg-outs the relay policy refuses to pay, with the reason.
+    apart: BTreeMap<EventId, String>,
+    /// Whether the chain view caught up ([`Input::Synced`]).
+    synced: bool,
+    /// Restored, and what it owes not asked for yet ([`Self::resume`]).
+    resume: bool,
     fee_estimate: Option<u64>,
     last_proposal: Option<Millis>,
     #[cfg(feature = "canary")]
@@ -385,6 +465,12 @@ impl ReleaseBook {
             unconfirmed_sent: BTreeMap::new(),
             waiting: Vec::new(),
             rivals: BTreeMap::new(),
+            vouchers: BTreeMap::new(),
+            vouched: BTreeSet::new(),
+            checking: BTreeMap::new(),
+            apart: BTreeMap::new(),
+            synced: true,
+            resume: false,
             fee_estimate: None,
             last_proposal: None,
             #[cfg(feature = "canary")]
@@ -392,19 +478,22 @@ impl ReleaseBook {
         }
     }
 
-    /// The book of a restarted node, and what it still owes: signatures of the releases
-    /// it had not finished signing, and the broadcast of those it had. (Certified
-    /// peg-outs and UTXOs come again from consensus and the chain.)
+    /// The book of a restarted node, and the drops it owes (releases a spend recorded
+    /// before the crash ended). What it still owes the network, the signatures of the
+    /// releases it had not finished signing and the broadcast of those it had, it asks
+    /// for once its chain view is back ([`Input::Synced`]): a restored book starts
+    /// catching up, since a peg-out may have been reorged away while the node was down
+    /// and, not told yet, it would sign the release paying it. (Certified peg-outs and
+    /// UTXOs come again from consensus and the chain.)
     pub fn restore(config: Config, persisted: &Persisted, now: Millis) -> (Self, Vec<Action>) {
         let mut book = Self::new(config);
+        book.synced = false;
+        book.resume = true;
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
         book.reorged = persisted.reorged.clone();
+        book.apart = persisted.apart.clone();
         book.unconfirmed = persisted.unconfirmed.clone();
-        for (txid, (tx, _)) in &persisted.unconfirmed {
-            book.unconfirmed_sent.insert(*txid, now);
-            out.push(Action::Broadcast(tx.clone()));
-        }
         let spent: BTreeSet<OutPoint> =
             persisted.spends.values().flat_map(|(tx, _)| tx.input.iter().map(|i| i.previous_output)).collect();
         for (txid, Held { proposer, proposal, at, signatures, shared }) in &persisted.live {
@@ -426,20 +515,37 @@ impl ReleaseBook {
                     shared: *shared,
                     broadcast_at: signatures.as_ref().map(|_| now),
                     sent_at: now,
+                    resent_at: now,
                 },
             );
-            match signatures {
-                Some(s) => out.push(Action::Broadcast(finalize(&proposal.tx, s))),
-                // It pays a peg-out reorged away: its withdrawal supersedes it.
-                None if proposal.payouts.iter().any(|p| book.reorged.contains(p)) => {}
+        }
+        (book, out)
+    }
+
+    /// What a restored book owes once its chain view is back: the broadcast of the
+    /// spends in flight and of the releases it signed, and the signatures of those it
+    /// had not finished signing (but those paying a peg-out reorged away: their
+    /// withdrawals supersede them).
+    fn resume(&mut self, now: Millis, out: &mut Vec<Action>) {
+        for (txid, (tx, _)) in &self.unconfirmed {
+            self.unconfirmed_sent.insert(*txid, now);
+            out.push(Action::Broadcast(tx.clone()));
+        }
+        for (txid, l) in self.live.iter_mut() {
+            match &l.signatures {
+                Some(s) => {
+                    l.broadcast_at = Some(now);
+                    l.sent_at = now;
+                    out.push(Action::Broadcast(finalize(&l.proposal.tx, s)));
+                }
+                None if l.proposal.payouts.iter().any(|p| self.reorged.contains(p)) => {}
                 None => {
-                    if let Ok(sighashes) = crate::sighashes(&proposal.tx, &proposal.prevouts) {
+                    if let Ok(sighashes) = crate::sighashes(&l.proposal.tx, &l.proposal.prevouts) {
                         out.push(Action::Sign { txid: *txid, sighashes });
                     }
                 }
             }
         }
-        (book, out)
     }
 
     #[cfg(feature = "canary")]
@@ -468,7 +574,8 @@ impl ReleaseBook {
                 self.recheck(now, &mut out);
             }
             Input::Certified(p) => {
-                if !self.reorged.contains(&p.event) && !self.certified.contains_key(&p.event) {
+                let known = self.certified.contains_key(&p.event) || self.apart.contains_key(&p.event);
+                if !self.reorged.contains(&p.event) && !known {
                     self.seen_at.entry(p.event).or_insert(now);
                     self.certified.insert(p.event, p);
                     self.recheck(now, &mut out);
@@ -515,13 +622,36 @@ impl ReleaseBook {
                     out.push(Action::Count(Count::RefusedByPolicy));
                 }
             }
+            Input::Checked { txid, verdict } => self.on_checked(txid, verdict, now, &mut out),
+            Input::Synced(synced) => {
+                self.synced = synced;
+                if synced {
+                    if std::mem::take(&mut self.resume) {
+                        self.resume(now, &mut out);
+                    }
+                    self.recheck(now, &mut out);
+                }
+            }
             Input::FeeEstimate(rate) => self.fee_estimate = Some(rate),
             Input::Tick => {
                 // Kept as long as the supersede gate may hold one back, and more.
                 let keep = WAITING_MS + self.config.respin_after_ms.max(self.config.bump_after_ms);
                 self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < keep);
                 self.rivals.retain(|_, (_, at, _)| now.saturating_sub(*at) < RIVAL_MS);
+                self.vouchers.retain(|_, (_, at, _)| now.saturating_sub(*at) < RIVAL_MS);
+                let kept: BTreeSet<Txid> = self
+                    .waiting
+                    .iter()
+                    .map(|(_, p, _)| p.txid())
+                    .chain(self.rivals.keys().copied())
+                    .chain(self.vouchers.keys().copied())
+                    .chain(self.checking.keys().copied())
+                    .collect();
+                self.vouched.retain(|t| kept.contains(t));
+                self.checking.retain(|_, c| now.saturating_sub(c.arrived) < WAITING_MS);
+                self.ask_again(now, &mut out);
                 self.expire(now, &mut out);
+                self.resend(now, &mut out);
                 self.withdraw_reorged(now, &mut out);
                 self.recheck(now, &mut out);
                 self.maybe_bump(now, &mut out);
@@ -553,12 +683,14 @@ impl ReleaseBook {
         self.turns().in_turn(from, at)
     }
 
-    /// Peg-outs certified here and payable: not reorged (unless the canary says so).
+    /// Peg-outs certified here and payable: not reorged (unless the canary says so),
+    /// not set apart by the relay policy.
     fn payable(&self) -> BTreeMap<EventId, Payout> {
         let pay_reorged = self.canary_is("reorg");
         self.certified
             .iter()
             .filter(|(e, _)| pay_reorged || !self.reorged.contains(e))
+            .filter(|(e, _)| !self.apart.contains_key(e))
             .map(|(e, p)| (*e, p.clone()))
             .collect()
     }
@@ -591,24 +723,33 @@ impl ReleaseBook {
     /// Validates `p` from `from` against this node's view: the sighashes to sign.
     /// Validates `p` from `from`, which arrived at `arrived` (its turn), at `now`.
     fn check(&self, from: usize, p: &Proposal, arrived: Millis, now: Millis) -> Result<Vec<[u8; 32]>, ReleaseError> {
+        if !self.synced {
+            return Err(ReleaseError::NotSynced);
+        }
         let certified = self.payable();
         let paid = self.paid();
         let live = self.live_view();
         let rival: BTreeSet<OutPoint> =
             self.rivals.values().flat_map(|(r, _, _)| r.tx.input.iter().map(|i| i.previous_output)).collect();
+        let inputs: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
+        // The band is around this node's own estimate alone, replacements included:
+        // centred on the rate of what it replaces (as the node's pipeline does), a
+        // validator in turn could raise the fee up to `max_fee_multiple` times with
+        // each bump, to the configured ceiling. A release stuck below the market is
+        // bumped within the band of an estimate that has risen with the market.
+        let estimate = self.fee_estimate;
         let view = View {
             utxos: &self.utxos,
             live: &live,
             paid: &paid,
             certified: &certified,
-            fee_estimate: self.fee_estimate,
+            fee_estimate: estimate,
             rival_inputs: &rival,
         };
         // A withdrawal of a live release, identical on every honest node: from anyone.
         // It is checked against each live release with its inputs (a release and its
         // RBF bump both may be live here, and other validators may hold only one of
         // them): the withdrawal of any is accepted, as they all conflict.
-        let inputs: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
         let mut refused = None;
         for l in self.live.values() {
             let same_inputs = Live::of(&l.proposal).inputs == inputs;
@@ -624,13 +765,15 @@ impl ReleaseBook {
         if let Some(e) = refused {
             return Err(e);
         }
-        self.in_turn(from, arrived)?;
+        if !self.vouched.contains(&p.txid()) {
+            self.in_turn(from, arrived)?;
+        }
         let mut policy = self.config.policy.clone();
         if self.canary_is("fee") {
             policy.ceiling_sat_per_vb = u64::MAX / 1_000_000;
             policy.max_fee_multiple = u64::MAX / 1_000_000;
         }
-        let view = View { fee_estimate: if self.canary_is("fee") { None } else { self.fee_estimate }, ..view };
+        let view = View { fee_estimate: if self.canary_is("fee") { None } else { estimate }, ..view };
         let sighashes = validate(p, &view, &policy)?;
         // Promised elsewhere: the payouts of live releases that do not conflict with it.
         let promised: BTreeSet<EventId> = self
@@ -707,8 +850,17 @@ impl ReleaseBook {
         if self.live.contains_key(&txid) {
             return;
         }
+        // Kept here already (sent again): it stays as it was kept, checked again each
+        // tick as from whoever sent it first and when, and the sender vouches for it.
+        let waiting = self.waiting.iter().any(|(_, q, _)| q.txid() == txid);
+        if waiting || self.rivals.contains_key(&txid) || self.checking.contains_key(&txid) {
+            if from != self.config.me {
+                self.vouch(from, txid, now);
+            }
+            return;
+        }
         match self.check(from, &p, now, now) {
-            Ok(sighashes) => self.accept(from, p, sighashes, now, out),
+            Ok(sighashes) => self.admit(from, p, sighashes, now, now, out),
             Err(e) if e.may_pass_later() => {
                 if !self.waiting.iter().any(|(_, q, _)| q.txid() == txid) {
                     let kept: Vec<(usize, usize, Millis)> =
@@ -719,21 +871,147 @@ impl ReleaseBook {
                     self.waiting.push((from, p, now));
                 }
             }
+            Err(ReleaseError::NotInTurn { .. })
+                if from != self.config.me && !self.vouched.contains(&txid) && self.vouch(from, txid, now) =>
+            {
+                // f + 1 validators sent it: judged again, as made in turn.
+                self.on_proposal(from, p, now, out);
+            }
             Err(error) => {
-                if matches!(
-                    error,
-                    ReleaseError::PayoutLocked(_) | ReleaseError::Strands { .. } | ReleaseError::NoFeeIncrease(_)
-                ) && !self.rivals.contains_key(&txid)
-                {
-                    let kept: Vec<(Txid, usize, Millis)> =
-                        self.rivals.iter().map(|(t, (_, at, f))| (*t, *f, *at)).collect();
-                    if let Some(t) = evict(&kept, from) {
-                        self.rivals.remove(&t);
-                    }
-                    self.rivals.insert(txid, (p, now, from));
+                if is_rival(&error) {
+                    self.keep_rival(from, p, now);
                 }
                 out.push(Action::Count(Count::Refused(error.reason())));
                 out.push(Action::Refused { from, txid, error });
+            }
+        }
+    }
+
+    /// A peer's proposal valid here (it arrived at `arrived`): signed, or first put to
+    /// the relay policy when the book is configured so.
+    fn admit(
+        &mut self,
+        from: usize,
+        p: Proposal,
+        sighashes: Vec<[u8; 32]>,
+        arrived: Millis,
+        now: Millis,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.config.policy_checks {
+            return self.accept(from, p, sighashes, now, out);
+        }
+        self.ask(from, p, arrived, now, out);
+    }
+
+    /// Files `p` for the relay policy's verdict and asks (bounded as kept proposals).
+    fn ask(&mut self, from: usize, p: Proposal, arrived: Millis, now: Millis, out: &mut Vec<Action>) {
+        let txid = p.txid();
+        if self.checking.contains_key(&txid) {
+            return;
+        }
+        let kept: Vec<(Txid, usize, Millis)> = self.checking.iter().map(|(t, c)| (*t, c.from, c.arrived)).collect();
+        if let Some(t) = evict(&kept, from) {
+            self.checking.remove(&t);
+        }
+        out.push(Action::Check(p.clone()));
+        self.checking.insert(txid, Checking { from, proposal: p, arrived, asked: now });
+    }
+
+    /// Checks not answered for [`CHECK_RETRY_MS`] (or answered with silence) are asked
+    /// again.
+    fn ask_again(&mut self, now: Millis, out: &mut Vec<Action>) {
+        // This node's own, once its turn passed: never sent (the next proposer's turn).
+        let (me, in_turn) = (self.config.me, self.may_propose(now));
+        self.checking.retain(|_, c| in_turn || c.from != me);
+        for c in self.checking.values_mut() {
+            if now.saturating_sub(c.asked) >= CHECK_RETRY_MS {
+                c.asked = now;
+                out.push(Action::Check(c.proposal.clone()));
+            }
+        }
+    }
+
+    /// The relay policy's verdict on `txid`. Passing, it is checked again (the view
+    /// may have moved while the policy was asked) and signed, or, this node's own,
+    /// sent if its turn lasts. Refused, the peg-outs the policy blames are set apart
+    /// and it is not signed (this node's next proposal goes without them).
+    fn on_checked(&mut self, txid: Txid, verdict: Result<Verdict, String>, now: Millis, out: &mut Vec<Action>) {
+        let Some(c) = self.checking.get(&txid) else { return };
+        let (from, arrived) = (c.from, c.arrived);
+        match verdict {
+            // The policy node's silence: asked again later, never taken as a verdict.
+            Err(_) => {}
+            Ok(Verdict::Passes) => {
+                let Some(c) = self.checking.remove(&txid) else { return };
+                if self.live.contains_key(&txid) {
+                    return;
+                }
+                match self.check(from, &c.proposal, arrived, now) {
+                    Ok(sighashes) if from == self.config.me => {
+                        // The turn may have passed on while the policy was asked.
+                        if self.may_propose(now) {
+                            out.push(Action::Propose(c.proposal.clone()));
+                            out.push(Action::Count(Count::Proposed));
+                            self.accept(from, c.proposal, sighashes, now, out);
+                        }
+                    }
+                    Ok(sighashes) => self.accept(from, c.proposal, sighashes, now, out),
+                    Err(e) if e.may_pass_later() && from != self.config.me => {
+                        self.waiting.push((from, c.proposal, arrived));
+                    }
+                    Err(error) if from != self.config.me => {
+                        out.push(Action::Count(Count::Refused(error.reason())));
+                        out.push(Action::Refused { from, txid, error });
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok(Verdict::Refused { reason, blamed }) => {
+                self.checking.remove(&txid);
+                for (event, why) in blamed {
+                    if self.certified.contains_key(&event) && !self.apart.contains_key(&event) {
+                        let reason = format!("the relay policy refuses its output: {why}");
+                        out.push(Action::Persist(Change::SetApart { event, reason: reason.clone() }));
+                        self.apart.insert(event, reason);
+                    }
+                }
+                out.push(Action::Count(Count::RefusedByPolicy));
+                if from != self.config.me {
+                    out.push(Action::Refused { from, txid, error: ReleaseError::RefusedByPolicy(reason) });
+                }
+            }
+        }
+    }
+
+    /// Records that `from` sent `txid`; whether f + 1 validators have now, so that it
+    /// is judged as made in turn from now on. Honest validators send again only what
+    /// they accepted, so of f + 1 senders one honest validator accepted it: in turn, a
+    /// withdrawal, or vouched for in turn. Bounded as kept proposals are ([`evict`]).
+    fn vouch(&mut self, from: usize, txid: Txid, now: Millis) -> bool {
+        if !self.vouchers.contains_key(&txid) {
+            let kept: Vec<(Txid, usize, Millis)> = self.vouchers.iter().map(|(t, (_, at, f))| (*t, *f, *at)).collect();
+            if let Some(t) = evict(&kept, from) {
+                self.vouchers.remove(&t);
+            }
+        }
+        let (senders, _, _) = self.vouchers.entry(txid).or_insert_with(|| (BTreeSet::new(), now, from));
+        senders.insert(from);
+        let f = self.config.n.saturating_sub(1) / 3;
+        if senders.len() > f {
+            self.vouched.insert(txid);
+        }
+        self.vouched.contains(&txid)
+    }
+
+    /// The releases held here and not signed yet are sent to the peers again every
+    /// `resend_every_ms`: a validator that missed one, or kept it for a re-check too
+    /// briefly, learns of it from f + 1 of those that accepted it (see [`Self::vouch`]).
+    fn resend(&mut self, now: Millis, out: &mut Vec<Action>) {
+        for l in self.live.values_mut() {
+            if l.signatures.is_none() && now.saturating_sub(l.resent_at) >= self.config.resend_every_ms {
+                l.resent_at = now;
+                out.push(Action::Propose(l.proposal.clone()));
             }
         }
     }
@@ -751,8 +1029,11 @@ impl ReleaseBook {
                 shared: false,
                 broadcast_at: None,
                 sent_at: now,
+                resent_at: now,
             },
         );
+        self.vouchers.remove(&txid);
+        self.vouched.remove(&txid);
         out.push(Action::Sign { txid, sighashes });
     }
 
@@ -765,14 +1046,51 @@ impl ReleaseBook {
                 continue;
             }
             match self.check(from, &p, at, now) {
-                Ok(sighashes) => self.accept(from, p, sighashes, now, out),
+                Ok(sighashes) => self.admit(from, p, sighashes, at, now, out),
                 Err(e) if e.may_pass_later() => self.waiting.push((from, p, at)),
                 Err(error) => {
+                    // A rival by now (another release took its peg-outs): kept for a
+                    // merge, as when it arrived.
+                    if is_rival(&error) {
+                        self.keep_rival(from, p.clone(), at);
+                    }
                     out.push(Action::Count(Count::Refused(error.reason())));
                     out.push(Action::Refused { from, txid: p.txid(), error });
                 }
             }
         }
+        // Rivals whose live release here is gone (it expired, never shared to, or
+        // conflicts with a spend): signed now, as made in turn when they arrived. That
+        // is how the side of a split that let its release expire joins the other.
+        let ready: Vec<Txid> = self
+            .rivals
+            .iter()
+            .filter(|(t, (p, at, from))| !self.live.contains_key(*t) && self.check(*from, p, *at, now).is_ok())
+            .map(|(t, _)| *t)
+            .collect();
+        for t in ready {
+            let Some((p, at, from)) = self.rivals.remove(&t) else { continue };
+            // Checked again: one accepted before it may conflict with it.
+            match self.check(from, &p, at, now) {
+                Ok(sighashes) => self.admit(from, p, sighashes, at, now, out),
+                Err(_) => {
+                    self.rivals.insert(t, (p, at, from));
+                }
+            }
+        }
+    }
+
+    /// Keeps `p` as a rival to merge (bounded per sender, [`evict`]).
+    fn keep_rival(&mut self, from: usize, p: Proposal, at: Millis) {
+        let txid = p.txid();
+        if self.rivals.contains_key(&txid) {
+            return;
+        }
+        let kept: Vec<(Txid, usize, Millis)> = self.rivals.iter().map(|(t, (_, at, f))| (*t, *f, *at)).collect();
+        if let Some(t) = evict(&kept, from) {
+            self.rivals.remove(&t);
+        }
+        self.rivals.insert(txid, (p, at, from));
     }
 
     fn on_reorged(&mut self, e: EventId, now: Millis, out: &mut Vec<Action>) {
@@ -919,7 +1237,13 @@ impl ReleaseBook {
     }
 
     fn maybe_propose(&mut self, now: Millis, out: &mut Vec<Action>) {
-        if !self.may_propose(now) || self.last_proposal.is_some_and(|t| now.saturating_sub(t) < 1_000) {
+        let me = self.config.me;
+        let own_check = self.checking.values().any(|c| c.from == me);
+        if !self.synced
+            || own_check
+            || !self.may_propose(now)
+            || self.last_proposal.is_some_and(|t| now.saturating_sub(t) < 1_000)
+        {
             return;
         }
         let unpaid = self.unpaid();
@@ -937,6 +1261,7 @@ impl ReleaseBook {
         let Ok(p) = build_fundable(&free, &unpaid, self.rate(), &self.config.policy) else { return };
         self.last_proposal = Some(now);
         match self.check(self.config.me, &p, now, now) {
+            Ok(_) if self.config.policy_checks => self.ask(me, p, now, now, out),
             Ok(sighashes) => {
                 out.push(Action::Propose(p.clone()));
                 out.push(Action::Count(Count::Proposed));
@@ -1166,6 +1491,8 @@ mod tests {
             bump_after_ms: 30_000,
             respin_after_ms: 20_000,
             expire_after_ms: 15_000,
+            resend_every_ms: 10_000,
+            policy_checks: false,
             policy: Policy::new(vault(), Sats(2_000), 1, 100),
         }
     }
@@ -1252,6 +1579,130 @@ mod tests {
 
     /// An over-fee release from the proposer in turn is refused by the band; with the
     /// band ignored (the canary), it is signed.
+    /// A validator that missed a release in its proposer's turn (it was away) gets it
+    /// from the resends of those that accepted it, and signs it once f + 1 validators
+    /// sent it; f alone (one Byzantine validator at n = 4), however often, never move it.
+    /// Before resends, a validator that missed the turn never signed the release.
+    #[test]
+    fn a_release_missed_in_its_turn_is_signed_once_f_plus_one_validators_resent_it() {
+        let mut books = books();
+        let at = turn_of(1, 10_000);
+        let p = proposals(&books[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        for v in [0, 2] {
+            assert!(signs(&books[v].handle(Input::Proposal { from: 1, proposal: p.clone() }, at + 50)));
+        }
+        // Each holder sends it again once `resend_every_ms` passed, unsigned; not before.
+        let early = at + 50 + config(0).resend_every_ms / 2;
+        assert!(proposals(&books[0].handle(Input::Tick, early)).is_empty(), "not resent before its time");
+        let later = at + 50 + config(0).resend_every_ms;
+        let resent = |b: &mut ReleaseBook| proposals(&b.handle(Input::Tick, later));
+        assert_eq!(resent(&mut books[0]), vec![p.clone()], "validator 0 sends it again");
+        assert_eq!(resent(&mut books[2]), vec![p.clone()], "validator 2 sends it again");
+        // Validator 3 was away in validator 1's turn: the proposal now comes out of turn.
+        let late = turn_of(3, later);
+        let first = books[3].handle(Input::Proposal { from: 0, proposal: p.clone() }, late);
+        assert!(
+            first.iter().any(|a| matches!(a, Action::Refused { error: ReleaseError::NotInTurn { .. }, .. })),
+            "one sender is not enough: {first:?}"
+        );
+        for _ in 0..3 {
+            assert!(!signs(&books[3].handle(Input::Proposal { from: 0, proposal: p.clone() }, late + 1)));
+        }
+        let second = books[3].handle(Input::Proposal { from: 2, proposal: p.clone() }, late + 2);
+        assert!(signs(&second), "f + 1 validators sent it: signed as made in turn: {second:?}");
+        // Vouching skips the turn only: a bogus release sent by f + 1 is still refused.
+        let mut bogus = p.clone();
+        bogus.payouts.pop();
+        let mut b = ReleaseBook::new(config(3));
+        b.handle(Input::Utxos(utxos()), 0);
+        b.handle(Input::FeeEstimate(5), 0);
+        for i in 1..=3 {
+            b.handle(Input::Certified(payout(i)), 0);
+        }
+        b.handle(Input::Proposal { from: 0, proposal: bogus.clone() }, late);
+        assert!(!signs(&b.handle(Input::Proposal { from: 2, proposal: bogus }, late + 1)));
+        // Once signed it is not sent again.
+        let sigs = vec![schnorr::Signature::from_slice(&[1; 64]).expect("sig"); p.tx.input.len()];
+        books[0].handle(Input::Signed { txid: p.txid(), signatures: sigs }, later + 1);
+        let again = books[0].handle(Input::Tick, later + 2 * config(0).resend_every_ms);
+        assert!(proposals(&again).is_empty(), "a signed release is broadcast, not proposed: {again:?}");
+    }
+
+    fn checks(actions: &[Action]) -> Vec<Proposal> {
+        actions.iter().filter_map(|a| if let Action::Check(p) = a { Some(p.clone()) } else { None }).collect()
+    }
+
+    /// With policy checks, nothing is signed or sent before the relay policy passed
+    /// it: the policy node's silence is asked again, never taken as a verdict; a
+    /// refusal sets apart the peg-outs it blames (for good, across a restart), and the
+    /// next release goes without them. A node whose chain view is catching up signs
+    /// nothing until it caught up.
+    #[test]
+    fn a_release_is_signed_only_once_the_relay_policy_passes_it_and_what_it_blames_is_set_apart() {
+        let mut books: Vec<ReleaseBook> = books()
+            .into_iter()
+            .map(|mut b| {
+                b.config.policy_checks = true;
+                b
+            })
+            .collect();
+        let at = turn_of(1, 10_000);
+        let acts = books[1].handle(Input::Tick, at);
+        assert!(proposals(&acts).is_empty() && !signs(&acts), "not sent before the policy passed it: {acts:?}");
+        let p = checks(&acts).pop().expect("its own release put to the policy");
+        assert!(checks(&books[1].handle(Input::Tick, at + 100)).is_empty(), "one own check at a time");
+        let acts = books[1].handle(Input::Checked { txid: p.txid(), verdict: Ok(Verdict::Passes) }, at + 130);
+        assert_eq!(proposals(&acts), vec![p.clone()], "sent once passed");
+        assert!(signs(&acts));
+        // Validator 0: asked, the policy node silent, asked again later; then signed.
+        let acts = books[0].handle(Input::Proposal { from: 1, proposal: p.clone() }, at + 200);
+        assert_eq!(checks(&acts), vec![p.clone()]);
+        assert!(!signs(&acts), "not signed before the verdict");
+        let silent = Input::Checked { txid: p.txid(), verdict: Err("bitcoind did not answer".into()) };
+        assert!(!signs(&books[0].handle(silent, at + 250)));
+        assert!(checks(&books[0].handle(Input::Tick, at + 300)).is_empty(), "not asked again at once");
+        let again = books[0].handle(Input::Tick, at + 200 + CHECK_RETRY_MS);
+        assert_eq!(checks(&again), vec![p.clone()], "asked again");
+        let acts = books[0].handle(Input::Checked { txid: p.txid(), verdict: Ok(Verdict::Passes) }, at + 5_300);
+        assert!(signs(&acts), "signed once passed: {acts:?}");
+        // Validator 2: refused, peg-out 2 blamed.
+        let mut disk = Persisted::default();
+        let acts = step(&mut books[2], &mut disk, Input::Proposal { from: 1, proposal: p.clone() }, at + 200);
+        assert_eq!(checks(&acts), vec![p.clone()]);
+        let blamed = vec![(payout(2).event, "dust".to_string())];
+        let verdict = Ok(Verdict::Refused { reason: "dust".into(), blamed });
+        let acts = step(&mut books[2], &mut disk, Input::Checked { txid: p.txid(), verdict }, at + 230);
+        assert!(!signs(&acts), "refused by the policy: not signed");
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Persist(Change::SetApart { event, .. }) if *event == payout(2).event))
+        );
+        assert!(acts.iter().any(|a| matches!(a, Action::Refused { error: ReleaseError::RefusedByPolicy(_), .. })));
+        // Restarted, told the peg-outs again, in its turn: its release leaves out peg-out 2.
+        let (mut b, _) = ReleaseBook::restore(books[2].config.clone(), &disk, at + 300);
+        b.handle(Input::Utxos(utxos()), at + 300);
+        b.handle(Input::FeeEstimate(5), at + 300);
+        for i in 1..=3 {
+            b.handle(Input::Certified(payout(i)), at + 300);
+        }
+        b.handle(Input::Synced(true), at + 300);
+        let own = checks(&b.handle(Input::Tick, turn_of(2, at + 30_000))).pop().expect("validator 2's release");
+        assert!(!own.payouts.contains(&payout(2).event), "the blamed peg-out is set apart: {:?}", own.payouts);
+        assert_eq!(own.payouts.len(), 2);
+        // Catching up: nothing is signed until the view caught up.
+        let mut c = ReleaseBook::new(config(3));
+        c.handle(Input::Synced(false), 0);
+        c.handle(Input::Utxos(utxos()), 0);
+        c.handle(Input::FeeEstimate(5), 0);
+        for i in 1..=3 {
+            c.handle(Input::Certified(payout(i)), 0);
+        }
+        assert!(!signs(&c.handle(Input::Proposal { from: 1, proposal: p.clone() }, at + 200)), "not synced");
+        let own_turn = turn_of(3, at);
+        assert!(proposals(&c.handle(Input::Tick, own_turn)).is_empty(), "nor proposes");
+        assert!(signs(&c.handle(Input::Synced(true), own_turn + 100)), "signed once caught up");
+    }
+
     #[test]
     fn an_over_fee_release_is_refused_by_the_band() {
         let mut books = books();
@@ -1599,9 +2050,37 @@ mod tests {
                 persisted.apply(&c);
             }
         }
-        let (restored, owed) = ReleaseBook::restore(config(0), &persisted, at + 5);
+        let (mut restored, owed) = ReleaseBook::restore(config(0), &persisted, at + 5);
         assert_eq!(restored.live().count(), 1);
+        assert!(owed.is_empty(), "nothing before the chain view is back: {owed:?}");
+        let owed = restored.handle(Input::Synced(true), at + 6);
         assert!(matches!(owed.as_slice(), [Action::Sign { .. }]), "{owed:?}");
+        assert!(!signs(&restored.handle(Input::Synced(true), at + 7)), "owed once");
+    }
+
+    /// A validator down while a peg-out was reorged away past finality restarts with a
+    /// release paying it held live and unsigned. Told of the reorg as its chain view
+    /// comes back, it never signs that release. Before, the restored book asked for
+    /// its signatures at once, before the chain view was back (sim seed 3229, n = 16:
+    /// "signing a release that pays ..., reorged out past finality").
+    #[test]
+    fn a_restarted_book_signs_nothing_before_its_chain_view_is_back() {
+        let mut b = books().remove(1);
+        let at = turn_of(0, 10_000);
+        let p = proposals(&books()[0].handle(Input::Tick, at)).pop().expect("proposed");
+        let mut disk = Persisted::default();
+        assert!(signs(&step(&mut b, &mut disk, Input::Proposal { from: 0, proposal: p.clone() }, at + 10)));
+        // Down; meanwhile peg-out 1's burn is reorged away. Restarted:
+        let (mut restored, owed) = ReleaseBook::restore(config(1), &disk, at + 5_000);
+        assert!(!signs(&owed), "signed before the chain view is back: {owed:?}");
+        restored.handle(Input::Utxos(utxos()), at + 5_001);
+        restored.handle(Input::FeeEstimate(5), at + 5_001);
+        let gone = p.payouts[0];
+        let told = restored.handle(Input::Reorged(gone), at + 5_002);
+        assert!(!told.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == p.txid())), "{told:?}");
+        let owed = restored.handle(Input::Synced(true), at + 5_003);
+        let again = owed.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == p.txid()));
+        assert!(!again, "signs a release paying a peg-out reorged away: {owed:?}");
     }
 
     /// A confirmed release whose spend a reorg past finality takes out of the chain is
@@ -1633,12 +2112,13 @@ mod tests {
         assert_eq!(b.paid_events().len(), 3, "its peg-outs are still paid: {:?}", b.paid_events());
         // Its inputs come back to the UTXO set: no turn of anyone's pays its peg-outs again.
         b.handle(Input::Utxos(utxos()), at + 30_001);
-        let (mut restored, owed) = ReleaseBook::restore(config(0), &disk, at + 30_002);
+        let (mut restored, _) = ReleaseBook::restore(config(0), &disk, at + 30_002);
         restored.handle(Input::Utxos(utxos()), at + 30_003);
         restored.handle(Input::FeeEstimate(5), at + 30_003);
         for i in 1..=3 {
             restored.handle(Input::Certified(payout(i)), 0);
         }
+        let owed = restored.handle(Input::Synced(true), at + 30_003);
         assert!(owed.iter().any(|a| matches!(a, Action::Broadcast(tx) if tx.compute_txid() == p.txid())), "{owed:?}");
         for book in [&mut b, &mut restored] {
             let mut sent = 0usize;

@@ -53,6 +53,8 @@ pub enum ReleaseError {
     TooEarly(Txid),
     #[error("it spends the inputs of release {0} without paying a higher fee")]
     NoFeeIncrease(Txid),
+    #[error("the relay policy (testmempoolaccept) refuses it: {0}")]
+    RefusedByPolicy(String),
 }
 
 impl ReleaseError {
@@ -65,6 +67,7 @@ impl ReleaseError {
             ReleaseError::NonStandard(_) | ReleaseError::TooSmall(_) | ReleaseError::TooHeavy { .. } => "non_standard",
             ReleaseError::WrongOutput { .. } | ReleaseError::ForeignOutput(_) => "wrong_outputs",
             ReleaseError::Malformed(_) => "malformed",
+            ReleaseError::RefusedByPolicy(_) => "mempool_policy",
             _ => "other",
         }
     }

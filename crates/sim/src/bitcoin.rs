@@ -124,6 +124,21 @@ impl Chain {
         r
     }
 
+    /// `testmempoolaccept` of an unsigned release, as a validator's driver reads it: a
+    /// refusal only for what the relay policy says of the outputs (what signatures
+    /// would not change). Nothing is kept.
+    pub fn test_accept(&self, tx: &Transaction) -> Result<(), Refusal> {
+        for (k, o) in tx.output.iter().enumerate() {
+            if !is_standard_payout(&o.script_pubkey) {
+                return Err(Refusal::NonStandard(k));
+            }
+            if o.value.to_sat() < self.policy.dust_limit(&o.script_pubkey) {
+                return Err(Refusal::Dust(k));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&mut self, tx: &Transaction) -> Result<(), Refusal> {
         let txid = tx.compute_txid();
         if self.mempool.contains_key(&txid) || self.blocks.iter().flatten().any(|t| t.compute_txid() == txid) {

@@ -186,16 +186,46 @@ enum Item {
 
 #[derive(Debug)]
 enum Ev {
-    Deliver { to: u16, from: u16, wire: Wire },
-    Tick { node: u16 },
-    Observe { node: u16, item: Item },
+    Deliver {
+        to: u16,
+        from: u16,
+        wire: Wire,
+    },
+    Tick {
+        node: u16,
+    },
+    Observe {
+        node: u16,
+        item: Item,
+    },
     Block,
-    Fund { deposit: usize },
-    BurnReorged { burn: usize },
-    Crash { node: u16, at_persist: bool },
-    Restart { node: u16 },
-    Relay { node: u16, proposal: BatchProposal, signature: EvmSignature },
-    Attack { node: u16 },
+    Fund {
+        deposit: usize,
+    },
+    BurnReorged {
+        burn: usize,
+    },
+    Crash {
+        node: u16,
+        at_persist: bool,
+    },
+    Restart {
+        node: u16,
+    },
+    Relay {
+        node: u16,
+        proposal: BatchProposal,
+        signature: EvmSignature,
+    },
+    Attack {
+        node: u16,
+    },
+    /// The relay policy's answer to a validator's check of a release.
+    Checked {
+        node: u16,
+        txid: Txid,
+        verdict: btcfi_release::book::Verdict,
+    },
 }
 
 struct World {
@@ -569,6 +599,13 @@ impl World {
                 }
                 vec![node]
             }
+            Ev::Checked { node, txid, verdict } => {
+                self.trace(11, u64::from(node), txid.as_byte_array());
+                if self.nodes[usize::from(node)].is_up() {
+                    self.nodes[usize::from(node)].bitcoin(RInput::Checked { txid, verdict: Ok(verdict) }, now);
+                }
+                vec![node]
+            }
             Ev::Attack { node } => {
                 self.trace(7, u64::from(node), &[]);
                 self.attack(node);
@@ -657,6 +694,7 @@ impl World {
         for e in reorged {
             v.bitcoin(RInput::Reorged(e), now);
         }
+        v.bitcoin(RInput::Synced(true), now);
     }
 
     /// Carries out what a validator asked for and hands its notes to the checker.
@@ -702,6 +740,25 @@ impl World {
                         let at = self.now.max(final_at.unwrap_or(0)) + 200;
                         self.at(at, Ev::Observe { node, item });
                     }
+                }
+                Effect::BtcCheck(p) => {
+                    // As the node's driver: the release, then each payout alone to
+                    // tell which one the policy blames.
+                    let verdict = match self.btc.test_accept(&p.tx) {
+                        Ok(()) => btcfi_release::book::Verdict::Passes,
+                        Err(why) => {
+                            let blamed = (0..p.payouts.len())
+                                .filter_map(|i| {
+                                    let probe = btcfi_release::payout_probe(&p, i, &self.btc.policy)?;
+                                    let why = self.btc.test_accept(&probe).err()?;
+                                    Some((*p.payouts.get(i)?, format!("{why:?}")))
+                                })
+                                .collect();
+                            btcfi_release::book::Verdict::Refused { reason: format!("{why:?}"), blamed }
+                        }
+                    };
+                    let at = self.now + 30;
+                    self.at(at, Ev::Checked { node, txid: p.txid(), verdict });
                 }
                 Effect::BtcBroadcast(tx) => {
                     if !self.byzantine.get(&node).is_some_and(|b| b.silent) {

@@ -78,6 +78,8 @@ pub enum Effect {
     Reobserve(EventId),
     /// `sendrawtransaction`.
     BtcBroadcast(Transaction),
+    /// Put an unsigned release to the relay policy (`testmempoolaccept`).
+    BtcCheck(btcfi_release::Proposal),
 }
 
 /// What the checker is told.
@@ -120,7 +122,6 @@ pub struct Disk {
     pub mints: Persisted,
     pub releases: RPersisted,
     pub issued: BTreeSet<CommitmentIssued>,
-    pub rounds: BTreeMap<Vec<u8>, u32>,
 }
 
 /// A release's inputs being signed: one signature per input, in order.
@@ -265,6 +266,8 @@ impl Validator {
             bump_after_ms: 12_000,
             respin_after_ms: 20_000,
             expire_after_ms: 25_000,
+            resend_every_ms: 10_000,
+            policy_checks: true,
             policy: self.policy.clone(),
         }
     }
@@ -381,14 +384,14 @@ impl Validator {
             Wire::Signing(bytes) => {
                 let message = SMessage::<Suite>::decode(&bytes).map_err(|_| "signing message undecodable")?;
                 if let Some(s) = self.evm.as_mut() {
-                    let outs = s.receive(from, message, &self.disk.issued, now);
+                    let outs = s.receive(from, message, now);
                     self.evm_outs(outs, now);
                 }
             }
             Wire::BtcSigning(bytes) => {
                 let message = SMessage::<BtcSuite>::decode(&bytes).map_err(|_| "signing message undecodable")?;
                 if let Some(s) = self.btc.as_mut() {
-                    let outs = s.receive(from, message, &self.disk.issued, now);
+                    let outs = s.receive(from, message, now);
                     self.btc_outs(outs, now);
                 }
             }
@@ -483,8 +486,7 @@ impl Validator {
                     let Some(s) = self.evm.as_mut() else { return };
                     if !s.is_running(&message) {
                         self.note(Note::Signing { proposal });
-                        let round = self.disk.rounds.get(&message).copied().unwrap_or(0);
-                        let outs = self.evm.as_mut().map(|s| s.start(message, round, &self.disk.issued, now));
+                        let outs = self.evm.as_mut().map(|s| s.start(message, &self.disk.issued, now));
                         self.evm_outs(outs.unwrap_or_default(), now);
                     }
                 }
@@ -563,8 +565,7 @@ impl Validator {
                             return;
                         }
                         let message = h.to_vec();
-                        let round = self.disk.rounds.get(&message).copied().unwrap_or(0);
-                        let outs = self.btc.as_mut().map(|s| s.start(message, round, &self.disk.issued, now));
+                        let outs = self.btc.as_mut().map(|s| s.start(message, &self.disk.issued, now));
                         self.btc_outs(outs.unwrap_or_default(), now);
                     }
                 }
@@ -575,14 +576,11 @@ impl Validator {
                             if let Some(s) = self.btc.as_mut() {
                                 s.abandon(&h);
                             }
-                            // Signed again later (the release proposed again), it is a
-                            // new round: a new session, new nonces.
-                            let round = self.disk.rounds.entry(h.to_vec()).or_insert(0);
-                            *round += 1;
                         }
                     }
                 }
                 RAction::Broadcast(tx) => self.effects.push(Effect::BtcBroadcast(tx)),
+                RAction::Check(p) => self.effects.push(Effect::BtcCheck(p)),
                 RAction::Count(c) => {
                     if self.debug {
                         eprintln!("t={now} v{} counts {c:?}", self.id);
@@ -615,9 +613,6 @@ impl Validator {
                     if self.persisted() {
                         break;
                     }
-                }
-                Out::Round { message, round } => {
-                    self.disk.rounds.insert(message, round);
                 }
                 Out::Send { to, bytes } => self.effects.push(Effect::Send { to, wire: wire(bytes) }),
                 Out::Broadcast(bytes) => self.effects.push(Effect::Broadcast(wire(bytes))),

@@ -1,7 +1,17 @@
 //! One key's FROST signing in a simulated validator: a session per message (a mint
-//! batch's digest for the `evm` key, an input's BIP341 sighash for the `btc` key),
-//! retried as a new round after a failure, with messages for sessions not started here
-//! yet parked (bounded) and peers in a later round followed once f + 1 are there.
+//! batch's digest for the `evm` key, an input's BIP341 sighash for the `btc` key), with
+//! messages for sessions not started here yet parked (bounded).
+//!
+//! **Rounds follow the clock.** A message is signed in round `now / ROUND_MS`; a
+//! session not signed when the clock enters the next round is begun again there (a new
+//! session id, fresh attempts), on every validator at once. Before, each validator
+//! moved a message to its next round on its own (a session that failed, a release
+//! abandoned here), and followed peers to a later one only once f + 1 were there: one
+//! honest validator ahead alone (it restarted, or abandoned once more) was never
+//! followed, its peers' sessions were never joined by it, and with exactly t honest
+//! signers the message was never signed (sim seed 2640, n = 4). Entering the same round
+//! again (after a restart or an abandon) is safe: its session refuses every attempt
+//! whose commitment was issued before ([`CommitmentIssued`]).
 //!
 //! It does no I/O and writes nothing: what it asks for comes back as [`Out`]s, which the
 //! validator carries out in order and stops at a crash (so nothing after a durable
@@ -23,8 +33,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const MAX_PARKED: usize = 4_096;
 const MAX_PARKED_PER_SENDER: usize = 512;
-/// Rounds ahead of its own for which a node maps session ids (to follow its peers).
-const ROUNDS_AHEAD: u32 = 3;
+/// Rounds ahead of its own for which a node maps session ids (messages of a peer whose
+/// clock entered the next round first are parked until this node's does).
+const ROUNDS_AHEAD: u32 = 2;
+/// Length of a signing round: a session's patience (`max_attempts` × 2 × timeout).
+pub const ROUND_MS: Millis = MAX_ATTEMPTS as Millis * 2 * SIGN_TIMEOUT_MS;
+const MAX_ATTEMPTS: u32 = 12;
+
+/// The round a message is signed in at `now`.
+pub fn round_at(now: Millis) -> u32 {
+    u32::try_from(now / ROUND_MS).unwrap_or(u32::MAX)
+}
 
 /// One validator's shares of a group key.
 #[derive(Debug)]
@@ -44,11 +63,6 @@ impl<C: Ciphersuite> Clone for Keys<C> {
 pub enum Out<C: Ciphersuite> {
     /// Durable before anything after it.
     Persist(CommitmentIssued),
-    /// Durable: `message` is signed in `round` from now on (after a restart too).
-    Round {
-        message: Vec<u8>,
-        round: u32,
-    },
     Send {
         to: u16,
         bytes: Vec<u8>,
@@ -75,13 +89,12 @@ pub enum Out<C: Ciphersuite> {
 struct Running<C: Ciphersuite> {
     round: u32,
     session: Session<C>,
-    failed_at: Option<Millis>,
+    failed: bool,
 }
 
 /// A validator's sessions for one key, for one life (made again at each boot).
 pub struct Signer<C: Ciphersuite> {
     id: u16,
-    f: usize,
     /// Separates the nonce streams of the two keys.
     tag: &'static [u8],
     seed: u64,
@@ -99,7 +112,6 @@ pub struct Signer<C: Ciphersuite> {
     sids: BTreeMap<SessionId, (Vec<u8>, u32)>,
     parked: BTreeMap<SessionId, Vec<(u16, SMessage<C>)>>,
     parked_len: usize,
-    ahead: BTreeMap<(Vec<u8>, u32), BTreeSet<u16>>,
     debug: bool,
 }
 
@@ -126,7 +138,6 @@ impl<C: Ciphersuite> Signer<C> {
         let signers = ids.keys().copied().collect();
         Self {
             id,
-            f: btcfi_consensus::max_faulty(n),
             tag,
             seed,
             life,
@@ -139,7 +150,6 @@ impl<C: Ciphersuite> Signer<C> {
             sids: BTreeMap::new(),
             parked: BTreeMap::new(),
             parked_len: 0,
-            ahead: BTreeMap::new(),
             debug,
         }
     }
@@ -166,7 +176,7 @@ impl<C: Ciphersuite> Signer<C> {
             .map(|(m, s)| {
                 let state = if s.session.signature().is_some() {
                     "signed".to_string()
-                } else if s.failed_at.is_some() {
+                } else if s.failed {
                     "failed".to_string()
                 } else {
                     format!("{:?}", s.session.progress().map(|p| (p.attempt.0, p.candidates.len(), p.excluded.len())))
@@ -176,17 +186,12 @@ impl<C: Ciphersuite> Signer<C> {
             .collect()
     }
 
-    /// Starts signing `message` in `round` (unless it is signed here already).
-    pub fn start(
-        &mut self,
-        message: Vec<u8>,
-        round: u32,
-        issued: &BTreeSet<CommitmentIssued>,
-        now: Millis,
-    ) -> Vec<Out<C>> {
+    /// Starts signing `message` in the round of the clock (unless it is signed here
+    /// already).
+    pub fn start(&mut self, message: Vec<u8>, issued: &BTreeSet<CommitmentIssued>, now: Millis) -> Vec<Out<C>> {
         let mut out = Vec::new();
         if !self.running.contains_key(&message) {
-            self.begin_round(message, round, issued, now, &mut out);
+            self.begin_round(message, round_at(now), issued, now, &mut out);
         }
         out
     }
@@ -196,14 +201,16 @@ impl<C: Ciphersuite> Signer<C> {
         let messages: Vec<Vec<u8>> = self.running.keys().cloned().collect();
         for message in messages {
             let Some(s) = self.running.get_mut(&message) else { continue };
-            if let Some(at) = s.failed_at {
-                if now >= at + 2 * SIGN_TIMEOUT_MS {
-                    // The next round, or the latest a peer was seen in: after a failure
-                    // every signer lands in the highest round, so rounds converge.
-                    let seen = self.ahead.keys().filter(|(m, _)| *m == message).map(|(_, r)| *r).max();
-                    let round = seen.unwrap_or(0).max(s.round + 1);
-                    self.begin_round(message, round, issued, now, &mut out);
-                }
+            if s.session.signature().is_some() {
+                continue;
+            }
+            // The clock entered the next round: begun again there, as on every peer.
+            let round = round_at(now);
+            if round > s.round {
+                self.begin_round(message, round, issued, now, &mut out);
+                continue;
+            }
+            if s.failed {
                 continue;
             }
             let actions = s.session.handle(SInput::Tick, now);
@@ -212,13 +219,7 @@ impl<C: Ciphersuite> Signer<C> {
         out
     }
 
-    pub fn receive(
-        &mut self,
-        from: u16,
-        m: SMessage<C>,
-        issued: &BTreeSet<CommitmentIssued>,
-        now: Millis,
-    ) -> Vec<Out<C>> {
+    pub fn receive(&mut self, from: u16, m: SMessage<C>, now: Millis) -> Vec<Out<C>> {
         let mut out = Vec::new();
         let sid = session_of(&m);
         match self.sids.get(&sid).cloned() {
@@ -227,15 +228,8 @@ impl<C: Ciphersuite> Signer<C> {
                 if round == current {
                     self.deliver(&message, from, m, now, &mut out);
                 } else if round > current {
-                    // Peers in a later round: follow once f + 1 (one honest) are there.
-                    let seen = self.ahead.entry((message.clone(), round)).or_default();
-                    seen.insert(from);
-                    if seen.len() > self.f {
-                        self.begin_round(message.clone(), round, issued, now, &mut out);
-                        self.deliver(&message, from, m, now, &mut out);
-                    } else {
-                        self.park(sid, from, m);
-                    }
+                    // A peer whose clock entered the next round first: kept for then.
+                    self.park(sid, from, m);
                 }
             }
             None => self.park(sid, from, m),
@@ -280,10 +274,7 @@ impl<C: Ciphersuite> Signer<C> {
                 hex::encode(&message[..4.min(message.len())])
             );
         }
-        if round > 0 {
-            out.push(Out::Round { message: message.clone(), round });
-        }
-        for r in 0..=round + ROUNDS_AHEAD {
+        for r in round..=round.saturating_add(ROUNDS_AHEAD) {
             let sid = self.sid(&message, r);
             self.sids.insert(sid, (message.clone(), r));
         }
@@ -294,13 +285,13 @@ impl<C: Ciphersuite> Signer<C> {
             key_package: self.keys.key_package.clone(),
             public_key_package: self.keys.public.clone(),
             timeout_ms: SIGN_TIMEOUT_MS,
-            max_attempts: 12,
+            max_attempts: MAX_ATTEMPTS,
         };
         self.made += 1;
         let mut session = Session::new(config, Box::new(self.session_rng(&sid)), issued);
         let start = SInput::Start { message: message.clone(), epoch: EPOCH.0, signers: self.signers.clone(), round };
         let actions = session.handle(start, now);
-        self.running.insert(message.clone(), Running { round, session, failed_at: None });
+        self.running.insert(message.clone(), Running { round, session, failed: false });
         self.actions(&message, actions, now, out);
         for (from, m) in self.parked.remove(&sid).unwrap_or_default() {
             self.parked_len = self.parked_len.saturating_sub(1);
@@ -354,7 +345,7 @@ impl<C: Ciphersuite> Signer<C> {
                         eprintln!("t={now} v{} {} failed: {e}", self.id, hex::encode(&message[..4.min(message.len())]));
                     }
                     if let Some(s) = self.running.get_mut(message) {
-                        s.failed_at = Some(now);
+                        s.failed = true;
                     }
                 }
                 SAction::Culprit(e) => {
