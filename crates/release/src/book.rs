@@ -51,7 +51,7 @@ use crate::{
     Live, MAX_PAYOUTS, PaymentClass, Payout, Policy, Proposal, ReleaseError, View, build_fundable, build_with, bump,
     check_budget, class_of, finalize, payment_budget, unpayable, validate, validate_withdrawal, withdraw,
 };
-use bitcoin::{OutPoint, Transaction, Txid, secp256k1::schnorr};
+use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid, secp256k1::schnorr};
 use btcfi_types::{EventId, Sats};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -99,6 +99,35 @@ pub struct Config {
     pub policy: Policy,
 }
 
+/// A vault spend as the chain reports it: its txid, the vault UTXOs it spends, and
+/// what it pays outside the vault (neither change nor `OP_RETURN` outputs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend {
+    pub txid: Txid,
+    pub spent: Vec<OutPoint>,
+    pub payments: Vec<(ScriptBuf, Sats)>,
+}
+
+impl Spend {
+    /// The spend `tx` is, for a vault whose script is `vault`.
+    pub fn of(tx: &Transaction, vault: &ScriptBuf) -> Self {
+        Self {
+            txid: tx.compute_txid(),
+            spent: tx.input.iter().map(|i| i.previous_output).collect(),
+            payments: tx
+                .output
+                .iter()
+                .filter(|o| o.script_pubkey != *vault && !o.script_pubkey.is_op_return())
+                .map(|o| (o.script_pubkey.clone(), Sats(o.value.to_sat())))
+                .collect(),
+        }
+    }
+
+    fn spends(&self, op: &OutPoint) -> bool {
+        self.spent.contains(op)
+    }
+}
+
 /// What the relay policy said of an unsigned release ([`Input::Checked`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -134,9 +163,7 @@ pub enum Input {
         signatures: Vec<schnorr::Signature>,
     },
     /// A transaction spending the vault reached depth.
-    VaultSpend {
-        tx: Transaction,
-    },
+    VaultSpend(Spend),
     /// A vault spend reported before left the chain.
     SpendReorged {
         txid: Txid,
@@ -173,8 +200,9 @@ pub enum Change {
     Signed { txid: Txid, signatures: Vec<schnorr::Signature> },
     /// It can no longer confirm (a conflicting spend reached depth), or it did.
     Dropped { txid: Txid },
-    /// A vault spend at depth, and the peg-outs it paid.
-    Spent { tx: Transaction, paid: Vec<EventId> },
+    /// A vault spend at depth, and the peg-outs it paid; with its signed transaction
+    /// when this node holds it (to send it again if a reorg takes it out).
+    Spent { spend: Spend, paid: Vec<EventId>, tx: Option<Transaction> },
     /// A vault spend left the chain. It stays a payment in flight: its transaction is
     /// signed and valid, so it may confirm again, and its peg-outs are never paid by
     /// another release until a spend conflicting with it reaches depth.
@@ -272,7 +300,7 @@ struct Held {
 #[derive(Debug, Clone, Default)]
 pub struct Persisted {
     live: BTreeMap<Txid, Held>,
-    spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    spends: InFlight,
     /// Spends that left the chain and may confirm again.
     unconfirmed: InFlight,
     reorged: BTreeSet<EventId>,
@@ -301,11 +329,11 @@ impl Persisted {
             Change::Dropped { txid } => {
                 self.live.remove(txid);
             }
-            Change::Spent { tx, paid } => {
-                let txid = tx.compute_txid();
-                self.unconfirmed.remove(&txid);
-                void(&mut self.unconfirmed, tx);
-                self.spends.insert(txid, (tx.clone(), paid.clone()));
+            Change::Spent { spend, paid, tx } => {
+                self.unconfirmed.remove(&spend.txid);
+                void(&mut self.unconfirmed, spend);
+                let record = Recorded { spend: spend.clone(), paid: paid.clone(), tx: tx.clone() };
+                self.spends.insert(spend.txid, record);
             }
             Change::Unspent { txid } => {
                 unspend(&mut self.spends, &mut self.unconfirmed, txid);
@@ -321,21 +349,29 @@ impl Persisted {
 }
 
 /// Whether `a` and `b` spend an outpoint in common (at most one of them can confirm).
-fn conflicts(a: &Transaction, b: &Transaction) -> bool {
-    let spent: BTreeSet<OutPoint> = a.input.iter().map(|i| i.previous_output).collect();
-    b.input.iter().any(|i| spent.contains(&i.previous_output))
+fn conflicts(a: &Spend, b: &Spend) -> bool {
+    b.spent.iter().any(|op| a.spends(op))
 }
 
-/// Spends out of the chain, by txid: each with the peg-outs it paid.
-type InFlight = BTreeMap<Txid, (Transaction, Vec<EventId>)>;
+/// A vault spend as recorded: the peg-outs it paid, and its signed transaction if
+/// this node holds it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    spend: Spend,
+    paid: Vec<EventId>,
+    tx: Option<Transaction>,
+}
 
-/// Removes from `unconfirmed` every spend that can no longer confirm now that `tx` is
-/// at depth: each that conflicts with it and, transitively, each that spends an output
-/// of one removed. The same rule in memory and on replay, so a restart rebuilds the
-/// same set.
-fn void(unconfirmed: &mut InFlight, tx: &Transaction) {
-    let own = tx.compute_txid();
-    let dead = unconfirmed.iter().filter(|(t, (u, _))| **t != own && conflicts(u, tx)).map(|(t, _)| *t).collect();
+/// Vault spends by txid (at depth, or out of the chain and in flight).
+type InFlight = BTreeMap<Txid, Recorded>;
+
+/// Removes from `unconfirmed` every spend that can no longer confirm now that `spend`
+/// is at depth: each that conflicts with it and, transitively, each that spends an
+/// output of one removed. The same rule in memory and on replay, so a restart rebuilds
+/// the same set.
+fn void(unconfirmed: &mut InFlight, spend: &Spend) {
+    let own = spend.txid;
+    let dead = unconfirmed.iter().filter(|(t, u)| **t != own && conflicts(&u.spend, spend)).map(|(t, _)| *t).collect();
     bury(unconfirmed, dead);
 }
 
@@ -345,7 +381,7 @@ fn bury(unconfirmed: &mut InFlight, mut dead: BTreeSet<Txid>) {
     loop {
         let orphans: Vec<Txid> = unconfirmed
             .iter()
-            .filter(|(t, (u, _))| !dead.contains(*t) && u.input.iter().any(|i| dead.contains(&i.previous_output.txid)))
+            .filter(|(t, u)| !dead.contains(*t) && u.spend.spent.iter().any(|op| dead.contains(&op.txid)))
             .map(|(t, _)| *t)
             .collect();
         if orphans.is_empty() {
@@ -360,14 +396,14 @@ fn bury(unconfirmed: &mut InFlight, mut dead: BTreeSet<Txid>) {
 /// `unconfirmed` (it may confirm again), unless a spend still at depth conflicts with
 /// it (then it never can, nor can what spends its outputs). `None` if it was not a
 /// spend at depth; else the transaction kept in flight, if it is.
-fn unspend(spends: &mut InFlight, unconfirmed: &mut InFlight, txid: &Txid) -> Option<Option<Transaction>> {
-    let (tx, paid) = spends.remove(txid)?;
-    if spends.values().any(|(s, _)| conflicts(s, &tx)) {
+fn unspend(spends: &mut InFlight, unconfirmed: &mut InFlight, txid: &Txid) -> Option<Option<Recorded>> {
+    let record = spends.remove(txid)?;
+    if spends.values().any(|s| conflicts(&s.spend, &record.spend)) {
         bury(unconfirmed, BTreeSet::from([*txid]));
         return Some(None);
     }
-    unconfirmed.insert(*txid, (tx.clone(), paid));
-    Some(Some(tx))
+    unconfirmed.insert(*txid, record.clone());
+    Some(Some(record))
 }
 
 /// Whether a proposal refused for `e` competes with a release held here (it pays what
@@ -409,7 +445,7 @@ pub struct ReleaseBook {
     reorged: BTreeSet<EventId>,
     live: BTreeMap<Txid, LiveRelease>,
     /// Vault spends at depth: the peg-outs each paid (those of a release held here).
-    spends: BTreeMap<Txid, (Transaction, Vec<EventId>)>,
+    spends: InFlight,
     /// Vault spends that left the chain (a reorg past finality): still payments in
     /// flight, sent again, their inputs locked and their peg-outs counted paid, until
     /// they confirm again or a conflicting spend does.
@@ -494,8 +530,7 @@ impl ReleaseBook {
         book.reorged = persisted.reorged.clone();
         book.apart = persisted.apart.clone();
         book.unconfirmed = persisted.unconfirmed.clone();
-        let spent: BTreeSet<OutPoint> =
-            persisted.spends.values().flat_map(|(tx, _)| tx.input.iter().map(|i| i.previous_output)).collect();
+        let spent: BTreeSet<OutPoint> = persisted.spends.values().flat_map(|s| s.spend.spent.iter().copied()).collect();
         for (txid, Held { proposer, proposal, at, signatures, shared }) in &persisted.live {
             // On chain, or in conflict with what is, already (a crash came between the
             // spend's record and the release's drop): it is dropped now.
@@ -527,9 +562,11 @@ impl ReleaseBook {
     /// had not finished signing (but those paying a peg-out reorged away: their
     /// withdrawals supersede them).
     fn resume(&mut self, now: Millis, out: &mut Vec<Action>) {
-        for (txid, (tx, _)) in &self.unconfirmed {
-            self.unconfirmed_sent.insert(*txid, now);
-            out.push(Action::Broadcast(tx.clone()));
+        for (txid, r) in &self.unconfirmed {
+            if let Some(tx) = &r.tx {
+                self.unconfirmed_sent.insert(*txid, now);
+                out.push(Action::Broadcast(tx.clone()));
+            }
         }
         for (txid, l) in self.live.iter_mut() {
             match &l.signatures {
@@ -604,14 +641,14 @@ impl ReleaseBook {
                 out.push(Action::Broadcast(tx));
                 out.push(Action::Count(Count::Broadcast));
             }
-            Input::VaultSpend { tx } => self.on_spend(tx, &mut out),
+            Input::VaultSpend(spend) => self.on_spend(spend, &mut out),
             Input::SpendReorged { txid } => {
                 // Signed and valid still: sent again, and what it pays is not paid by
                 // another release unless a conflicting spend reaches depth (a second
                 // payment that could confirm beside it would pay those peg-outs twice).
                 if let Some(kept) = unspend(&mut self.spends, &mut self.unconfirmed, &txid) {
                     out.push(Action::Persist(Change::Unspent { txid }));
-                    if let Some(tx) = kept {
+                    if let Some(tx) = kept.and_then(|r| r.tx) {
                         self.unconfirmed_sent.insert(txid, now);
                         out.push(Action::Broadcast(tx));
                     }
@@ -698,19 +735,15 @@ impl ReleaseBook {
     /// Peg-outs paid by a spend at depth, or by one that left the chain and may
     /// confirm again.
     fn paid(&self) -> BTreeSet<EventId> {
-        let unconfirmed = self.unconfirmed.values().map(|(_, paid)| paid);
-        self.spends.values().map(|(_, paid)| paid).chain(unconfirmed).flat_map(|paid| paid.iter().copied()).collect()
+        self.spends.values().chain(self.unconfirmed.values()).flat_map(|r| r.paid.iter().copied()).collect()
     }
 
     /// Final payments on chain by class (every vault spend's non-vault outputs).
     fn on_chain(&self) -> BTreeMap<PaymentClass, usize> {
         let mut m = BTreeMap::new();
-        let unconfirmed = self.unconfirmed.values().map(|(tx, _)| tx);
-        for tx in self.spends.values().map(|(tx, _)| tx).chain(unconfirmed) {
-            for o in &tx.output {
-                if o.script_pubkey != self.config.policy.vault_script {
-                    *m.entry((o.script_pubkey.clone(), o.value.to_sat())).or_default() += 1;
-                }
+        for r in self.spends.values().chain(self.unconfirmed.values()) {
+            for (script, value) in &r.spend.payments {
+                *m.entry((script.clone(), value.0)).or_default() += 1;
             }
         }
         m
@@ -1138,29 +1171,38 @@ impl ReleaseBook {
         }
     }
 
-    fn on_spend(&mut self, tx: Transaction, out: &mut Vec<Action>) {
-        let txid = tx.compute_txid();
+    fn on_spend(&mut self, spend: Spend, out: &mut Vec<Action>) {
+        let txid = spend.txid;
         // Known already (reported again after a restart): its record stands, and what it
         // ends is ended again below, in case a crash came between the two writes.
-        let known = self.spends.get(&txid).map(|(_, paid)| paid.clone());
+        let known = self.spends.get(&txid).cloned();
         // Back on the chain after a reorg took it out: what it paid it pays again.
-        let returned = self.unconfirmed.remove(&txid).map(|(_, paid)| paid);
+        let returned = self.unconfirmed.remove(&txid);
         // Spends out of the chain that conflict with this one can never confirm: their
         // peg-outs are unpaid again (the records dropped with `Spent`, see `Persisted`).
-        void(&mut self.unconfirmed, &tx);
+        void(&mut self.unconfirmed, &spend);
         let was_returned = returned.is_some();
-        let paid: Vec<EventId> = match known.clone().or(returned) {
-            Some(paid) => paid,
-            None => self.live.get(&txid).map(|l| l.proposal.payouts.clone()).unwrap_or_default(),
+        let record = match known.clone().or(returned) {
+            Some(r) => r,
+            None => {
+                let held = self.live.get(&txid);
+                let paid = held.map(|l| l.proposal.payouts.clone()).unwrap_or_default();
+                let tx = held.and_then(|l| l.signatures.as_ref().map(|s| finalize(&l.proposal.tx, s)));
+                Recorded { spend: spend.clone(), paid, tx }
+            }
         };
         if known.is_none() {
-            if !paid.is_empty() && !was_returned {
+            if !record.paid.is_empty() && !was_returned {
                 out.push(Action::Count(Count::Confirmed));
             }
-            out.push(Action::Persist(Change::Spent { tx: tx.clone(), paid: paid.clone() }));
+            out.push(Action::Persist(Change::Spent {
+                spend: record.spend.clone(),
+                paid: record.paid.clone(),
+                tx: record.tx.clone(),
+            }));
         }
         // This release and every live one sharing an input can no longer confirm.
-        let spent: BTreeSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let spent: BTreeSet<OutPoint> = spend.spent.iter().copied().collect();
         let done: Vec<Txid> = self
             .live
             .iter()
@@ -1177,7 +1219,7 @@ impl ReleaseBook {
         for op in &spent {
             self.utxos.remove(op);
         }
-        self.spends.insert(txid, (tx, paid));
+        self.spends.insert(txid, record);
     }
 
     /// Peg-outs certified here, payable, not paid and in no live release.
@@ -1208,13 +1250,12 @@ impl ReleaseBook {
 
     /// Vault UTXOs at depth that no live release spends.
     fn free_utxos(&self) -> Vec<(OutPoint, Sats)> {
-        let in_flight = self.unconfirmed.values().map(|(tx, _)| tx);
+        let in_flight = self.unconfirmed.values().flat_map(|r| r.spend.spent.iter().copied());
         let locked: BTreeSet<OutPoint> = self
             .live
             .values()
-            .map(|l| &l.proposal.tx)
+            .flat_map(|l| l.proposal.tx.input.iter().map(|i| i.previous_output))
             .chain(in_flight)
-            .flat_map(|tx| tx.input.iter().map(|i| i.previous_output))
             .collect();
         self.utxos.iter().filter(|(op, _)| !locked.contains(op)).map(|(op, a)| (*op, *a)).collect()
     }
@@ -1434,7 +1475,8 @@ impl ReleaseBook {
             }
         }
         self.unconfirmed_sent.retain(|t, _| self.unconfirmed.contains_key(t));
-        for (txid, (tx, _)) in &self.unconfirmed {
+        for (txid, r) in &self.unconfirmed {
+            let Some(tx) = &r.tx else { continue };
             let sent_at = self.unconfirmed_sent.entry(*txid).or_insert(0);
             if now.saturating_sub(*sent_at) >= 10_000 {
                 *sent_at = now;
@@ -1794,7 +1836,7 @@ mod tests {
             assert_eq!(w, w0, "every honest validator builds the same withdrawal");
         }
         // The withdrawal confirms: its payouts are paid, the original is dropped.
-        let acts = books[1].handle(Input::VaultSpend { tx: w0.tx.clone() }, at + 30_000);
+        let acts = books[1].handle(Input::VaultSpend(Spend::of(&w0.tx, &vault())), at + 30_000);
         assert!(acts.iter().any(|a| matches!(a, Action::Count(Count::Confirmed))));
         assert!(acts.iter().any(|a| matches!(a, Action::Abandon { txid } if *txid == p.txid())));
         assert_eq!(books[1].paid_events(), w0.payouts.iter().copied().collect());
@@ -1819,7 +1861,7 @@ mod tests {
             input: vec![],
             output: vec![TxOut { value: bitcoin::Amount::from_sat(value), script_pubkey: p1.script.clone() }],
         };
-        b.handle(Input::VaultSpend { tx: spend }, 1);
+        b.handle(Input::VaultSpend(Spend::of(&spend, &vault())), 1);
         let at = turn_of(0, 10_000);
         let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
         assert_eq!(p.payouts.len(), 2, "peg-out 1's class is paid already: {:?}", p.payouts);
@@ -2027,7 +2069,7 @@ mod tests {
         // A conflicting spend of the same input confirms; only its first write lands.
         let mut other = p.tx.clone();
         other.output.truncate(1);
-        let acts = b.handle(Input::VaultSpend { tx: other.clone() }, at + 100);
+        let acts = b.handle(Input::VaultSpend(Spend::of(&other, &vault())), at + 100);
         let first = acts.iter().find_map(|a| if let Action::Persist(c) = a { Some(c.clone()) } else { None });
         assert!(matches!(first, Some(Change::Spent { .. })), "{acts:?}");
         persisted.apply(&first.expect("spent"));
@@ -2036,7 +2078,7 @@ mod tests {
         assert!(owed.contains(&Action::Persist(Change::Dropped { txid: p.txid() })), "{owed:?}");
         assert_eq!(restored.live().count(), 0);
         // Reported again by the chain: no second record, nothing live.
-        let again = restored.handle(Input::VaultSpend { tx: other }, at + 300);
+        let again = restored.handle(Input::VaultSpend(Spend::of(&other, &vault())), at + 300);
         assert!(!again.iter().any(|a| matches!(a, Action::Persist(Change::Spent { .. }))), "{again:?}");
     }
 
@@ -2102,7 +2144,7 @@ mod tests {
                 }
             }
         };
-        let spent = b.handle(Input::VaultSpend { tx: p.tx.clone() }, at + 20_000);
+        let spent = b.handle(Input::VaultSpend(Spend::of(&p.tx, &vault())), at + 20_000);
         record(&spent, &mut disk);
         assert_eq!(b.paid_events().len(), 3);
 
@@ -2166,7 +2208,7 @@ mod tests {
         other.clear();
         let change = OutPoint { txid: conflicting.compute_txid(), vout: 0 };
         other.insert(change, Sats(4_000_000));
-        let acts = restored.handle(Input::VaultSpend { tx: conflicting }, at + 900_000);
+        let acts = restored.handle(Input::VaultSpend(Spend::of(&conflicting, &vault())), at + 900_000);
         record(&acts, &mut disk);
         restored.handle(Input::Utxos(other), at + 900_001);
         assert!(restored.paid_events().is_empty(), "{:?}", restored.paid_events());
@@ -2284,7 +2326,7 @@ mod tests {
             let parent = proposals(&step(&mut b, &mut disk, Input::Tick, at)).pop().expect("proposed");
             let n = parent.tx.input.len();
             step(&mut b, &mut disk, Input::Signed { txid: parent.txid(), signatures: vec![sig; n] }, at + 10);
-            step(&mut b, &mut disk, Input::VaultSpend { tx: parent.tx.clone() }, at + 20);
+            step(&mut b, &mut disk, Input::VaultSpend(Spend::of(&parent.tx, &vault())), at + 20);
             let (vout, change) =
                 parent.tx.output.iter().enumerate().find(|(_, o)| o.script_pubkey == vault()).expect("change");
             let change_op = OutPoint { txid: parent.txid(), vout: u32::try_from(vout).expect("vout") };
@@ -2299,7 +2341,7 @@ mod tests {
             assert_eq!(child.tx.input.iter().map(|i| i.previous_output).collect::<Vec<_>>(), vec![change_op]);
             let n = child.tx.input.len();
             step(&mut b, &mut disk, Input::Signed { txid: child.txid(), signatures: vec![sig; n] }, at + 200_000);
-            step(&mut b, &mut disk, Input::VaultSpend { tx: child.tx.clone() }, at + 200_010);
+            step(&mut b, &mut disk, Input::VaultSpend(Spend::of(&child.tx, &vault())), at + 200_010);
             assert_eq!(b.paid_events().len(), 4);
 
             // The parent's input spent by another transaction at depth, paying nothing.
@@ -2310,13 +2352,13 @@ mod tests {
                 output: vec![TxOut { value: bitcoin::Amount::from_sat(4_000_000), script_pubkey: vault() }],
             };
             if conflict_first {
-                step(&mut b, &mut disk, Input::VaultSpend { tx: rival.clone() }, at + 300_000);
+                step(&mut b, &mut disk, Input::VaultSpend(Spend::of(&rival, &vault())), at + 300_000);
             }
             step(&mut b, &mut disk, Input::SpendReorged { txid: child.txid() }, at + 300_010);
             step(&mut b, &mut disk, Input::SpendReorged { txid: parent.txid() }, at + 300_020);
             if !conflict_first {
                 assert_eq!(b.paid_events().len(), 4, "both in flight: still paid");
-                step(&mut b, &mut disk, Input::VaultSpend { tx: rival.clone() }, at + 300_030);
+                step(&mut b, &mut disk, Input::VaultSpend(Spend::of(&rival, &vault())), at + 300_030);
             }
             assert!(b.paid_events().is_empty(), "conflict first: {conflict_first}: {:?}", b.paid_events());
             let later = b.handle(Input::Tick, at + 400_000);

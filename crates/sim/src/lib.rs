@@ -50,7 +50,7 @@ use ::bitcoin::{OutPoint, ScriptBuf, Txid};
 use alloy::primitives::Address;
 use btcfi_consensus::{InsecureTestCrypto, max_faulty, quorum};
 use btcfi_mint::BatchProposal;
-use btcfi_release::book::Input as RInput;
+use btcfi_release::book::{Input as RInput, Spend};
 use btcfi_signer::evm::{EvmSignature, group_key_xy};
 use btcfi_signer::frost_secp256k1::{
     Identifier,
@@ -636,12 +636,13 @@ impl World {
                     }
                 }
                 let utxos = self.btc.utxos_at_depth();
+                let vault = self.btc.policy.vault_script.clone();
                 let up: Vec<u16> = (0..self.n).filter(|v| self.nodes[usize::from(*v)].is_up()).collect();
                 for &v in &up {
                     let node = &mut self.nodes[usize::from(v)];
                     node.bitcoin(RInput::Utxos(utxos.clone()), now);
                     for tx in &deep {
-                        node.bitcoin(RInput::VaultSpend { tx: tx.clone() }, now);
+                        node.bitcoin(RInput::VaultSpend(Spend::of(tx, &vault)), now);
                     }
                 }
                 up
@@ -678,6 +679,7 @@ impl World {
     fn tell_bitcoin(&mut self, node: u16, now: Millis) {
         let utxos = self.btc.utxos_at_depth();
         let spends = self.btc.spends_at_depth();
+        let vault = self.btc.policy.vault_script.clone();
         let reorged: Vec<EventId> = self.reorged.iter().copied().collect();
         for e in &reorged {
             self.checker.told_reorg(node, *e);
@@ -689,7 +691,7 @@ impl World {
         v.bitcoin(RInput::FeeEstimate(self.fee_estimate), now);
         v.bitcoin(RInput::Utxos(utxos), now);
         for tx in spends {
-            v.bitcoin(RInput::VaultSpend { tx }, now);
+            v.bitcoin(RInput::VaultSpend(Spend::of(&tx, &vault)), now);
         }
         for e in reorged {
             v.bitcoin(RInput::Reorged(e), now);
