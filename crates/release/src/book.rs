@@ -52,7 +52,7 @@ use crate::{
     check_budget, class_of, finalize, payment_budget, unpayable, validate, validate_withdrawal, withdraw,
 };
 use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid, secp256k1::schnorr};
-use btcfi_types::{EventId, Sats};
+use btcfi_types::{ChainId, EventId, Sats};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub type Millis = u64;
@@ -66,8 +66,15 @@ pub const MAX_WAITING: usize = 256;
 pub const MAX_WAITING_PER_SENDER: usize = 8;
 /// How long a kept proposal is checked again before it is dropped.
 pub const WAITING_MS: Millis = 30_000;
-/// How long a rival proposal is kept to be merged.
+/// How long a rival proposal is kept to be merged, and a vote for a proposal out of
+/// turn counted.
 pub const RIVAL_MS: Millis = 120_000;
+/// At most this many proposals one validator's votes count for at a time (its oldest
+/// vote goes first): honest validators vote for each release they hold unsigned.
+pub const MAX_VOUCHES_PER_SENDER: usize = 4 * MAX_WAITING_PER_SENDER;
+/// A peg-out the relay policy refused is put to it again after this long (the policy
+/// may have changed; a wrong answer must not strand the user's money for good).
+pub const APART_RETRY_MS: Millis = 3_600_000;
 /// A relay-policy check ([`Action::Check`]) not answered, or answered with the policy
 /// node's silence, is asked again after this long.
 pub const CHECK_RETRY_MS: Millis = 5_000;
@@ -177,8 +184,15 @@ pub enum Input {
     },
     /// Whether this node's view of the chain has caught up with every final block:
     /// until it has, no release is signed or proposed here ([`ReleaseError::NotSynced`]).
-    /// A book starts synced; a driver whose view catches up at start says so first.
+    /// A new book starts synced (a driver whose view catches up at start says so
+    /// first); a restored one does not ([`ReleaseBook::restore`]).
     Synced(bool),
+    /// Whether the bridge on source chain `chain` holds this epoch's key: while it does
+    /// not, nothing burned there is paid ([`ReleaseError::SourceNotReady`]).
+    SourceReady {
+        chain: ChainId,
+        ready: bool,
+    },
     /// What the mempool said of a broadcast.
     Mempool {
         txid: Txid,
@@ -210,8 +224,8 @@ pub enum Change {
     /// A certified peg-out's burn left the canonical chain past finality: never paid.
     Reorged(EventId),
     /// A certified peg-out that the relay policy refuses to pay: left out of every
-    /// release from now on.
-    SetApart { event: EventId, reason: String },
+    /// release until `until`, then put to the policy again.
+    SetApart { event: EventId, reason: String, until: Millis },
 }
 
 /// What the book counts (its driver maps them to metrics).
@@ -280,8 +294,10 @@ struct LiveRelease {
 struct Checking {
     from: usize,
     proposal: Proposal,
-    /// When it arrived (its turn), and when the policy was last asked.
+    /// When it arrived (its turn), when it was filed for the check (its retention),
+    /// and when the policy was last asked.
     arrived: Millis,
+    filed: Millis,
     asked: Millis,
 }
 
@@ -304,7 +320,7 @@ pub struct Persisted {
     /// Spends that left the chain and may confirm again.
     unconfirmed: InFlight,
     reorged: BTreeSet<EventId>,
-    apart: BTreeMap<EventId, String>,
+    apart: BTreeMap<EventId, (String, Millis)>,
 }
 
 impl Persisted {
@@ -341,8 +357,8 @@ impl Persisted {
             Change::Reorged(e) => {
                 self.reorged.insert(*e);
             }
-            Change::SetApart { event, reason } => {
-                self.apart.insert(*event, reason.clone());
+            Change::SetApart { event, reason, until } => {
+                self.apart.insert(*event, (reason.clone(), *until));
             }
         }
     }
@@ -459,16 +475,19 @@ pub struct ReleaseBook {
     /// Proposals refused here as out of turn, with the validators that sent them (when
     /// first, and who first): once f + 1 did, one honest validator accepted it and
     /// resends it, so it is judged as made in turn.
-    vouchers: BTreeMap<Txid, (BTreeSet<usize>, Millis, usize)>,
+    vouchers: BTreeMap<Txid, BTreeMap<usize, Millis>>,
     /// Proposals judged as made in turn because f + 1 validators sent them.
     vouched: BTreeSet<Txid>,
     /// Releases valid here waiting for the relay policy's verdict (this node's own
     /// fresh one among them, from `me`).
     checking: BTreeMap<Txid, Checking>,
-    /// Certified peg-outs the relay policy refuses to pay, with the reason.
-    apart: BTreeMap<EventId, String>,
+    /// Certified peg-outs the relay policy refuses to pay, with the reason and until
+    /// when they are left out.
+    apart: BTreeMap<EventId, (String, Millis)>,
     /// Whether the chain view caught up ([`Input::Synced`]).
     synced: bool,
+    /// Source chains whose bridge does not hold this epoch's key ([`Input::SourceReady`]).
+    held: BTreeSet<ChainId>,
     /// Restored, and what it owes not asked for yet ([`Self::resume`]).
     resume: bool,
     fee_estimate: Option<u64>,
@@ -506,6 +525,7 @@ impl ReleaseBook {
             checking: BTreeMap::new(),
             apart: BTreeMap::new(),
             synced: true,
+            held: BTreeSet::new(),
             resume: false,
             fee_estimate: None,
             last_proposal: None,
@@ -611,7 +631,9 @@ impl ReleaseBook {
                 self.recheck(now, &mut out);
             }
             Input::Certified(p) => {
-                let known = self.certified.contains_key(&p.event) || self.apart.contains_key(&p.event);
+                // Kept even when set apart: it is payable again once put to the policy
+                // anew (`APART_RETRY_MS`).
+                let known = self.certified.contains_key(&p.event);
                 if !self.reorged.contains(&p.event) && !known {
                     self.seen_at.entry(p.event).or_insert(now);
                     self.certified.insert(p.event, p);
@@ -669,13 +691,25 @@ impl ReleaseBook {
                     self.recheck(now, &mut out);
                 }
             }
+            Input::SourceReady { chain, ready } => {
+                if ready {
+                    if self.held.remove(&chain) {
+                        self.recheck(now, &mut out);
+                    }
+                } else {
+                    self.held.insert(chain);
+                }
+            }
             Input::FeeEstimate(rate) => self.fee_estimate = Some(rate),
             Input::Tick => {
                 // Kept as long as the supersede gate may hold one back, and more.
                 let keep = WAITING_MS + self.config.respin_after_ms.max(self.config.bump_after_ms);
                 self.waiting.retain(|(_, _, at)| now.saturating_sub(*at) < keep);
                 self.rivals.retain(|_, (_, at, _)| now.saturating_sub(*at) < RIVAL_MS);
-                self.vouchers.retain(|_, (_, at, _)| now.saturating_sub(*at) < RIVAL_MS);
+                for votes in self.vouchers.values_mut() {
+                    votes.retain(|_, at| now.saturating_sub(*at) < RIVAL_MS);
+                }
+                self.vouchers.retain(|_, votes| !votes.is_empty());
                 let kept: BTreeSet<Txid> = self
                     .waiting
                     .iter()
@@ -685,16 +719,21 @@ impl ReleaseBook {
                     .chain(self.checking.keys().copied())
                     .collect();
                 self.vouched.retain(|t| kept.contains(t));
-                self.checking.retain(|_, c| now.saturating_sub(c.arrived) < WAITING_MS);
+                self.checking.retain(|_, c| now.saturating_sub(c.filed) < WAITING_MS);
                 self.ask_again(now, &mut out);
+                self.apart.retain(|_, (_, until)| now < *until);
                 self.expire(now, &mut out);
-                self.resend(now, &mut out);
+                if self.synced {
+                    self.resend(now, &mut out);
+                }
                 self.withdraw_reorged(now, &mut out);
                 self.recheck(now, &mut out);
                 self.maybe_bump(now, &mut out);
                 self.maybe_respin(now, &mut out);
                 self.maybe_propose(now, &mut out);
-                self.rebroadcast(now, &mut out);
+                if self.synced {
+                    self.rebroadcast(now, &mut out);
+                }
             }
         }
         out
@@ -801,6 +840,11 @@ impl ReleaseBook {
         if !self.vouched.contains(&p.txid()) {
             self.in_turn(from, arrived)?;
         }
+        // Nothing burned on a bridge that holds another key is paid (a withdrawal, above,
+        // pays only what its release paid).
+        if let Some(e) = p.payouts.iter().find(|e| self.held.contains(&e.chain)) {
+            return Err(ReleaseError::SourceNotReady(*e));
+        }
         let mut policy = self.config.policy.clone();
         if self.canary_is("fee") {
             policy.ceiling_sat_per_vb = u64::MAX / 1_000_000;
@@ -885,8 +929,12 @@ impl ReleaseBook {
         }
         // Kept here already (sent again): it stays as it was kept, checked again each
         // tick as from whoever sent it first and when, and the sender vouches for it.
-        let waiting = self.waiting.iter().any(|(_, q, _)| q.txid() == txid);
-        if waiting || self.rivals.contains_key(&txid) || self.checking.contains_key(&txid) {
+        // Only the very proposal: a copy with the txid but other prevouts or payouts (a
+        // Byzantine validator's) is judged on its own and never displaces it.
+        let waiting = self.waiting.iter().any(|(_, q, _)| *q == p);
+        let rival = self.rivals.get(&txid).is_some_and(|(q, _, _)| *q == p);
+        let checking = self.checking.get(&txid).is_some_and(|c| c.proposal == p);
+        if waiting || rival || checking {
             if from != self.config.me {
                 self.vouch(from, txid, now);
             }
@@ -894,16 +942,7 @@ impl ReleaseBook {
         }
         match self.check(from, &p, now, now) {
             Ok(sighashes) => self.admit(from, p, sighashes, now, now, out),
-            Err(e) if e.may_pass_later() => {
-                if !self.waiting.iter().any(|(_, q, _)| q.txid() == txid) {
-                    let kept: Vec<(usize, usize, Millis)> =
-                        self.waiting.iter().enumerate().map(|(i, (f, _, at))| (i, *f, *at)).collect();
-                    if let Some(i) = evict(&kept, from) {
-                        self.waiting.remove(i);
-                    }
-                    self.waiting.push((from, p, now));
-                }
-            }
+            Err(e) if e.may_pass_later() => self.keep_waiting(from, p, now),
             Err(ReleaseError::NotInTurn { .. })
                 if from != self.config.me && !self.vouched.contains(&txid) && self.vouch(from, txid, now) =>
             {
@@ -943,12 +982,12 @@ impl ReleaseBook {
         if self.checking.contains_key(&txid) {
             return;
         }
-        let kept: Vec<(Txid, usize, Millis)> = self.checking.iter().map(|(t, c)| (*t, c.from, c.arrived)).collect();
+        let kept: Vec<(Txid, usize, Millis)> = self.checking.iter().map(|(t, c)| (*t, c.from, c.filed)).collect();
         if let Some(t) = evict(&kept, from) {
             self.checking.remove(&t);
         }
         out.push(Action::Check(p.clone()));
-        self.checking.insert(txid, Checking { from, proposal: p, arrived, asked: now });
+        self.checking.insert(txid, Checking { from, proposal: p, arrived, filed: now, asked: now });
     }
 
     /// Checks not answered for [`CHECK_RETRY_MS`] (or answered with silence) are asked
@@ -991,9 +1030,14 @@ impl ReleaseBook {
                     }
                     Ok(sighashes) => self.accept(from, c.proposal, sighashes, now, out),
                     Err(e) if e.may_pass_later() && from != self.config.me => {
-                        self.waiting.push((from, c.proposal, arrived));
+                        self.keep_waiting(from, c.proposal, arrived);
                     }
                     Err(error) if from != self.config.me => {
+                        // The other half of a split, passed just after this one: kept
+                        // for the merge.
+                        if is_rival(&error) {
+                            self.keep_rival(from, c.proposal, arrived);
+                        }
                         out.push(Action::Count(Count::Refused(error.reason())));
                         out.push(Action::Refused { from, txid, error });
                     }
@@ -1001,12 +1045,16 @@ impl ReleaseBook {
                 }
             }
             Ok(Verdict::Refused { reason, blamed }) => {
-                self.checking.remove(&txid);
+                // Only what the release pays can be blamed; each is put to the policy
+                // again after `APART_RETRY_MS`.
+                let Some(c) = self.checking.remove(&txid) else { return };
                 for (event, why) in blamed {
-                    if self.certified.contains_key(&event) && !self.apart.contains_key(&event) {
+                    let pays = c.proposal.payouts.contains(&event);
+                    if pays && self.certified.contains_key(&event) && !self.apart.contains_key(&event) {
                         let reason = format!("the relay policy refuses its output: {why}");
-                        out.push(Action::Persist(Change::SetApart { event, reason: reason.clone() }));
-                        self.apart.insert(event, reason);
+                        let until = now.saturating_add(APART_RETRY_MS);
+                        out.push(Action::Persist(Change::SetApart { event, reason: reason.clone(), until }));
+                        self.apart.insert(event, (reason, until));
                     }
                 }
                 out.push(Action::Count(Count::RefusedByPolicy));
@@ -1020,18 +1068,39 @@ impl ReleaseBook {
     /// Records that `from` sent `txid`; whether f + 1 validators have now, so that it
     /// is judged as made in turn from now on. Honest validators send again only what
     /// they accepted, so of f + 1 senders one honest validator accepted it: in turn, a
-    /// withdrawal, or vouched for in turn. Bounded as kept proposals are ([`evict`]).
+    /// withdrawal, or vouched for in turn. Each sender's votes are bounded
+    /// ([`MAX_VOUCHES_PER_SENDER`], its own oldest vote dropped first), and so are the
+    /// proposals voted for ([`MAX_WAITING`], the one with the fewest votes dropped
+    /// first): a validator flooding votes drops only its own, never an honest one's.
     fn vouch(&mut self, from: usize, txid: Txid, now: Millis) -> bool {
-        if !self.vouchers.contains_key(&txid) {
-            let kept: Vec<(Txid, usize, Millis)> = self.vouchers.iter().map(|(t, (_, at, f))| (*t, *f, *at)).collect();
-            if let Some(t) = evict(&kept, from) {
-                self.vouchers.remove(&t);
+        let voted = self.vouchers.get(&txid).is_some_and(|v| v.contains_key(&from));
+        if !voted {
+            let mine: Vec<(Txid, Millis)> =
+                self.vouchers.iter().filter_map(|(t, v)| v.get(&from).map(|at| (*t, *at))).collect();
+            if mine.len() >= MAX_VOUCHES_PER_SENDER
+                && let Some((t, _)) = mine.iter().min_by_key(|(t, at)| (*at, *t))
+                && let Some(votes) = self.vouchers.get_mut(t)
+            {
+                votes.remove(&from);
+                if votes.is_empty() {
+                    self.vouchers.remove(t);
+                }
+            }
+            if !self.vouchers.contains_key(&txid) && self.vouchers.len() >= MAX_WAITING {
+                let fewest = self
+                    .vouchers
+                    .iter()
+                    .min_by_key(|(t, v)| (v.len(), v.values().min().copied().unwrap_or(0), **t))
+                    .map(|(t, _)| *t);
+                if let Some(t) = fewest {
+                    self.vouchers.remove(&t);
+                }
             }
         }
-        let (senders, _, _) = self.vouchers.entry(txid).or_insert_with(|| (BTreeSet::new(), now, from));
-        senders.insert(from);
+        let votes = self.vouchers.entry(txid).or_default();
+        votes.entry(from).or_insert(now);
         let f = self.config.n.saturating_sub(1) / 3;
-        if senders.len() > f {
+        if votes.len() > f {
             self.vouched.insert(txid);
         }
         self.vouched.contains(&txid)
@@ -1111,6 +1180,20 @@ impl ReleaseBook {
                 }
             }
         }
+    }
+
+    /// Keeps `p` (from `from`, arrived at `at`) to check again (bounded per sender,
+    /// [`evict`]; once).
+    fn keep_waiting(&mut self, from: usize, p: Proposal, at: Millis) {
+        if self.waiting.iter().any(|(_, q, _)| *q == p) {
+            return;
+        }
+        let kept: Vec<(usize, usize, Millis)> =
+            self.waiting.iter().enumerate().map(|(i, (f, _, at))| (i, *f, *at)).collect();
+        if let Some(i) = evict(&kept, from) {
+            self.waiting.remove(i);
+        }
+        self.waiting.push((from, p, at));
     }
 
     /// Keeps `p` as a rival to merge (bounded per sender, [`evict`]).
@@ -1231,6 +1314,7 @@ impl ReleaseBook {
             .payable()
             .into_values()
             .filter(|p| !paid.contains(&p.event) && !promised.contains(&p.event))
+            .filter(|p| !self.held.contains(&p.event.chain))
             .filter(|p| unpayable(p, &self.config.policy).is_none())
             .map(|p| (self.seen_at.get(&p.event).copied().unwrap_or(0), p))
             .collect();
@@ -1743,6 +1827,117 @@ mod tests {
         let own_turn = turn_of(3, at);
         assert!(proposals(&c.handle(Input::Tick, own_turn)).is_empty(), "nor proposes");
         assert!(signs(&c.handle(Input::Synced(true), own_turn + 100)), "signed once caught up");
+    }
+
+    /// A book of `n` validators told the same as [`books`].
+    fn book_of(me: usize, n: usize) -> ReleaseBook {
+        let mut b = ReleaseBook::new(Config { n, ..config(me) });
+        b.handle(Input::Utxos(utxos()), 0);
+        b.handle(Input::FeeEstimate(5), 0);
+        for i in 1..=3 {
+            b.handle(Input::Certified(payout(i)), 0);
+        }
+        b
+    }
+
+    /// A Byzantine validator sends an honest release first, then floods votes for
+    /// junk: only its own votes are dropped, and the release is signed once f + 1
+    /// honest validators sent it (n = 7, f = 2). Before, the votes for a proposal
+    /// belonged to its first sender's quota and went with it: the honest votes were
+    /// lost each time, and the release was never signed ("not signed").
+    #[test]
+    fn a_flood_of_votes_drops_only_the_flooders_own() {
+        let n = 7;
+        let at = 4 * TURN * n as u64 + TURN + TURN / 2; // validator 1's turn
+        let p = proposals(&book_of(1, n).handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        let mut b = book_of(6, n);
+        let late = at + 3 * TURN; // validator 4's turn: out of validator 1's
+        let (byzantine, honest) = (5, [0, 2, 3]);
+        assert!(!signs(&b.handle(Input::Proposal { from: byzantine, proposal: p.clone() }, late)));
+        assert!(!signs(&b.handle(Input::Proposal { from: honest[0], proposal: p.clone() }, late + 1)));
+        let free: Vec<(OutPoint, Sats)> = utxos().into_iter().collect();
+        let payouts: Vec<Payout> = (1..=3).map(payout).collect();
+        for rate in 6..(6 + 4 * MAX_VOUCHES_PER_SENDER as u64) {
+            let junk = build_fundable(&free, &payouts, rate, &config(5).policy).expect("junk");
+            b.handle(Input::Proposal { from: byzantine, proposal: junk }, late + 2);
+        }
+        assert!(!signs(&b.handle(Input::Proposal { from: honest[1], proposal: p.clone() }, late + 3)), "two honest");
+        let acts = b.handle(Input::Proposal { from: honest[2], proposal: p.clone() }, late + 4);
+        assert!(signs(&acts), "not signed: {acts:?}");
+    }
+
+    /// With policy checks, a proposal kept a while (a peg-out not certified here yet)
+    /// and then put to the policy is not dropped before the answer comes. Before, its
+    /// check was kept only until `WAITING_MS` after it *arrived*, so the next tick
+    /// dropped it and the verdict found nothing ("signed once passed").
+    #[test]
+    fn a_proposal_kept_a_while_is_still_signed_once_the_policy_passes_it() {
+        let mut b = ReleaseBook::new(Config { policy_checks: true, ..config(0) });
+        b.handle(Input::Utxos(utxos()), 0);
+        b.handle(Input::FeeEstimate(5), 0);
+        for i in 1..=2 {
+            b.handle(Input::Certified(payout(i)), 0);
+        }
+        let at = turn_of(1, 10_000);
+        let p = proposals(&books()[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        assert!(
+            checks(&b.handle(Input::Proposal { from: 1, proposal: p.clone() }, at)).is_empty(),
+            "peg-out 3 unknown"
+        );
+        let later = at + WAITING_MS - 1_000;
+        let acts = b.handle(Input::Certified(payout(3)), later);
+        assert_eq!(checks(&acts), vec![p.clone()], "put to the policy once valid");
+        b.handle(Input::Tick, later + 2_000);
+        let acts = b.handle(Input::Checked { txid: p.txid(), verdict: Ok(Verdict::Passes) }, later + 2_100);
+        assert!(signs(&acts), "signed once passed: {acts:?}");
+    }
+
+    /// Only a peg-out the release pays can be blamed, and one set apart is put to the
+    /// policy again after `APART_RETRY_MS`: a wrong or passing refusal does not leave the
+    /// user's money out of every release for good.
+    #[test]
+    fn a_peg_out_set_apart_is_tried_again_and_only_what_a_release_pays_is_blamed() {
+        let mut b = ReleaseBook::new(Config { policy_checks: true, ..config(2) });
+        b.handle(Input::Utxos(utxos()), 0);
+        b.handle(Input::FeeEstimate(5), 0);
+        for i in 1..=2 {
+            b.handle(Input::Certified(payout(i)), 0);
+        }
+        let at = turn_of(2, 10_000);
+        let own = checks(&b.handle(Input::Tick, at)).pop().expect("its own release");
+        assert_eq!(own.payouts.len(), 2);
+        let blamed = vec![(payout(2).event, "dust".to_string()), (payout(3).event, "dust".to_string())];
+        let verdict = Ok(Verdict::Refused { reason: "dust".into(), blamed });
+        // Peg-out 3 is certified meanwhile: certified, but not paid by this release.
+        b.handle(Input::Certified(payout(3)), at + 10);
+        let acts = b.handle(Input::Checked { txid: own.txid(), verdict }, at + 30);
+        let apart: Vec<EventId> = acts
+            .iter()
+            .filter_map(|a| if let Action::Persist(Change::SetApart { event, .. }) = a { Some(*event) } else { None })
+            .collect();
+        assert_eq!(apart, vec![payout(2).event], "only what the release pays");
+        let next = checks(&b.handle(Input::Tick, turn_of(2, at + 4 * TURN))).pop().expect("the next release");
+        assert!(!next.payouts.contains(&payout(2).event), "set apart: {:?}", next.payouts);
+        b.handle(Input::Checked { txid: next.txid(), verdict: Ok(Verdict::Passes) }, turn_of(2, at + 4 * TURN) + 30);
+        let retry = turn_of(2, at + APART_RETRY_MS + 4 * TURN);
+        let again = checks(&b.handle(Input::Tick, retry)).pop().expect("tried again");
+        assert!(again.payouts.contains(&payout(2).event), "put to the policy again: {:?}", again.payouts);
+    }
+
+    /// While the bridge on a source chain holds another key, nothing burned there is
+    /// paid: a peer's release paying it waits, this node's own leaves it out; once the
+    /// bridge holds the key, the waiting release is signed.
+    #[test]
+    fn nothing_burned_on_a_bridge_without_the_key_is_paid_until_it_holds_it() {
+        let chain = payout(1).event.chain;
+        let at = turn_of(1, 10_000);
+        let p = proposals(&books()[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
+        let mut b = books().remove(0);
+        b.handle(Input::SourceReady { chain, ready: false }, 0);
+        assert!(!signs(&b.handle(Input::Proposal { from: 1, proposal: p.clone() }, at)), "held: not signed");
+        assert!(proposals(&b.handle(Input::Tick, turn_of(0, at))).is_empty(), "nor proposed");
+        let acts = b.handle(Input::SourceReady { chain, ready: true }, turn_of(0, at) + 10);
+        assert!(signs(&acts), "signed once the bridge holds the key: {acts:?}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ const MAX_PARKED: usize = 4_096;
 const MAX_PARKED_PER_SENDER: usize = 512;
 /// Rounds ahead of its own for which a node maps session ids (messages of a peer whose
 /// clock entered the next round first are parked until this node's does).
-const ROUNDS_AHEAD: u32 = 2;
+const ROUNDS_AHEAD: u32 = 1;
 /// Length of a signing round: a session's patience (`max_attempts` × 2 × timeout).
 pub const ROUND_MS: Millis = MAX_ATTEMPTS as Millis * 2 * SIGN_TIMEOUT_MS;
 const MAX_ATTEMPTS: u32 = 12;
@@ -224,7 +224,11 @@ impl<C: Ciphersuite> Signer<C> {
         let sid = session_of(&m);
         match self.sids.get(&sid).cloned() {
             Some((message, round)) => {
-                let Some(current) = self.running.get(&message).map(|s| s.round) else { return out };
+                // Not running here (abandoned, to be taken up again): kept for then.
+                let Some(current) = self.running.get(&message).map(|s| s.round) else {
+                    self.park(sid, from, m);
+                    return out;
+                };
                 if round == current {
                     self.deliver(&message, from, m, now, &mut out);
                 } else if round > current {
