@@ -25,6 +25,13 @@
 //!   that took different ones converge. A Byzantine validator can use that to displace
 //!   a batch once per lower message it finds among subsets of the waiting mints: it
 //!   costs the honest ones a restarted session each time, never a wrong signature.
+//! - **Signed once t hold it.** A validator that takes a batch says so to its peers
+//!   ([`Action::Holds`], again with every resend) and starts signing only once it and
+//!   t − 1 peers hold it: a session started by fewer waits for signers that are not
+//!   there, and the batch that wins is signed without a round wasted on the others.
+//! - **Gated.** Nothing is proposed or signed while this node's key did not pass its
+//!   check ([`Input::KeyUsable`]), nor to a bridge that holds another key
+//!   ([`Input::DestinationReady`]); such proposals are retried like early ones.
 //! - **Given up.** A batch not signed `stale_after_ms` after it was taken is abandoned
 //!   and its mints batched again.
 //! - **Who relays.** Validator `u64(message[..8]) mod n` relays a signature first; rank
@@ -93,6 +100,8 @@ pub struct Config {
     pub max_early: usize,
     /// How often a batch still being signed is sent again by those who hold it.
     pub resend_ms: Millis,
+    /// How many validators must hold a batch before it is signed (t; 1 signs at once).
+    pub threshold: usize,
 }
 
 impl Config {
@@ -110,6 +119,7 @@ impl Config {
             early_for_ms: 60_000,
             max_early: 64,
             resend_ms: 5_000,
+            threshold: validators.saturating_mul(2) / 3 + 1,
         }
     }
 }
@@ -128,6 +138,12 @@ pub enum Input {
     Consumed(EventId),
     /// The event was reorged out past finality: never signed or relayed again.
     Reorged(EventId),
+    /// Validator `from` holds the batch whose message is `message`.
+    Holds { from: usize, message: Vec<u8> },
+    /// Whether this node's key passed its check (nothing is signed before).
+    KeyUsable(bool),
+    /// Whether the bridge on `chain` holds this epoch's key (nothing to it before).
+    DestinationReady { chain: u64, ready: bool },
     /// Time passed.
     Tick,
 }
@@ -160,6 +176,17 @@ pub enum Refusal {
     RankedBefore(EventId),
     #[error("every mint of the batch is signed here already")]
     AllSigned,
+    #[error("this node's key has not passed its check")]
+    KeyNotUsable,
+    #[error("the bridge on chain {0} does not hold this epoch's key")]
+    DestinationNotReady(u64),
+}
+
+impl Refusal {
+    /// Whether the proposal may be taken later (it is retried like an early one).
+    pub fn may_pass_later(&self) -> bool {
+        matches!(self, Refusal::NotCertified(_) | Refusal::KeyNotUsable | Refusal::DestinationNotReady(_))
+    }
 }
 
 /// What the book asks the driver to do, in order.
@@ -173,6 +200,8 @@ pub enum Action {
     Sign { message: Vec<u8>, proposal: BatchProposal },
     /// Stop signing `message`: its batch was displaced, given up or is moot.
     Abandon { message: Vec<u8> },
+    /// Tell every peer this node holds the batch of `message`.
+    Holds { message: Vec<u8> },
     /// Submit this signed batch `after_ms` from now, if the bridge has not consumed
     /// every leaf by then (only the unconsumed ones).
     Relay { proposal: BatchProposal, signature: EvmSignature, after_ms: Millis },
@@ -216,7 +245,12 @@ struct Active {
     rank: usize,
     since: Millis,
     resent: Millis,
+    /// Whether its signing was asked for (once t hold it).
+    signing: bool,
 }
+
+/// Most notes of peers holding batches kept (of batches held here or to come).
+pub const MAX_HOLDS: usize = 1_024;
 
 /// One validator's mints. See the [module docs](self).
 #[derive(Debug)]
@@ -231,6 +265,10 @@ pub struct MintBook {
     consumed: BTreeSet<EventId>,
     reorged: BTreeSet<EventId>,
     early: Vec<(usize, BatchProposal, Millis)>,
+    /// Peers that said they hold a batch, by message (with when first heard).
+    holders: BTreeMap<Vec<u8>, (BTreeSet<usize>, Millis)>,
+    key_usable: bool,
+    not_ready: BTreeSet<u64>,
     /// No proposal of this node's own before this (just restarted).
     quiet_until: Millis,
     #[cfg(feature = "canary")]
@@ -252,6 +290,9 @@ impl MintBook {
             consumed: BTreeSet::new(),
             reorged: BTreeSet::new(),
             early: Vec::new(),
+            holders: BTreeMap::new(),
+            key_usable: true,
+            not_ready: BTreeSet::new(),
             quiet_until: 0,
             #[cfg(feature = "canary")]
             canary: None,
@@ -338,6 +379,35 @@ impl MintBook {
                     }
                 }
             }
+            Input::Holds { from, message } => {
+                if from < self.config.validators && from != self.config.me {
+                    if !self.holders.contains_key(&message) && self.holders.len() >= MAX_HOLDS {
+                        let oldest = self.holders.iter().min_by_key(|(m, (_, at))| (*at, (*m).clone()));
+                        if let Some(m) = oldest.map(|(m, _)| m.clone()) {
+                            self.holders.remove(&m);
+                        }
+                    }
+                    self.holders.entry(message.clone()).or_insert_with(|| (BTreeSet::new(), now)).0.insert(from);
+                    self.maybe_sign(&message, &mut out);
+                }
+            }
+            Input::KeyUsable(usable) => {
+                self.key_usable = usable;
+                if usable {
+                    self.retry_early(now, &mut out);
+                    self.propose_due(now, &mut out);
+                }
+            }
+            Input::DestinationReady { chain, ready } => {
+                if ready {
+                    if self.not_ready.remove(&chain) {
+                        self.retry_early(now, &mut out);
+                        self.propose_due(now, &mut out);
+                    }
+                } else {
+                    self.not_ready.insert(chain);
+                }
+            }
             Input::Tick => {
                 let stale: Vec<Vec<u8>> = self
                     .batches
@@ -350,12 +420,15 @@ impl MintBook {
                 }
                 // Every holder sends its unsigned batches again: a peer that was away
                 // (or restarted and forgot them) takes them up.
-                for b in self.batches.values_mut() {
+                for (message, b) in self.batches.iter_mut() {
                     if now.saturating_sub(b.resent) >= self.config.resend_ms {
                         b.resent = now;
                         out.push(Action::Propose { proposal: b.proposal.clone(), proposer: b.proposer });
+                        out.push(Action::Holds { message: message.clone() });
                     }
                 }
+                let stale_for = self.config.stale_after_ms;
+                self.holders.retain(|m, (_, at)| self.batches.contains_key(m) || now.saturating_sub(*at) < stale_for);
                 self.retry_early(now, &mut out);
                 self.propose_due(now, &mut out);
             }
@@ -391,6 +464,12 @@ impl MintBook {
         }
         if !self.config.bridges.contains_key(&p.chain) {
             return Err(Refusal::UnknownChain(p.chain));
+        }
+        if !self.key_usable {
+            return Err(Refusal::KeyNotUsable);
+        }
+        if self.not_ready.contains(&p.chain) {
+            return Err(Refusal::DestinationNotReady(p.chain));
         }
         let rank = self.rank_of(p.chain, from);
         let mine = self.message_of(p).unwrap_or_default();
@@ -483,7 +562,7 @@ impl MintBook {
         }
         match self.take(from, p.clone(), message, now, out) {
             Ok(()) => {}
-            Err(Refusal::NotCertified(_)) => {
+            Err(refusal) if refusal.may_pass_later() => {
                 self.early.retain(|(f, q, _)| !(*f == from && *q == p));
                 if self.early.len() >= self.config.max_early {
                     self.early.remove(0);
@@ -507,7 +586,7 @@ impl MintBook {
             }
             match self.take(from, p.clone(), message, now, out) {
                 Ok(()) => {}
-                Err(Refusal::NotCertified(_)) => self.early.push((from, p, at)),
+                Err(refusal) if refusal.may_pass_later() => self.early.push((from, p, at)),
                 Err(refusal) => out.push(Action::Refused { from, refusal }),
             }
         }
@@ -535,8 +614,23 @@ impl MintBook {
             self.in_batch.insert(leaf.event, message.clone());
         }
         let rank = self.rank_of(p.chain, proposer);
-        out.push(Action::Sign { message: message.clone(), proposal: p.clone() });
-        self.batches.insert(message, Active { proposal: p, proposer, rank, since: now, resent: now });
+        out.push(Action::Holds { message: message.clone() });
+        let active = Active { proposal: p, proposer, rank, since: now, resent: now, signing: false };
+        self.batches.insert(message.clone(), active);
+        self.maybe_sign(&message, out);
+    }
+
+    /// Asks for the signature of the batch of `message` once this node and t − 1 peers
+    /// hold it.
+    fn maybe_sign(&mut self, message: &[u8], out: &mut Out) {
+        let peers = self.holders.get(message).map_or(0, |(who, _)| who.len());
+        let t = self.config.threshold;
+        let Some(b) = self.batches.get_mut(message) else { return };
+        if b.signing || peers + 1 < t {
+            return;
+        }
+        b.signing = true;
+        out.push(Action::Sign { message: message.to_vec(), proposal: b.proposal.clone() });
     }
 
     fn drop_batch(&mut self, message: &[u8], requeue: bool, out: &mut Out) {
@@ -575,12 +669,12 @@ impl MintBook {
     }
 
     fn propose_due(&mut self, now: Millis, out: &mut Out) {
-        if now < self.quiet_until {
+        if now < self.quiet_until || !self.key_usable {
             return;
         }
         let chains: Vec<u64> = self.unbatched.keys().copied().collect();
         for chain in chains {
-            if !self.config.bridges.contains_key(&chain) {
+            if !self.config.bridges.contains_key(&chain) || self.not_ready.contains(&chain) {
                 continue;
             }
             let patience = self.config.takeover_ms.saturating_mul(self.rank_of(chain, self.config.me) as u64);
@@ -636,7 +730,67 @@ mod tests {
     fn book(me: usize) -> MintBook {
         let mut c = Config::new(4, me, BTreeMap::from([(1, Address::repeat_byte(9))]));
         c.batch_max = 2;
+        // Signed at once (the readiness gate has its own test).
+        c.threshold = 1;
         MintBook::new(c)
+    }
+
+    fn signs(out: &[Action]) -> bool {
+        out.iter().any(|a| matches!(a, Action::Sign { .. }))
+    }
+
+    /// A batch is signed only once this node and t - 1 peers said they hold it; the
+    /// note is sent with the batch and again with each resend, and notes from outside
+    /// the set or from this node itself count for nothing.
+    #[test]
+    fn a_batch_is_signed_once_t_validators_hold_it() {
+        let mut signer = book(2);
+        signer.config.threshold = 3;
+        let proposal = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 200).leaf]);
+        signer.handle(Input::Certified(request(1, 100)), 0);
+        signer.handle(Input::Certified(request(2, 200)), 0);
+        let out = signer.handle(Input::Proposal { from: 1, proposer: 1, proposal: proposal.clone() }, 10);
+        let message = out
+            .iter()
+            .find_map(|a| if let Action::Holds { message } = a { Some(message.clone()) } else { None })
+            .expect("says it holds it");
+        assert!(!signs(&out), "alone: not signed");
+        for from in [2, 7] {
+            assert!(!signs(&signer.handle(Input::Holds { from, message: message.clone() }, 20)), "{from}");
+        }
+        assert!(!signs(&signer.handle(Input::Holds { from: 1, message: message.clone() }, 30)), "two hold it");
+        assert!(!signs(&signer.handle(Input::Holds { from: 1, message: message.clone() }, 31)), "a repeat");
+        let out = signer.handle(Input::Holds { from: 3, message: message.clone() }, 40);
+        assert!(signs(&out), "three hold it: signed");
+        assert!(!signs(&signer.handle(Input::Holds { from: 0, message: message.clone() }, 50)), "once");
+        let resent = signer.handle(Input::Tick, 10 + signer.config.resend_ms);
+        assert!(resent.iter().any(|a| matches!(a, Action::Holds { message: m } if *m == message)), "said again");
+    }
+
+    /// Nothing is signed or proposed while this node's key has not passed its check,
+    /// nor to a bridge that holds another key; what was refused for it is taken once
+    /// the gate opens.
+    #[test]
+    fn nothing_is_signed_or_proposed_before_the_key_and_the_bridge_are_ready() {
+        let proposal = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 200).leaf]);
+        for gate in [Input::KeyUsable(false), Input::DestinationReady { chain: 1, ready: false }] {
+            let mut b = book(2);
+            b.handle(gate.clone(), 0);
+            b.handle(Input::Certified(request(1, 100)), 0);
+            b.handle(Input::Certified(request(2, 200)), 0);
+            assert!(!signs(&b.handle(Input::Proposal { from: 1, proposer: 1, proposal: proposal.clone() }, 10)));
+            let mut proposer = book(1);
+            proposer.handle(gate.clone(), 0);
+            proposer.handle(Input::Certified(request(1, 100)), 0);
+            let out = proposer.handle(Input::Certified(request(2, 200)), 10);
+            assert!(!out.iter().any(|a| matches!(a, Action::Propose { .. })), "proposed while gated: {out:?}");
+            let open = match gate {
+                Input::KeyUsable(_) => Input::KeyUsable(true),
+                _ => Input::DestinationReady { chain: 1, ready: true },
+            };
+            assert!(signs(&b.handle(open.clone(), 20)), "taken once the gate opens");
+            assert!(proposer.handle(open, 20).iter().any(|a| matches!(a, Action::Propose { .. })));
+        }
     }
 
     #[test]

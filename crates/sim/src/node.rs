@@ -50,12 +50,19 @@ pub enum Wire {
     Release(Vec<u8>),
     /// A `btc` signing session's message.
     BtcSigning(Vec<u8>),
+    /// The sender holds the mint batch of this message.
+    Holds(Vec<u8>),
 }
 
 impl Wire {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Wire::Consensus(b) | Wire::Signing(b) | Wire::Batch(b) | Wire::Release(b) | Wire::BtcSigning(b) => b,
+            Wire::Consensus(b)
+            | Wire::Signing(b)
+            | Wire::Batch(b)
+            | Wire::Release(b)
+            | Wire::BtcSigning(b)
+            | Wire::Holds(b) => b,
         }
     }
 }
@@ -377,6 +384,12 @@ impl Validator {
                 let proposer = usize::from(u16::from_be_bytes(*proposer));
                 self.mint(MInput::Proposal { from: usize::from(from), proposer, proposal }, now);
             }
+            Wire::Holds(message) => {
+                if message.len() != 32 {
+                    return Err("holds note of another length");
+                }
+                self.mint(MInput::Holds { from: usize::from(from), message }, now);
+            }
             Wire::Release(bytes) => {
                 let proposal = Proposal::decode(&bytes).map_err(|_| "release proposal undecodable")?;
                 self.release(RInput::Proposal { from: usize::from(from), proposal }, now);
@@ -501,6 +514,7 @@ impl Validator {
                 MAction::Relay { proposal, signature, after_ms } => {
                     self.effects.push(Effect::Relay { at: now + after_ms, proposal, signature })
                 }
+                MAction::Holds { message } => self.effects.push(Effect::Broadcast(Wire::Holds(message))),
                 MAction::Refused { from, refusal } => {
                     if self.debug {
                         eprintln!("t={now} v{} refused a batch of v{from}: {refusal}", self.id);
