@@ -140,6 +140,10 @@ pub enum Input {
     Reorged(EventId),
     /// Validator `from` holds the batch whose message is `message`.
     Holds { from: usize, message: Vec<u8> },
+    /// A peer's signature of a batch, verified by the driver under this epoch's key
+    /// over the message this node computes for `proposal` (signed while this node was
+    /// away): taken if every leaf is a mint certified here with that content.
+    Learned { proposal: BatchProposal, signature: EvmSignature },
     /// Whether this node's key passed its check (nothing is signed before).
     KeyUsable(bool),
     /// Whether the bridge on `chain` holds this epoch's key (nothing to it before).
@@ -391,6 +395,7 @@ impl MintBook {
                     self.maybe_sign(&message, &mut out);
                 }
             }
+            Input::Learned { proposal, signature } => self.on_learned(proposal, signature, now, &mut out),
             Input::KeyUsable(usable) => {
                 self.key_usable = usable;
                 if usable {
@@ -649,6 +654,33 @@ impl MintBook {
         }
     }
 
+    /// A batch signed by peers: taken as if signed here once each of its leaves is a
+    /// mint this node certified with that content and none reorged (the signature
+    /// itself the driver verified), so that a validator back from away relays it and
+    /// never batches those mints again.
+    fn on_learned(&mut self, proposal: BatchProposal, signature: EvmSignature, now: Millis, out: &mut Out) {
+        let Some(message) = self.message_of(&proposal) else { return };
+        if self.signatures.contains_key(&message) || proposal.leaves.is_empty() {
+            return;
+        }
+        let mine = proposal.leaves.iter().all(|l| {
+            !self.reorged.contains(&l.event)
+                && self.certified.get(&l.event).is_some_and(|(r, _)| r.chain == proposal.chain && r.leaf == *l)
+        });
+        if !mine {
+            return;
+        }
+        // Held here too (being signed): that signing is moot.
+        if self.batches.contains_key(&message) {
+            out.push(Action::Abandon { message: message.clone() });
+        } else {
+            let rank = 0;
+            let active = Active { proposal, proposer: self.config.me, rank, since: now, resent: now, signing: true };
+            self.batches.insert(message.clone(), active);
+        }
+        self.on_signed(message, signature, now, out);
+    }
+
     fn on_signed(&mut self, message: Vec<u8>, signature: EvmSignature, _now: Millis, out: &mut Out) {
         if self.signatures.contains_key(&message) {
             return;
@@ -765,6 +797,26 @@ mod tests {
         assert!(!signs(&signer.handle(Input::Holds { from: 0, message: message.clone() }, 50)), "once");
         let resent = signer.handle(Input::Tick, 10 + signer.config.resend_ms);
         assert!(resent.iter().any(|a| matches!(a, Action::Holds { message: m } if *m == message)), "said again");
+    }
+
+    /// A validator back from away takes a batch its peers signed meanwhile (the
+    /// driver verified the signature): persisted, relayed in its rank, its mints never
+    /// batched again; but only if every leaf is a mint it certified with that content.
+    #[test]
+    fn a_batch_signed_by_peers_is_taken_only_if_each_mint_is_certified_here_as_signed() {
+        let signature = EvmSignature { rx: Default::default(), ry: Default::default(), z: Default::default() };
+        let mut b = book(3);
+        b.handle(Input::Certified(request(1, 100)), 0);
+        b.handle(Input::Certified(request(2, 200)), 0);
+        let other = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 201).leaf]);
+        let out = b.handle(Input::Learned { proposal: other, signature }, 10);
+        assert!(out.is_empty(), "another amount than certified: {out:?}");
+        let proposal = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 200).leaf]);
+        let out = b.handle(Input::Learned { proposal: proposal.clone(), signature }, 20);
+        assert!(matches!(out.first(), Some(Action::Persist(Change::Signed { .. }))), "{out:?}");
+        assert!(out.iter().any(|a| matches!(a, Action::Relay { .. })), "{out:?}");
+        assert_eq!(b.unbatched(), 0, "its mints are not batched again");
+        assert!(b.handle(Input::Learned { proposal, signature }, 30).is_empty(), "once");
     }
 
     /// Nothing is signed or proposed while this node's key has not passed its check,
