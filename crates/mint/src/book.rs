@@ -384,14 +384,8 @@ impl MintBook {
                 }
             }
             Input::Holds { from, message } => {
-                if from < self.config.validators && from != self.config.me {
-                    if !self.holders.contains_key(&message) && self.holders.len() >= MAX_HOLDS {
-                        let oldest = self.holders.iter().min_by_key(|(m, (_, at))| (*at, (*m).clone()));
-                        if let Some(m) = oldest.map(|(m, _)| m.clone()) {
-                            self.holders.remove(&m);
-                        }
-                    }
-                    self.holders.entry(message.clone()).or_insert_with(|| (BTreeSet::new(), now)).0.insert(from);
+                if message.len() == 32 && from < self.config.validators && from != self.config.me {
+                    self.note_holder(from, message.clone(), now);
                     self.maybe_sign(&message, &mut out);
                 }
             }
@@ -399,15 +393,13 @@ impl MintBook {
             Input::KeyUsable(usable) => {
                 self.key_usable = usable;
                 if usable {
-                    self.retry_early(now, &mut out);
-                    self.propose_due(now, &mut out);
+                    self.gate_opened(now, &mut out);
                 }
             }
             Input::DestinationReady { chain, ready } => {
                 if ready {
                     if self.not_ready.remove(&chain) {
-                        self.retry_early(now, &mut out);
-                        self.propose_due(now, &mut out);
+                        self.gate_opened(now, &mut out);
                     }
                 } else {
                     self.not_ready.insert(chain);
@@ -625,13 +617,56 @@ impl MintBook {
         self.maybe_sign(&message, out);
     }
 
+    /// Records that `from` holds the batch of `message`. Notes for batches held here
+    /// are bounded by those batches; for others, each sender keeps at most its share
+    /// of [`MAX_HOLDS`] once the table is half full (its own oldest note goes first),
+    /// so a validator flooding notes for invented batches never displaces the notes for
+    /// a real one, and the table stays within 1.5 × `MAX_HOLDS` plus the batches held.
+    fn note_holder(&mut self, from: usize, message: Vec<u8>, now: Millis) {
+        if self.holders.get(&message).is_some_and(|(who, _)| who.contains(&from)) {
+            return;
+        }
+        // Only under pressure (a table half full): the count is a scan.
+        if self.holders.len() >= MAX_HOLDS / 2 && !self.batches.contains_key(&message) {
+            let share = (MAX_HOLDS / self.config.validators.max(1)).max(1);
+            let theirs: Vec<(&Vec<u8>, Millis)> = self
+                .holders
+                .iter()
+                .filter(|(m, (who, _))| !self.batches.contains_key(*m) && who.contains(&from))
+                .map(|(m, (_, at))| (m, *at))
+                .collect();
+            if theirs.len() >= share
+                && let Some(oldest) = theirs.iter().min_by_key(|(m, at)| (*at, *m)).map(|(m, _)| (*m).clone())
+                && let Some((who, _)) = self.holders.get_mut(&oldest)
+            {
+                who.remove(&from);
+                if who.is_empty() {
+                    self.holders.remove(&oldest);
+                }
+            }
+        }
+        self.holders.entry(message).or_insert_with(|| (BTreeSet::new(), now)).0.insert(from);
+    }
+
+    /// A gate opened: proposals kept for it are taken, batches held are signed once t
+    /// hold them, and this node proposes what is due.
+    fn gate_opened(&mut self, now: Millis, out: &mut Out) {
+        self.retry_early(now, out);
+        let held: Vec<Vec<u8>> = self.batches.keys().cloned().collect();
+        for message in held {
+            self.maybe_sign(&message, out);
+        }
+        self.propose_due(now, out);
+    }
+
     /// Asks for the signature of the batch of `message` once this node and t − 1 peers
-    /// hold it.
+    /// hold it, and its key and destination bridge are ready.
     fn maybe_sign(&mut self, message: &[u8], out: &mut Out) {
         let peers = self.holders.get(message).map_or(0, |(who, _)| who.len());
         let t = self.config.threshold;
+        let (key_usable, not_ready) = (self.key_usable, &self.not_ready);
         let Some(b) = self.batches.get_mut(message) else { return };
-        if b.signing || peers + 1 < t {
+        if b.signing || peers + 1 < t || !key_usable || not_ready.contains(&b.proposal.chain) {
             return;
         }
         b.signing = true;
@@ -678,7 +713,20 @@ impl MintBook {
             let active = Active { proposal, proposer: self.config.me, rank, since: now, resent: now, signing: true };
             self.batches.insert(message.clone(), active);
         }
+        let leaves: BTreeSet<EventId> =
+            self.batches.get(&message).map(|b| b.proposal.leaves.iter().map(|l| l.event).collect()).unwrap_or_default();
         self.on_signed(message, signature, now, out);
+        // Other batches held here with one of its mints: dropped, their other mints
+        // batched again (as the node's pipeline does).
+        let overlapping: Vec<Vec<u8>> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| b.proposal.leaves.iter().any(|l| leaves.contains(&l.event)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in overlapping {
+            self.drop_batch(&m, true, out);
+        }
     }
 
     fn on_signed(&mut self, message: Vec<u8>, signature: EvmSignature, _now: Millis, out: &mut Out) {
@@ -696,6 +744,7 @@ impl MintBook {
             self.leave_waiting(&leaf.event);
         }
         let after_ms = self.relay_delay(&message);
+        self.holders.remove(&message);
         self.signatures.insert(message, (proposal.clone(), signature));
         out.push(Action::Relay { proposal, signature, after_ms });
     }
@@ -817,6 +866,38 @@ mod tests {
         assert!(out.iter().any(|a| matches!(a, Action::Relay { .. })), "{out:?}");
         assert_eq!(b.unbatched(), 0, "its mints are not batched again");
         assert!(b.handle(Input::Learned { proposal, signature }, 30).is_empty(), "once");
+    }
+
+    /// A validator flooding notes for invented batches drops only its own notes: the
+    /// notes for a batch held here stay, and it is signed once t hold it. Before, a
+    /// full table dropped its oldest entry, the real batch's, with every honest note
+    /// in it ("not signed").
+    #[test]
+    fn a_flood_of_notes_for_invented_batches_never_displaces_a_real_one() {
+        let mut signer = book(2);
+        signer.config.threshold = 3;
+        let proposal = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 200).leaf]);
+        signer.handle(Input::Certified(request(1, 100)), 0);
+        signer.handle(Input::Certified(request(2, 200)), 0);
+        signer.handle(Input::Proposal { from: 1, proposer: 1, proposal: proposal.clone() }, 10);
+        let message = proposal.message(Address::repeat_byte(9));
+        assert!(!signs(&signer.handle(Input::Holds { from: 1, message: message.clone() }, 20)));
+        for i in 0..(2 * MAX_HOLDS as u32) {
+            let mut fake = [0u8; 32];
+            fake[..4].copy_from_slice(&i.to_be_bytes());
+            signer.handle(Input::Holds { from: 3, message: fake.to_vec() }, 30);
+        }
+        let out = signer.handle(Input::Holds { from: 0, message: message.clone() }, 40);
+        assert!(signs(&out), "not signed: {out:?}");
+        // A held batch is not signed while the key is not usable, and is once it is.
+        let mut b = book(2);
+        b.config.threshold = 2;
+        b.handle(Input::Certified(request(1, 100)), 0);
+        b.handle(Input::Certified(request(2, 200)), 0);
+        b.handle(Input::Proposal { from: 1, proposer: 1, proposal }, 10);
+        b.handle(Input::KeyUsable(false), 15);
+        assert!(!signs(&b.handle(Input::Holds { from: 1, message }, 20)), "key not usable: not signed");
+        assert!(signs(&b.handle(Input::KeyUsable(true), 30)), "signed once it is");
     }
 
     /// Nothing is signed or proposed while this node's key has not passed its check,
