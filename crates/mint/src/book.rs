@@ -256,6 +256,54 @@ struct Active {
 /// Most notes of peers holding batches kept (of batches held here or to come).
 pub const MAX_HOLDS: usize = 1_024;
 
+/// The validators that said they hold each batch, by message, with when the batch was
+/// first noted (on the driver's clock: `T`).
+pub type HolderNotes<T> = BTreeMap<Vec<u8>, (BTreeSet<usize>, T)>;
+
+/// Records in `notes` that `from` holds the batch of `message`, keeping at most `cap`
+/// entries. The notes for a batch held here (`held`) are never dropped; when the table
+/// is full, the oldest note of the sender with the most notes for other batches goes.
+/// So a validator flooding notes for invented batches drops only its own, never the
+/// honest notes for a real batch (dropping the oldest entry, a full table lost the
+/// real batch's, and no batch reached t holders). The book and the node's pipeline
+/// both keep their notes so.
+pub fn note_holder<T: Ord + Copy>(
+    notes: &mut HolderNotes<T>,
+    held: impl Fn(&[u8]) -> bool,
+    cap: usize,
+    from: usize,
+    message: &[u8],
+    at: T,
+) {
+    if !notes.contains_key(message) && notes.len() >= cap {
+        let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+        for (m, (who, _)) in notes.iter() {
+            if !held(m) {
+                for w in who {
+                    *per.entry(*w).or_default() += 1;
+                }
+            }
+        }
+        let heaviest = per.iter().max_by_key(|(w, c)| (**c, std::cmp::Reverse(**w))).map(|(w, _)| *w);
+        if let Some(heavy) = heaviest {
+            let oldest = notes
+                .iter()
+                .filter(|(m, (who, _))| !held(m) && who.contains(&heavy))
+                .min_by_key(|(m, (_, first))| (*first, (*m).clone()))
+                .map(|(m, _)| m.clone());
+            if let Some(m) = oldest
+                && let Some((who, _)) = notes.get_mut(&m)
+            {
+                who.remove(&heavy);
+                if who.is_empty() {
+                    notes.remove(&m);
+                }
+            }
+        }
+    }
+    notes.entry(message.to_vec()).or_insert_with(|| (BTreeSet::new(), at)).0.insert(from);
+}
+
 /// One validator's mints. See the [module docs](self).
 #[derive(Debug)]
 pub struct MintBook {
@@ -270,7 +318,7 @@ pub struct MintBook {
     reorged: BTreeSet<EventId>,
     early: Vec<(usize, BatchProposal, Millis)>,
     /// Peers that said they hold a batch, by message (with when first heard).
-    holders: BTreeMap<Vec<u8>, (BTreeSet<usize>, Millis)>,
+    holders: HolderNotes<Millis>,
     key_usable: bool,
     not_ready: BTreeSet<u64>,
     /// No proposal of this node's own before this (just restarted).
@@ -385,7 +433,8 @@ impl MintBook {
             }
             Input::Holds { from, message } => {
                 if message.len() == 32 && from < self.config.validators && from != self.config.me {
-                    self.note_holder(from, message.clone(), now);
+                    let batches = &self.batches;
+                    note_holder(&mut self.holders, |m| batches.contains_key(m), MAX_HOLDS, from, &message, now);
                     self.maybe_sign(&message, &mut out);
                 }
             }
@@ -615,37 +664,6 @@ impl MintBook {
         let active = Active { proposal: p, proposer, rank, since: now, resent: now, signing: false };
         self.batches.insert(message.clone(), active);
         self.maybe_sign(&message, out);
-    }
-
-    /// Records that `from` holds the batch of `message`. Notes for batches held here
-    /// are bounded by those batches; for others, each sender keeps at most its share
-    /// of [`MAX_HOLDS`] once the table is half full (its own oldest note goes first),
-    /// so a validator flooding notes for invented batches never displaces the notes for
-    /// a real one, and the table stays within 1.5 × `MAX_HOLDS` plus the batches held.
-    fn note_holder(&mut self, from: usize, message: Vec<u8>, now: Millis) {
-        if self.holders.get(&message).is_some_and(|(who, _)| who.contains(&from)) {
-            return;
-        }
-        // Only under pressure (a table half full): the count is a scan.
-        if self.holders.len() >= MAX_HOLDS / 2 && !self.batches.contains_key(&message) {
-            let share = (MAX_HOLDS / self.config.validators.max(1)).max(1);
-            let theirs: Vec<(&Vec<u8>, Millis)> = self
-                .holders
-                .iter()
-                .filter(|(m, (who, _))| !self.batches.contains_key(*m) && who.contains(&from))
-                .map(|(m, (_, at))| (m, *at))
-                .collect();
-            if theirs.len() >= share
-                && let Some(oldest) = theirs.iter().min_by_key(|(m, at)| (*at, *m)).map(|(m, _)| (*m).clone())
-                && let Some((who, _)) = self.holders.get_mut(&oldest)
-            {
-                who.remove(&from);
-                if who.is_empty() {
-                    self.holders.remove(&oldest);
-                }
-            }
-        }
-        self.holders.entry(message).or_insert_with(|| (BTreeSet::new(), now)).0.insert(from);
     }
 
     /// A gate opened: proposals kept for it are taken, batches held are signed once t
@@ -887,6 +905,7 @@ mod tests {
             fake[..4].copy_from_slice(&i.to_be_bytes());
             signer.handle(Input::Holds { from: 3, message: fake.to_vec() }, 30);
         }
+        assert!(signer.holders.len() <= MAX_HOLDS + 1, "bounded: {}", signer.holders.len());
         let out = signer.handle(Input::Holds { from: 0, message: message.clone() }, 40);
         assert!(signs(&out), "not signed: {out:?}");
         // A held batch is not signed while the key is not usable, and is once it is.

@@ -358,8 +358,10 @@ impl Pipeline {
         if from >= self.n || from == self.me {
             return Ok(());
         }
+        // Bounded so that notes for invented batches never displace a real one's.
         let batches = &self.batches;
-        note_ready(&mut self.batch_ready, |m| batches.contains_key(m), from, message, Instant::now());
+        let held = |m: &[u8]| batches.contains_key(m);
+        btcfi_mint::book::note_holder(&mut self.batch_ready, held, MAX_READY_NOTES, from, message, Instant::now());
         self.maybe_start_batch(message)
     }
 
@@ -456,76 +458,5 @@ impl Pipeline {
         let signature = MintSignature { rx: evm.rx.to_be_bytes(), ry: evm.ry.to_be_bytes(), z: evm.z.to_be_bytes() };
         self.queue_batch(ChainId(p.chain), BatchMintRequest { root, signature, leaves });
         Ok(())
-    }
-}
-
-/// Notes of the validators that hold each batch, by message.
-pub(in crate::pipeline) type ReadyNotes = BTreeMap<Vec<u8>, (BTreeSet<usize>, Instant)>;
-
-/// Records in `notes` that `from` holds the batch of `message`, bounded by
-/// [`MAX_READY_NOTES`]. The notes for a batch held here (`held`) are never dropped;
-/// when the table is full, the oldest note of the sender with the most notes for
-/// other batches goes. Before, the oldest entry went, usually a real batch's with
-/// every honest note in it, so one validator sending notes for invented batches kept
-/// every batch from reaching t holders.
-pub(in crate::pipeline) fn note_ready(
-    notes: &mut ReadyNotes,
-    held: impl Fn(&[u8]) -> bool,
-    from: usize,
-    message: &[u8],
-    now: Instant,
-) {
-    if !notes.contains_key(message) && notes.len() >= MAX_READY_NOTES {
-        let mut per: BTreeMap<usize, usize> = BTreeMap::new();
-        for (m, (who, _)) in notes.iter() {
-            if !held(m) {
-                for w in who {
-                    *per.entry(*w).or_default() += 1;
-                }
-            }
-        }
-        let heaviest = per.iter().max_by_key(|(w, c)| (**c, std::cmp::Reverse(**w))).map(|(w, _)| *w);
-        if let Some(heavy) = heaviest {
-            let oldest = notes
-                .iter()
-                .filter(|(m, (who, _))| !held(m) && who.contains(&heavy))
-                .min_by_key(|(m, (_, at))| (*at, (*m).clone()))
-                .map(|(m, _)| m.clone());
-            if let Some(m) = oldest
-                && let Some((who, _)) = notes.get_mut(&m)
-            {
-                who.remove(&heavy);
-                if who.is_empty() {
-                    notes.remove(&m);
-                }
-            }
-        }
-    }
-    notes.entry(message.to_vec()).or_insert_with(|| (BTreeSet::new(), now)).0.insert(from);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One validator floods notes for invented batches after two honest validators
-    /// said they hold a real one: the honest notes stay. With the old rule (the oldest
-    /// entry dropped) this fails: "the honest notes for the batch held here".
-    #[test]
-    fn a_flood_of_notes_for_invented_batches_never_displaces_a_real_one() {
-        let real = vec![0xaa; 32];
-        let held = |m: &[u8]| m == [0xaa; 32].as_slice();
-        let mut notes = ReadyNotes::new();
-        let now = Instant::now();
-        note_ready(&mut notes, held, 1, &real, now);
-        note_ready(&mut notes, held, 2, &real, now);
-        for i in 0..(2 * MAX_READY_NOTES as u32) {
-            let mut fake = vec![0u8; 32];
-            fake[..4].copy_from_slice(&i.to_be_bytes());
-            note_ready(&mut notes, held, 3, &fake, now + Duration::from_millis(1));
-        }
-        let who = notes.get(&real).map(|(w, _)| w.clone()).unwrap_or_default();
-        assert_eq!(who, BTreeSet::from([1, 2]), "the honest notes for the batch held here");
-        assert!(notes.len() <= MAX_READY_NOTES + 1, "bounded: {}", notes.len());
     }
 }

@@ -213,7 +213,7 @@ pub struct Pipeline {
     /// Peers' batch proposals that came before this node certified their mints.
     early_batches: Vec<(usize, BatchProposal, Instant)>,
     /// Validators that said they hold a batch (by its message), and since when.
-    batch_ready: BTreeMap<Vec<u8>, (BTreeSet<usize>, Instant)>,
+    batch_ready: btcfi_mint::book::HolderNotes<Instant>,
     /// The epoch's evm group key as the bridges take it (None before the DKG).
     evm_xy: Option<(alloy::primitives::U256, alloy::primitives::U256)>,
 }
