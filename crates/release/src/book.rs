@@ -1009,13 +1009,12 @@ impl ReleaseBook {
     /// sent if its turn lasts. Refused, the peg-outs the policy blames are set apart
     /// and it is not signed (this node's next proposal goes without them).
     fn on_checked(&mut self, txid: Txid, verdict: Result<Verdict, String>, now: Millis, out: &mut Vec<Action>) {
-        let Some(c) = self.checking.get(&txid) else { return };
+        // The policy node's silence: asked again later, never taken as a verdict.
+        let Ok(verdict) = verdict else { return };
+        let Some(c) = self.checking.remove(&txid) else { return };
         let (from, arrived) = (c.from, c.arrived);
         match verdict {
-            // The policy node's silence: asked again later, never taken as a verdict.
-            Err(_) => {}
-            Ok(Verdict::Passes) => {
-                let Some(c) = self.checking.remove(&txid) else { return };
+            Verdict::Passes => {
                 if self.live.contains_key(&txid) {
                     return;
                 }
@@ -1044,10 +1043,9 @@ impl ReleaseBook {
                     Err(_) => {}
                 }
             }
-            Ok(Verdict::Refused { reason, blamed }) => {
+            Verdict::Refused { reason, blamed } => {
                 // Only what the release pays can be blamed; each is put to the policy
                 // again after `APART_RETRY_MS`.
-                let Some(c) = self.checking.remove(&txid) else { return };
                 for (event, why) in blamed {
                     let pays = c.proposal.payouts.contains(&event);
                     if pays && self.certified.contains_key(&event) && !self.apart.contains_key(&event) {
@@ -1635,19 +1633,20 @@ mod tests {
         [(OutPoint { txid: Txid::from_byte_array([9; 32]), vout: 0 }, Sats(5_000_000))].into_iter().collect()
     }
 
+    /// A book with `config`, told the UTXOs, an estimate and peg-outs 1 to `certified`.
+    fn told(config: Config, certified: u8) -> ReleaseBook {
+        let mut b = ReleaseBook::new(config);
+        b.handle(Input::Utxos(utxos()), 0);
+        b.handle(Input::FeeEstimate(5), 0);
+        for i in 1..=certified {
+            b.handle(Input::Certified(payout(i)), 0);
+        }
+        b
+    }
+
     /// Four books told the same: UTXOs, an estimate, three certified peg-outs.
     fn books() -> Vec<ReleaseBook> {
-        (0..4)
-            .map(|me| {
-                let mut b = ReleaseBook::new(config(me));
-                b.handle(Input::Utxos(utxos()), 0);
-                b.handle(Input::FeeEstimate(5), 0);
-                for i in 1..=3 {
-                    b.handle(Input::Certified(payout(i)), 0);
-                }
-                b
-            })
-            .collect()
+        (0..4).map(|me| told(config(me), 3)).collect()
     }
 
     fn proposals(actions: &[Action]) -> Vec<Proposal> {
@@ -1739,12 +1738,7 @@ mod tests {
         // Vouching skips the turn only: a bogus release sent by f + 1 is still refused.
         let mut bogus = p.clone();
         bogus.payouts.pop();
-        let mut b = ReleaseBook::new(config(3));
-        b.handle(Input::Utxos(utxos()), 0);
-        b.handle(Input::FeeEstimate(5), 0);
-        for i in 1..=3 {
-            b.handle(Input::Certified(payout(i)), 0);
-        }
+        let mut b = told(config(3), 3);
         b.handle(Input::Proposal { from: 0, proposal: bogus.clone() }, late);
         assert!(!signs(&b.handle(Input::Proposal { from: 2, proposal: bogus }, late + 1)));
         // Once signed it is not sent again.
@@ -1816,13 +1810,8 @@ mod tests {
         assert!(!own.payouts.contains(&payout(2).event), "the blamed peg-out is set apart: {:?}", own.payouts);
         assert_eq!(own.payouts.len(), 2);
         // Catching up: nothing is signed until the view caught up.
-        let mut c = ReleaseBook::new(config(3));
+        let mut c = told(config(3), 3);
         c.handle(Input::Synced(false), 0);
-        c.handle(Input::Utxos(utxos()), 0);
-        c.handle(Input::FeeEstimate(5), 0);
-        for i in 1..=3 {
-            c.handle(Input::Certified(payout(i)), 0);
-        }
         assert!(!signs(&c.handle(Input::Proposal { from: 1, proposal: p.clone() }, at + 200)), "not synced");
         let own_turn = turn_of(3, at);
         assert!(proposals(&c.handle(Input::Tick, own_turn)).is_empty(), "nor proposes");
@@ -1831,13 +1820,7 @@ mod tests {
 
     /// A book of `n` validators told the same as [`books`].
     fn book_of(me: usize, n: usize) -> ReleaseBook {
-        let mut b = ReleaseBook::new(Config { n, ..config(me) });
-        b.handle(Input::Utxos(utxos()), 0);
-        b.handle(Input::FeeEstimate(5), 0);
-        for i in 1..=3 {
-            b.handle(Input::Certified(payout(i)), 0);
-        }
-        b
+        told(Config { n, ..config(me) }, 3)
     }
 
     /// A Byzantine validator sends an honest release first, then floods votes for
@@ -1872,12 +1855,7 @@ mod tests {
     /// dropped it and the verdict found nothing ("signed once passed").
     #[test]
     fn a_proposal_kept_a_while_is_still_signed_once_the_policy_passes_it() {
-        let mut b = ReleaseBook::new(Config { policy_checks: true, ..config(0) });
-        b.handle(Input::Utxos(utxos()), 0);
-        b.handle(Input::FeeEstimate(5), 0);
-        for i in 1..=2 {
-            b.handle(Input::Certified(payout(i)), 0);
-        }
+        let mut b = told(Config { policy_checks: true, ..config(0) }, 2);
         let at = turn_of(1, 10_000);
         let p = proposals(&books()[1].handle(Input::Tick, at)).pop().expect("validator 1 proposes");
         assert!(
@@ -1897,12 +1875,7 @@ mod tests {
     /// user's money out of every release for good.
     #[test]
     fn a_peg_out_set_apart_is_tried_again_and_only_what_a_release_pays_is_blamed() {
-        let mut b = ReleaseBook::new(Config { policy_checks: true, ..config(2) });
-        b.handle(Input::Utxos(utxos()), 0);
-        b.handle(Input::FeeEstimate(5), 0);
-        for i in 1..=2 {
-            b.handle(Input::Certified(payout(i)), 0);
-        }
+        let mut b = told(Config { policy_checks: true, ..config(2) }, 2);
         let at = turn_of(2, 10_000);
         let own = checks(&b.handle(Input::Tick, at)).pop().expect("its own release");
         assert_eq!(own.payouts.len(), 2);
