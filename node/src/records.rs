@@ -160,3 +160,198 @@ pub fn release_of(store: &Store, event: &EventId) -> eyre::Result<Option<Release
     }
     Ok(found)
 }
+
+/// Where the release book's changes are logged, in order: `book/` + sequence (u64 BE),
+/// in the `releases` column family. [`crate::release::book::ReleaseBook::restore`]
+/// replays them at start.
+pub(crate) const BOOK_PREFIX: &[u8] = b"book/";
+
+/// Key of the release book's `seq`-th change.
+pub(crate) fn book_key(seq: u64) -> Vec<u8> {
+    let mut k = BOOK_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// A change of the release book ([`crate::release::book::Change`]) as stored: txids
+/// and outpoints in their display form, transactions, proposals and signatures in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum BookChange {
+    Live { txid: String, proposer: usize, proposal: String, at: u64 },
+    Shared { txid: String },
+    Signed { txid: String, signatures: Vec<String> },
+    Dropped { txid: String },
+    Spent { txid: String, spent: Vec<String>, payments: Vec<(String, u64)>, paid: Vec<EventId>, tx: Option<String> },
+    Unspent { txid: String },
+    Reorged { event: EventId },
+    SetApart { event: EventId, reason: String, until: u64 },
+}
+
+impl BookChange {
+    pub fn of(change: &crate::release::book::Change) -> Self {
+        use crate::release::book::Change as C;
+        let hex_tx = |tx: &bitcoin::Transaction| bitcoin::consensus::encode::serialize_hex(tx);
+        match change {
+            C::Live { txid, proposer, proposal, at } => Self::Live {
+                txid: txid.to_string(),
+                proposer: *proposer,
+                proposal: hex::encode(proposal.encode()),
+                at: *at,
+            },
+            C::Shared { txid } => Self::Shared { txid: txid.to_string() },
+            C::Signed { txid, signatures } => Self::Signed {
+                txid: txid.to_string(),
+                signatures: signatures.iter().map(|s| hex::encode(s.serialize())).collect(),
+            },
+            C::Dropped { txid } => Self::Dropped { txid: txid.to_string() },
+            C::Spent { spend, paid, tx } => Self::Spent {
+                txid: spend.txid.to_string(),
+                spent: spend.spent.iter().map(ToString::to_string).collect(),
+                payments: spend.payments.iter().map(|(s, a)| (hex::encode(s.as_bytes()), a.0)).collect(),
+                paid: paid.clone(),
+                tx: tx.as_ref().map(hex_tx),
+            },
+            C::Unspent { txid } => Self::Unspent { txid: txid.to_string() },
+            C::Reorged(event) => Self::Reorged { event: *event },
+            C::SetApart { event, reason, until } => {
+                Self::SetApart { event: *event, reason: reason.clone(), until: *until }
+            }
+        }
+    }
+
+    /// The change this record stores; an error names what does not decode.
+    pub fn change(&self) -> eyre::Result<crate::release::book::Change> {
+        use crate::release::book::{Change as C, Spend};
+        use bitcoin::{OutPoint, ScriptBuf, secp256k1::schnorr};
+        let txid = |s: &str| s.parse::<Txid>().map_err(|e| eyre::eyre!("book record txid {s}: {e}"));
+        Ok(match self {
+            Self::Live { txid: t, proposer, proposal, at } => C::Live {
+                txid: txid(t)?,
+                proposer: *proposer,
+                proposal: crate::release::Proposal::decode(&hex::decode(proposal)?)
+                    .map_err(|e| eyre::eyre!("book record proposal: {e}"))?,
+                at: *at,
+            },
+            Self::Shared { txid: t } => C::Shared { txid: txid(t)? },
+            Self::Signed { txid: t, signatures } => C::Signed {
+                txid: txid(t)?,
+                signatures: signatures
+                    .iter()
+                    .map(|s| {
+                        schnorr::Signature::from_slice(&hex::decode(s)?)
+                            .map_err(|e| eyre::eyre!("book record signature: {e}"))
+                    })
+                    .collect::<eyre::Result<_>>()?,
+            },
+            Self::Dropped { txid: t } => C::Dropped { txid: txid(t)? },
+            Self::Spent { txid: t, spent, payments, paid, tx } => C::Spent {
+                spend: Spend {
+                    txid: txid(t)?,
+                    spent: spent
+                        .iter()
+                        .map(|o| o.parse::<OutPoint>().map_err(|e| eyre::eyre!("book record outpoint {o}: {e}")))
+                        .collect::<eyre::Result<_>>()?,
+                    payments: payments
+                        .iter()
+                        .map(|(s, a)| Ok((ScriptBuf::from(hex::decode(s)?), btcfi_types::Sats(*a))))
+                        .collect::<eyre::Result<_>>()?,
+                },
+                paid: paid.clone(),
+                tx: match tx {
+                    Some(h) => Some(
+                        bitcoin::consensus::encode::deserialize_hex(h)
+                            .map_err(|e| eyre::eyre!("book record transaction: {e}"))?,
+                    ),
+                    None => None,
+                },
+            },
+            Self::Unspent { txid: t } => C::Unspent { txid: txid(t)? },
+            Self::Reorged { event } => C::Reorged(*event),
+            Self::SetApart { event, reason, until } => {
+                C::SetApart { event: *event, reason: reason.clone(), until: *until }
+            }
+        })
+    }
+}
+
+/// Every change the release book logged, in order (what it restores from).
+pub fn book_changes(store: &Store) -> eyre::Result<Vec<(u64, crate::release::book::Change)>> {
+    let mut out = Vec::new();
+    for (k, raw) in store.scan_prefix(Cf::Releases, BOOK_PREFIX)? {
+        let seq = k
+            .get(BOOK_PREFIX.len()..)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| eyre::eyre!("release book key of {} bytes", k.len()))?;
+        let rec: BookChange = serde_json::from_slice(&raw)?;
+        out.push((seq, rec.change()?));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{
+        Proposal,
+        book::{Change, Spend},
+    };
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, secp256k1::schnorr};
+    use btcfi_types::{ChainId, Sats};
+
+    /// Every change the release book persists is stored and read back as it was, in
+    /// order, from a real store.
+    #[test]
+    fn every_book_change_reads_back_as_it_was_written() {
+        let prev = OutPoint { txid: Txid::from_byte_array([3; 32]), vout: 1 };
+        let payee = ScriptBuf::from(vec![0x51, 0x20].into_iter().chain([9u8; 32]).collect::<Vec<u8>>());
+        let tx = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![TxIn { previous_output: prev, ..TxIn::default() }],
+            output: vec![TxOut { value: Amount::from_sat(40_000), script_pubkey: payee.clone() }],
+        };
+        let event = EventId::new(ChainId(31337), TxHash([5; 32]), 2);
+        let proposal = Proposal {
+            tx: tx.clone(),
+            prevouts: vec![TxOut { value: Amount::from_sat(50_000), script_pubkey: payee.clone() }],
+            payouts: vec![event],
+        };
+        let txid = proposal.txid();
+        let sig = schnorr::Signature::from_slice(&[7u8; 64]).expect("64 bytes");
+        let spend = Spend { txid, spent: vec![prev], payments: vec![(payee, Sats(40_000))] };
+        let changes = vec![
+            Change::Live { txid, proposer: 3, proposal, at: 1_234 },
+            Change::Shared { txid },
+            Change::Signed { txid, signatures: vec![sig] },
+            Change::Spent { spend: spend.clone(), paid: vec![event], tx: Some(tx) },
+            Change::Spent { spend, paid: vec![], tx: None },
+            Change::Unspent { txid },
+            Change::Dropped { txid },
+            Change::Reorged(event),
+            Change::SetApart { event, reason: "dust".into(), until: 99 },
+        ];
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        // Written out of key order: read back in sequence order, past one byte's range.
+        for (i, c) in changes.iter().enumerate().rev() {
+            let mut b = btcfi_store::Batch::new();
+            b.put_json(Cf::Releases, book_key(i as u64 * 300), &BookChange::of(c)).expect("encode");
+            store.commit(b).expect("commit");
+        }
+        let back = book_changes(&store).expect("read back");
+        let seqs: Vec<u64> = back.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (0..changes.len() as u64).map(|i| i * 300).collect::<Vec<_>>());
+        let back: Vec<Change> = back.into_iter().map(|(_, c)| c).collect();
+        assert_eq!(back, changes);
+    }
+
+    /// A stored change that does not decode is an error naming it, not a panic.
+    #[test]
+    fn a_corrupt_book_record_is_a_named_error() {
+        let rec = BookChange::Dropped { txid: "not a txid".into() };
+        let e = rec.change().expect_err("refused");
+        assert!(e.to_string().contains("book record txid"), "{e}");
+    }
+}

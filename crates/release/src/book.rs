@@ -590,6 +590,9 @@ impl ReleaseBook {
         }
         for (txid, l) in self.live.iter_mut() {
             match &l.signatures {
+                // Signed before a peg-out it pays was reorged away: left to its
+                // withdrawal, never sent again from here.
+                Some(_) if l.proposal.payouts.iter().any(|p| self.reorged.contains(p)) => {}
                 Some(s) => {
                     l.broadcast_at = Some(now);
                     l.sent_at = now;
@@ -1548,9 +1551,12 @@ impl ReleaseBook {
     /// Signed releases not confirmed are broadcast again now and then (a mempool may
     /// have dropped them; broadcasting is idempotent).
     fn rebroadcast(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let reorged = &self.reorged;
         for l in self.live.values_mut() {
+            // One paying a peg-out reorged away is left to its withdrawal.
             if let Some(s) = &l.signatures
                 && now.saturating_sub(l.sent_at) >= 10_000
+                && !l.proposal.payouts.iter().any(|p| reorged.contains(p))
             {
                 l.sent_at = now;
                 out.push(Action::Broadcast(finalize(&l.proposal.tx, s)));
@@ -1570,6 +1576,11 @@ impl ReleaseBook {
     /// Releases this node holds that may still confirm, by txid, with their proposer.
     pub fn live(&self) -> impl Iterator<Item = (&Txid, usize, &Proposal)> {
         self.live.iter().map(|(t, l)| (t, l.proposer, &l.proposal))
+    }
+
+    /// The vault spends this book holds at depth, by txid.
+    pub fn spends_at_depth(&self) -> impl Iterator<Item = &Txid> {
+        self.spends.keys()
     }
 
     /// Peg-outs the chain has shown paid by a release this node held.
@@ -2291,6 +2302,31 @@ mod tests {
         let owed = restored.handle(Input::Synced(true), at + 5_003);
         let again = owed.iter().any(|a| matches!(a, Action::Sign { txid, .. } if *txid == p.txid()));
         assert!(!again, "signs a release paying a peg-out reorged away: {owed:?}");
+    }
+
+    /// A signed release whose peg-out is reorged away is left to its withdrawal: neither
+    /// its periodic rebroadcast nor a restart sends it again (it would compete with the
+    /// withdrawal for the same inputs, and pay a burn that no longer exists).
+    #[test]
+    fn a_signed_release_paying_a_peg_out_reorged_away_is_never_sent_again() {
+        let mut b = books().remove(0);
+        let at = turn_of(0, 10_000);
+        let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        let mut disk = Persisted::default();
+        let signed = Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] };
+        assert!(step(&mut b, &mut disk, signed, at + 10).iter().any(|a| matches!(a, Action::Broadcast(_))));
+        step(&mut b, &mut disk, Input::Reorged(p.payouts[0]), at + 20);
+        let sent_again =
+            |acts: &[Action]| acts.iter().any(|a| matches!(a, Action::Broadcast(tx) if tx.compute_txid() == p.txid()));
+        let later = b.handle(Input::Tick, at + 60_000);
+        assert!(!sent_again(&later), "rebroadcast after its peg-out was reorged away: {later:?}");
+        let (mut restored, owed) = ReleaseBook::restore(config(0), &disk, at + 70_000);
+        assert!(!sent_again(&owed), "{owed:?}");
+        restored.handle(Input::Utxos(utxos()), at + 70_001);
+        restored.handle(Input::FeeEstimate(5), at + 70_001);
+        let owed = restored.handle(Input::Synced(true), at + 70_002);
+        assert!(!sent_again(&owed), "sent again after a restart: {owed:?}");
     }
 
     /// A confirmed release whose spend a reorg past finality takes out of the chain is

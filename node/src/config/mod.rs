@@ -226,6 +226,21 @@ pub struct ReleaseSection {
     /// (exported as `btcfi_vault_fee_alert_sats`).
     #[serde(default = "default_daily_fee_alert")]
     pub daily_fee_alert_sats: u64,
+    /// What decides this node's releases: `ledger`, the node's own release path, or
+    /// `book`, the sans-IO release book (`btcfi_release::book`) that the whole-network
+    /// simulation attacks, driven by the node. The two speak the same wire and judge by
+    /// the same turn rule. The book does not carry the node's test faults.
+    #[serde(default)]
+    pub engine: ReleaseEngine,
+}
+
+/// The release engine (`[release] engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseEngine {
+    #[default]
+    Ledger,
+    Book,
 }
 
 impl Default for ReleaseSection {
@@ -235,6 +250,7 @@ impl Default for ReleaseSection {
             consolidation_inputs: default_consolidation_inputs(),
             dust_relay_sat_per_kvb: default_dust_relay(),
             daily_fee_alert_sats: default_daily_fee_alert(),
+            engine: ReleaseEngine::default(),
         }
     }
 }

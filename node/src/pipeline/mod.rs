@@ -47,6 +47,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 mod batches;
+mod book;
 mod explain;
 mod mints;
 mod releases;
@@ -216,6 +217,9 @@ pub struct Pipeline {
     batch_ready: btcfi_mint::book::HolderNotes<Instant>,
     /// The epoch's evm group key as the bridges take it (None before the DKG).
     evm_xy: Option<(alloy::primitives::U256, alloy::primitives::U256)>,
+    /// The release book and its driver's state, when it decides the releases
+    /// (`[release] engine = "book"`); the release fields above then stay unused.
+    book: Option<book::Book>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -302,7 +306,8 @@ impl Pipeline {
         // peg-outs paid (the store keeps every record, for the API).
         let mut releases = BTreeMap::new();
         let mut paid_events = BTreeSet::new();
-        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
+        let ledger = cfg.release.engine == crate::config::ReleaseEngine::Ledger;
+        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")?.into_iter().filter(|_| ledger) {
             let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
             match rec.status {
                 ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
@@ -389,7 +394,18 @@ impl Pipeline {
             early_batches: Vec::new(),
             batch_ready: BTreeMap::new(),
             evm_xy: None,
+            book: None,
         };
+        if let Some((b, owed)) = book::Book::open(cfg, &t.store, &t.policy, me, n)? {
+            if faults.release.is_some() {
+                warn!(target: "release", "the release book carries no test faults: the release fault is ignored");
+            }
+            info!(target: "release", "releases are decided by the release book");
+            t.book = Some(b);
+            t.release_fault = None;
+            t.book_actions(owed)?;
+            t.book_catch_up(&spends)?;
+        }
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
         {
@@ -415,6 +431,11 @@ impl Pipeline {
     /// Picks up what the store holds after a start: `reorged` are the events stored as
     /// reorged out past finality (never acted on, whatever else the store holds).
     pub fn resume(&mut self, reorged: BTreeSet<EventId>) -> eyre::Result<()> {
+        // The book logs the reorgs it was told; one stored by the chain's write just
+        // before a crash is told now, before anything is signed.
+        for e in &reorged {
+            self.book_input(release::book::Input::Reorged(*e))?;
+        }
         self.reorged = reorged;
         for rec in crate::state::all_certified(&self.store)? {
             self.take_certified(&rec.attestation)?;
@@ -509,6 +530,9 @@ impl Pipeline {
             }
             TAG_RELEASE => {
                 match Proposal::decode(body) {
+                    Ok(proposal) if self.book_engine() => {
+                        self.book_input(release::book::Input::Proposal { from, proposal })?
+                    }
                     Ok(p) => self.on_proposal(from, p)?,
                     Err(e) => warn!(target: "release", from, error = %e, "undecodable release proposal dropped"),
                 }
@@ -536,7 +560,10 @@ impl Pipeline {
             self.propose_batches()?;
             self.resend_batches();
         }
-        if self.usable.contains(&KeyKind::Btc) {
+        if self.usable.contains(&KeyKind::Btc) && self.book_engine() {
+            self.book_utxos()?;
+            self.book_tick()?;
+        } else if self.usable.contains(&KeyKind::Btc) {
             self.refresh_fee_estimate();
             self.retry_waiting()?;
             self.check_accepted();

@@ -150,7 +150,7 @@ pub(super) async fn on_chain(
     if u.chain == ChainId::BITCOIN
         && let Some(h) = u.heads
     {
-        ctx.pipeline.set_bitcoin_progress(cp.cursor.height, h.finalized);
+        ctx.pipeline.set_bitcoin_progress(cp.cursor.height, h.finalized)?;
     }
     // A rejected deposit worth refunding gets its refund attestation (stored with it).
     let events: Vec<ChainEvent> = u
@@ -213,7 +213,7 @@ pub(super) async fn on_chain(
         match ev {
             ChainEvent::VaultSpend(spend) => ctx.pipeline.on_vault_spend(spend)?,
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
-                ctx.pipeline.on_vault_spend_reorged(&id.tx);
+                ctx.pipeline.on_vault_spend_reorged(&id.tx)?;
             }
             ChainEvent::Reorged { id, .. } => ctx.pipeline.on_reorged(id)?,
             _ => {}

@@ -105,6 +105,9 @@ pub enum Effect {
     },
     /// A session gave up (fewer than t responsive honest signers).
     Failed { kind: KeyKind, purpose: Purpose, error: String },
+    /// This node's signature share for `purpose` leaves with the next effect: whatever
+    /// must be durable before it does is written on this one.
+    Shared { kind: KeyKind, purpose: Purpose },
 }
 
 mod parking;

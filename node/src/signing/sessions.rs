@@ -443,6 +443,11 @@ impl<C: Ciphersuite> Suite<C> {
                         }
                     }
                     if let (Some(i), Some(payload)) = (self.index(&to), self.encode(&message)) {
+                        if matches!(message, Message::Share { .. })
+                            && let Some(slot) = self.sessions.get(&sid)
+                        {
+                            out.push(Effect::Shared { kind, purpose: slot.purpose.clone() });
+                        }
                         out.push(Effect::Send { to: i, payload });
                     }
                 }

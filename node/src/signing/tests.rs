@@ -161,6 +161,7 @@ impl Four {
                     self.signed[from].insert(message);
                 }
                 Effect::Failed { .. } => self.failed += 1,
+                Effect::Shared { .. } => {}
             }
         }
     }

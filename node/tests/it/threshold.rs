@@ -61,6 +61,8 @@ struct Opts {
     max_sessions_in_flight: usize,
     /// Most mints one batch signature covers.
     batch_max_mints: usize,
+    /// `[release] engine`: `ledger` or `book`.
+    engine: &'static str,
 }
 
 impl Default for Opts {
@@ -74,6 +76,7 @@ impl Default for Opts {
             bitcoind_args: &[],
             batch_max_mints: 256,
             max_sessions_in_flight: 64,
+            engine: "ledger",
         }
     }
 }
@@ -100,6 +103,7 @@ async fn network_opts(o: Opts) -> Net {
         bitcoind_args,
         max_sessions_in_flight,
         batch_max_mints,
+        engine,
     } = o;
     let btc = Bitcoind::start_with(bitcoind_args).await.unwrap();
     let btc = Arc::new(btc);
@@ -121,7 +125,8 @@ async fn network_opts(o: Opts) -> Net {
     }
     setup.extra = format!(
         "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\nmax_sessions_in_flight = {max_sessions_in_flight}\nbatch_max_mints = {batch_max_mints}\n\n\
-         [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
+         [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n\n\
+         [release]\nengine = \"{engine}\"\n"
     );
     let mut nodes: Vec<Validator> =
         (0..4).map(|i| Validator::init(&crate::common::node_bin(), &format!("v{i}"))).collect();
@@ -163,6 +168,15 @@ async fn network_opts(o: Opts) -> Net {
         nodes.iter_mut().for_each(Validator::start);
     } else {
         crate::common::start_all(&mut nodes).await;
+    }
+    // The engine asked for is the one deciding.
+    for n in &nodes {
+        assert_eq!(
+            n.log().contains("releases are decided by the release book"),
+            engine == "book",
+            "{}: release engine {engine}",
+            n.name
+        );
     }
     // A block a second, as a live chain would.
     let miner = Miner::start(btc.clone(), Duration::from_millis(700));
@@ -443,7 +457,17 @@ async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
-    let net = network_with([None; 4], 3, 600_000).await;
+    stuck_release("ledger").await;
+}
+
+/// The same, with the release book deciding the releases (`[release] engine = "book"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_release_is_replaced_by_fee_and_pays_once_with_the_release_book() {
+    stuck_release("book").await;
+}
+
+async fn stuck_release(engine: &'static str) {
+    let net = network_opts(Opts { rbf_after_secs: 3, engine, ..Opts::default() }).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -506,7 +530,17 @@ async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_again() {
-    let (net, burn, release, payee) = restored_after_a_payment(None).await;
+    restored_never_pay_again("ledger").await;
+}
+
+/// The same, with the release book deciding the releases (`[release] engine = "book"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_again_with_the_release_book() {
+    restored_never_pay_again("book").await;
+}
+
+async fn restored_never_pay_again(engine: &'static str) {
+    let (net, burn, release, payee) = restored_after_a_payment(None, engine).await;
     // Longer than every validator's turn to propose (2 s + 3 × takeover of 4 s), with blocks.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
     while tokio::time::Instant::now() < deadline {
@@ -523,6 +557,12 @@ async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_agai
         let v = n.get(&format!("/v1/attestations/{burn}")).unwrap();
         assert!(v["release"].is_null() || v["release"]["txid"] == release.as_str(), "{}: {v}", n.name);
     }
+    // Not for want of working signers: the restored validators pay the next peg-out.
+    let next_payee = net.btc.new_address().await.unwrap();
+    let next = net.burn_to_bitcoin(0, 7, 300_000, &next_payee).await;
+    wait_paid(&net, &next).await;
+    assert_eq!(net.received(&next_payee).await, 300_000 - PEG_OUT_FEE, "paid once");
+    assert_eq!(net.received(&payee).await, 400_000 - PEG_OUT_FEE, "the first still paid once");
 }
 
 /// The negative control of the test above: the same restore with the payment bound off
@@ -530,7 +570,7 @@ async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_agai
 /// the test above shows is the bound's work, not a lack of time or of signers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_payment_bound_validators_restored_from_backups_pay_again() {
-    let (net, _, _, payee) = restored_after_a_payment(Some("no-payment-bound")).await;
+    let (net, _, _, payee) = restored_after_a_payment(Some("no-payment-bound"), "ledger").await;
     let twice = Amount::from_sat(2 * (400_000 - PEG_OUT_FEE));
     wait_until("the peg-out paid a second time", Duration::from_secs(90), || async {
         let payee = payee.clone();
@@ -545,8 +585,11 @@ async fn without_the_payment_bound_validators_restored_from_backups_pay_again() 
 /// those backups after it was, running with `fault`; returns when each has certified
 /// the burn again and seen the vault's spend on chain: the network, the burn, the
 /// release that paid it, and the payee.
-async fn restored_after_a_payment(fault: Option<&str>) -> (Net, String, String, bitcoin::Address) {
-    let mut net = network([None; 4]).await;
+async fn restored_after_a_payment(
+    fault: Option<&str>,
+    engine: &'static str,
+) -> (Net, String, String, bitcoin::Address) {
+    let mut net = network_opts(Opts { engine, ..Opts::default() }).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -760,8 +803,18 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
 /// while peg-outs keep coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_peg_outs_is_paid_in_as_few_releases_as_the_batch_limit_allows() {
+    burst_of_peg_outs("ledger").await;
+}
+
+/// The same, with the release book deciding the releases (`[release] engine = "book"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_peg_outs_is_paid_in_as_few_releases_as_the_batch_limit_allows_with_the_release_book() {
+    burst_of_peg_outs("book").await;
+}
+
+async fn burst_of_peg_outs(engine: &'static str) {
     const BURNS: u64 = 250;
-    let net = network([None; 4]).await;
+    let net = network_opts(Opts { engine, ..Opts::default() }).await;
     let users = [net.chains[0].anvil.dev_address(7), net.chains[1].anvil.dev_address(7)];
     // One vault UTXO for each release: a release spends only final UTXOs.
     net.deposit(0, users[0], 30_000_000).await;
@@ -859,7 +912,17 @@ async fn a_bridge_holding_another_key_gets_nothing_signed_until_it_holds_the_epo
 /// paid. Without the check, the release holding both was signed and never relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payout_bitcoinds_policy_refuses_is_set_apart_and_the_others_are_paid() {
-    let net = network_opts(Opts { bitcoind_args: &["-dustrelayfee=0.00006"], ..Opts::default() }).await;
+    policy_refused_payout("ledger").await;
+}
+
+/// The same, with the release book deciding the releases (`[release] engine = "book"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_bitcoinds_policy_refuses_is_set_apart_and_the_others_are_paid_with_the_release_book() {
+    policy_refused_payout("book").await;
+}
+
+async fn policy_refused_payout(engine: &'static str) {
+    let net = network_opts(Opts { bitcoind_args: &["-dustrelayfee=0.00006"], engine, ..Opts::default() }).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -925,7 +988,17 @@ async fn a_mint_whose_signers_were_away_for_longer_than_a_session_is_signed_when
 /// holds nothing for the reorged peg-out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and_never_paid() {
-    let mut net = network([None; 4]).await;
+    reorged_peg_out("ledger").await;
+}
+
+/// The same, with the release book deciding the releases (`[release] engine = "book"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and_never_paid_with_the_release_book() {
+    reorged_peg_out("book").await;
+}
+
+async fn reorged_peg_out(engine: &'static str) {
+    let mut net = network_opts(Opts { engine, ..Opts::default() }).await;
     let user = net.chains[1].anvil.dev_address(7);
     net.deposit(1, user, 1_000_000).await;
     net.wait_balance(1, user, 1_000_000).await;

@@ -36,8 +36,10 @@ impl Pipeline {
             Answer::Checked(why, p, verdict) => match why {
                 CheckFor::Peer(from) => self.on_peer_checked(from, *p, verdict),
                 CheckFor::Own => self.on_own_checked(*p, verdict),
+                CheckFor::Book => self.book_checked(&p, verdict),
             },
             Answer::Confirmations(confs) => self.on_confirmations(confs),
+            Answer::Broadcast(txid, sent) if self.book_engine() => self.book_broadcast(txid, sent),
             Answer::Broadcast(txid, sent) => self.on_broadcast(txid, sent),
         }
     }

@@ -21,6 +21,8 @@ pub(crate) enum CheckFor {
     Peer(usize),
     /// This node's own, before it is sent.
     Own,
+    /// One the release book asked about (`[release] engine = "book"`).
+    Book,
 }
 
 /// What the pipeline asks of bitcoind.

@@ -144,6 +144,7 @@ impl Pipeline {
         if !self.reorged.insert(event) {
             return Ok(());
         }
+        self.book_input(release::book::Input::Reorged(event))?;
         self.held_mints.retain(|a| a.event != event);
         self.deferred.retain(|(_, _, p)| !matches!(p, Purpose::Mint { event: e } if *e == event));
         for waiting in self.unbatched.values_mut() {

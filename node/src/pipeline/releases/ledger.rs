@@ -150,8 +150,11 @@ impl Pipeline {
     /// confirm (conflicted), so that its payouts are not held by a dead release.
     pub fn on_vault_spend(&mut self, spend: VaultSpend) -> eyre::Result<()> {
         let txid = Txid::from_byte_array(internal_order(&spend.txid));
+        let held = self.book_holds(&txid);
+        self.book_spend(&spend)?;
         let mut changed = Vec::new();
         match self.releases.get_mut(&txid) {
+            None if held => {}
             None => {
                 warn!(target: "release", txid = %spend.txid, payouts = spend.payouts.len(), "a vault spend this node has no release for (restored database, or a release it never validated): its payments count against the peg-outs they match");
             }
@@ -201,21 +204,26 @@ impl Pipeline {
     }
 
     /// A vault spend left the best chain below its depth (already removed from the store).
-    pub fn on_vault_spend_reorged(&mut self, txid: &TxHash) {
+    pub fn on_vault_spend_reorged(&mut self, txid: &TxHash) -> eyre::Result<()> {
         if let Some(outputs) = self.onchain.remove(txid) {
             Self::count_payments(&mut self.paid, &outputs, true);
         }
         self.update_pending_gauge();
+        self.book_input(release::book::Input::SpendReorged { txid: Txid::from_byte_array(internal_order(txid)) })
     }
 
     /// Where the Bitcoin adapter stands: releases are validated only once it has seen
     /// every final block (a node catching up would not know what the vault paid yet).
-    pub fn set_bitcoin_progress(&mut self, cursor: u64, finalized: u64) {
+    pub fn set_bitcoin_progress(&mut self, cursor: u64, finalized: u64) -> eyre::Result<()> {
         let synced = cursor >= finalized;
         if synced != self.bitcoin_synced {
             info!(target: "release", cursor, finalized, synced, "Bitcoin view {}", if synced { "caught up: releases may be signed" } else { "catching up: no release is signed meanwhile" });
         }
         self.bitcoin_synced = synced;
+        if !synced {
+            self.book_synced()?;
+        }
+        Ok(())
     }
 
     /// Inputs and peg-outs of peers' proposals, sent in turn, that this node holds but

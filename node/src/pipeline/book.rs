@@ -1,0 +1,507 @@
+//! The release book's driver: `[release] engine = "book"`.
+//!
+//! [`btcfi_release::book::ReleaseBook`] decides every release (the turn rule,
+//! batching, the signer's checks, RBF, supersede and merge, expiry, withdrawal,
+//! resends and vouching) and this module does what it says: it feeds it what the chain
+//! adapters, the peers, the signer and bitcoind report, and carries out its actions in
+//! order. Each change the book persists is written (synced) before the next action:
+//! to its log (`book/` + sequence, replayed by [`ReleaseBook::restore`] at start) and,
+//! in the same batch, to the release records the API serves (`rel/`, `paying/`).
+//! bitcoind is only ever asked through the driver task ([`super::releases::driver`]);
+//! signing goes through the node's `btc` [`Suite`].
+
+use super::{
+    releases::driver::{Ask, Broadcast, CheckFor, Verdict},
+    *,
+};
+use crate::{
+    config::ReleaseEngine,
+    release::book::{self, Action, Change, Config, Count, Input, Persisted, ReleaseBook, Spend},
+};
+use bitcoin::secp256k1::schnorr;
+
+/// Each input's sighash of a release being signed, and its signature once made.
+type Inputs = Vec<([u8; 32], Option<schnorr::Signature>)>;
+
+/// The book of one node, and what its driver keeps beside it.
+pub(in crate::pipeline) struct Book {
+    book: ReleaseBook,
+    /// The sequence number of the next change logged.
+    next: u64,
+    /// Releases being signed here: each input's sighash, and its signature once made.
+    signing: BTreeMap<Txid, Inputs>,
+    /// What the book was last told, so that it is told only of changes.
+    utxos: BTreeMap<OutPoint, Sats>,
+    synced: Option<bool>,
+    ready: BTreeMap<u64, bool>,
+    fee: Option<u64>,
+    vault: ScriptBuf,
+}
+
+impl Book {
+    /// The book of `cfg`'s node `me` of `n`, restored from `store` (a fresh one when
+    /// nothing is logged); None unless `[release] engine = "book"`. Returns the actions
+    /// the restored book owes at once.
+    pub(in crate::pipeline) fn open(
+        cfg: &NodeConfig,
+        store: &Store,
+        policy: &Policy,
+        me: usize,
+        n: usize,
+    ) -> eyre::Result<Option<(Self, Vec<Action>)>> {
+        if cfg.release.engine != ReleaseEngine::Book {
+            return Ok(None);
+        }
+        let respin = cfg.signing.merge_after_ms;
+        let config = Config {
+            me,
+            n,
+            takeover_ms: cfg.signing.takeover_ms,
+            batch_wait_ms: BATCH_WAIT.as_millis() as u64,
+            batch_max_wait_ms: BATCH_MAX_WAIT.as_millis() as u64,
+            bump_after_ms: cfg.bitcoin.rbf_after_secs.saturating_mul(1_000),
+            respin_after_ms: respin,
+            expire_after_ms: respin.saturating_add(respin / 4),
+            resend_every_ms: RESEND_EVERY.as_millis().min(u128::from(respin / 4)).max(1_000) as u64,
+            policy_checks: true,
+            policy: policy.clone(),
+        };
+        let changes = crate::records::book_changes(store)?;
+        // Releases the node's own path left in flight would be unknown to a fresh book,
+        // which would pay their peg-outs again: the switch waits until they are done.
+        if changes.is_empty() {
+            let mut in_flight = Vec::new();
+            for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
+                let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
+                if matches!(rec.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast | ReleaseStatus::Replaced) {
+                    in_flight.push(rec.txid);
+                }
+            }
+            if !in_flight.is_empty() {
+                eyre::bail!(
+                    "release.engine = \"book\" with releases of the ledger engine still in flight ({}): run with engine = \"ledger\" until they confirm or conflict, then switch",
+                    in_flight.join(", ")
+                );
+            }
+        }
+        let next = changes.last().map_or(0, |(seq, _)| seq.saturating_add(1));
+        let (book, owed) = if changes.is_empty() {
+            // Nothing is judged before the chain view says it caught up.
+            let mut fresh = ReleaseBook::new(config);
+            let none = fresh.handle(Input::Synced(false), now_ms());
+            (fresh, none)
+        } else {
+            let mut persisted = Persisted::default();
+            for (_, c) in &changes {
+                persisted.apply(c);
+            }
+            info!(target: "release", changes = changes.len(), "release book restored from its log");
+            ReleaseBook::restore(config, &persisted, now_ms())
+        };
+        let book = Self {
+            book,
+            next,
+            signing: BTreeMap::new(),
+            utxos: BTreeMap::new(),
+            synced: Some(false),
+            ready: BTreeMap::new(),
+            fee: None,
+            vault: policy.vault_script.clone(),
+        };
+        Ok(Some((book, owed)))
+    }
+}
+
+impl Pipeline {
+    /// Whether the release book holds release `txid` live.
+    pub(in crate::pipeline) fn book_holds(&self, txid: &Txid) -> bool {
+        self.book.as_ref().is_some_and(|b| b.book.live().any(|(t, _, _)| t == txid))
+    }
+
+    /// What the store holds that the book must know before it judges anything (a crash
+    /// may have come between the chain's write and the book's): every vault spend at
+    /// depth, and the spends the book logged that the chain no longer holds.
+    pub(in crate::pipeline) fn book_catch_up(
+        &mut self,
+        spends: &[btcfi_chain_adapters::VaultSpend],
+    ) -> eyre::Result<()> {
+        let Some(b) = self.book.as_ref() else { return Ok(()) };
+        let stored: BTreeSet<Txid> = spends.iter().map(|s| Txid::from_byte_array(internal_order(&s.txid))).collect();
+        let gone: Vec<Txid> = b.book.spends_at_depth().filter(|t| !stored.contains(*t)).copied().collect();
+        for spend in spends {
+            self.book_spend(spend)?;
+        }
+        for txid in gone {
+            self.book_input(Input::SpendReorged { txid })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the release book decides this node's releases.
+    pub(in crate::pipeline) fn book_engine(&self) -> bool {
+        self.book.is_some()
+    }
+
+    /// Tells the book `input` and carries out what it says.
+    pub(in crate::pipeline) fn book_input(&mut self, input: Input) -> eyre::Result<()> {
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        let actions = b.book.handle(input, now_ms());
+        self.book_actions(actions)
+    }
+
+    /// Carries out the book's actions in order; each persisted change is durable before
+    /// the next action.
+    pub(in crate::pipeline) fn book_actions(&mut self, actions: Vec<Action>) -> eyre::Result<()> {
+        let mut actions = actions.into_iter().peekable();
+        while let Some(action) = actions.next() {
+            match action {
+                Action::Persist(change) => self.book_persist(&change)?,
+                Action::Propose(p) => {
+                    // A fresh proposal comes with its count; a resend alone.
+                    let (txid, payouts, inputs, fee) = (p.txid(), p.payouts.len(), p.tx.input.len(), p.fee());
+                    match actions.peek() {
+                        Some(Action::Count(Count::Proposed)) => {
+                            info!(target: "release", %txid, payouts, inputs, fee, "proposing a release")
+                        }
+                        Some(Action::Count(Count::Replaced)) => {
+                            info!(target: "release", %txid, payouts, inputs, fee, "release stuck: proposing a replacement (RBF)")
+                        }
+                        Some(Action::Count(Count::Respun | Count::Merged)) => {
+                            info!(target: "release", %txid, payouts, inputs, fee, "release stalled: proposing one that supersedes it")
+                        }
+                        Some(Action::Count(Count::Withdrawn)) => {
+                            info!(target: "release", %txid, payouts, inputs, fee, "release pays a reorged peg-out: proposing its withdrawal")
+                        }
+                        _ => debug!(target: "release", %txid, "release held unsigned: sent to the peers again"),
+                    }
+                    self.send_to_peers(&[&[TAG_RELEASE][..], &p.encode()].concat());
+                }
+                Action::Check(p) => {
+                    let probes = self.probes(&p);
+                    // A full queue: the book asks again after `CHECK_RETRY_MS`.
+                    self.ask(Ask::Check { why: CheckFor::Book, proposal: p, probes });
+                }
+                Action::Sign { txid, sighashes } => self.book_sign(txid, sighashes)?,
+                Action::Abandon { txid } => {
+                    let inputs = self.book.as_mut().and_then(|b| b.signing.remove(&txid)).unwrap_or_default();
+                    if let Some(suite) = self.btc.as_mut() {
+                        for (h, _) in inputs {
+                            suite.abandon(&h);
+                        }
+                    }
+                }
+                Action::Broadcast(tx) => {
+                    let txid = tx.compute_txid();
+                    if !self.asked.broadcasts.contains(&txid) && self.ask(Ask::Broadcast { txid, tx, probes: None }) {
+                        self.asked.broadcasts.insert(txid);
+                    }
+                }
+                Action::Count(c) => self.book_count(c),
+                Action::Refused { from, txid, error } => {
+                    warn!(target: "release", %txid, from, reason = %error, "release proposal refused");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn book_count(&self, c: Count) {
+        let label = match c {
+            Count::Proposed => "proposed",
+            Count::Replaced => "replaced",
+            Count::Respun => "respun",
+            Count::Merged => "merged",
+            Count::Expired => "expired",
+            Count::Withdrawn => "withdrawn",
+            Count::Broadcast => "signed",
+            Count::Confirmed => "confirmed",
+            Count::Refused(reason) => {
+                self.metrics.release_refusals.with_label_values(&[reason]).inc();
+                "refused"
+            }
+            Count::RefusedByPolicy => {
+                self.metrics.release_refusals.with_label_values(&["mempool_policy"]).inc();
+                "refused_by_policy"
+            }
+        };
+        self.metrics.releases.with_label_values(&[label]).inc();
+    }
+
+    /// Signs release `txid`: one session per input. "Shared" is logged when the first
+    /// share of one is about to leave ([`crate::signing::Effect::Shared`]) or a
+    /// signature of one is made here.
+    fn book_sign(&mut self, txid: Txid, sighashes: Vec<[u8; 32]>) -> eyre::Result<()> {
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        if b.signing.contains_key(&txid) {
+            return Ok(());
+        }
+        b.signing.insert(txid, sighashes.iter().map(|h| (*h, None)).collect());
+        info!(target: "release", %txid, inputs = sighashes.len(), "release validated: signing");
+        for (i, h) in sighashes.into_iter().enumerate() {
+            self.start(KeyKind::Btc, h.to_vec(), Purpose::ReleaseInput { txid: txid.to_string(), input: i as u32 })?;
+        }
+        Ok(())
+    }
+
+    /// The group signature of input `input` of release `txid` (FROST serialization):
+    /// kept once it verifies; the book is told when every input is signed.
+    pub(in crate::pipeline) fn book_signed_input(
+        &mut self,
+        txid: Txid,
+        input: u32,
+        signature: &[u8],
+    ) -> eyre::Result<()> {
+        let Some(suite) = self.btc.as_ref() else { return Ok(()) };
+        let key = *suite.public_key_package().verifying_key();
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        let Some(slot) = b.signing.get_mut(&txid).and_then(|s| s.get_mut(input as usize)) else { return Ok(()) };
+        let sig = btcfi_signer::frost_secp256k1_tr::Signature::deserialize(signature)
+            .map_err(|e| eyre::eyre!("release input signature: {e}"))?;
+        if let Err(e) = btcsig::verify_key_path(&slot.0, &key, &sig) {
+            error!(target: "release", %txid, input, error = %e, "release input signature does not verify: not used");
+            return Ok(());
+        }
+        slot.1 = Some(btcsig::schnorr_signature(&sig)?);
+        self.book_input(Input::Shared { txid })?;
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        let done: Option<Vec<schnorr::Signature>> =
+            b.signing.get(&txid).and_then(|s| s.iter().map(|(_, s)| *s).collect());
+        if let Some(signatures) = done {
+            b.signing.remove(&txid);
+            info!(target: "release", %txid, "every input signed: broadcasting");
+            self.book_input(Input::Signed { txid, signatures })?;
+        }
+        Ok(())
+    }
+
+    /// Logs `change` and updates the API's release records, in one synced write.
+    fn book_persist(&mut self, change: &Change) -> eyre::Result<()> {
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        let seq = b.next;
+        b.next = seq.saturating_add(1);
+        let mut batch = Batch::new();
+        batch.put_json(Cf::Releases, crate::records::book_key(seq), &crate::records::BookChange::of(change))?;
+        let mut records: Vec<ReleaseRecord> = Vec::new();
+        let mut dropped = None;
+        let load = |txid: &Txid| -> eyre::Result<Option<ReleaseRecord>> {
+            Ok(self.store.get_json::<ReleaseRecord>(Cf::Releases, release_key(txid))?)
+        };
+        match change {
+            Change::Live { txid, proposer, proposal, at } => {
+                let vsize = release::signed_vsize(&proposal.tx);
+                let inputs = release::Live::of(proposal).inputs;
+                // The live releases it conflicts with may still confirm instead.
+                let replaced: Vec<Txid> = self
+                    .book
+                    .as_ref()
+                    .map(|b| {
+                        b.book
+                            .live()
+                            .filter(|(t, _, p)| *t != txid && !release::Live::of(p).inputs.is_disjoint(&inputs))
+                            .map(|(t, _, _)| *t)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for t in &replaced {
+                    if let Some(mut r) = load(t)?
+                        && matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast)
+                    {
+                        r.status = ReleaseStatus::Replaced;
+                        records.push(r);
+                    }
+                }
+                records.push(ReleaseRecord {
+                    txid: txid.to_string(),
+                    proposal: hex::encode(proposal.encode()),
+                    payouts: proposal.payouts.clone(),
+                    status: ReleaseStatus::Signing,
+                    signatures: vec![None; proposal.tx.input.len()],
+                    fee_sats: proposal.fee(),
+                    fee_rate_sat_per_vb: proposal.fee() / vsize.max(1),
+                    peg_out_fee_sats: self.policy.peg_out_fee.0,
+                    proposer: *proposer,
+                    created_ms: *at,
+                    broadcast_ms: None,
+                    confirmations: 0,
+                    replaces: replaced.first().map(ToString::to_string),
+                });
+            }
+            Change::Signed { txid, signatures } => {
+                if let Some(mut r) = load(txid)? {
+                    r.signatures = signatures.iter().map(|s| Some(hex::encode(s.serialize()))).collect();
+                    if r.status == ReleaseStatus::Signing {
+                        r.status = ReleaseStatus::Broadcast;
+                    }
+                    records.push(r);
+                }
+            }
+            Change::Dropped { txid } => {
+                dropped = Some(*txid);
+                if let Some(mut r) = load(txid)?
+                    && r.status != ReleaseStatus::Confirmed
+                {
+                    r.status = ReleaseStatus::Conflicted;
+                    records.push(r);
+                }
+            }
+            Change::Spent { spend, .. } => {
+                if let Some(mut r) = load(&spend.txid)? {
+                    if r.status != ReleaseStatus::Confirmed {
+                        self.metrics.vault_fees_paid.inc_by(r.fee_sats);
+                        info!(target: "release", txid = %spend.txid, payouts = r.payouts.len(), "release final on chain: peg-outs paid");
+                    }
+                    r.status = ReleaseStatus::Confirmed;
+                    r.confirmations = r.confirmations.max(self.confirmations);
+                    records.push(r);
+                }
+            }
+            Change::Unspent { txid } => {
+                if let Some(mut r) = load(txid)?
+                    && r.status == ReleaseStatus::Confirmed
+                {
+                    r.status = ReleaseStatus::Broadcast;
+                    r.confirmations = 0;
+                    records.push(r);
+                }
+            }
+            Change::Shared { .. } | Change::Reorged(_) | Change::SetApart { .. } => {}
+        }
+        for r in &records {
+            let txid = r.txid.parse::<Txid>().map_err(|e| eyre::eyre!("release record txid: {e}"))?;
+            batch.put_json(Cf::Releases, release_key(&txid), r)?;
+            for e in &r.payouts {
+                let mut paying: Vec<String> = self.store.get_json(Cf::Releases, paying_key(e))?.unwrap_or_default();
+                if !paying.contains(&r.txid) {
+                    paying.push(r.txid.clone());
+                    batch.put_json(Cf::Releases, paying_key(e), &paying)?;
+                }
+            }
+        }
+        if let Change::SetApart { event, reason, .. } = change {
+            // Shown by the API as unpayable, with the reason.
+            warn!(target: "release", %event, %reason, "peg-out set apart: left out of every release until it is put to the policy again");
+            batch.put_json(
+                Cf::Releases,
+                unpayable_key(event),
+                &crate::records::UnpayableRecord { reason: reason.clone() },
+            )?;
+            self.pegouts.remove(event);
+            self.pegout_seen.remove(event);
+        }
+        self.store.commit(batch)?;
+        // Over (on chain, or it never can be): its sessions here are left.
+        if let Some(txid) = dropped {
+            self.book_actions(vec![Action::Abandon { txid }])?;
+        }
+        Ok(())
+    }
+
+    /// What the bitcoind driver answered to a check the book asked for.
+    pub(in crate::pipeline) fn book_checked(
+        &mut self,
+        p: &Proposal,
+        verdict: Result<Verdict, String>,
+    ) -> eyre::Result<()> {
+        let verdict = verdict.map(|v| match v {
+            Verdict::Passes => book::Verdict::Passes,
+            Verdict::Refused { reason, blamed } => book::Verdict::Refused { reason, blamed },
+        });
+        self.book_input(Input::Checked { txid: p.txid(), verdict })
+    }
+
+    /// What came of a broadcast the book asked for.
+    pub(in crate::pipeline) fn book_broadcast(&mut self, txid: Txid, sent: Broadcast) -> eyre::Result<()> {
+        self.asked.broadcasts.remove(&txid);
+        let accepted = match sent {
+            Broadcast::Done => {
+                if let Some(mut r) = self.store.get_json::<ReleaseRecord>(Cf::Releases, release_key(&txid))?
+                    && r.broadcast_ms.is_none()
+                {
+                    r.broadcast_ms = Some(now_ms());
+                    let mut b = Batch::new();
+                    b.put_json(Cf::Releases, release_key(&txid), &r)?;
+                    self.store.commit(b)?;
+                    self.metrics.releases.with_label_values(&["broadcast"]).inc();
+                    info!(target: "release", %txid, "release broadcast");
+                }
+                Ok(())
+            }
+            // A replaced release sent again, one mined already: bitcoind refuses them
+            // every time, and none is a policy verdict (the book counts those from its
+            // checks).
+            Broadcast::Refused { reason: e, .. } | Broadcast::Failed(e) => {
+                debug!(target: "release", %txid, error = %e, "broadcast refused");
+                return Ok(());
+            }
+        };
+        self.book_input(Input::Mempool { txid, accepted })
+    }
+
+    /// The vault's UTXOs at depth, when they changed.
+    pub(in crate::pipeline) fn book_utxos(&mut self) -> eyre::Result<()> {
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        if b.utxos == self.utxos {
+            return Ok(());
+        }
+        b.utxos = self.utxos.clone();
+        self.book_input(Input::Utxos(self.utxos.clone()))
+    }
+
+    /// Whether this node's Bitcoin view has caught up, when that changed. Falling
+    /// behind is told at once; caught up, on the next tick, so that the events of the
+    /// poll that caught up (a vault spend) reach the book first.
+    pub(in crate::pipeline) fn book_synced(&mut self) -> eyre::Result<()> {
+        let synced = self.bitcoin_synced;
+        let Some(b) = self.book.as_mut() else { return Ok(()) };
+        if b.synced == Some(synced) {
+            return Ok(());
+        }
+        b.synced = Some(synced);
+        self.book_input(Input::Synced(synced))
+    }
+
+    /// A vault spend at depth, as the book takes it.
+    pub(in crate::pipeline) fn book_spend(&mut self, spend: &btcfi_chain_adapters::VaultSpend) -> eyre::Result<()> {
+        let Some(b) = self.book.as_ref() else { return Ok(()) };
+        let vault = b.vault.clone();
+        let spend = Spend {
+            txid: Txid::from_byte_array(internal_order(&spend.txid)),
+            spent: spend.spent.clone(),
+            payments: spend
+                .payouts
+                .iter()
+                .map(|o| (ScriptBuf::from(o.script_pubkey.clone()), o.amount))
+                .filter(|(s, _)| *s != vault && !s.is_op_return())
+                .collect(),
+        };
+        self.book_input(Input::VaultSpend(spend))
+    }
+
+    /// Once a tick: the fee estimate and each source bridge's readiness when they
+    /// changed, then the book's own tick.
+    pub(in crate::pipeline) fn book_tick(&mut self) -> eyre::Result<()> {
+        self.refresh_fee_estimate();
+        if let Some(fee) = self.fee_estimate
+            && self.book.as_ref().is_some_and(|b| b.fee != Some(fee))
+        {
+            if let Some(b) = self.book.as_mut() {
+                b.fee = Some(fee);
+            }
+            self.book_input(Input::FeeEstimate(fee))?;
+        }
+        let chains: Vec<u64> = self.bridges.keys().copied().collect();
+        for chain in chains {
+            let ready = self.bridge_not_ready(chain).is_none();
+            if self.book.as_ref().is_some_and(|b| b.ready.get(&chain) != Some(&ready)) {
+                if let Some(b) = self.book.as_mut() {
+                    b.ready.insert(chain, ready);
+                }
+                self.book_input(Input::SourceReady { chain: ChainId(chain), ready })?;
+            }
+        }
+        // Last: a restored book owes its signatures and broadcasts once told it is
+        // synced, and judges them with the estimate and readiness above.
+        self.book_synced()?;
+        self.book_input(Input::Tick)
+    }
+}
