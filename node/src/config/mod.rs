@@ -226,10 +226,11 @@ pub struct ReleaseSection {
     /// (exported as `btcfi_vault_fee_alert_sats`).
     #[serde(default = "default_daily_fee_alert")]
     pub daily_fee_alert_sats: u64,
-    /// What decides this node's releases: `ledger`, the node's own release path, or
-    /// `book`, the sans-IO release book (`btcfi_release::book`) that the whole-network
-    /// simulation attacks, driven by the node. The two speak the same wire and judge by
-    /// the same turn rule. The book does not carry the node's test faults.
+    /// What decides this node's releases: `book` (the default), the sans-IO release
+    /// book (`btcfi_release::book`) that the whole-network simulation attacks, driven
+    /// by the node; or `ledger`, the node's own earlier release path. The two speak the
+    /// same wire and judge by the same turn rule. A switch waits until no release of
+    /// the engine switched from is in flight.
     #[serde(default)]
     pub engine: ReleaseEngine,
 }
@@ -238,8 +239,8 @@ pub struct ReleaseSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseEngine {
-    #[default]
     Ledger,
+    #[default]
     Book,
 }
 

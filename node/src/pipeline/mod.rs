@@ -397,14 +397,12 @@ impl Pipeline {
             book: None,
         };
         if let Some((b, owed)) = book::Book::open(cfg, &t.store, &t.policy, me, n)? {
-            if faults.release.is_some() {
-                warn!(target: "release", "the release book carries no test faults: the release fault is ignored");
-            }
             info!(target: "release", "releases are decided by the release book");
             t.book = Some(b);
-            t.release_fault = None;
             t.book_actions(owed)?;
             t.book_catch_up(&spends)?;
+        } else {
+            info!(target: "release", "releases are decided by the ledger engine");
         }
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()

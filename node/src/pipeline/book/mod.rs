@@ -20,6 +20,8 @@ use crate::{
 };
 use bitcoin::secp256k1::schnorr;
 
+mod faults;
+
 /// Each input's sighash of a release being signed, and its signature once made.
 type Inputs = Vec<([u8; 32], Option<schnorr::Signature>)>;
 
@@ -173,6 +175,10 @@ impl Pipeline {
                             info!(target: "release", %txid, payouts, inputs, fee, "release pays a reorged peg-out: proposing its withdrawal")
                         }
                         _ => debug!(target: "release", %txid, "release held unsigned: sent to the peers again"),
+                    }
+                    let fresh = matches!(actions.peek(), Some(Action::Count(Count::Proposed)));
+                    if fresh && self.book_faulty_send(&p).is_some() {
+                        continue;
                     }
                     self.send_to_peers(&[&[TAG_RELEASE][..], &p.encode()].concat());
                 }
@@ -464,6 +470,8 @@ impl Pipeline {
     pub(in crate::pipeline) fn book_spend(&mut self, spend: &btcfi_chain_adapters::VaultSpend) -> eyre::Result<()> {
         let Some(b) = self.book.as_ref() else { return Ok(()) };
         let vault = b.vault.clone();
+        // Test fault: the chain's payments not counted (the payment bound off).
+        let bound = self.release_fault != Some(ReleaseFault::NoPaymentBound);
         let spend = Spend {
             txid: Txid::from_byte_array(internal_order(&spend.txid)),
             spent: spend.spent.clone(),
@@ -471,7 +479,7 @@ impl Pipeline {
                 .payouts
                 .iter()
                 .map(|o| (ScriptBuf::from(o.script_pubkey.clone()), o.amount))
-                .filter(|(s, _)| *s != vault && !s.is_op_return())
+                .filter(|(s, _)| bound && *s != vault && !s.is_op_return())
                 .collect(),
         };
         self.book_input(Input::VaultSpend(spend))
@@ -502,6 +510,7 @@ impl Pipeline {
         // Last: a restored book owes its signatures and broadcasts once told it is
         // synced, and judges them with the estimate and readiness above.
         self.book_synced()?;
-        self.book_input(Input::Tick)
+        self.book_input(Input::Tick)?;
+        self.book_faults()
     }
 }
