@@ -18,6 +18,17 @@ impl Pipeline {
         if let Some(a) = self.held_mints.iter().find(|a| a.event == *event) {
             return Some(Waiting::Stage(Stage::Held { reason: self.bridge_not_ready(a.destination().0) }));
         }
+        if self.pegouts.contains_key(event) && self.book_engine() {
+            if let Some(w) = self.book_explain(event) {
+                return Some(w);
+            }
+            let now = now_ms();
+            return Some(Waiting::Stage(Stage::WaitingForRelease {
+                certified_for_secs: self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
+                proposer_in_turn: self.turn_at(now),
+                this_node_proposes_in_ms: self.proposing_window_in_ms(now),
+            }));
+        }
         if self.pegouts.contains_key(event) {
             let live = self
                 .releases
@@ -106,8 +117,11 @@ impl Pipeline {
             })
             .collect();
         let mut releases = BTreeMap::<String, usize>::new();
-        for (r, _) in self.releases.values() {
-            let status = match r.status {
+        let (statuses, paid) = self
+            .book_summary()
+            .unwrap_or_else(|| (self.releases.values().map(|(r, _)| r.status).collect(), self.paid_events.len()));
+        for s in statuses {
+            let status = match s {
                 ReleaseStatus::Signing => "signing",
                 ReleaseStatus::Broadcast => "broadcast",
                 ReleaseStatus::Replaced => "replaced",
@@ -121,7 +135,7 @@ impl Pipeline {
             vault_address: self.vault_address.clone(),
             peg_outs_pending: self.metrics.releases_pending.get(),
             releases_in_flight: releases,
-            peg_outs_paid: self.paid_events.len(),
+            peg_outs_paid: paid,
             relayer: self.relay.is_some(),
         }
     }

@@ -139,6 +139,61 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The live release of the book paying `event`, for the API's `explain` (the newest
+    /// accepted, if several): its status, and its inputs signed and not.
+    pub(in crate::pipeline) fn book_explain(&self, event: &EventId) -> Option<crate::api::Waiting> {
+        use crate::api::{Stage, UnsignedInput, Waiting};
+        let b = self.book.as_ref()?;
+        let (txid, p) = b
+            .book
+            .live()
+            .filter(|(_, _, p)| p.payouts.contains(event))
+            .max_by_key(|(t, _, _)| b.book.accepted_at(t))
+            .map(|(t, _, p)| (*t, p))?;
+        let status = self.book_status(&txid);
+        let inputs = p.tx.input.len();
+        let (inputs_signed, unsigned_inputs) = match b.signing.get(&txid) {
+            Some(s) => (
+                s.iter().filter(|(_, sig)| sig.is_some()).count(),
+                s.iter()
+                    .enumerate()
+                    .filter(|(_, (_, sig))| sig.is_none())
+                    .map(|(input, (h, _))| UnsignedInput {
+                        input,
+                        session: self.btc.as_ref().and_then(|x| x.explain(h)),
+                    })
+                    .collect(),
+            ),
+            // Not signed here (yet, or ever: it pays a peg-out reorged away).
+            None if status == ReleaseStatus::Signing => (0, Vec::new()),
+            None => (inputs, Vec::new()),
+        };
+        Some(Waiting::Stage(Stage::Releasing {
+            release: txid.to_string(),
+            status,
+            inputs,
+            inputs_signed,
+            unsigned_inputs,
+        }))
+    }
+
+    /// The status the API's record of release `txid` says (signing without one).
+    fn book_status(&self, txid: &Txid) -> ReleaseStatus {
+        self.store
+            .get_json::<ReleaseRecord>(Cf::Releases, release_key(txid))
+            .ok()
+            .flatten()
+            .map_or(ReleaseStatus::Signing, |r| r.status)
+    }
+
+    /// The book's releases in flight by status, and the peg-outs it saw paid, for the
+    /// status summary.
+    pub(in crate::pipeline) fn book_summary(&self) -> Option<(Vec<ReleaseStatus>, usize)> {
+        let b = self.book.as_ref()?;
+        let statuses = b.book.live().map(|(t, _, _)| self.book_status(t)).collect();
+        Some((statuses, b.book.paid_events().len()))
+    }
+
     /// Whether the release book decides this node's releases.
     pub(in crate::pipeline) fn book_engine(&self) -> bool {
         self.book.is_some()
