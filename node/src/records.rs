@@ -82,6 +82,51 @@ pub struct ReleaseRecord {
     pub replaces: Option<String>,
 }
 
+impl ReleaseRecord {
+    /// The record of release `p`, accepted from `proposer` at `created_ms` and being
+    /// signed, replacing `replaces` if it does.
+    pub(crate) fn signing(
+        p: &crate::release::Proposal,
+        proposer: usize,
+        created_ms: u64,
+        peg_out_fee: btcfi_types::Sats,
+        replaces: Option<&Txid>,
+    ) -> Self {
+        let vsize = crate::release::signed_vsize(&p.tx);
+        Self {
+            txid: p.txid().to_string(),
+            proposal: hex::encode(p.encode()),
+            payouts: p.payouts.clone(),
+            status: ReleaseStatus::Signing,
+            signatures: vec![None; p.tx.input.len()],
+            fee_sats: p.fee(),
+            fee_rate_sat_per_vb: p.fee() / vsize.max(1),
+            peg_out_fee_sats: peg_out_fee.0,
+            proposer,
+            created_ms,
+            broadcast_ms: None,
+            confirmations: 0,
+            replaces: replaces.map(ToString::to_string),
+        }
+    }
+}
+
+/// Puts `rec` into `batch` and, in the same batch, the index from each of its payouts
+/// to the releases paying it (so the API finds them without a scan).
+pub(crate) fn put_release(store: &Store, batch: &mut btcfi_store::Batch, rec: &ReleaseRecord) -> eyre::Result<()> {
+    let mut key = b"rel/".to_vec();
+    key.extend_from_slice(rec.txid.as_bytes());
+    batch.put_json(Cf::Releases, key, rec)?;
+    for e in &rec.payouts {
+        let mut paying: Vec<String> = store.get_json(Cf::Releases, paying_key(e))?.unwrap_or_default();
+        if !paying.contains(&rec.txid) {
+            paying.push(rec.txid.clone());
+            batch.put_json(Cf::Releases, paying_key(e), &paying)?;
+        }
+    }
+    Ok(())
+}
+
 /// A certified peg-out that can never be paid, under [`unpayable_key`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnpayableRecord {

@@ -306,8 +306,12 @@ impl Pipeline {
         // peg-outs paid (the store keeps every record, for the API).
         let mut releases = BTreeMap::new();
         let mut paid_events = BTreeSet::new();
-        let ledger = cfg.release.engine == crate::config::ReleaseEngine::Ledger;
-        for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")?.into_iter().filter(|_| ledger) {
+        let rel = match cfg.release.engine {
+            crate::config::ReleaseEngine::Ledger => store.scan_prefix(Cf::Releases, b"rel/")?,
+            // The book restores from its own log.
+            crate::config::ReleaseEngine::Book => Vec::new(),
+        };
+        for (_, raw) in rel {
             let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
             match rec.status {
                 ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
@@ -463,7 +467,13 @@ impl Pipeline {
 
     /// The vault's UTXOs at depth, from the Bitcoin adapter.
     pub fn set_utxos(&mut self, utxos: &[VaultUtxo]) {
-        self.utxos = utxos.iter().map(|u| (u.outpoint, u.amount)).collect();
+        let utxos: BTreeMap<OutPoint, Sats> = utxos.iter().map(|u| (u.outpoint, u.amount)).collect();
+        if let Some(b) = self.book.as_mut()
+            && utxos != self.utxos
+        {
+            b.utxos_changed = true;
+        }
+        self.utxos = utxos;
     }
 
     /// Sends a signing request, retrying for a few seconds (a peer may be redialling);

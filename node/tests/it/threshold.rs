@@ -251,6 +251,26 @@ impl Net {
         self.btc.rpc(move |c| c.get_received_by_address(&a, Some(1))).await.unwrap().to_sat()
     }
 
+    /// Burns of 100,000 sats on the first chain by dev account 7, one after another
+    /// (waiting `between` for `done` after each), until `done` holds or `most` were
+    /// made: each burn's event id and payee.
+    async fn burn_until(
+        &self,
+        most: usize,
+        between: Duration,
+        done: impl Fn(&Net) -> bool,
+    ) -> Vec<(String, bitcoin::Address)> {
+        let mut burns = Vec::new();
+        for _ in 0..most {
+            let payee = self.btc.new_address().await.unwrap();
+            burns.push((self.burn_to_bitcoin(0, 7, 100_000, &payee).await, payee));
+            if wait_until("the burns' effect", between, || async { done(self).then_some(()) }).await.is_ok() {
+                break;
+            }
+        }
+        burns
+    }
+
     fn metric_sum(&self, name: &str, filter: &str) -> f64 {
         self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.metric(name, filter)).sum()
     }
@@ -800,16 +820,7 @@ async fn a_proposal_at_ten_times_the_honest_fee_rate_is_refused_by_every_honest_
     // proposer's proposals in its own turn (one turn in four) are refused for the fee.
     let refused = |n: &Validator| n.metric("btcfi_release_refusals_total", "reason=\"fee_out_of_band\"") >= 1.0;
     let all_refused = |net: &Net| net.nodes.iter().enumerate().all(|(i, n)| i == greedy || refused(n));
-    let mut burns = Vec::new();
-    for _ in 0..40 {
-        let payee = net.btc.new_address().await.unwrap();
-        burns.push((net.burn_to_bitcoin(0, 7, 100_000, &payee).await, payee));
-        let settled =
-            wait_until("honest refusals", Duration::from_secs(2), || async { all_refused(&net).then_some(()) }).await;
-        if settled.is_ok() {
-            break;
-        }
-    }
+    let burns = net.burn_until(40, Duration::from_secs(2), all_refused).await;
     assert!(net.nodes[greedy].log().contains("TEST FAULT: sending a release proposal"), "it proposed");
     assert_refused_by_the_others(&net, "fee_out_of_band", greedy);
     let mut fees = 0.0;
@@ -843,16 +854,7 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
     // that silence.
     let refused = |n: &Validator| n.metric("btcfi_release_refusals_total", "reason=\"not_in_turn\"") >= 1.0;
     let all_refused = |net: &Net| net.nodes.iter().enumerate().all(|(i, n)| i == eager || refused(n));
-    let mut burns = Vec::new();
-    for _ in 0..20 {
-        let payee = net.btc.new_address().await.unwrap();
-        burns.push((net.burn_to_bitcoin(0, 7, 100_000, &payee).await, payee));
-        let settled =
-            wait_until("honest refusals", Duration::from_secs(3), || async { all_refused(&net).then_some(()) }).await;
-        if settled.is_ok() {
-            break;
-        }
-    }
+    let burns = net.burn_until(20, Duration::from_secs(3), all_refused).await;
     for (burn, _) in &burns {
         wait_paid(&net, burn).await;
     }

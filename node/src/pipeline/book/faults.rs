@@ -74,14 +74,7 @@ impl Pipeline {
                 let rest: Vec<(OutPoint, Sats)> = free.into_iter().filter(|(op, _)| !used.contains(op)).collect();
                 let payouts: Option<Vec<Payout>> = p.payouts.iter().map(|e| self.pegouts.get(e).cloned()).collect();
                 let twin = release::build(&rest, &payouts?, p.fee_rate(), &self.policy).ok()?;
-                warn!(target: "release", first = %p.txid(), twin = %twin.txid(), "TEST FAULT: splitting a release proposal between the validators");
-                let others: Vec<usize> = (0..self.n).filter(|i| *i != self.me).collect();
-                let first_side = (self.n / 2).saturating_sub(1);
-                for (k, i) in others.into_iter().enumerate() {
-                    let mut payload = vec![TAG_RELEASE];
-                    payload.extend(if k < first_side { p.encode() } else { twin.encode() });
-                    self.send(i, payload);
-                }
+                self.send_split(p, &twin);
                 Some(())
             }
             ReleaseFault::NoPaymentBound => None,

@@ -32,8 +32,9 @@ pub(in crate::pipeline) struct Book {
     next: u64,
     /// Releases being signed here: each input's sighash, and its signature once made.
     signing: BTreeMap<Txid, Inputs>,
-    /// What the book was last told, so that it is told only of changes.
-    utxos: BTreeMap<OutPoint, Sats>,
+    /// Whether the vault's UTXOs changed since the book was last told them; what else
+    /// it was last told, so that it is told only of changes.
+    pub(in crate::pipeline) utxos_changed: bool,
     synced: Option<bool>,
     ready: BTreeMap<u64, bool>,
     fee: Option<u64>,
@@ -104,7 +105,7 @@ impl Book {
             book,
             next,
             signing: BTreeMap::new(),
-            utxos: BTreeMap::new(),
+            utxos_changed: true,
             synced: Some(false),
             ready: BTreeMap::new(),
             fee: None,
@@ -349,7 +350,6 @@ impl Pipeline {
         };
         match change {
             Change::Live { txid, proposer, proposal, at } => {
-                let vsize = release::signed_vsize(&proposal.tx);
                 let inputs = release::Live::of(proposal).inputs;
                 // The live releases it conflicts with may still confirm instead.
                 let replaced: Vec<Txid> = self
@@ -371,21 +371,13 @@ impl Pipeline {
                         records.push(r);
                     }
                 }
-                records.push(ReleaseRecord {
-                    txid: txid.to_string(),
-                    proposal: hex::encode(proposal.encode()),
-                    payouts: proposal.payouts.clone(),
-                    status: ReleaseStatus::Signing,
-                    signatures: vec![None; proposal.tx.input.len()],
-                    fee_sats: proposal.fee(),
-                    fee_rate_sat_per_vb: proposal.fee() / vsize.max(1),
-                    peg_out_fee_sats: self.policy.peg_out_fee.0,
-                    proposer: *proposer,
-                    created_ms: *at,
-                    broadcast_ms: None,
-                    confirmations: 0,
-                    replaces: replaced.first().map(ToString::to_string),
-                });
+                records.push(ReleaseRecord::signing(
+                    proposal,
+                    *proposer,
+                    *at,
+                    self.policy.peg_out_fee,
+                    replaced.first(),
+                ));
             }
             Change::Signed { txid, signatures } => {
                 if let Some(mut r) = load(txid)? {
@@ -428,15 +420,7 @@ impl Pipeline {
             Change::Shared { .. } | Change::Reorged(_) | Change::SetApart { .. } => {}
         }
         for r in &records {
-            let txid = r.txid.parse::<Txid>().map_err(|e| eyre::eyre!("release record txid: {e}"))?;
-            batch.put_json(Cf::Releases, release_key(&txid), r)?;
-            for e in &r.payouts {
-                let mut paying: Vec<String> = self.store.get_json(Cf::Releases, paying_key(e))?.unwrap_or_default();
-                if !paying.contains(&r.txid) {
-                    paying.push(r.txid.clone());
-                    batch.put_json(Cf::Releases, paying_key(e), &paying)?;
-                }
-            }
+            put_release(&self.store, &mut batch, r)?;
         }
         if let Change::SetApart { event, reason, .. } = change {
             // Shown by the API as unpayable, with the reason.
@@ -501,10 +485,9 @@ impl Pipeline {
     /// The vault's UTXOs at depth, when they changed.
     pub(in crate::pipeline) fn book_utxos(&mut self) -> eyre::Result<()> {
         let Some(b) = self.book.as_mut() else { return Ok(()) };
-        if b.utxos == self.utxos {
+        if !std::mem::take(&mut b.utxos_changed) {
             return Ok(());
         }
-        b.utxos = self.utxos.clone();
         self.book_input(Input::Utxos(self.utxos.clone()))
     }
 

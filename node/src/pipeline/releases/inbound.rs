@@ -337,23 +337,7 @@ impl Pipeline {
             })
             .map(|(t, _)| t)
             .collect();
-        let replaces = replaced.first().copied();
-        let vsize = release::signed_vsize(&p.tx);
-        let rec = ReleaseRecord {
-            txid: txid.to_string(),
-            proposal: hex::encode(p.encode()),
-            payouts: p.payouts.clone(),
-            status: ReleaseStatus::Signing,
-            signatures: vec![None; p.tx.input.len()],
-            fee_sats: p.fee(),
-            fee_rate_sat_per_vb: p.fee() / vsize.max(1),
-            peg_out_fee_sats: self.policy.peg_out_fee.0,
-            proposer,
-            created_ms: now_ms(),
-            broadcast_ms: None,
-            confirmations: 0,
-            replaces: replaces.map(|t| t.to_string()),
-        };
+        let rec = ReleaseRecord::signing(&p, proposer, now_ms(), self.policy.peg_out_fee, replaced.first());
         info!(target: "release", %txid, proposer, payouts = p.payouts.len(), inputs = p.tx.input.len(), fee = rec.fee_sats, replaces = ?rec.replaces, "release validated: signing");
         self.releases.insert(txid, (rec, p));
         for old in replaced {

@@ -16,14 +16,7 @@ impl Pipeline {
     pub(in crate::pipeline) fn save_release(&self, txid: &Txid) -> eyre::Result<()> {
         if let Some((rec, _)) = self.releases.get(txid) {
             let mut b = Batch::new();
-            b.put_json(Cf::Releases, release_key(txid), rec)?;
-            for e in &rec.payouts {
-                let mut paying: Vec<String> = self.store.get_json(Cf::Releases, paying_key(e))?.unwrap_or_default();
-                if !paying.contains(&rec.txid) {
-                    paying.push(rec.txid.clone());
-                    b.put_json(Cf::Releases, paying_key(e), &paying)?;
-                }
-            }
+            put_release(&self.store, &mut b, rec)?;
             self.store.commit(b)?;
         }
         Ok(())

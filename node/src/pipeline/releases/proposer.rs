@@ -37,6 +37,13 @@ impl Pipeline {
         let used: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
         let rest: Vec<(OutPoint, Sats)> = available.iter().filter(|(op, _)| !used.contains(op)).copied().collect();
         let Ok(twin) = release::build(&rest, payouts, rate, &self.policy) else { return self.propose(p) };
+        self.send_split(&p, &twin);
+        self.last_proposal = Some(Instant::now());
+        self.accept(p, self.me)
+    }
+
+    /// Test fault: `p` to a minority of the others, `twin` to the rest.
+    pub(in crate::pipeline) fn send_split(&self, p: &Proposal, twin: &Proposal) {
         warn!(target: "release", first = %p.txid(), twin = %twin.txid(), "TEST FAULT: splitting a release proposal between the validators");
         let others: Vec<usize> = (0..self.n).filter(|i| *i != self.me).collect();
         let first_side = (self.n / 2).saturating_sub(1);
@@ -45,8 +52,6 @@ impl Pipeline {
             payload.extend(if k < first_side { p.encode() } else { twin.encode() });
             self.send(i, payload);
         }
-        self.last_proposal = Some(Instant::now());
-        self.accept(p, self.me)
     }
 
     /// Test fault: every tick out of this node's turn, a release of the peg-outs not
