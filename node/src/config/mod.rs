@@ -226,11 +226,10 @@ pub struct ReleaseSection {
     /// (exported as `btcfi_vault_fee_alert_sats`).
     #[serde(default = "default_daily_fee_alert")]
     pub daily_fee_alert_sats: u64,
-    /// What decides this node's releases: `book` (the default), the sans-IO release
-    /// book (`btcfi_release::book`) that the whole-network simulation attacks, driven
-    /// by the node; or `ledger`, the node's own earlier release path. The two speak the
-    /// same wire and judge by the same turn rule. A switch waits until no release of
-    /// the engine switched from is in flight.
+    /// What decides this node's releases: `book`, the sans-IO release book
+    /// (`btcfi_release::book`) that the whole-network simulation attacks. The only
+    /// engine since the node's earlier release path (`ledger`) was removed: a config
+    /// that asks for it is refused with the reason.
     #[serde(default)]
     pub engine: ReleaseEngine,
 }
@@ -239,7 +238,6 @@ pub struct ReleaseSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseEngine {
-    Ledger,
     #[default]
     Book,
 }

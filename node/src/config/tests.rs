@@ -158,3 +158,14 @@ fn bad_values_name_their_keys() {
     let bad_env = NodeConfig::load(home_with(&good()).path(), env(&[("BTCFI_API__LISTEN", "nowhere")]));
     assert!(bad_env.unwrap_err().to_string().contains("api"));
 }
+
+/// A config that still asks for the removed ledger engine is refused at load and says
+/// which engine is left; `book` (or nothing) loads.
+#[test]
+fn a_config_asking_for_the_removed_ledger_engine_is_refused() {
+    let ledger = format!("{}\n[release]\nengine = \"ledger\"\n", good());
+    let err = format!("{:#}", NodeConfig::load(home_with(&ledger).path(), env(&[])).unwrap_err());
+    assert!(err.contains("ledger") && err.contains("book"), "{err}");
+    let book = format!("{}\n[release]\nengine = \"book\"\n", good());
+    assert_eq!(NodeConfig::load(home_with(&book).path(), env(&[])).unwrap().release.engine, ReleaseEngine::Book);
+}

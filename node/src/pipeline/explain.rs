@@ -2,7 +2,7 @@
 //! event stands where it does (the `explain` view).
 
 use super::*;
-use crate::api::{BatchWait, Stage, UnsignedInput, Waiting};
+use crate::api::{BatchWait, Stage, Waiting};
 
 impl Pipeline {
     /// Why `event` waits, as this node sees it now (None: nothing pending here): a mint
@@ -18,7 +18,7 @@ impl Pipeline {
         if let Some(a) = self.held_mints.iter().find(|a| a.event == *event) {
             return Some(Waiting::Stage(Stage::Held { reason: self.bridge_not_ready(a.destination().0) }));
         }
-        if self.pegouts.contains_key(event) && self.book_engine() {
+        if self.pegouts.contains_key(event) {
             if let Some(w) = self.book_explain(event) {
                 return Some(w);
             }
@@ -27,38 +27,6 @@ impl Pipeline {
                 certified_for_secs: self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
                 proposer_in_turn: self.turn_at(now),
                 this_node_proposes_in_ms: self.proposing_window_in_ms(now),
-            }));
-        }
-        if self.pegouts.contains_key(event) {
-            let live = self
-                .releases
-                .iter()
-                .filter(|(_, (r, _))| matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast))
-                .filter(|(_, (r, _))| r.payouts.contains(event))
-                .max_by_key(|(_, (r, _))| r.created_ms);
-            let Some((txid, (rec, p))) = live else {
-                let now = now_ms();
-                return Some(Waiting::Stage(Stage::WaitingForRelease {
-                    certified_for_secs: self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
-                    proposer_in_turn: self.turn_at(now),
-                    this_node_proposes_in_ms: self.proposing_window_in_ms(now),
-                }));
-            };
-            let hashes = release::sighashes(&p.tx, &p.prevouts).unwrap_or_default();
-            let unsigned_inputs = rec
-                .signatures
-                .iter()
-                .zip(&hashes)
-                .enumerate()
-                .filter(|(_, (sig, _))| sig.is_none())
-                .map(|(input, (_, h))| UnsignedInput { input, session: self.btc.as_ref().and_then(|b| b.explain(h)) })
-                .collect();
-            return Some(Waiting::Stage(Stage::Releasing {
-                release: txid.to_string(),
-                status: rec.status,
-                inputs: rec.signatures.len(),
-                inputs_signed: rec.signatures.iter().filter(|s| s.is_some()).count(),
-                unsigned_inputs,
             }));
         }
         if let Some((chain, (_, at))) = self.unbatched.iter().find_map(|(c, w)| w.get(event).map(|entry| (*c, entry))) {
@@ -117,9 +85,7 @@ impl Pipeline {
             })
             .collect();
         let mut releases = BTreeMap::<String, usize>::new();
-        let (statuses, paid) = self
-            .book_summary()
-            .unwrap_or_else(|| (self.releases.values().map(|(r, _)| r.status).collect(), self.paid_events.len()));
+        let (statuses, paid) = self.book_summary();
         for s in statuses {
             let status = match s {
                 ReleaseStatus::Signing => "signing",

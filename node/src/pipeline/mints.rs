@@ -102,21 +102,12 @@ impl Pipeline {
                     // batch (it would hold up the others) and say so.
                     return self.set_apart(att.event, why.to_string());
                 }
-                // The release book keeps its own record of what the policy refused, and
-                // puts it to the policy again later.
-                if self.book_engine() {
-                    // Kept here too, for the pending gauge and the API's explanations.
-                    self.pegouts.insert(att.event, payout.clone());
-                    self.pegout_seen.entry(att.event).or_insert_with(Instant::now);
-                    return self.book_input(release::book::Input::Certified(payout));
-                }
-                // Set apart before (bitcoind's policy refused it): it stays apart.
-                if self.store.get(Cf::Releases, unpayable_key(&att.event))?.is_some() {
-                    return Ok(());
-                }
-                self.pegouts.insert(att.event, payout);
+                // The release book keeps its own record of what bitcoind's policy
+                // refused, and puts it to the policy again later. Kept here too, for the
+                // pending gauge and the API's explanations.
+                self.pegouts.insert(att.event, payout.clone());
                 self.pegout_seen.entry(att.event).or_insert_with(Instant::now);
-                Ok(())
+                self.book_input(release::book::Input::Certified(payout))
             }
         }
     }

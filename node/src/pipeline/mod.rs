@@ -47,7 +47,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 mod batches;
-mod book;
 mod explain;
 mod mints;
 mod releases;
@@ -112,9 +111,9 @@ pub enum ReleaseFault {
     /// Propose at once at the honest fee rate, whatever the turn and whatever is
     /// promised already (from the smallest vault UTXO).
     OutOfTurn,
-    /// The payment bound off: the vault's final payments on chain are not counted
-    /// against the certified peg-outs (the negative control of the tests that a
-    /// restored database never pays again).
+    /// The payment bound off: the vault's final payments on chain are not told to the
+    /// release book (the negative control of the tests that a restored database never
+    /// pays again).
     NoPaymentBound,
 }
 
@@ -139,9 +138,6 @@ pub struct Pipeline {
     onchain: BTreeMap<TxHash, Vec<SpendOutput>>,
     /// Those payments counted by class.
     paid: BTreeMap<release::PaymentClass, usize>,
-    /// Peg-outs paid by releases this node followed to depth (finished releases are
-    /// not kept in memory).
-    paid_events: BTreeSet<EventId>,
     /// Whether the Bitcoin adapter has seen every final block.
     bitcoin_synced: bool,
     relay: Option<mpsc::Sender<RelayJob>>,
@@ -149,35 +145,20 @@ pub struct Pipeline {
     // Releases.
     policy: Policy,
     confirmations: u64,
-    rbf_after: Duration,
     /// The bitcoind driver's end (None without a usable bitcoind config), its answers
     /// until the run loop takes them, and what was asked of it.
     bitcoind: Option<releases::driver::Driver>,
     bitcoind_answers: Option<mpsc::Receiver<releases::driver::Answer>>,
     asked: Asked,
+    /// The vault's UTXOs at depth.
     utxos: BTreeMap<OutPoint, Sats>,
+    /// Certified peg-outs not set apart, and when each was certified here (for the
+    /// pending gauge, the API's explanations and the test faults; the book keeps its
+    /// own).
     pegouts: BTreeMap<EventId, Payout>,
     pegout_seen: BTreeMap<EventId, Instant>,
-    releases: BTreeMap<Txid, (ReleaseRecord, Proposal)>,
-    waiting: Vec<(usize, Proposal, Instant)>,
-    last_release_check: Instant,
-    last_proposal: Option<Instant>,
-    /// After a proposal that could not be made: none before this.
-    proposals_resume: Option<Instant>,
-    /// Fresh proposals refused here as out of turn, by the validators that sent them
-    /// (and when first): one that f+1 of them sent on was accepted in turn by an honest
-    /// one (validators resend only releases they accepted), and is accepted here too.
-    vouched: BTreeMap<Txid, (BTreeSet<usize>, Instant)>,
-    /// Peg-outs left out of this node's last release for want of free funds, and since
-    /// when ([`release::build_fundable`]).
-    unfunded: BTreeMap<EventId, Instant>,
-    last_resend: Instant,
-    resend_every: Duration,
-    /// Proposals refused because another release holds their peg-outs or inputs here.
-    competing: BTreeMap<Txid, (Proposal, Instant, usize)>,
-    /// Stalled releases a merge was proposed for, and when.
-    merged: BTreeMap<Txid, Instant>,
-    merge_after: Duration,
+    /// Testing only: when a faulty proposer last sent a proposal of its own.
+    last_faulty: Option<Instant>,
     /// This node's own fee estimate (sat/vB, clamped to the bounds), and when it was
     /// read: what it proposes at, and the centre of the band it signs within.
     fee_estimate: Option<u64>,
@@ -189,16 +170,10 @@ pub struct Pipeline {
     bridge_keys: Option<BridgeKeys>,
     /// Certified mints held back while their destination bridge holds another key.
     held_mints: Vec<Attestation>,
-    /// Peers' proposals valid here, to ask bitcoind's policy about before signing.
-    to_check: Vec<(usize, Proposal)>,
-    /// Signed releases bitcoind's policy refused to broadcast (named once).
-    policy_refused: BTreeSet<Txid>,
     /// Events whose block left the canonical chain after they were reported final (a
     /// reorg deeper than finality): never signed, relayed or paid (from the store at
     /// start, then as the adapters report them).
     reorged: BTreeSet<EventId>,
-    /// Releases paying a reorged peg-out, and when their withdrawal was last tried.
-    withdraw_tried: BTreeMap<Txid, Instant>,
     /// A signing queue not empty for this long makes the node not ready.
     queue_saturated: Duration,
     /// Certified mints in no batch here yet, per destination chain, with when they
@@ -217,9 +192,8 @@ pub struct Pipeline {
     batch_ready: btcfi_mint::book::HolderNotes<Instant>,
     /// The epoch's evm group key as the bridges take it (None before the DKG).
     evm_xy: Option<(alloy::primitives::U256, alloy::primitives::U256)>,
-    /// The release book and its driver's state, when it decides the releases
-    /// (`[release] engine = "book"`); the release fields above then stay unused.
-    book: Option<book::Book>,
+    /// The release book and its driver's state.
+    book: releases::Book,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -302,27 +276,19 @@ impl Pipeline {
         for (_, raw) in store.scan_prefix(Cf::Releases, ONCHAIN_PREFIX)? {
             spends.push(serde_json::from_slice::<VaultSpend>(&raw)?);
         }
-        // In memory: the releases that may still confirm; of the finished ones, only the
-        // peg-outs paid (the store keeps every record, for the API).
-        let mut releases = BTreeMap::new();
-        let mut paid_events = BTreeSet::new();
-        let rel = match cfg.release.engine {
-            crate::config::ReleaseEngine::Ledger => store.scan_prefix(Cf::Releases, b"rel/")?,
-            // The book restores from its own log.
-            crate::config::ReleaseEngine::Book => Vec::new(),
+        let policy = Policy {
+            dust_relay_sat_per_kvb: cfg.release.dust_relay_sat_per_kvb,
+            max_fee_multiple: cfg.release.max_fee_multiple,
+            consolidation_inputs: cfg.release.consolidation_inputs,
+            ..Policy::new(
+                vault_script,
+                cfg.bitcoin.peg_out_fee,
+                cfg.bitcoin.fees.floor_sat_per_vb,
+                cfg.bitcoin.fees.ceiling_sat_per_vb,
+            )
         };
-        for (_, raw) in rel {
-            let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
-            match rec.status {
-                ReleaseStatus::Confirmed => paid_events.extend(rec.payouts.iter().copied()),
-                ReleaseStatus::Conflicted => {}
-                _ => {
-                    let p = Proposal::decode(&hex::decode(&rec.proposal)?)
-                        .map_err(|e| eyre::eyre!("stored release: {e}"))?;
-                    releases.insert(p.txid(), (rec, p));
-                }
-            }
-        }
+        let (book, owed) = releases::Book::open(cfg, &store, &policy, me, n)?;
+        info!(target: "release", "releases are decided by the release book");
         let mut t = Self {
             store,
             metrics,
@@ -340,54 +306,26 @@ impl Pipeline {
             bridges,
             vault_address: cfg.bitcoin.vault_address.clone(),
             paid: BTreeMap::new(),
-            paid_events,
             onchain: BTreeMap::new(),
             bitcoin_synced: false,
             relay,
             finalized_at: BTreeMap::new(),
-            policy: Policy {
-                dust_relay_sat_per_kvb: cfg.release.dust_relay_sat_per_kvb,
-                max_fee_multiple: cfg.release.max_fee_multiple,
-                consolidation_inputs: cfg.release.consolidation_inputs,
-                ..Policy::new(
-                    vault_script,
-                    cfg.bitcoin.peg_out_fee,
-                    cfg.bitcoin.fees.floor_sat_per_vb,
-                    cfg.bitcoin.fees.ceiling_sat_per_vb,
-                )
-            },
+            policy,
             fee_estimate: None,
             fee_estimated_at: None,
             confirmations: u64::from(cfg.bitcoin.confirmations),
-            rbf_after: Duration::from_secs(cfg.bitcoin.rbf_after_secs),
             bitcoind,
             bitcoind_answers,
             asked: Asked::default(),
             utxos: BTreeMap::new(),
             pegouts: BTreeMap::new(),
             pegout_seen: BTreeMap::new(),
-            releases,
-            waiting: Vec::new(),
-            last_release_check: Instant::now(),
-            last_proposal: None,
-            proposals_resume: None,
-            vouched: BTreeMap::new(),
-            unfunded: BTreeMap::new(),
-            last_resend: Instant::now(),
-            resend_every: RESEND_EVERY
-                .min(Duration::from_millis(cfg.signing.merge_after_ms / 4))
-                .max(Duration::from_secs(1)),
-            competing: BTreeMap::new(),
-            merged: BTreeMap::new(),
-            merge_after: Duration::from_millis(cfg.signing.merge_after_ms),
+            last_faulty: None,
             release_fault: faults.release,
             key_checks_started: false,
             bridge_keys: None,
             held_mints: Vec::new(),
-            to_check: Vec::new(),
-            policy_refused: BTreeSet::new(),
             reorged: BTreeSet::new(),
-            withdraw_tried: BTreeMap::new(),
             queue_saturated: Duration::from_secs(cfg.signing.queue_saturated_secs),
             unbatched: BTreeMap::new(),
             batches: BTreeMap::new(),
@@ -398,16 +336,10 @@ impl Pipeline {
             early_batches: Vec::new(),
             batch_ready: BTreeMap::new(),
             evm_xy: None,
-            book: None,
+            book,
         };
-        if let Some((b, owed)) = book::Book::open(cfg, &t.store, &t.policy, me, n)? {
-            info!(target: "release", "releases are decided by the release book");
-            t.book = Some(b);
-            t.book_actions(owed)?;
-            t.book_catch_up(&spends)?;
-        } else {
-            info!(target: "release", "releases are decided by the ledger engine");
-        }
+        t.book_actions(owed)?;
+        t.book_catch_up(&spends)?;
         if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
         {
@@ -429,7 +361,8 @@ impl Pipeline {
         Ok(t)
     }
 
-    /// Resumes work left by a restart: unsigned certified attestations, releases.
+    /// Resumes work left by a restart: unsigned certified attestations (the book
+    /// restored its releases when the pipeline was made).
     /// Picks up what the store holds after a start: `reorged` are the events stored as
     /// reorged out past finality (never acted on, whatever else the store holds).
     pub fn resume(&mut self, reorged: BTreeSet<EventId>) -> eyre::Result<()> {
@@ -443,10 +376,6 @@ impl Pipeline {
             self.take_certified(&rec.attestation)?;
         }
         self.update_pending_gauge();
-        // Releases still being signed: sign their remaining inputs.
-        for txid in self.releases_in(&[ReleaseStatus::Signing]) {
-            self.start_release_sessions(txid)?;
-        }
         Ok(())
     }
 
@@ -468,10 +397,8 @@ impl Pipeline {
     /// The vault's UTXOs at depth, from the Bitcoin adapter.
     pub fn set_utxos(&mut self, utxos: &[VaultUtxo]) {
         let utxos: BTreeMap<OutPoint, Sats> = utxos.iter().map(|u| (u.outpoint, u.amount)).collect();
-        if let Some(b) = self.book.as_mut()
-            && utxos != self.utxos
-        {
-            b.utxos_changed = true;
+        if utxos != self.utxos {
+            self.book.utxos_changed = true;
         }
         self.utxos = utxos;
     }
@@ -538,10 +465,7 @@ impl Pipeline {
             }
             TAG_RELEASE => {
                 match Proposal::decode(body) {
-                    Ok(proposal) if self.book_engine() => {
-                        self.book_input(release::book::Input::Proposal { from, proposal })?
-                    }
-                    Ok(p) => self.on_proposal(from, p)?,
+                    Ok(proposal) => self.book_input(release::book::Input::Proposal { from, proposal })?,
                     Err(e) => warn!(target: "release", from, error = %e, "undecodable release proposal dropped"),
                 }
                 vec![]
@@ -568,31 +492,9 @@ impl Pipeline {
             self.propose_batches()?;
             self.resend_batches();
         }
-        if self.usable.contains(&KeyKind::Btc) && self.book_engine() {
+        if self.usable.contains(&KeyKind::Btc) {
             self.book_utxos()?;
             self.book_tick()?;
-        } else if self.usable.contains(&KeyKind::Btc) {
-            self.refresh_fee_estimate();
-            self.retry_waiting()?;
-            self.check_accepted();
-            self.resend_proposals();
-            if self.release_fault == Some(ReleaseFault::OutOfTurn) && self.bitcoin_synced {
-                // Well clear of its own turn, on every validator's clock.
-                let (now, margin) = (now_ms(), 2 * self.turn_slack_ms());
-                let turns = [self.turn_at(now.saturating_sub(margin)), self.turn_at(now), self.turn_at(now + margin)];
-                if !turns.contains(&self.me) {
-                    self.propose_out_of_turn()?;
-                }
-            }
-            if self.bitcoin_synced {
-                self.maybe_withdraw()?;
-                self.maybe_merge()?;
-            }
-            self.maybe_propose()?;
-            if !self.asked.follow && self.last_release_check.elapsed() >= Duration::from_secs(2) {
-                self.last_release_check = Instant::now();
-                self.follow_releases();
-            }
         }
         Ok(())
     }

@@ -112,7 +112,7 @@ impl Pipeline {
                 Effect::Signed { kind, purpose, message, signature, signers, attempt, .. } => {
                     self.on_signed(kind, purpose, &message, &signature, signers, attempt)?;
                 }
-                Effect::Shared { purpose: Purpose::ReleaseInput { txid, .. }, .. } if self.book_engine() => {
+                Effect::Shared { purpose: Purpose::ReleaseInput { txid, .. }, .. } => {
                     if let Ok(txid) = txid.parse::<Txid>() {
                         self.book_input(release::book::Input::Shared { txid })?;
                     }
@@ -176,15 +176,7 @@ impl Pipeline {
             Purpose::MintBatch { .. } => self.on_batch_signed(message, signature, &signers, attempt)?,
             Purpose::ReleaseInput { txid, input } => {
                 let Ok(txid) = txid.parse::<Txid>() else { return Ok(()) };
-                if self.book_engine() {
-                    return self.book_signed_input(txid, input, signature);
-                }
-                let Some((rec, _)) = self.releases.get_mut(&txid) else { return Ok(()) };
-                if let Some(slot) = rec.signatures.get_mut(input as usize) {
-                    *slot = Some(hex::encode(signature));
-                }
-                self.save_release(&txid)?;
-                self.try_complete(txid)?;
+                self.book_signed_input(txid, input, signature)?;
             }
         }
         Ok(())

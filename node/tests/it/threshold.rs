@@ -61,8 +61,6 @@ struct Opts {
     max_sessions_in_flight: usize,
     /// Most mints one batch signature covers.
     batch_max_mints: usize,
-    /// `[release] engine`: `book` (the default) or `ledger`.
-    engine: &'static str,
 }
 
 impl Default for Opts {
@@ -76,7 +74,6 @@ impl Default for Opts {
             bitcoind_args: &[],
             batch_max_mints: 256,
             max_sessions_in_flight: 64,
-            engine: "book",
         }
     }
 }
@@ -97,7 +94,6 @@ async fn network_opts(o: Opts) -> Net {
         bitcoind_args,
         max_sessions_in_flight,
         batch_max_mints,
-        engine,
     } = o;
     let btc = Bitcoind::start_with(bitcoind_args).await.unwrap();
     let btc = Arc::new(btc);
@@ -119,8 +115,7 @@ async fn network_opts(o: Opts) -> Net {
     }
     setup.extra = format!(
         "[signing]\ntimeout_ms = 3000\ntakeover_ms = 4000\nmerge_after_ms = {merge_after_ms}\nbridge_key_check_secs = 2\nmax_attempts = {max_attempts}\nmax_sessions_in_flight = {max_sessions_in_flight}\nbatch_max_mints = {batch_max_mints}\n\n\
-         [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n\n\
-         [release]\nengine = \"{engine}\"\n"
+         [bitcoin.fees]\nfloor_sat_per_vb = 2\nceiling_sat_per_vb = 50\nconf_target = 2\n"
     );
     let mut nodes: Vec<Validator> =
         (0..4).map(|i| Validator::init(&crate::common::node_bin(), &format!("v{i}"))).collect();
@@ -162,16 +157,6 @@ async fn network_opts(o: Opts) -> Net {
         nodes.iter_mut().for_each(Validator::start);
     } else {
         crate::common::start_all(&mut nodes).await;
-    }
-    // The engine asked for is the one deciding.
-    let said = if engine == "book" { "the release book" } else { "the ledger engine" };
-    for n in &nodes {
-        let line = wait_until(&format!("{}: its release engine", n.name), Duration::from_secs(60), || async {
-            n.log().lines().find(|l| l.contains("releases are decided by")).map(str::to_owned)
-        })
-        .await
-        .unwrap();
-        assert!(line.contains(said), "{}: release engine {engine}: {line}", n.name);
     }
     // A block a second, as a live chain would.
     let miner = Miner::start(btc.clone(), Duration::from_millis(700));
@@ -472,17 +457,7 @@ async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_release_is_replaced_by_fee_and_pays_once() {
-    stuck_release("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases (`[release] engine = "ledger"`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_release_is_replaced_by_fee_and_pays_once_with_the_ledger_engine() {
-    stuck_release("ledger").await;
-}
-
-async fn stuck_release(engine: &'static str) {
-    let net = network_opts(Opts { rbf_after_secs: 3, engine, ..Opts::default() }).await;
+    let net = network_opts(Opts { rbf_after_secs: 3, ..Opts::default() }).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -545,17 +520,7 @@ async fn stuck_release(engine: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_again() {
-    restored_never_pay_again("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases (`[release] engine = "ledger"`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validators_restored_from_backups_older_than_a_payment_never_pay_it_again_with_the_ledger_engine() {
-    restored_never_pay_again("ledger").await;
-}
-
-async fn restored_never_pay_again(engine: &'static str) {
-    let (net, burn, release, payee) = restored_after_a_payment(None, engine).await;
+    let (net, burn, release, payee) = restored_after_a_payment(None).await;
     // Longer than every validator's turn to propose (2 s + 3 × takeover of 4 s), with blocks.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
     while tokio::time::Instant::now() < deadline {
@@ -585,17 +550,7 @@ async fn restored_never_pay_again(engine: &'static str) {
 /// the test above shows is the bound's work, not a lack of time or of signers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_payment_bound_validators_restored_from_backups_pay_again() {
-    without_the_payment_bound("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_payment_bound_validators_restored_from_backups_pay_again_with_the_ledger_engine() {
-    without_the_payment_bound("ledger").await;
-}
-
-async fn without_the_payment_bound(engine: &'static str) {
-    let (net, _, _, payee) = restored_after_a_payment(Some("no-payment-bound"), engine).await;
+    let (net, _, _, payee) = restored_after_a_payment(Some("no-payment-bound")).await;
     let twice = Amount::from_sat(2 * (400_000 - PEG_OUT_FEE));
     wait_until("the peg-out paid a second time", Duration::from_secs(90), || async {
         let payee = payee.clone();
@@ -610,11 +565,8 @@ async fn without_the_payment_bound(engine: &'static str) {
 /// those backups after it was, running with `fault`; returns when each has certified
 /// the burn again and seen the vault's spend on chain: the network, the burn, the
 /// release that paid it, and the payee.
-async fn restored_after_a_payment(
-    fault: Option<&str>,
-    engine: &'static str,
-) -> (Net, String, String, bitcoin::Address) {
-    let mut net = network_opts(Opts { engine, ..Opts::default() }).await;
+async fn restored_after_a_payment(fault: Option<&str>) -> (Net, String, String, bitcoin::Address) {
+    let mut net = network([None; 4]).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -682,27 +634,15 @@ async fn restored_after_a_payment(
 
 /// Whoever proposes sends two releases with different inputs for the same peg-out,
 /// each to half of the validators: neither can reach t signers. The split heals and
-/// the peg-out is paid once: the ledger engine merges the halves; the release book
-/// merges them, or lets the half never shared to expire so that its holders sign the
-/// other (whichever comes first).
+/// the peg-out is paid once: the release book merges the halves, or lets the half
+/// never shared to expire so that its holders sign the other (whichever comes first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_split_by_its_proposer_is_merged_and_pays_once() {
-    split_release("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_split_by_its_proposer_is_merged_and_pays_once_with_the_ledger_engine() {
-    split_release("ledger").await;
-}
-
-async fn split_release(engine: &'static str) {
     let split = Some("split-release-proposals");
     let net = network_opts(Opts {
         faults: [split; 4],
         rbf_after_secs: 600,
         merge_after_ms: 8_000,
-        engine,
         ..Opts::default()
     })
     .await;
@@ -730,7 +670,7 @@ async fn split_release(engine: &'static str) {
     let merged = net.metric_sum("btcfi_releases_total", "outcome=\"merged\"") >= 1.0;
     let txid = bitcoin::Txid::from_str(paid["release"]["txid"].as_str().unwrap()).unwrap();
     let tx = net.btc.rpc(move |c| c.get_raw_transaction_info(&txid, None)).await.unwrap();
-    if engine == "ledger" || tx.vin.len() == 2 {
+    if tx.vin.len() == 2 {
         assert!(merged, "a merge was proposed");
         // The merge pays the peg-out, spending an input of each half's release.
         assert_eq!(tx.vin.len(), 2, "the merge conflicts with both halves' releases: {paid}");
@@ -871,18 +811,8 @@ async fn a_proposal_out_of_turn_is_refused_by_every_honest_signer() {
 /// while peg-outs keep coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_peg_outs_is_paid_in_as_few_releases_as_the_batch_limit_allows() {
-    burst_of_peg_outs("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases (`[release] engine = "ledger"`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_peg_outs_is_paid_in_as_few_releases_as_the_batch_limit_allows_with_the_ledger_engine() {
-    burst_of_peg_outs("ledger").await;
-}
-
-async fn burst_of_peg_outs(engine: &'static str) {
     const BURNS: u64 = 250;
-    let net = network_opts(Opts { engine, ..Opts::default() }).await;
+    let net = network([None; 4]).await;
     let users = [net.chains[0].anvil.dev_address(7), net.chains[1].anvil.dev_address(7)];
     // One vault UTXO for each release: a release spends only final UTXOs.
     net.deposit(0, users[0], 30_000_000).await;
@@ -980,17 +910,7 @@ async fn a_bridge_holding_another_key_gets_nothing_signed_until_it_holds_the_epo
 /// paid. Without the check, the release holding both was signed and never relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payout_bitcoinds_policy_refuses_is_set_apart_and_the_others_are_paid() {
-    policy_refused_payout("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases (`[release] engine = "ledger"`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payout_bitcoinds_policy_refuses_is_set_apart_and_the_others_are_paid_with_the_ledger_engine() {
-    policy_refused_payout("ledger").await;
-}
-
-async fn policy_refused_payout(engine: &'static str) {
-    let net = network_opts(Opts { bitcoind_args: &["-dustrelayfee=0.00006"], engine, ..Opts::default() }).await;
+    let net = network_opts(Opts { bitcoind_args: &["-dustrelayfee=0.00006"], ..Opts::default() }).await;
     let user = net.chains[0].anvil.dev_address(7);
     net.deposit(0, user, 1_000_000).await;
     net.wait_balance(0, user, 1_000_000).await;
@@ -1056,17 +976,7 @@ async fn a_mint_whose_signers_were_away_for_longer_than_a_session_is_signed_when
 /// holds nothing for the reorged peg-out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and_never_paid() {
-    reorged_peg_out("book").await;
-}
-
-/// The same, with the ledger engine deciding the releases (`[release] engine = "ledger"`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peg_out_reorged_out_past_finality_is_left_out_of_its_live_release_and_never_paid_with_the_ledger_engine() {
-    reorged_peg_out("ledger").await;
-}
-
-async fn reorged_peg_out(engine: &'static str) {
-    let mut net = network_opts(Opts { engine, ..Opts::default() }).await;
+    let mut net = network([None; 4]).await;
     let user = net.chains[1].anvil.dev_address(7);
     net.deposit(1, user, 1_000_000).await;
     net.wait_balance(1, user, 1_000_000).await;

@@ -14,36 +14,15 @@ use btcfi_chain_adapters::bitcoin::mempool::blames_an_output;
 /// again on a later tick.
 const QUEUE: usize = 1024;
 
-/// Why a proposal is checked against bitcoind's relay policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CheckFor {
-    /// A peer's proposal, valid here, before it is signed.
-    Peer(usize),
-    /// This node's own, before it is sent.
-    Own,
-    /// One the release book asked about (`[release] engine = "book"`).
-    Book,
-}
-
 /// What the pipeline asks of bitcoind.
 #[derive(Debug)]
 pub(crate) enum Ask {
     FeeEstimate,
     /// `testmempoolaccept` of an unsigned proposal; if the policy refuses it, each
     /// payout alone (its probe) to tell which one it blames.
-    Check {
-        why: CheckFor,
-        proposal: Proposal,
-        probes: Vec<(EventId, bitcoin::Transaction)>,
-    },
-    /// The confirmations of releases this node follows.
-    Confirmations(Vec<Txid>),
-    /// Broadcast a signed release; with `probes`, only once the policy accepts it.
-    Broadcast {
-        txid: Txid,
-        tx: bitcoin::Transaction,
-        probes: Option<Vec<(EventId, bitcoin::Transaction)>>,
-    },
+    Check { proposal: Proposal, probes: Vec<(EventId, bitcoin::Transaction)> },
+    /// Broadcast a signed release.
+    Broadcast { txid: Txid, tx: bitcoin::Transaction },
 }
 
 /// bitcoind's relay policy on a transaction.
@@ -59,11 +38,6 @@ pub(crate) enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Broadcast {
     Done,
-    /// The policy check before it refused it: not broadcast.
-    Refused {
-        reason: String,
-        blamed: Vec<(EventId, String)>,
-    },
     /// bitcoind refused it, or did not answer.
     Failed(String),
 }
@@ -72,8 +46,7 @@ pub(crate) enum Broadcast {
 #[derive(Debug)]
 pub(crate) enum Answer {
     FeeEstimate(Result<u64, String>),
-    Checked(CheckFor, Box<Proposal>, Result<Verdict, String>),
-    Confirmations(Vec<(Txid, Result<Option<u64>, String>)>),
+    Checked(Box<Proposal>, Result<Verdict, String>),
     Broadcast(Txid, Broadcast),
 }
 
@@ -113,29 +86,14 @@ impl Driver {
 async fn serve(btc: &BitcoinSource, ask: Ask) -> Answer {
     match ask {
         Ask::FeeEstimate => Answer::FeeEstimate(bounded(btc.estimate_fee_rate()).await.map(|f| f.sat_per_vb)),
-        Ask::Check { why, proposal, probes } => {
+        Ask::Check { proposal, probes } => {
             let verdict = verdict(btc, proposal.tx.clone(), &probes).await;
-            Answer::Checked(why, Box::new(proposal), verdict)
+            Answer::Checked(Box::new(proposal), verdict)
         }
-        Ask::Confirmations(txids) => {
-            let mut out = Vec::with_capacity(txids.len());
-            for txid in txids {
-                out.push((txid, bounded(btc.tx_confirmations(txid)).await));
-            }
-            Answer::Confirmations(out)
-        }
-        Ask::Broadcast { txid, tx, probes } => {
-            // bitcoind's silence on the policy is no refusal: the broadcast says.
-            if let Some(probes) = probes
-                && let Ok(Verdict::Refused { reason, blamed }) = verdict(btc, tx.clone(), &probes).await
-            {
-                return Answer::Broadcast(txid, Broadcast::Refused { reason, blamed });
-            }
-            match bounded(btc.broadcast(tx)).await {
+        Ask::Broadcast { txid, tx } => match bounded(btc.broadcast(tx)).await {
                 Ok(_) => Answer::Broadcast(txid, Broadcast::Done),
-                Err(e) => Answer::Broadcast(txid, Broadcast::Failed(e)),
-            }
-        }
+            Err(e) => Answer::Broadcast(txid, Broadcast::Failed(e)),
+        },
     }
 }
 
@@ -202,7 +160,14 @@ mod tests {
         let mut tasks = crate::tasks::Tasks::new();
         let (driver, mut answers) = Driver::spawn(btc, &mut tasks);
         assert!(driver.ask(Ask::FeeEstimate));
-        assert!(driver.ask(Ask::Confirmations(vec![Txid::all_zeros()])));
+        let tx = bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: vec![],
+        };
+        let txid = tx.compute_txid();
+        assert!(driver.ask(Ask::Broadcast { txid, tx }));
         let deadline = RPC_TIMEOUT * 2 + Duration::from_secs(3);
         let first = tokio::time::timeout(deadline, answers.recv()).await.expect("first answer in time");
         match first {
@@ -211,11 +176,11 @@ mod tests {
         }
         let second = tokio::time::timeout(deadline, answers.recv()).await.expect("second answer in time");
         match second {
-            Some(Answer::Confirmations(c)) => {
-                assert_eq!(c.len(), 1);
-                assert!(c.first().is_some_and(|(t, r)| *t == Txid::all_zeros() && r.is_err()), "{c:?}");
+            Some(Answer::Broadcast(t, Broadcast::Failed(e))) => {
+                assert_eq!(t, txid);
+                assert!(e.contains("did not answer"), "{e}");
             }
-            other => panic!("expected failed confirmations, got {other:?}"),
+            other => panic!("expected a failed broadcast, got {other:?}"),
         }
         tasks.abort_all();
     }

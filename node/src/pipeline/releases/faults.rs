@@ -1,7 +1,6 @@
-//! A release proposer's test faults ([`ReleaseFault`]) with the release book deciding:
-//! the same misbehaviour as the ledger engine's, so the tests that show honest signers
-//! refuse it run against either engine. Builds with the `test-faults` feature only set
-//! a fault.
+//! A release proposer's test faults ([`ReleaseFault`]): proposals honest signers must
+//! refuse, sent beside (or instead of) what the book proposes, for the tests that show
+//! they do. Builds with the `test-faults` feature only set a fault.
 
 use super::*;
 
@@ -10,7 +9,7 @@ impl Pipeline {
     /// a release the book holds pays), oldest first, and the vault UTXOs no such release
     /// spends.
     fn book_unpaid(&self, with_promised: bool) -> (Vec<Payout>, Vec<(OutPoint, Sats)>) {
-        let Some(b) = self.book.as_ref() else { return (Vec::new(), Vec::new()) };
+        let b = &self.book;
         let mut taken = b.book.paid_events();
         let mut spent = BTreeSet::new();
         for (_, _, p) in b.book.live() {
@@ -29,7 +28,7 @@ impl Pipeline {
 
     /// Once a tick: the proposals a faulty proposer sends beside the book's.
     pub(in crate::pipeline) fn book_faults(&mut self) -> eyre::Result<()> {
-        if !self.bitcoin_synced || self.last_proposal.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if !self.bitcoin_synced || self.last_faulty.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return Ok(());
         }
         match self.release_fault {
@@ -79,5 +78,31 @@ impl Pipeline {
             }
             ReleaseFault::NoPaymentBound => None,
         }
+    }
+
+    /// `p` to a minority of the others, `twin` to the rest.
+    fn send_split(&self, p: &Proposal, twin: &Proposal) {
+        warn!(target: "release", first = %p.txid(), twin = %twin.txid(), "TEST FAULT: splitting a release proposal between the validators");
+        let others: Vec<usize> = (0..self.n).filter(|i| *i != self.me).collect();
+        let first_side = (self.n / 2).saturating_sub(1);
+        for (k, i) in others.into_iter().enumerate() {
+            let mut payload = vec![TAG_RELEASE];
+            payload.extend(if k < first_side { p.encode() } else { twin.encode() });
+            self.send(i, payload);
+        }
+    }
+
+    /// Sends a proposal to the others, without the book judging it.
+    fn send_faulty(&mut self, p: Result<Proposal, ReleaseError>, fault: &str) -> eyre::Result<()> {
+        self.last_faulty = Some(Instant::now());
+        let Ok(p) = p else { return Ok(()) };
+        warn!(target: "release", txid = %p.txid(), fee = p.fee(), fault, "TEST FAULT: sending a release proposal honest signers must refuse");
+        self.send_to_peers(&[&[TAG_RELEASE][..], &p.encode()].concat());
+        Ok(())
+    }
+
+    /// The fee rate an honest proposer proposes at: its estimate, or the floor without one.
+    fn honest_rate(&self) -> u64 {
+        self.fee_estimate.unwrap_or(self.policy.floor_sat_per_vb)
     }
 }
