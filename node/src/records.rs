@@ -140,12 +140,6 @@ pub fn unpayable_key(event: &EventId) -> Vec<u8> {
     k
 }
 
-/// Drops a release's stored signatures so that its inputs are signed again.
-pub(crate) fn forget_signatures(rec: &mut ReleaseRecord) {
-    rec.signatures.iter_mut().for_each(|s| *s = None);
-    rec.status = ReleaseStatus::Signing;
-}
-
 pub(crate) const ONCHAIN_PREFIX: &[u8] = b"onchain/";
 
 /// Key of a vault spend at depth (the chain's payments ledger), by txid.
@@ -160,13 +154,6 @@ pub(crate) fn internal_order(txid: &TxHash) -> [u8; 32] {
     let mut b = txid.0;
     b.reverse();
     b
-}
-
-/// The display-order [`TxHash`] of a txid.
-pub(crate) fn display_txid(txid: &Txid) -> TxHash {
-    let mut b = txid.to_byte_array();
-    b.reverse();
-    TxHash(b)
 }
 
 /// Key of the list of releases (txids) that pay `event`.

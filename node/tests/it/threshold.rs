@@ -639,13 +639,8 @@ async fn restored_after_a_payment(fault: Option<&str>) -> (Net, String, String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_split_by_its_proposer_is_merged_and_pays_once() {
     let split = Some("split-release-proposals");
-    let net = network_opts(Opts {
-        faults: [split; 4],
-        rbf_after_secs: 600,
-        merge_after_ms: 8_000,
-        ..Opts::default()
-    })
-    .await;
+    let net =
+        network_opts(Opts { faults: [split; 4], rbf_after_secs: 600, merge_after_ms: 8_000, ..Opts::default() }).await;
     let user = net.chains[0].anvil.dev_address(7);
     // Two vault UTXOs, each enough for the peg-out alone.
     net.deposit(0, user, 600_000).await;

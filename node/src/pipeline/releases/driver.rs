@@ -20,9 +20,15 @@ pub(crate) enum Ask {
     FeeEstimate,
     /// `testmempoolaccept` of an unsigned proposal; if the policy refuses it, each
     /// payout alone (its probe) to tell which one it blames.
-    Check { proposal: Proposal, probes: Vec<(EventId, bitcoin::Transaction)> },
+    Check {
+        proposal: Proposal,
+        probes: Vec<(EventId, bitcoin::Transaction)>,
+    },
     /// Broadcast a signed release.
-    Broadcast { txid: Txid, tx: bitcoin::Transaction },
+    Broadcast {
+        txid: Txid,
+        tx: bitcoin::Transaction,
+    },
 }
 
 /// bitcoind's relay policy on a transaction.
@@ -91,7 +97,7 @@ async fn serve(btc: &BitcoinSource, ask: Ask) -> Answer {
             Answer::Checked(Box::new(proposal), verdict)
         }
         Ask::Broadcast { txid, tx } => match bounded(btc.broadcast(tx)).await {
-                Ok(_) => Answer::Broadcast(txid, Broadcast::Done),
+            Ok(_) => Answer::Broadcast(txid, Broadcast::Done),
             Err(e) => Answer::Broadcast(txid, Broadcast::Failed(e)),
         },
     }

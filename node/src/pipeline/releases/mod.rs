@@ -332,7 +332,9 @@ impl Pipeline {
     ) -> eyre::Result<()> {
         let Some(suite) = self.btc.as_ref() else { return Ok(()) };
         let key = *suite.public_key_package().verifying_key();
-        let Some(slot) = self.book.signing.get_mut(&txid).and_then(|s| s.get_mut(input as usize)) else { return Ok(()) };
+        let Some(slot) = self.book.signing.get_mut(&txid).and_then(|s| s.get_mut(input as usize)) else {
+            return Ok(());
+        };
         let sig = btcfi_signer::frost_secp256k1_tr::Signature::deserialize(signature)
             .map_err(|e| eyre::eyre!("release input signature: {e}"))?;
         if let Err(e) = btcsig::verify_key_path(&slot.0, &key, &sig) {
