@@ -3,7 +3,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use bitcoin::{Txid, hashes::Hash};
+use bitcoin::Txid;
 use btcfi_store::{Cf, Store};
 use btcfi_types::{EventId, TxHash};
 use serde::{Deserialize, Serialize};
@@ -329,7 +329,7 @@ mod tests {
         Proposal,
         book::{Change, Spend},
     };
-    use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, secp256k1::schnorr};
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, hashes::Hash, secp256k1::schnorr};
     use btcfi_types::{ChainId, Sats};
 
     /// Every change the release book persists is stored and read back as it was, in

@@ -240,6 +240,8 @@ pub struct ReleaseSection {
 pub enum ReleaseEngine {
     #[default]
     Book,
+    /// Removed: refused at load with the reason.
+    Ledger,
 }
 
 impl Default for ReleaseSection {
@@ -416,6 +418,9 @@ impl NodeConfig {
         }
         if self.signing.timeout_ms < 100 {
             errs.push("signing.timeout_ms: at least 100".into());
+        }
+        if self.release.engine == ReleaseEngine::Ledger {
+            errs.push("release.engine: \"ledger\" was removed; \"book\" is the only release engine".into());
         }
         if self.signing.takeover_ms < 4_000 {
             errs.push(
