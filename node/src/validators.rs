@@ -80,13 +80,6 @@ pub fn index_of<C: Ciphersuite>(id: &Identifier<C>, n: usize) -> Option<usize> {
     (0..n).find(|i| identifier::<C>(*i).ok().as_ref() == Some(id))
 }
 
-/// Validator `me`'s view of the turn order of release proposers in a set of `n`: the
-/// turn passes every `takeover` to the next validator, round robin (see
-/// [`crate::release::Turns`], the rule every signer judges a proposal by).
-pub fn turns(n: usize, me: usize, takeover: Duration) -> crate::release::Turns {
-    crate::release::Turns { n, me, takeover_ms: u64::try_from(takeover.as_millis()).unwrap_or(u64::MAX) }
-}
-
 /// The validator that proposes the batches of mints to `chain` first (each chain's
 /// batches start from another validator, so one silent validator stalls one chain's at
 /// most for a takeover).

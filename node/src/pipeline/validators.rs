@@ -16,9 +16,10 @@ impl Pipeline {
         crate::validators::batch_proposer(chain, self.n)
     }
 
-    /// The turn order of release proposers ([`crate::validators::turns`]).
+    /// The turn order of release proposers: the release book's own, so that what the
+    /// API and the test faults say of the turn is what the book judges by.
     pub fn turns(&self) -> release::Turns {
-        crate::validators::turns(self.n, self.me, self.takeover)
+        self.book.turns()
     }
 
     /// The validator whose turn it is to propose fresh releases at wall-clock `at_ms`.

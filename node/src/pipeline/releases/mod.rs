@@ -70,6 +70,11 @@ pub(in crate::pipeline) struct Book {
 }
 
 impl Book {
+    /// The turn order the book proposes and judges by.
+    pub(in crate::pipeline) fn turns(&self) -> release::Turns {
+        self.book.turns()
+    }
+
     /// The book of `cfg`'s node `me` of `n`, restored from `store` (a fresh one when
     /// nothing is logged). Returns the actions the restored book owes at once.
     pub(in crate::pipeline) fn open(
