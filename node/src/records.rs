@@ -48,6 +48,59 @@ pub fn signed_key(event: &EventId) -> Vec<u8> {
     k
 }
 
+/// Prefix of the mint book's signed batches: `mintsig/` + the 32-byte message.
+pub(crate) const MINTSIG_PREFIX: &[u8] = b"mintsig/";
+
+/// Key of the signed batch whose group-key message is `message`.
+pub(crate) fn mintsig_key(message: &[u8]) -> Vec<u8> {
+    [MINTSIG_PREFIX, message].concat()
+}
+
+/// A batch of mints the group key signed, as the mint book persists it
+/// ([`btcfi_mint::Change::Signed`]): the proposal in its wire form and the signature's
+/// words, in hex. The mint book is restored from these, the certified attestations and
+/// the relay records; the API serves each mint's [`SignedRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintSigRecord {
+    pub proposal: String,
+    pub rx: String,
+    pub ry: String,
+    pub z: String,
+}
+
+impl MintSigRecord {
+    pub fn of(proposal: &btcfi_mint::BatchProposal, s: &btcfi_signer::evm::EvmSignature) -> Self {
+        let word = |w: alloy::primitives::U256| hex::encode(w.to_be_bytes::<32>());
+        Self { proposal: hex::encode(proposal.encode()), rx: word(s.rx), ry: word(s.ry), z: word(s.z) }
+    }
+
+    /// The batch and its signature; an error names what does not decode.
+    pub fn decode(&self) -> eyre::Result<(btcfi_mint::BatchProposal, btcfi_signer::evm::EvmSignature)> {
+        let proposal = btcfi_mint::BatchProposal::decode(&hex::decode(&self.proposal)?)
+            .map_err(|e| eyre::eyre!("signed batch record proposal: {e}"))?;
+        let word = |h: &str| -> eyre::Result<alloy::primitives::U256> {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(h, &mut b).map_err(|e| eyre::eyre!("signed batch record word {h}: {e}"))?;
+            Ok(alloy::primitives::U256::from_be_bytes(b))
+        };
+        Ok((proposal, btcfi_signer::evm::EvmSignature { rx: word(&self.rx)?, ry: word(&self.ry)?, z: word(&self.z)? }))
+    }
+}
+
+/// Every batch of mints signed here, by message (what the mint book restores from).
+pub fn mint_signatures(
+    store: &Store,
+) -> eyre::Result<Vec<(Vec<u8>, btcfi_mint::BatchProposal, btcfi_signer::evm::EvmSignature)>> {
+    let mut out = Vec::new();
+    for (k, raw) in store.scan_prefix(Cf::SigningAttempts, MINTSIG_PREFIX)? {
+        let message = k.get(MINTSIG_PREFIX.len()..).unwrap_or_default().to_vec();
+        let rec: MintSigRecord = serde_json::from_slice(&raw)?;
+        let (proposal, signature) = rec.decode()?;
+        out.push((message, proposal, signature));
+    }
+    Ok(out)
+}
+
 /// Where a release stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -377,6 +430,33 @@ mod tests {
         assert_eq!(seqs, (0..changes.len() as u64).map(|i| i * 300).collect::<Vec<_>>());
         let back: Vec<Change> = back.into_iter().map(|(_, c)| c).collect();
         assert_eq!(back, changes);
+    }
+
+    /// A signed batch reads back as it was written, from a real store; a corrupt one is
+    /// an error naming it.
+    #[test]
+    fn a_signed_batch_reads_back_as_it_was_written() {
+        use btcfi_mint::{BatchProposal, Leaf};
+        use btcfi_types::{EvmAddress, TxHash};
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let leaf = |i: u8| Leaf {
+            event: EventId::new(ChainId::BITCOIN, TxHash([i; 32]), 0),
+            recipient: EvmAddress([i; 20]),
+            amount: Sats(u64::from(i)),
+        };
+        let p = BatchProposal::new(5, vec![leaf(1), leaf(2)]);
+        let sig = btcfi_signer::evm::EvmSignature {
+            rx: alloy::primitives::U256::from(7u8),
+            ry: alloy::primitives::U256::MAX,
+            z: alloy::primitives::U256::from(9u8),
+        };
+        let mut b = btcfi_store::Batch::new();
+        b.put_json(Cf::SigningAttempts, mintsig_key(&[3; 32]), &MintSigRecord::of(&p, &sig)).expect("put");
+        store.commit(b).expect("commit");
+        assert_eq!(mint_signatures(&store).expect("read"), vec![(vec![3; 32], p, sig)]);
+        let bad = MintSigRecord { proposal: "00".into(), rx: String::new(), ry: String::new(), z: String::new() };
+        assert!(bad.decode().expect_err("refused").to_string().contains("signed batch record"));
     }
 
     /// A stored change that does not decode is an error naming it, not a panic.

@@ -1,11 +1,12 @@
 //! Relaying signed mints to their destination bridges.
 //!
-//! For each signed attestation one validator is the relayer: index
-//! `u64(contract_id[0..8]) mod n`. Validator `me` waits `rank × takeover` (rank = its
-//! distance after the relayer) and then submits unless the contract already consumed
-//! the event id, so a silent relayer is replaced and a duplicate is harmless: the
-//! contract refuses replays, and the node counts them
-//! (`btcfi_relay_submissions_total{outcome="already_consumed"|"reverted"}`).
+//! The mint book says when each validator relays a signed batch: the first relayer at
+//! once, the others `rank × takeover` later (`btcfi_mint::book`). Each job waits its
+//! delay and then submits unless the contract already consumed the event ids, so a
+//! silent relayer is replaced and a duplicate is harmless: the contract refuses
+//! replays, and the node counts them
+//! (`btcfi_relay_submissions_total{outcome="already_consumed"|"reverted"}`). The
+//! mints found consumed are reported back, so that the book forgets them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
@@ -19,19 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
-
-/// The relayer of an event among `n` validators.
-pub fn relayer_index(event: &EventId, n: usize) -> usize {
-    let id = event.contract_id();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&id[..8]);
-    (u64::from_be_bytes(first) % n.max(1) as u64) as usize
-}
-
-/// How far after the relayer validator `me` stands (0 = it is the relayer).
-pub fn rank(event: &EventId, me: usize, n: usize) -> usize {
-    (me + n - relayer_index(event, n)) % n.max(1)
-}
 
 /// What became of this node's relay of a mint (stored and served as its snake_case
 /// name, which is also the `outcome` label of `btcfi_relay_submissions_total`).
@@ -154,28 +142,35 @@ pub enum RelayJob {
     Batch(BatchJob),
 }
 
-/// The relayer of a batch among `n` validators: as for a mint, by its root.
-pub fn batch_rank(root: &[u8; 32], me: usize, n: usize) -> usize {
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&root[..8]);
-    let relayer = (u64::from_be_bytes(first) % n.max(1) as u64) as usize;
-    (me + n - relayer) % n.max(1)
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Where the relayer reports mints consumed by their bridge (dropped when full: the
+/// relay records say so too, and the book is rebuilt from them at the next start).
+#[derive(Debug, Clone)]
+pub struct Consumed(mpsc::Sender<Vec<EventId>>);
+
+impl Consumed {
+    fn report(&self, events: &[EventId]) {
+        if !events.is_empty() {
+            let _ = self.0.try_send(events.to_vec());
+        }
+    }
+}
+
 /// Starts the relayer: one destination per configured chain, signing with `signer`; its
 /// dispatcher is the critical task `relay dispatcher` (each mint's relay is its own
-/// short task).
+/// short task). Mints found consumed are sent on `consumed`.
 pub fn spawn(
     chains: &[EvmChainConfig],
     signer: alloy::signers::local::PrivateKeySigner,
     store: Arc<Store>,
     metrics: Metrics,
+    consumed: mpsc::Sender<Vec<EventId>>,
     tasks: &mut crate::tasks::Tasks,
 ) -> eyre::Result<mpsc::Sender<RelayJob>> {
+    let consumed = Consumed(consumed);
     let mut dests: BTreeMap<u64, (String, Arc<Mutex<EvmDestination>>)> = BTreeMap::new();
     for c in chains {
         let d = EvmDestination::new(c.clone(), signer.clone())?;
@@ -199,8 +194,12 @@ pub fn spawn(
                 continue;
             };
             match job {
-                RelayJob::Mint(job) => tokio::spawn(relay_one(job, name, dest, store.clone(), metrics.clone())),
-                RelayJob::Batch(job) => tokio::spawn(relay_batch(job, name, dest, store.clone(), metrics.clone())),
+                RelayJob::Mint(job) => {
+                    tokio::spawn(relay_one(job, name, dest, store.clone(), metrics.clone(), consumed.clone()))
+                }
+                RelayJob::Batch(job) => {
+                    tokio::spawn(relay_batch(job, name, dest, store.clone(), metrics.clone(), consumed.clone()))
+                }
             };
         }
         // Every sender is gone: the node is stopping.
@@ -217,7 +216,14 @@ const MINE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Submits one mint after its delay, unless the bridge consumed the event already;
 /// retries failed submissions with backoff; follows the transaction until mined. The
 /// destination is locked only for each RPC exchange, so mints to one chain overlap.
-async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>, store: Arc<Store>, metrics: Metrics) {
+async fn relay_one(
+    job: MintJob,
+    name: String,
+    dest: Arc<Mutex<EvmDestination>>,
+    store: Arc<Store>,
+    metrics: Metrics,
+    consumed: Consumed,
+) {
     tokio::time::sleep(job.delay).await;
     let event = job.request.event;
     let record = |outcome: RelayOutcome, tx_hash, detail| RelayRecord::new(job.dest.0, outcome, tx_hash, detail);
@@ -244,6 +250,7 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
                 if !mined_here(&store, &event) {
                     save(&record(RelayOutcome::AlreadyConsumed, None, None));
                 }
+                consumed.report(&[event]);
                 return;
             }
             Ok(MintSubmission::Submitted { tx_hash, .. }) => {
@@ -265,6 +272,7 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
                 Ok(TxStatus::Confirmed { success: true, .. }) => {
                     info!(target: "relay", chain = %name, %event, tx = %hex::encode(tx_hash), "mint mined");
                     save(&record(RelayOutcome::Mined, Some(tx_hash), None));
+                    consumed.report(&[event]);
                     return;
                 }
                 Ok(TxStatus::Confirmed { revert_reason, .. }) => {
@@ -272,6 +280,7 @@ async fn relay_one(job: MintJob, name: String, dest: Arc<Mutex<EvmDestination>>,
                     count(RelayOutcome::Reverted);
                     info!(target: "relay", chain = %name, %event, reason = ?revert_reason, "mint reverted (duplicate)");
                     save(&record(RelayOutcome::Reverted, Some(tx_hash), revert_reason));
+                    consumed.report(&[event]);
                     return;
                 }
                 Ok(TxStatus::Submitted { .. }) => {}
@@ -293,6 +302,7 @@ async fn relay_batch(
     dest: Arc<Mutex<EvmDestination>>,
     store: Arc<Store>,
     metrics: Metrics,
+    consumed: Consumed,
 ) {
     tokio::time::sleep(job.delay).await;
     let root = hex::encode(job.request.root);
@@ -325,6 +335,7 @@ async fn relay_batch(
                 count(RelayOutcome::AlreadyConsumed, events.len());
                 let theirs: Vec<EventId> = events.iter().copied().filter(|e| !mined_here(&store, e)).collect();
                 save(&theirs, &record(RelayOutcome::AlreadyConsumed, None, None));
+                consumed.report(&events);
                 return;
             }
             Ok(MintSubmission::Submitted { tx_hash, .. }) => {
@@ -346,6 +357,7 @@ async fn relay_batch(
                 Ok(TxStatus::Confirmed { success: true, gas_used, .. }) => {
                     info!(target: "relay", chain = %name, %root, mints = events.len(), gas_used, tx = %hex::encode(tx_hash), "batch mined");
                     save(&events, &record(RelayOutcome::Mined, Some(tx_hash), None));
+                    consumed.report(&events);
                     return;
                 }
                 Ok(TxStatus::Confirmed { revert_reason, .. }) => {

@@ -1,6 +1,7 @@
 //! The validator set of the epoch: who its members are (peer ids and names in config
 //! order; a validator's index is its position), the quorum and FROST threshold, each
-//! member's FROST identifier, and the turn order of release and batch proposers.
+//! member's FROST identifier. (The turn orders of release and batch proposers are the
+//! release and mint books' own: `pipeline/validators.rs` asks them.)
 
 use crate::config::NodeConfig;
 use btcfi_p2p::{NetworkConfig, NetworkService, ValidatorPeer};
@@ -78,18 +79,4 @@ pub fn identifier<C: Ciphersuite>(index: usize) -> eyre::Result<Identifier<C>> {
 /// The validator index of a FROST identifier, if it is one of the set's.
 pub fn index_of<C: Ciphersuite>(id: &Identifier<C>, n: usize) -> Option<usize> {
     (0..n).find(|i| identifier::<C>(*i).ok().as_ref() == Some(id))
-}
-
-/// The validator that proposes the batches of mints to `chain` first (each chain's
-/// batches start from another validator, so one silent validator stalls one chain's at
-/// most for a takeover).
-pub fn batch_proposer(chain: u64, n: usize) -> usize {
-    usize::try_from(chain % n.max(1) as u64).unwrap_or(0)
-}
-
-/// How far validator `who` stands after the first proposer of the batches to `chain`:
-/// the others follow it `takeover` apart.
-pub fn batch_rank(chain: u64, who: usize, n: usize) -> usize {
-    let n = n.max(1);
-    (who % n + n - batch_proposer(chain, n)) % n
 }

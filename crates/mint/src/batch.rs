@@ -17,13 +17,13 @@ use alloy::primitives::Address;
 use btcfi_signer::evm::{batch_message, merkle_proofs, merkle_root, mint_leaf, mint_message};
 use btcfi_types::{EventId, EvmAddress, Sats};
 
-/// Payload tag of a batch proposal.
+/// Payload tag of a batch proposal, as [`crate::wire::encode_batch`] sends it.
 pub const TAG_BATCH: u8 = 6;
 /// Payload tag of "this validator holds the batch whose message follows (32 bytes)":
 /// a batch's session starts once `t` validators hold it.
 pub const TAG_BATCH_READY: u8 = 7;
-/// Payload tag of signatures a peer holds for a batch this node proposed late (JSON
-/// list of (event id, signed record)); each is checked before it is taken.
+/// Payload tag of signatures a peer holds for a batch this node proposed late
+/// ([`crate::wire::encode_signed`]); each is checked before it is taken.
 pub const TAG_BATCH_SIGNED: u8 = 8;
 /// Most mints in one batch (a `mintBatch` of 1,024 mints is about 60 M gas: beyond a
 /// block; operators keep `signing.batch_max_mints` well below, 256 by default).

@@ -138,6 +138,10 @@ pub enum Input {
     Consumed(EventId),
     /// The event was reorged out past finality: never signed or relayed again.
     Reorged(EventId),
+    /// An event reorged out past finality was reported final again (the same deposit
+    /// or burn in the new chain): it stands again, and is taken up once the driver
+    /// hands its mint in as [`Input::Certified`] again.
+    Final(EventId),
     /// Validator `from` holds the batch whose message is `message`.
     Holds { from: usize, message: Vec<u8> },
     /// A peer's signature of a batch, verified by the driver under this epoch's key
@@ -159,6 +163,7 @@ pub enum Change {
     Signed { message: Vec<u8>, proposal: BatchProposal, signature: EvmSignature },
     Consumed(EventId),
     Reorged(EventId),
+    Unreorged(EventId),
 }
 
 /// Why a proposal was refused.
@@ -211,6 +216,10 @@ pub enum Action {
     Relay { proposal: BatchProposal, signature: EvmSignature, after_ms: Millis },
     /// A proposal was refused (logged; nothing was signed).
     Refused { from: usize, refusal: Refusal },
+    /// Peer `to` sent a batch whose every mint is signed here already (it was away
+    /// while they were signed): hand it these signatures, each of which it verifies
+    /// before it takes it ([`Input::Learned`]).
+    TellSigned { to: usize, signed: Vec<(BatchProposal, EvmSignature)> },
 }
 
 /// The state [`MintBook::restore`] rebuilds from: what [`Action::Persist`] wrote.
@@ -238,6 +247,9 @@ impl Persisted {
             Change::Reorged(e) => {
                 self.reorged.insert(*e);
             }
+            Change::Unreorged(e) => {
+                self.reorged.remove(e);
+            }
         }
     }
 }
@@ -249,8 +261,20 @@ struct Active {
     rank: usize,
     since: Millis,
     resent: Millis,
-    /// Whether its signing was asked for (once t hold it).
-    signing: bool,
+    /// When its signing was asked for (once t hold it).
+    signing: Option<Millis>,
+}
+
+/// A batch held here, as [`MintBook::batch_of`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldBatch<'a> {
+    pub message: &'a [u8],
+    pub proposal: &'a BatchProposal,
+    pub proposer: usize,
+    /// When it was taken here.
+    pub since: Millis,
+    /// When its signing was asked for (None: fewer than t hold it yet).
+    pub signing_since: Option<Millis>,
 }
 
 /// Most notes of peers holding batches kept (of batches held here or to come).
@@ -265,8 +289,7 @@ pub type HolderNotes<T> = BTreeMap<Vec<u8>, (BTreeSet<usize>, T)>;
 /// is full, the oldest note of the sender with the most notes for other batches goes.
 /// So a validator flooding notes for invented batches drops only its own, never the
 /// honest notes for a real batch (dropping the oldest entry, a full table lost the
-/// real batch's, and no batch reached t holders). The book and the node's pipeline
-/// both keep their notes so.
+/// real batch's, and no batch reached t holders).
 pub fn note_holder<T: Ord + Copy>(
     notes: &mut HolderNotes<T>,
     held: impl Fn(&[u8]) -> bool,
@@ -312,7 +335,8 @@ pub struct MintBook {
     unbatched: BTreeMap<u64, BTreeMap<EventId, Millis>>,
     in_batch: BTreeMap<EventId, Vec<u8>>,
     batches: BTreeMap<Vec<u8>, Active>,
-    signed: BTreeSet<EventId>,
+    /// Each mint signed, and the message of the batch it was signed in.
+    signed: BTreeMap<EventId, Vec<u8>>,
     signatures: BTreeMap<Vec<u8>, (BatchProposal, EvmSignature)>,
     consumed: BTreeSet<EventId>,
     reorged: BTreeSet<EventId>,
@@ -337,7 +361,7 @@ impl MintBook {
             unbatched: BTreeMap::new(),
             in_batch: BTreeMap::new(),
             batches: BTreeMap::new(),
-            signed: BTreeSet::new(),
+            signed: BTreeMap::new(),
             signatures: BTreeMap::new(),
             consumed: BTreeSet::new(),
             reorged: BTreeSet::new(),
@@ -365,7 +389,7 @@ impl MintBook {
         book.consumed = state.consumed.clone();
         book.reorged = state.reorged.clone();
         for (message, (proposal, signature)) in &state.signed {
-            book.signed.extend(proposal.leaves.iter().map(|l| l.event));
+            book.signed.extend(proposal.leaves.iter().map(|l| (l.event, message.clone())));
             book.signatures.insert(message.clone(), (proposal.clone(), *signature));
         }
         for (event, r) in &state.certified {
@@ -402,6 +426,12 @@ impl MintBook {
             Input::Proposal { from, proposer, proposal } => {
                 if proposer >= self.config.validators {
                     out.push(Action::Refused { from, refusal: Refusal::OutsideSet(proposer) });
+                } else if self.check(proposer, &proposal) == Err(Refusal::AllSigned) {
+                    // The sender is behind: it gets the signatures instead.
+                    let signed = self.signatures_covering(&proposal);
+                    if from != self.config.me && from < self.config.validators && !signed.is_empty() {
+                        out.push(Action::TellSigned { to: from, signed });
+                    }
                 } else {
                     self.on_proposal(proposer, proposal, now, &mut out);
                 }
@@ -429,13 +459,25 @@ impl MintBook {
                     if let Some(message) = self.in_batch.get(&event).cloned() {
                         self.drop_batch(&message, true, &mut out);
                     }
+                    // Kept out of every batch from now on, early ones included.
+                    self.early.retain(|(_, p, _)| p.leaves.iter().all(|l| l.event != event));
+                }
+            }
+            Input::Final(event) => {
+                if self.reorged.remove(&event) {
+                    out.push(Action::Persist(Change::Unreorged(event)));
+                    if self.waits(&event)
+                        && let Some((r, at)) = self.certified.get(&event)
+                    {
+                        self.unbatched.entry(r.chain).or_default().insert(event, *at);
+                    }
                 }
             }
             Input::Holds { from, message } => {
                 if message.len() == 32 && from < self.config.validators && from != self.config.me {
                     let batches = &self.batches;
                     note_holder(&mut self.holders, |m| batches.contains_key(m), MAX_HOLDS, from, &message, now);
-                    self.maybe_sign(&message, &mut out);
+                    self.maybe_sign(&message, now, &mut out);
                 }
             }
             Input::Learned { proposal, signature } => self.on_learned(proposal, signature, now, &mut out),
@@ -458,7 +500,7 @@ impl MintBook {
                 let stale: Vec<Vec<u8>> = self
                     .batches
                     .iter()
-                    .filter(|(_, b)| now.saturating_sub(b.since) >= self.config.stale_after_ms)
+                    .filter(|(_, b)| now.saturating_sub(b.signing.unwrap_or(b.since)) >= self.config.stale_after_ms)
                     .map(|(m, _)| m.clone())
                     .collect();
                 for message in stale {
@@ -489,14 +531,60 @@ impl MintBook {
 
     /// Whether this node holds a signature for `event`.
     pub fn is_signed(&self, event: &EventId) -> bool {
-        self.signed.contains(event)
+        self.signed.contains_key(event)
+    }
+
+    /// The policy this book runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the event was reorged out past finality.
+    pub fn is_reorged(&self, event: &EventId) -> bool {
+        self.reorged.contains(event)
+    }
+
+    /// The destination chain of a mint certified here and waiting for a batch, and when
+    /// it started waiting.
+    pub fn waiting(&self, event: &EventId) -> Option<(u64, Millis)> {
+        self.unbatched.iter().find_map(|(chain, w)| w.get(event).map(|at| (*chain, *at)))
+    }
+
+    /// The batch held here (not signed yet) that `event` is in.
+    pub fn batch_of(&self, event: &EventId) -> Option<HeldBatch<'_>> {
+        let message = self.in_batch.get(event)?;
+        let b = self.batches.get(message)?;
+        Some(HeldBatch {
+            message,
+            proposal: &b.proposal,
+            proposer: b.proposer,
+            since: b.since,
+            signing_since: b.signing,
+        })
+    }
+
+    /// The peers that said they hold the batch of `message`.
+    pub fn holders(&self, message: &[u8]) -> Vec<usize> {
+        self.holders.get(message).map(|(who, _)| who.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Every batch signature held here that covers a mint of `p`, once each.
+    pub fn signatures_covering(&self, p: &BatchProposal) -> Vec<(BatchProposal, EvmSignature)> {
+        let messages: BTreeSet<&Vec<u8>> = p.leaves.iter().filter_map(|l| self.signed.get(&l.event)).collect();
+        messages.into_iter().filter_map(|m| self.signatures.get(m)).map(|(q, s)| (q.clone(), *s)).collect()
+    }
+
+    /// The validator that proposes the batches of mints to `chain` first (each chain's
+    /// batches start from another validator, so one silent validator stalls one
+    /// chain's at most for a takeover).
+    pub fn first_proposer(&self, chain: u64) -> usize {
+        usize::try_from(chain % self.config.validators.max(1) as u64).unwrap_or(0)
     }
 
     /// The rank of `who` among the proposers of chain `chain` (0 proposes first).
     pub fn rank_of(&self, chain: u64, who: usize) -> usize {
         let n = self.config.validators.max(1);
-        let first = usize::try_from(chain % n as u64).unwrap_or(0);
-        (who + n - first) % n
+        (who % n + n - self.first_proposer(chain)) % n
     }
 
     /// Whether `proposal` from `from` may be signed here, and which batches held here it
@@ -534,7 +622,7 @@ impl MintBook {
                     Some(_) => {}
                 }
             }
-            if self.signed.contains(&leaf.event) {
+            if self.signed.contains_key(&leaf.event) {
                 signed += 1;
             }
             if let Some(message) = self.in_batch.get(&leaf.event) {
@@ -571,7 +659,7 @@ impl MintBook {
     }
 
     fn waits(&self, event: &EventId) -> bool {
-        !self.signed.contains(event)
+        !self.signed.contains_key(event)
             && !self.consumed.contains(event)
             && !self.reorged.contains(event)
             && !self.in_batch.contains_key(event)
@@ -661,9 +749,9 @@ impl MintBook {
         }
         let rank = self.rank_of(p.chain, proposer);
         out.push(Action::Holds { message: message.clone() });
-        let active = Active { proposal: p, proposer, rank, since: now, resent: now, signing: false };
+        let active = Active { proposal: p, proposer, rank, since: now, resent: now, signing: None };
         self.batches.insert(message.clone(), active);
-        self.maybe_sign(&message, out);
+        self.maybe_sign(&message, now, out);
     }
 
     /// A gate opened: proposals kept for it are taken, batches held are signed once t
@@ -672,22 +760,22 @@ impl MintBook {
         self.retry_early(now, out);
         let held: Vec<Vec<u8>> = self.batches.keys().cloned().collect();
         for message in held {
-            self.maybe_sign(&message, out);
+            self.maybe_sign(&message, now, out);
         }
         self.propose_due(now, out);
     }
 
     /// Asks for the signature of the batch of `message` once this node and t − 1 peers
     /// hold it, and its key and destination bridge are ready.
-    fn maybe_sign(&mut self, message: &[u8], out: &mut Out) {
+    fn maybe_sign(&mut self, message: &[u8], now: Millis, out: &mut Out) {
         let peers = self.holders.get(message).map_or(0, |(who, _)| who.len());
         let t = self.config.threshold;
         let (key_usable, not_ready) = (self.key_usable, &self.not_ready);
         let Some(b) = self.batches.get_mut(message) else { return };
-        if b.signing || peers + 1 < t || !key_usable || not_ready.contains(&b.proposal.chain) {
+        if b.signing.is_some() || peers + 1 < t || !key_usable || not_ready.contains(&b.proposal.chain) {
             return;
         }
-        b.signing = true;
+        b.signing = Some(now);
         out.push(Action::Sign { message: message.to_vec(), proposal: b.proposal.clone() });
     }
 
@@ -707,20 +795,23 @@ impl MintBook {
         }
     }
 
-    /// A batch signed by peers: taken as if signed here once each of its leaves is a
-    /// mint this node certified with that content and none reorged (the signature
-    /// itself the driver verified), so that a validator back from away relays it and
-    /// never batches those mints again.
+    /// A batch signed by peers: taken as if signed here when none of its leaves is
+    /// reorged here or certified here with another content, and at least one is
+    /// certified here (the signature itself the driver verified under the group key:
+    /// t validators, so at least one honest, checked every leaf), so that a validator
+    /// back from away relays it and never batches those mints again, not even the ones
+    /// it certifies only later.
     fn on_learned(&mut self, proposal: BatchProposal, signature: EvmSignature, now: Millis, out: &mut Out) {
         let Some(message) = self.message_of(&proposal) else { return };
         if self.signatures.contains_key(&message) || proposal.leaves.is_empty() {
             return;
         }
-        let mine = proposal.leaves.iter().all(|l| {
-            !self.reorged.contains(&l.event)
-                && self.certified.get(&l.event).is_some_and(|(r, _)| r.chain == proposal.chain && r.leaf == *l)
+        let contradicted = proposal.leaves.iter().any(|l| {
+            self.reorged.contains(&l.event)
+                || self.certified.get(&l.event).is_some_and(|(r, _)| r.chain != proposal.chain || r.leaf != *l)
         });
-        if !mine {
+        let known = proposal.leaves.iter().any(|l| self.certified.contains_key(&l.event));
+        if contradicted || !known {
             return;
         }
         // Held here too (being signed): that signing is moot.
@@ -728,7 +819,8 @@ impl MintBook {
             out.push(Action::Abandon { message: message.clone() });
         } else {
             let rank = 0;
-            let active = Active { proposal, proposer: self.config.me, rank, since: now, resent: now, signing: true };
+            let active =
+                Active { proposal, proposer: self.config.me, rank, since: now, resent: now, signing: Some(now) };
             self.batches.insert(message.clone(), active);
         }
         let leaves: BTreeSet<EventId> =
@@ -755,7 +847,7 @@ impl MintBook {
         let proposal = b.proposal;
         out.push(Action::Persist(Change::Signed { message: message.clone(), proposal: proposal.clone(), signature }));
         for leaf in &proposal.leaves {
-            self.signed.insert(leaf.event);
+            self.signed.insert(leaf.event, message.clone());
             if self.in_batch.get(&leaf.event) == Some(&message) {
                 self.in_batch.remove(&leaf.event);
             }
@@ -884,6 +976,82 @@ mod tests {
         assert!(out.iter().any(|a| matches!(a, Action::Relay { .. })), "{out:?}");
         assert_eq!(b.unbatched(), 0, "its mints are not batched again");
         assert!(b.handle(Input::Learned { proposal, signature }, 30).is_empty(), "once");
+    }
+
+    /// A peer that proposes mints all signed here already (it was away) is handed the
+    /// signatures, and takes them (after verifying them) even for a mint it certifies
+    /// only later, which it then never batches again; a batch contradicting what it
+    /// certified, or with no mint certified there at all, is not taken.
+    #[test]
+    fn a_lagging_proposer_is_told_the_signatures_and_takes_them() {
+        let signature = EvmSignature { rx: Default::default(), ry: Default::default(), z: Default::default() };
+        let mut b = book(2);
+        b.handle(Input::Certified(request(1, 100)), 0);
+        b.handle(Input::Certified(request(2, 200)), 0);
+        let signed = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 200).leaf]);
+        b.handle(Input::Proposal { from: 1, proposer: 1, proposal: signed.clone() }, 10);
+        b.handle(Input::Signed { message: signed.message(Address::repeat_byte(9)), signature }, 20);
+        // The lagging proposer certified only the first mint so far.
+        let late = BatchProposal::new(1, vec![request(1, 100).leaf]);
+        let out = b.handle(Input::Proposal { from: 3, proposer: 1, proposal: late.clone() }, 30);
+        let told = out.iter().find_map(|a| match a {
+            Action::TellSigned { to, signed } => Some((*to, signed.clone())),
+            _ => None,
+        });
+        assert_eq!(told, Some((3, vec![(signed.clone(), signature)])), "{out:?}");
+        let mut lagging = book(1);
+        assert!(lagging.handle(Input::Learned { proposal: signed.clone(), signature }, 0).is_empty(), "nothing known");
+        lagging.handle(Input::Certified(request(1, 100)), 0);
+        let out = lagging.handle(Input::Learned { proposal: signed.clone(), signature }, 40);
+        assert!(matches!(out.first(), Some(Action::Persist(Change::Signed { .. }))), "{out:?}");
+        assert!(lagging.is_signed(&request(2, 0).leaf.event), "the mint it certifies later is signed too");
+        lagging.handle(Input::Certified(request(2, 200)), 50);
+        assert_eq!(lagging.unbatched(), 0, "and is never batched again");
+        let mut other = book(1);
+        other.handle(Input::Certified(request(2, 999)), 0);
+        assert!(other.handle(Input::Learned { proposal: signed, signature }, 0).is_empty(), "contradicted");
+    }
+
+    /// An event reorged out past finality and then reported final again is batched
+    /// again; while reorged, a batch with it is refused and the one held is given up.
+    #[test]
+    fn a_reorged_mint_final_again_is_batched_again() {
+        let mut b = book(1);
+        b.handle(Input::Certified(request(1, 100)), 0);
+        let out = b.handle(Input::Reorged(request(1, 0).leaf.event), 10);
+        assert!(matches!(out.first(), Some(Action::Persist(Change::Reorged(_)))), "{out:?}");
+        assert_eq!(b.unbatched(), 0);
+        let proposal = BatchProposal::new(1, vec![request(1, 100).leaf]);
+        assert_eq!(b.check(1, &proposal), Err(Refusal::Reorged(request(1, 0).leaf.event)));
+        let out = b.handle(Input::Final(request(1, 0).leaf.event), 20);
+        assert!(matches!(out.first(), Some(Action::Persist(Change::Unreorged(_)))), "{out:?}");
+        assert_eq!(b.unbatched(), 1, "waits again");
+        assert!(b.handle(Input::Final(request(1, 0).leaf.event), 30).is_empty(), "once");
+        let mut state = Persisted::default();
+        state.apply(&Change::Certified(request(1, 100)));
+        state.apply(&Change::Reorged(request(1, 0).leaf.event));
+        state.apply(&Change::Unreorged(request(1, 0).leaf.event));
+        assert!(state.reorged.is_empty());
+    }
+
+    /// A batch being signed goes stale counted from when its signing started, not from
+    /// when it was taken (under a burst, t validators may hold it long after one did).
+    #[test]
+    fn staleness_counts_from_the_start_of_signing() {
+        let mut b = book(2);
+        b.config.threshold = 2;
+        b.handle(Input::Certified(request(1, 100)), 0);
+        b.handle(Input::Certified(request(2, 200)), 0);
+        let proposal = BatchProposal::new(1, vec![request(1, 100).leaf, request(2, 200).leaf]);
+        b.handle(Input::Proposal { from: 1, proposer: 1, proposal: proposal.clone() }, 0);
+        let message = proposal.message(Address::repeat_byte(9));
+        let late = b.config.stale_after_ms - 1;
+        assert!(signs(&b.handle(Input::Holds { from: 1, message: message.clone() }, late)));
+        let out = b.handle(Input::Tick, late + 10);
+        assert!(!out.iter().any(|a| matches!(a, Action::Abandon { .. })), "not stale yet: {out:?}");
+        assert!(b.batch_of(&request(1, 0).leaf.event).is_some_and(|h| h.signing_since == Some(late)));
+        let out = b.handle(Input::Tick, late + b.config.stale_after_ms);
+        assert!(out.iter().any(|a| matches!(a, Action::Abandon { .. })), "stale: {out:?}");
     }
 
     /// A validator flooding notes for invented batches drops only its own notes: the

@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod book;
+pub mod wire;
 
 pub use batch::{BatchError, BatchProposal, Leaf, MAX_BATCH_LEAVES};
-pub use book::{Action, Canary, Change, Config, Input, MintBook, MintRequest, Persisted, Refusal};
+pub use book::{Action, Canary, Change, Config, HeldBatch, Input, MintBook, MintRequest, Persisted, Refusal};

@@ -73,8 +73,8 @@ impl World {
             }
             let proposal = BatchProposal::new(request.chain, vec![request.leaf]);
             // It claims the first-ranked proposer's name, to displace honest batches.
-            let first = (request.chain % u64::from(self.n)) as u16;
-            let wire = Wire::Batch([&first.to_be_bytes()[..], &proposal.encode()].concat());
+            let first = (request.chain % u64::from(self.n)) as usize;
+            let wire = Wire::Batch(btcfi_mint::wire::encode_batch(first, &proposal));
             for &to in &others {
                 self.send(node, to, wire.clone());
             }

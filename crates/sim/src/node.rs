@@ -379,9 +379,8 @@ impl Validator {
                 self.consensus(CInput::from_message(ValidatorIndex(from), message), now);
             }
             Wire::Batch(bytes) => {
-                let (proposer, body) = bytes.split_first_chunk::<2>().ok_or("batch proposal truncated")?;
-                let proposal = BatchProposal::decode(body).map_err(|_| "batch proposal undecodable")?;
-                let proposer = usize::from(u16::from_be_bytes(*proposer));
+                let (proposer, proposal) =
+                    btcfi_mint::wire::decode_batch(&bytes).map_err(|_| "batch proposal undecodable")?;
                 self.mint(MInput::Proposal { from: usize::from(from), proposer, proposal }, now);
             }
             Wire::Holds(message) => {
@@ -492,7 +491,7 @@ impl Validator {
                     }
                 }
                 MAction::Propose { proposal, proposer } => {
-                    let bytes = [&(proposer as u16).to_be_bytes()[..], &proposal.encode()].concat();
+                    let bytes = btcfi_mint::wire::encode_batch(proposer, &proposal);
                     self.effects.push(Effect::Broadcast(Wire::Batch(bytes)));
                 }
                 MAction::Sign { message, proposal } => {
@@ -515,6 +514,10 @@ impl Validator {
                     self.effects.push(Effect::Relay { at: now + after_ms, proposal, signature })
                 }
                 MAction::Holds { message } => self.effects.push(Effect::Broadcast(Wire::Holds(message))),
+                // A lagging validator is not modelled as learning signatures from its
+                // peers: it restores its own state, and the contract's replay
+                // protection covers a batch signed again.
+                MAction::TellSigned { .. } => {}
                 MAction::Refused { from, refusal } => {
                     if self.debug {
                         eprintln!("t={now} v{} refused a batch of v{from}: {refusal}", self.id);

@@ -15,56 +15,49 @@ impl Pipeline {
                 detail: "reorged out past finality: never signed, relayed or paid",
             }));
         }
-        if let Some(a) = self.held_mints.iter().find(|a| a.event == *event) {
-            return Some(Waiting::Stage(Stage::Held { reason: self.bridge_not_ready(a.destination().0) }));
-        }
+        let now = now_ms();
         if self.pegouts.contains_key(event) {
             if let Some(w) = self.book_explain(event) {
                 return Some(w);
             }
-            let now = now_ms();
             return Some(Waiting::Stage(Stage::WaitingForRelease {
                 certified_for_secs: self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
                 proposer_in_turn: self.turn_at(now),
                 this_node_proposes_in_ms: self.proposing_window_in_ms(now),
             }));
         }
-        if let Some((chain, (_, at))) = self.unbatched.iter().find_map(|(c, w)| w.get(event).map(|entry| (*c, entry))) {
+        let book = &self.mints.book;
+        if let Some((chain, at)) = book.waiting(event) {
+            if let Some(reason) = self.bridge_not_ready(chain) {
+                return Some(Waiting::Stage(Stage::Held { reason: Some(reason) }));
+            }
             let rank = self.batch_rank_of(chain, self.me);
+            let waited = now.saturating_sub(at);
+            let patience = book.config().takeover_ms.saturating_mul(rank as u64);
             return Some(Waiting::Stage(Stage::Batching {
                 chain_id: chain,
-                certified_for_ms: at.elapsed().as_millis() as u64,
+                certified_for_ms: waited,
                 proposer: self.batch_proposer(chain),
                 proposer_rank_of_this_node: rank,
-                this_node_proposes_in_ms: (self.takeover * rank as u32 + self.batch_wait)
-                    .saturating_sub(at.elapsed())
-                    .as_millis() as u64,
+                this_node_proposes_in_ms: (patience + book.config().batch_wait_ms).saturating_sub(waited),
             }));
         }
         if !self.usable.contains(&KeyKind::Evm) {
             return Some(Waiting::Stage(Stage::WaitingForEvmKey));
         }
-        if let Some(message) = self.in_batch.get(event)
-            && let Some(b) = self.batches.get(message)
-        {
-            let batch = BatchWait {
-                root: word(&b.proposal.root()),
-                mints: b.proposal.leaves.len(),
-                proposer: b.proposer,
-                proposed_ms_ago: b.since.elapsed().as_millis() as u64,
-            };
-            if b.started_at.is_none() {
-                let ready: Vec<usize> =
-                    self.batch_ready.get(message).map(|(who, _)| who.iter().copied().collect()).unwrap_or_default();
-                return Some(Waiting::Stage(Stage::AwaitingSigners { batch, ready, needed: self.n * 2 / 3 }));
-            }
-            let session = self.evm.as_ref()?.explain(message)?;
-            return Some(Waiting::Session { session, batch: Some(batch) });
+        let held = book.batch_of(event)?;
+        let batch = BatchWait {
+            root: word(&held.proposal.root()),
+            mints: held.proposal.leaves.len(),
+            proposer: held.proposer,
+            proposed_ms_ago: now.saturating_sub(held.since),
+        };
+        if held.signing_since.is_none() {
+            let ready = book.holders(held.message);
+            return Some(Waiting::Stage(Stage::AwaitingSigners { batch, ready, needed: self.n * 2 / 3 }));
         }
-        let rec = crate::state::get_certified(&self.store, event).ok()??;
-        let message = self.mint_message_of(&rec.attestation)?;
-        let session = self.evm.as_ref()?.explain(&message)?;
-        Some(Waiting::Session { session, batch: None })
+        let session = self.evm.as_ref()?.explain(held.message)?;
+        Some(Waiting::Session { session, batch: Some(batch) })
     }
 
     /// Group keys, vault and releases, for `/v1/status`.

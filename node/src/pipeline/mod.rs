@@ -3,9 +3,9 @@
 //!
 //! [`Pipeline`] lives in the run loop. It owns the two signing [`Suite`]s
 //! ([`signers`]), checks a fresh key with a test signature before using it, turns
-//! certified peg-ins and EVM-to-EVM attestations into mint signatures ([`mints`],
-//! batched in [`batches`]; stored, served by the API, handed to the relayer), and
-//! drives Bitcoin releases ([`releases`]). Who proposes what, and when, is
+//! certified attestations over ([`certified`]): peg-ins and EVM-to-EVM moves to the
+//! mint book's driver ([`mints`]: batched, signed, stored, served by the API, handed to
+//! the relayer), payouts to the release book's ([`releases`]). Who proposes what, and when, is
 //! [`validators`]; what it stores is [`crate::records`].
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
@@ -30,11 +30,8 @@ use btcfi_chain_adapters::{
 };
 use btcfi_p2p::{MessageKind, NetworkHandle, PeerId};
 use btcfi_signer::{
-    btc as btcsig,
-    evm::{EvmSignature, mint_message},
-    frost_secp256k1::Secp256K1Sha256 as Evm,
-    frost_secp256k1_tr::Secp256K1Sha256TR as Btc,
-    session::SessionConfig,
+    btc as btcsig, evm::EvmSignature, frost_secp256k1::Secp256K1Sha256 as Evm,
+    frost_secp256k1_tr::Secp256K1Sha256TR as Btc, session::SessionConfig,
 };
 use btcfi_store::{Batch, Cf, Store};
 use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
@@ -46,29 +43,15 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-mod batches;
+mod certified;
 mod explain;
 mod mints;
 mod releases;
 mod signers;
 mod validators;
 
-use batches::*;
-pub(crate) use releases::driver::Answer as BitcoindAnswer;
 use releases::*;
 use signers::*;
-
-/// The mint a peg-in or EVM-to-EVM attestation asks for: its destination chain and
-/// leaf (None for payouts).
-fn mint_of(att: &Attestation) -> Option<(ChainId, Leaf)> {
-    match att.kind {
-        AttestationKind::PegIn { dest_chain, recipient, amount }
-        | AttestationKind::EvmToEvm { dest_chain, recipient, amount, .. } => {
-            Some((dest_chain, Leaf { event: att.event, recipient, amount }))
-        }
-        AttestationKind::PegOut { .. } | AttestationKind::Refund { .. } => None,
-    }
-}
 
 /// `0x` + the 32 bytes in hex, as the records store words.
 fn word(b: &[u8; 32]) -> String {
@@ -126,7 +109,6 @@ pub struct Pipeline {
     me: usize,
     n: usize,
     epoch: u64,
-    takeover: Duration,
     evm: Option<Suite<Evm>>,
     btc: Option<Suite<Btc>>,
     group_keys: BTreeMap<KeyKind, String>,
@@ -168,28 +150,16 @@ pub struct Pipeline {
     key_checks_started: bool,
     /// Every bridge's `groupKey()` against the epoch's evm key (None before the DKG).
     bridge_keys: Option<BridgeKeys>,
-    /// Certified mints held back while their destination bridge holds another key.
-    held_mints: Vec<Attestation>,
     /// Events whose block left the canonical chain after they were reported final (a
     /// reorg deeper than finality): never signed, relayed or paid (from the store at
     /// start, then as the adapters report them).
     reorged: BTreeSet<EventId>,
     /// A signing queue not empty for this long makes the node not ready.
     queue_saturated: Duration,
-    /// Certified mints in no batch here yet, per destination chain, with when they
-    /// were certified.
-    unbatched: BTreeMap<u64, BTreeMap<EventId, (Leaf, Instant)>>,
-    /// Batches being signed here, by the message the group key signs.
-    batches: BTreeMap<Vec<u8>, ActiveBatch>,
-    /// The message of the batch each mint is being signed in.
-    in_batch: BTreeMap<EventId, Vec<u8>>,
-    batch_max: usize,
-    batch_wait: Duration,
-    last_batch_resend: Instant,
-    /// Peers' batch proposals that came before this node certified their mints.
-    early_batches: Vec<(usize, BatchProposal, Instant)>,
-    /// Validators that said they hold a batch (by its message), and since when.
-    batch_ready: btcfi_mint::book::HolderNotes<Instant>,
+    /// The mint book and its driver's state.
+    mints: mints::Mints,
+    /// The relayer's reports of consumed mints until the run loop takes them.
+    relay_consumed: Option<mpsc::Receiver<Vec<EventId>>>,
     /// The epoch's evm group key as the bridges take it (None before the DKG).
     evm_xy: Option<(alloy::primitives::U256, alloy::primitives::U256)>,
     /// The release book and its driver's state.
@@ -248,11 +218,15 @@ impl Pipeline {
                 metrics.key_usable.with_label_values(&[kind.as_str()]).set(1);
             }
         }
-        let relay = match cfg.relayer_signer() {
-            Some(s) if !cfg.evm.is_empty() => Some(relay::spawn(&cfg.evm, s, store.clone(), metrics.clone(), tasks)?),
+        let (relay, relay_consumed) = match cfg.relayer_signer() {
+            Some(s) if !cfg.evm.is_empty() => {
+                let (consumed_tx, consumed) = mpsc::channel(mints::CONSUMED_QUEUE);
+                let jobs = relay::spawn(&cfg.evm, s, store.clone(), metrics.clone(), consumed_tx, tasks)?;
+                (Some(jobs), Some(consumed))
+            }
             _ => {
                 info!(target: "relay", "no relayer key configured: this node signs mints but leaves submitting them to others");
-                None
+                (None, None)
             }
         };
         let bridges = cfg.evm.iter().map(|c| (c.chain_id.0, c.bridge)).collect();
@@ -288,6 +262,7 @@ impl Pipeline {
             )
         };
         let (book, owed) = releases::Book::open(cfg, &store, &policy, me, n)?;
+        let (mints, mints_owed) = mints::Mints::open(cfg, &store, me, n)?;
         info!(target: "release", "releases are decided by the release book");
         let mut t = Self {
             store,
@@ -297,7 +272,6 @@ impl Pipeline {
             me,
             n,
             epoch,
-            takeover: Duration::from_millis(cfg.signing.takeover_ms),
             evm,
             btc,
             group_keys,
@@ -324,19 +298,12 @@ impl Pipeline {
             release_fault: faults.release,
             key_checks_started: false,
             bridge_keys: None,
-            held_mints: Vec::new(),
             reorged: BTreeSet::new(),
             queue_saturated: Duration::from_secs(cfg.signing.queue_saturated_secs),
-            unbatched: BTreeMap::new(),
-            batches: BTreeMap::new(),
-            in_batch: BTreeMap::new(),
-            batch_max: cfg.signing.batch_max_mints.clamp(1, crate::batch::MAX_BATCH_LEAVES),
-            batch_wait: Duration::from_millis(cfg.signing.batch_wait_ms),
-            last_batch_resend: Instant::now(),
-            early_batches: Vec::new(),
-            batch_ready: BTreeMap::new(),
             evm_xy: None,
             book,
+            mints,
+            relay_consumed,
         };
         t.book_actions(owed)?;
         t.book_catch_up(&spends)?;
@@ -357,6 +324,8 @@ impl Pipeline {
             Self::count_payments(&mut t.paid, &spend.payouts, false);
             t.onchain.insert(spend.txid, spend.payouts);
         }
+        t.mint_actions(mints_owed)?;
+        t.tell_mint_gates()?;
         t.update_pending_gauge();
         Ok(t)
     }
@@ -370,6 +339,7 @@ impl Pipeline {
         // before a crash is told now, before anything is signed.
         for e in &reorged {
             self.book_input(release::book::Input::Reorged(*e))?;
+            self.mint_input(btcfi_mint::Input::Reorged(*e))?;
         }
         self.reorged = reorged;
         for rec in crate::state::all_certified(&self.store)? {
@@ -383,11 +353,16 @@ impl Pipeline {
     pub fn on_final(&mut self, event: EventId) {
         // Reported final again (the same burn or deposit in the new chain): it stands,
         // and what it was certified for is taken up again.
-        if self.reorged.remove(&event)
-            && let Ok(Some(rec)) = crate::state::get_certified(&self.store, &event)
-            && let Err(e) = self.take_certified(&rec.attestation)
-        {
-            warn!(target: "signing", %event, error = %e, "cannot take up an event final again");
+        if self.reorged.remove(&event) {
+            let again = self.mint_input(btcfi_mint::Input::Final(event)).and_then(|()| {
+                match crate::state::get_certified(&self.store, &event)? {
+                    Some(rec) => self.take_certified(&rec.attestation),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = again {
+                warn!(target: "signing", %event, error = %e, "cannot take up an event final again");
+            }
         }
         if self.finalized_at.len() < 100_000 {
             self.finalized_at.insert(event, Instant::now());
@@ -453,14 +428,11 @@ impl Pipeline {
                 vec![]
             }
             TAG_BATCH_SIGNED => {
-                self.on_signed_records(from, body)?;
+                self.on_signed_batches(from, body)?;
                 vec![]
             }
             TAG_BATCH => {
-                match BatchProposal::decode(body) {
-                    Ok(p) => self.on_batch_proposal(from, p)?,
-                    Err(e) => warn!(target: "signing", from, error = %e, "undecodable batch proposal dropped"),
-                }
+                self.on_batch(from, body)?;
                 vec![]
             }
             TAG_RELEASE => {
@@ -486,12 +458,8 @@ impl Pipeline {
             effects.extend(s.tick(now_ms())?);
         }
         self.apply(effects)?;
-        if self.usable.contains(&KeyKind::Evm) {
-            self.retry_held_mints()?;
-            self.retry_early_batches()?;
-            self.propose_batches()?;
-            self.resend_batches();
-        }
+        self.tell_mint_gates()?;
+        self.mint_input(btcfi_mint::Input::Tick)?;
         if self.usable.contains(&KeyKind::Btc) {
             self.book_utxos()?;
             self.book_tick()?;

@@ -152,28 +152,11 @@ impl Pipeline {
                 for (k, m, p) in now {
                     self.start_now(k, m, p)?;
                 }
+                self.tell_mint_gates()?;
             }
-            Purpose::Mint { event } => {
-                let evm = own_evm_signature(signature)?;
-                let Some(rec) = crate::state::get_certified(&self.store, &event)? else { return Ok(()) };
-                if self.reorged.contains(&event) {
-                    warn!(target: "signing", %event, "mint signed, but its event was reorged out past finality: not relayed");
-                    return Ok(());
-                }
-                let Some((dest, leaf)) = mint_of(&rec.attestation) else { return Ok(()) };
-                let (recipient, amount) = (leaf.recipient, leaf.amount);
-                let record = self.signed_record(dest.0, &leaf, message, &evm, &signers, attempt);
-                let mut b = Batch::new();
-                b.put_json(Cf::SigningAttempts, signed_key(&event), &record)?;
-                self.store.commit(b)?;
-                self.finish_batch(message);
-                if let Some(at) = self.finalized_at.remove(&event) {
-                    self.metrics.finality_to_signature.observe(at.elapsed().as_secs_f64());
-                }
-                let sig = MintSignature { rx: evm.rx.to_be_bytes(), ry: evm.ry.to_be_bytes(), z: evm.z.to_be_bytes() };
-                self.queue_mint(event, dest, recipient, amount, sig);
+            Purpose::Mint { .. } | Purpose::MintBatch { .. } => {
+                self.on_mint_signed(message, signature, signers, attempt)?;
             }
-            Purpose::MintBatch { .. } => self.on_batch_signed(message, signature, &signers, attempt)?,
             Purpose::ReleaseInput { txid, input } => {
                 let Ok(txid) = txid.parse::<Txid>() else { return Ok(()) };
                 self.book_signed_input(txid, input, signature)?;

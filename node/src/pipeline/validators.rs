@@ -1,5 +1,5 @@
-//! The pipeline's use of the validator set's order ([`crate::validators`]): whose turn
-//! it is to propose a release or a batch.
+//! Whose turn it is to propose a release or a batch of mints, as the release and mint
+//! books judge it (one source of each order).
 
 use super::*;
 
@@ -8,12 +8,13 @@ impl Pipeline {
     /// to `chain`: the others follow it `takeover` apart, each proposing only mints
     /// certified here for at least its rank × takeover.
     pub(super) fn batch_rank_of(&self, chain: u64, who: usize) -> usize {
-        crate::validators::batch_rank(chain, who, self.n)
+        self.mints.book.rank_of(chain, who)
     }
 
-    /// The validator that proposes the batches of mints to `chain` first.
+    /// The validator that proposes the batches of mints to `chain` first (the mint
+    /// book's order, as the release turns are the release book's).
     pub(super) fn batch_proposer(&self, chain: u64) -> usize {
-        crate::validators::batch_proposer(chain, self.n)
+        self.mints.book.first_proposer(chain)
     }
 
     /// The turn order of release proposers: the release book's own, so that what the

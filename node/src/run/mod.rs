@@ -355,6 +355,8 @@ pub async fn run_with(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The release path's bitcoind answers (the driver task makes the calls).
     let mut bitcoind = ctx.pipeline.take_bitcoind_answers();
+    // The relayer's reports of mints their bridges consumed.
+    let mut consumed = ctx.pipeline.take_relay_consumed();
     tokio::pin!(shutdown);
     let result: eyre::Result<()> = loop {
         tokio::select! {
@@ -376,6 +378,9 @@ pub async fn run_with(
             }
             Some(answer) = next_answer(&mut bitcoind) => {
                 if let Err(e) = ctx.pipeline.on_bitcoind(answer) { break Err(e) }
+            }
+            Some(events) = next_answer(&mut consumed) => {
+                if let Err(e) = ctx.pipeline.on_consumed(events) { break Err(e) }
             }
             Some(update) = chain_rx.recv() => {
                 if let Err(e) = on_chain(&mut ctx, &mut core, &snapshot, update).await { break Err(e) }
@@ -401,10 +406,9 @@ pub async fn run_with(
     result
 }
 
-/// The next answer of the bitcoind driver; never, without one.
-async fn next_answer(
-    rx: &mut Option<mpsc::Receiver<crate::pipeline::BitcoindAnswer>>,
-) -> Option<crate::pipeline::BitcoindAnswer> {
+/// The next message of a task's channel (the bitcoind driver's answers, the relayer's
+/// reports); never, without one.
+async fn next_answer<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

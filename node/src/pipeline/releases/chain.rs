@@ -129,21 +129,8 @@ impl Pipeline {
             return Ok(());
         }
         self.book_input(Input::Reorged(event))?;
-        self.held_mints.retain(|a| a.event != event);
-        self.deferred.retain(|(_, _, p)| !matches!(p, Purpose::Mint { event: e } if *e == event));
-        for waiting in self.unbatched.values_mut() {
-            waiting.remove(&event);
-        }
-        // A batch being signed with it: dropped here, its other mints batched again.
-        if let Some(message) = self.in_batch.get(&event).cloned() {
-            self.drop_batch(&message, true);
-        }
-        if let Some(rec) = crate::state::get_certified(&self.store, &event)?
-            && let Some(message) = self.mint_message_of(&rec.attestation)
-            && let Some(suite) = self.evm.as_mut()
-        {
-            suite.abandon(&message);
-        }
+        // A batch being signed with it is given up, its other mints batched again.
+        self.mint_input(btcfi_mint::Input::Reorged(event))?;
         if self.pegouts.remove(&event).is_some() {
             self.pegout_seen.remove(&event);
             if self.book.book.paid_events().contains(&event) {
