@@ -960,7 +960,8 @@ mod tests {
 
     /// A validator back from away takes a batch its peers signed meanwhile (the
     /// driver verified the signature): persisted, relayed in its rank, its mints never
-    /// batched again; but only if every leaf is a mint it certified with that content.
+    /// batched again; but not if a leaf contradicts a mint it certified (another
+    /// amount).
     #[test]
     fn a_batch_signed_by_peers_is_taken_only_if_each_mint_is_certified_here_as_signed() {
         let signature = EvmSignature { rx: Default::default(), ry: Default::default(), z: Default::default() };
