@@ -112,6 +112,8 @@ pub enum ReleaseStatus {
     Confirmed,
     /// Another release spending one of its inputs confirmed: it never will.
     Conflicted,
+    /// Never signed here and given up on: its peg-outs go into another release.
+    Expired,
 }
 
 /// A release this node validated, under `rel/` + txid in the `releases` column family.
@@ -133,6 +135,10 @@ pub struct ReleaseRecord {
     pub confirmations: u64,
     /// The release this one replaced (RBF).
     pub replaces: Option<String>,
+    /// Its network fee was counted as paid (`btcfi_vault_fees_paid_sats_total`): once,
+    /// however often a reorg takes it out of the chain and back.
+    #[serde(default)]
+    pub fee_counted: bool,
 }
 
 impl ReleaseRecord {
@@ -160,6 +166,7 @@ impl ReleaseRecord {
             broadcast_ms: None,
             confirmations: 0,
             replaces: replaces.map(ToString::to_string),
+            fee_counted: false,
         }
     }
 }
@@ -267,9 +274,11 @@ pub enum BookChange {
     Shared { txid: String },
     Signed { txid: String, signatures: Vec<String> },
     Dropped { txid: String },
+    Expired { txid: String },
     Spent { txid: String, spent: Vec<String>, payments: Vec<(String, u64)>, paid: Vec<EventId>, tx: Option<String> },
     Unspent { txid: String },
     Reorged { event: EventId },
+    Unreorged { event: EventId },
     SetApart { event: EventId, reason: String, until: u64 },
 }
 
@@ -290,6 +299,7 @@ impl BookChange {
                 signatures: signatures.iter().map(|s| hex::encode(s.serialize())).collect(),
             },
             C::Dropped { txid } => Self::Dropped { txid: txid.to_string() },
+            C::Expired { txid } => Self::Expired { txid: txid.to_string() },
             C::Spent { spend, paid, tx } => Self::Spent {
                 txid: spend.txid.to_string(),
                 spent: spend.spent.iter().map(ToString::to_string).collect(),
@@ -299,6 +309,7 @@ impl BookChange {
             },
             C::Unspent { txid } => Self::Unspent { txid: txid.to_string() },
             C::Reorged(event) => Self::Reorged { event: *event },
+            C::Unreorged(event) => Self::Unreorged { event: *event },
             C::SetApart { event, reason, until } => {
                 Self::SetApart { event: *event, reason: reason.clone(), until: *until }
             }
@@ -330,6 +341,7 @@ impl BookChange {
                     .collect::<eyre::Result<_>>()?,
             },
             Self::Dropped { txid: t } => C::Dropped { txid: txid(t)? },
+            Self::Expired { txid: t } => C::Expired { txid: txid(t)? },
             Self::Spent { txid: t, spent, payments, paid, tx } => C::Spent {
                 spend: Spend {
                     txid: txid(t)?,
@@ -353,6 +365,7 @@ impl BookChange {
             },
             Self::Unspent { txid: t } => C::Unspent { txid: txid(t)? },
             Self::Reorged { event } => C::Reorged(*event),
+            Self::Unreorged { event } => C::Unreorged(*event),
             Self::SetApart { event, reason, until } => {
                 C::SetApart { event: *event, reason: reason.clone(), until: *until }
             }
@@ -414,7 +427,9 @@ mod tests {
             Change::Spent { spend, paid: vec![], tx: None },
             Change::Unspent { txid },
             Change::Dropped { txid },
+            Change::Expired { txid },
             Change::Reorged(event),
+            Change::Unreorged(event),
             Change::SetApart { event, reason: "dust".into(), until: 99 },
         ];
         let dir = tempfile::tempdir().expect("dir");

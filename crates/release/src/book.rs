@@ -154,6 +154,9 @@ pub enum Input {
     Certified(Payout),
     /// A certified peg-out whose burn left the canonical chain past finality.
     Reorged(EventId),
+    /// An event reported final (again): one [`Input::Reorged`] before is payable
+    /// once more (the same burn in the new chain). Nothing for any other event.
+    Final(EventId),
     /// A proposal from validator `from` (or this node's own, echoed).
     Proposal {
         from: usize,
@@ -214,6 +217,9 @@ pub enum Change {
     Signed { txid: Txid, signatures: Vec<schnorr::Signature> },
     /// It can no longer confirm (a conflicting spend reached depth), or it did.
     Dropped { txid: Txid },
+    /// Never shared to and left unsigned for [`Config::expire_after_ms`]: forgotten
+    /// here (nothing this node signed can confirm it), its peg-outs paid by another.
+    Expired { txid: Txid },
     /// A vault spend at depth, and the peg-outs it paid; with its signed transaction
     /// when this node holds it (to send it again if a reorg takes it out).
     Spent { spend: Spend, paid: Vec<EventId>, tx: Option<Transaction> },
@@ -223,6 +229,8 @@ pub enum Change {
     Unspent { txid: Txid },
     /// A certified peg-out's burn left the canonical chain past finality: never paid.
     Reorged(EventId),
+    /// ... and is final again: payable once more.
+    Unreorged(EventId),
     /// A certified peg-out that the relay policy refuses to pay: left out of every
     /// release until `until`, then put to the policy again.
     SetApart { event: EventId, reason: String, until: Millis },
@@ -342,7 +350,7 @@ impl Persisted {
                     l.shared = true;
                 }
             }
-            Change::Dropped { txid } => {
+            Change::Dropped { txid } | Change::Expired { txid } => {
                 self.live.remove(txid);
             }
             Change::Spent { spend, paid, tx } => {
@@ -356,6 +364,9 @@ impl Persisted {
             }
             Change::Reorged(e) => {
                 self.reorged.insert(*e);
+            }
+            Change::Unreorged(e) => {
+                self.reorged.remove(e);
             }
             Change::SetApart { event, reason, until } => {
                 self.apart.insert(*event, (reason.clone(), *until));
@@ -644,6 +655,15 @@ impl ReleaseBook {
                 }
             }
             Input::Reorged(e) => self.on_reorged(e, now, &mut out),
+            Input::Final(e) => {
+                if self.reorged.remove(&e) {
+                    out.push(Action::Persist(Change::Unreorged(e)));
+                    // Paid by a release once more, unless one paying it still may
+                    // confirm (the lock on what live and in-flight releases pay holds).
+                    self.seen_at.insert(e, now);
+                    self.recheck(now, &mut out);
+                }
+            }
             Input::Proposal { from, proposal } => self.on_proposal(from, proposal, now, &mut out),
             Input::Shared { txid } => {
                 if let Some(l) = self.live.get_mut(&txid)
@@ -1433,7 +1453,7 @@ impl ReleaseBook {
             .collect();
         for txid in expired {
             self.live.remove(&txid);
-            out.push(Action::Persist(Change::Dropped { txid }));
+            out.push(Action::Persist(Change::Expired { txid }));
             out.push(Action::Abandon { txid });
             out.push(Action::Count(Count::Expired));
         }
@@ -1574,6 +1594,24 @@ impl ReleaseBook {
     }
 
     /// Releases this node holds that may still confirm, by txid, with their proposer.
+    /// The certified peg-outs this book may still pay (not reorged away; those set
+    /// apart by the relay policy included), each with when it was first seen here.
+    /// Paid ones stay: [`Self::paid_events`] says which.
+    pub fn certified(&self) -> impl Iterator<Item = (&Payout, Millis)> {
+        self.certified
+            .iter()
+            .filter(|(e, _)| !self.reorged.contains(e))
+            .map(|(e, p)| (p, self.seen_at.get(e).copied().unwrap_or(0)))
+    }
+
+    /// When certified peg-out `event` was first seen here, if this book may pay it.
+    pub fn certified_at(&self, event: &EventId) -> Option<Millis> {
+        if self.reorged.contains(event) || !self.certified.contains_key(event) {
+            return None;
+        }
+        Some(self.seen_at.get(event).copied().unwrap_or(0))
+    }
+
     pub fn live(&self) -> impl Iterator<Item = (&Txid, usize, &Proposal)> {
         self.live.iter().map(|(t, l)| (t, l.proposer, &l.proposal))
     }
@@ -2026,6 +2064,60 @@ mod tests {
         }
     }
 
+    /// A burn reorged away past finality and final again (the same burn in the new
+    /// chain) is paid once more, after its withdrawal confirmed; the un-reorg survives
+    /// a restart, and "final" for an event never reorged changes nothing.
+    #[test]
+    fn a_peg_out_reorged_away_and_final_again_is_paid() {
+        let mut b = books().remove(1);
+        let at = turn_of(1, 10_000);
+        let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
+        let gone = p.payouts[0];
+        let mut persisted = Persisted::default();
+        let log = |acts: &[Action], persisted: &mut Persisted| {
+            for a in acts {
+                if let Action::Persist(c) = a {
+                    persisted.apply(c);
+                }
+            }
+        };
+        log(&b.handle(Input::Reorged(gone), at + 20), &mut persisted);
+        let w = b.live().map(|(_, _, l)| l.clone()).find(|l| !l.payouts.contains(&gone)).expect("withdrawal");
+        let acts = b.handle(Input::VaultSpend(Spend::of(&w.tx, &vault())), at + 30_000);
+        log(&acts, &mut persisted);
+        // The withdrawal's change is the vault's UTXO now.
+        let change: BTreeMap<OutPoint, Sats> =
+            w.tx.output
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.script_pubkey == vault())
+                .map(|(i, o)| (OutPoint { txid: w.txid(), vout: i as u32 }, Sats(o.value.to_sat())))
+                .collect();
+        b.handle(Input::Utxos(change.clone()), at + 30_001);
+        let never: Vec<Proposal> =
+            (0..8).flat_map(|t| proposals(&b.handle(Input::Tick, turn_of(1, at + 40_000 + t * 1_000)))).collect();
+        assert!(never.is_empty(), "a reorged peg-out proposed: {never:?}");
+        assert!(b.handle(Input::Final(payout(3).event), at + 50_000).is_empty(), "never reorged: nothing");
+        let acts = b.handle(Input::Final(gone), at + 50_000);
+        assert_eq!(acts.first(), Some(&Action::Persist(Change::Unreorged(gone))), "{acts:?}");
+        log(&acts, &mut persisted);
+        let again: Vec<Proposal> =
+            (0..8).flat_map(|t| proposals(&b.handle(Input::Tick, turn_of(1, at + 60_000 + t * 1_000)))).collect();
+        assert!(again.iter().any(|p| p.payouts == vec![gone]), "final again, paid: {again:?}");
+        // Restarted from what it persisted: payable still, reorged no more.
+        let (mut restored, _) = ReleaseBook::restore(config(1), &persisted, at + 70_000);
+        restored.handle(Input::Synced(true), at + 70_000);
+        restored.handle(Input::Utxos(change), at + 70_000);
+        restored.handle(Input::FeeEstimate(5), at + 70_000);
+        for i in 1..=3 {
+            restored.handle(Input::Certified(payout(i)), at + 70_000);
+        }
+        let after: Vec<Proposal> = (0..8)
+            .flat_map(|t| proposals(&restored.handle(Input::Tick, turn_of(1, at + 80_000 + t * 1_000))))
+            .collect();
+        assert!(after.iter().any(|p| p.payouts == vec![gone]), "the un-reorg is durable: {after:?}");
+    }
+
     #[test]
     fn the_budget_bounds_payments_by_what_the_chain_shows() {
         // A vault spend at depth that paid peg-out 1's class (a release this book never
@@ -2063,7 +2155,8 @@ mod tests {
         let later = at + 10 + config(0).expire_after_ms;
         let acts = dropped[0].handle(Input::Tick, later);
         assert!(acts.contains(&Action::Abandon { txid: p.txid() }), "{acts:?}");
-        assert!(acts.contains(&Action::Persist(Change::Dropped { txid: p.txid() })));
+        assert!(acts.contains(&Action::Persist(Change::Expired { txid: p.txid() })), "told apart from a conflict");
+        assert!(!acts.contains(&Action::Persist(Change::Dropped { txid: p.txid() })));
         assert_eq!(dropped[0].live().count(), 0);
         kept[0].handle(Input::Tick, later);
         assert_eq!(kept[0].live().count(), 1, "a release shared to stays live");

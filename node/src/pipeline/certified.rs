@@ -47,11 +47,8 @@ impl Pipeline {
                     // batch (it would hold up the others) and say so.
                     return self.set_apart(att.event, why.to_string());
                 }
-                // The release book keeps its own record of what bitcoind's policy
-                // refused, and puts it to the policy again later. Kept here too, for the
-                // pending gauge and the API's explanations.
-                self.pegouts.insert(att.event, payout.clone());
-                self.pegout_seen.entry(att.event).or_insert_with(Instant::now);
+                // The release book keeps what bitcoind's policy refused, and puts it
+                // to the policy again later; the pending gauge and the API read it.
                 self.book_input(release::book::Input::Certified(payout))
             }
         }
@@ -60,8 +57,6 @@ impl Pipeline {
     /// Keeps a certified peg-out out of every release from now on, with the reason (in
     /// the store, for the API and across restarts).
     pub(super) fn set_apart(&mut self, event: EventId, reason: String) -> eyre::Result<()> {
-        self.pegouts.remove(&event);
-        self.pegout_seen.remove(&event);
         if self.store.get(Cf::Releases, unpayable_key(&event))?.is_none() {
             error!(target: "release", %event, %reason, "certified peg-out can never be paid: left out of every release");
             self.metrics.releases.with_label_values(&["unpayable"]).inc();

@@ -16,12 +16,12 @@ impl Pipeline {
             }));
         }
         let now = now_ms();
-        if self.pegouts.contains_key(event) {
+        if let Some(at) = self.pegout_certified_at(event) {
             if let Some(w) = self.book_explain(event) {
                 return Some(w);
             }
             return Some(Waiting::Stage(Stage::WaitingForRelease {
-                certified_for_secs: self.pegout_seen.get(event).map(|t| t.elapsed().as_secs()),
+                certified_for_secs: Some(now.saturating_sub(at) / 1_000),
                 proposer_in_turn: self.turn_at(now),
                 this_node_proposes_in_ms: self.proposing_window_in_ms(now),
             }));
@@ -86,6 +86,7 @@ impl Pipeline {
                 ReleaseStatus::Replaced => "replaced",
                 ReleaseStatus::Confirmed => "confirmed",
                 ReleaseStatus::Conflicted => "conflicted",
+                ReleaseStatus::Expired => "expired",
             };
             *releases.entry(status.to_owned()).or_default() += 1;
         }

@@ -134,11 +134,6 @@ pub struct Pipeline {
     asked: Asked,
     /// The vault's UTXOs at depth.
     utxos: BTreeMap<OutPoint, Sats>,
-    /// Certified peg-outs not set apart, and when each was certified here (for the
-    /// pending gauge, the API's explanations and the test faults; the book keeps its
-    /// own).
-    pegouts: BTreeMap<EventId, Payout>,
-    pegout_seen: BTreeMap<EventId, Instant>,
     /// Testing only: when a faulty proposer last sent a proposal of its own.
     last_faulty: Option<Instant>,
     /// This node's own fee estimate (sat/vB, clamped to the bounds), and when it was
@@ -292,8 +287,6 @@ impl Pipeline {
             bitcoind_answers,
             asked: Asked::default(),
             utxos: BTreeMap::new(),
-            pegouts: BTreeMap::new(),
-            pegout_seen: BTreeMap::new(),
             last_faulty: None,
             release_fault: faults.release,
             key_checks_started: false,
@@ -355,6 +348,7 @@ impl Pipeline {
         // and what it was certified for is taken up again.
         if self.reorged.remove(&event) {
             let again = self.mint_input(btcfi_mint::Input::Final(event)).and_then(|()| {
+                self.book_input(release::book::Input::Final(event))?;
                 match crate::state::get_certified(&self.store, &event)? {
                     Some(rec) => self.take_certified(&rec.attestation),
                     None => Ok(()),

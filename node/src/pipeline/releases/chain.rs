@@ -64,7 +64,9 @@ impl Pipeline {
     /// Certified peg-outs not paid at depth: per payment class, the certified ones less
     /// the vault's final payments of that class on chain.
     pub(in crate::pipeline) fn update_pending_gauge(&self) {
-        let unpaid = release::payment_budget(&self.pegouts, &self.paid, &BTreeSet::new(), &self.policy);
+        let certified: BTreeMap<EventId, Payout> =
+            self.book.book.certified().map(|(p, _)| (p.event, p.clone())).collect();
+        let unpaid = release::payment_budget(&certified, &self.paid, &BTreeSet::new(), &self.policy);
         self.metrics.releases_pending.set(unpaid.values().sum::<usize>() as i64);
     }
 
@@ -128,11 +130,11 @@ impl Pipeline {
         if !self.reorged.insert(event) {
             return Ok(());
         }
+        let pegout = self.book.book.certified_at(&event).is_some();
         self.book_input(Input::Reorged(event))?;
         // A batch being signed with it is given up, its other mints batched again.
         self.mint_input(btcfi_mint::Input::Reorged(event))?;
-        if self.pegouts.remove(&event).is_some() {
-            self.pegout_seen.remove(&event);
+        if pegout {
             if self.book.book.paid_events().contains(&event) {
                 error!(target: "release", %event, "a peg-out reorged out past finality was paid already");
             } else {

@@ -18,10 +18,10 @@ impl Pipeline {
                 taken.extend(p.payouts.iter().copied());
             }
         }
-        let mut seen: Vec<(&EventId, &Instant)> = self.pegout_seen.iter().filter(|(e, _)| !taken.contains(e)).collect();
-        seen.sort_by_key(|(e, at)| (**at, e.to_bytes()));
+        let mut seen: Vec<(&Payout, u64)> = b.book.certified().filter(|(p, _)| !taken.contains(&p.event)).collect();
+        seen.sort_by_key(|(p, at)| (*at, p.event.to_bytes()));
         seen.truncate(release::MAX_PAYOUTS);
-        let payouts = seen.into_iter().filter_map(|(e, _)| self.pegouts.get(e).cloned()).collect();
+        let payouts = seen.into_iter().map(|(p, _)| p.clone()).collect();
         let free = self.utxos.iter().filter(|(op, _)| !spent.contains(op)).map(|(op, a)| (*op, *a)).collect();
         (payouts, free)
     }
@@ -71,7 +71,11 @@ impl Pipeline {
                 let (_, free) = self.book_unpaid(true);
                 let used: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
                 let rest: Vec<(OutPoint, Sats)> = free.into_iter().filter(|(op, _)| !used.contains(op)).collect();
-                let payouts: Option<Vec<Payout>> = p.payouts.iter().map(|e| self.pegouts.get(e).cloned()).collect();
+                let payouts: Option<Vec<Payout>> = p
+                    .payouts
+                    .iter()
+                    .map(|e| self.book.book.certified().find(|(c, _)| c.event == *e).map(|(c, _)| c.clone()))
+                    .collect();
                 let twin = release::build(&rest, &payouts?, p.fee_rate(), &self.policy).ok()?;
                 self.send_split(p, &twin);
                 Some(())

@@ -18,6 +18,7 @@ use driver::{Ask, Broadcast, Verdict};
 mod chain;
 pub(crate) mod driver;
 mod faults;
+mod ledger;
 
 /// Longest one bitcoind call of the release path may take (in the driver's task).
 pub(in crate::pipeline) const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -168,6 +169,11 @@ impl Pipeline {
             self.book_input(Input::SpendReorged { txid })?;
         }
         Ok(())
+    }
+
+    /// When certified peg-out `event` was first seen here (ms), if the book may pay it.
+    pub(in crate::pipeline) fn pegout_certified_at(&self, event: &EventId) -> Option<u64> {
+        self.book.book.certified_at(event)
     }
 
     /// The live release of the book paying `event`, for the API's `explain` (the newest
@@ -364,77 +370,29 @@ impl Pipeline {
         self.book.next = seq.saturating_add(1);
         let mut batch = Batch::new();
         batch.put_json(Cf::Releases, crate::records::book_key(seq), &crate::records::BookChange::of(change))?;
-        let mut records: Vec<ReleaseRecord> = Vec::new();
-        let mut dropped = None;
-        let load = |txid: &Txid| -> eyre::Result<Option<ReleaseRecord>> {
-            Ok(self.store.get_json::<ReleaseRecord>(Cf::Releases, release_key(txid))?)
-        };
-        match change {
-            Change::Live { txid, proposer, proposal, at } => {
-                let inputs = release::Live::of(proposal).inputs;
+        let conflicting: Vec<Txid> = match change {
+            Change::Live { txid, proposal, .. } => {
                 // The live releases it conflicts with may still confirm instead.
-                let replaced: Vec<Txid> = self
-                    .book
+                let inputs = release::Live::of(proposal).inputs;
+                self.book
                     .book
                     .live()
                     .filter(|(t, _, p)| *t != txid && !release::Live::of(p).inputs.is_disjoint(&inputs))
                     .map(|(t, _, _)| *t)
-                    .collect();
-                for t in &replaced {
-                    if let Some(mut r) = load(t)?
-                        && matches!(r.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast)
-                    {
-                        r.status = ReleaseStatus::Replaced;
-                        records.push(r);
-                    }
-                }
-                records.push(ReleaseRecord::signing(
-                    proposal,
-                    *proposer,
-                    *at,
-                    self.policy.peg_out_fee,
-                    replaced.first(),
-                ));
+                    .collect()
             }
-            Change::Signed { txid, signatures } => {
-                if let Some(mut r) = load(txid)? {
-                    r.signatures = signatures.iter().map(|s| Some(hex::encode(s.serialize()))).collect();
-                    if r.status == ReleaseStatus::Signing {
-                        r.status = ReleaseStatus::Broadcast;
-                    }
-                    records.push(r);
-                }
-            }
-            Change::Dropped { txid } => {
-                dropped = Some(*txid);
-                if let Some(mut r) = load(txid)?
-                    && r.status != ReleaseStatus::Confirmed
-                {
-                    r.status = ReleaseStatus::Conflicted;
-                    records.push(r);
-                }
-            }
-            Change::Spent { spend, .. } => {
-                if let Some(mut r) = load(&spend.txid)? {
-                    if r.status != ReleaseStatus::Confirmed {
-                        self.metrics.vault_fees_paid.inc_by(r.fee_sats);
-                        info!(target: "release", txid = %spend.txid, payouts = r.payouts.len(), "release final on chain: peg-outs paid");
-                    }
-                    r.status = ReleaseStatus::Confirmed;
-                    r.confirmations = r.confirmations.max(self.confirmations);
-                    records.push(r);
-                }
-            }
-            Change::Unspent { txid } => {
-                if let Some(mut r) = load(txid)?
-                    && r.status == ReleaseStatus::Confirmed
-                {
-                    r.status = ReleaseStatus::Broadcast;
-                    r.confirmations = 0;
-                    records.push(r);
-                }
-            }
-            Change::Shared { .. } | Change::Reorged(_) | Change::SetApart { .. } => {}
+            _ => Vec::new(),
+        };
+        let load = |txid: &Txid| -> eyre::Result<Option<ReleaseRecord>> {
+            Ok(self.store.get_json::<ReleaseRecord>(Cf::Releases, release_key(txid))?)
+        };
+        let ledger::Update { records, fees_paid, confirmed, dropped, payable_again } =
+            ledger::update(change, load, &conflicting, self.confirmations, self.policy.peg_out_fee)?;
+        if let Some((txid, payouts)) = confirmed {
+            info!(target: "release", %txid, payouts, "release final on chain: peg-outs paid");
+        }
+        for event in &payable_again {
+            batch.delete(Cf::Releases, unpayable_key(event));
         }
         for r in &records {
             put_release(&self.store, &mut batch, r)?;
@@ -447,10 +405,9 @@ impl Pipeline {
                 unpayable_key(event),
                 &crate::records::UnpayableRecord { reason: reason.clone() },
             )?;
-            self.pegouts.remove(event);
-            self.pegout_seen.remove(event);
         }
         self.store.commit(batch)?;
+        self.metrics.vault_fees_paid.inc_by(fees_paid);
         // Over (on chain, or it never can be): its sessions here are left.
         if let Some(txid) = dropped {
             self.book_actions(vec![Action::Abandon { txid }])?;
