@@ -90,7 +90,9 @@ enum Command {
         /// Give up if the other validators have not all finished by then.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
-        /// Testing only: misbehave on purpose (swap-round2-shares).
+        /// Testing only, in builds with the `test-faults` feature (never a release
+        /// binary): misbehave on purpose (swap-round2-shares).
+        #[cfg(feature = "test-faults")]
         #[arg(long, hide = true)]
         test_fault: Option<String>,
     },
@@ -296,14 +298,22 @@ fn real_main(cli: Cli) -> eyre::Result<()> {
             println!("backup written to {}", out.display());
             Ok(())
         }
-        Command::Dkg { home, timeout_secs, test_fault } => {
+        Command::Dkg {
+            home,
+            timeout_secs,
+            #[cfg(feature = "test-faults")]
+            test_fault,
+        } => {
             let cfg = load(&home.home)?;
             init_tracing(cli.log_format.unwrap_or(cfg.log.format), &cfg.log.filter);
+            #[cfg(feature = "test-faults")]
             let fault = match test_fault.as_deref() {
                 None => None,
                 Some("swap-round2-shares") => Some(btcfi_node::dkg::DkgFault::SwapRound2Shares),
                 Some(other) => bail!("--test-fault {other}: unknown fault"),
             };
+            #[cfg(not(feature = "test-faults"))]
+            let fault = None;
             let passphrase = btcfi_node::keys::passphrase(cfg.keys.passphrase_file.as_deref())?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let records = rt.block_on(btcfi_node::dkg::run(

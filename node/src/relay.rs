@@ -18,8 +18,11 @@ use btcfi_store::{Batch, Cf, Store};
 use btcfi_types::{ChainId, EventId};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
-use tokio::sync::{Mutex, mpsc};
-use tracing::{info, warn};
+use tokio::{
+    sync::{Mutex, mpsc},
+    task::JoinSet,
+};
+use tracing::{error, info, warn};
 
 /// What became of this node's relay of a mint (stored and served as its snake_case
 /// name, which is also the `outcome` label of `btcfi_relay_submissions_total`).
@@ -184,7 +187,24 @@ pub fn spawn(
     info!(target: "relay", account = %signer.address(), chains = dests.len(), "relayer ready");
     let (tx, mut rx) = mpsc::channel::<RelayJob>(1024);
     tasks.critical("relay dispatcher", async move {
-        while let Some(job) = rx.recv().await {
+        // Each job runs in its own task (mints to one chain overlap), owned here: one
+        // that panics is reported and the others go on (the next relayers in turn
+        // submit what it left).
+        let mut running: JoinSet<()> = JoinSet::new();
+        loop {
+            let job = tokio::select! {
+                job = rx.recv() => job,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        error!(target: "relay", error = %e, "a relay job panicked: the next relayers in turn submit its mints");
+                    }
+                    continue;
+                }
+            };
+            // Every sender is gone: the node is stopping.
+            let Some(job) = job else { return Ok(()) };
             let chain = match &job {
                 RelayJob::Mint(j) => j.dest.0,
                 RelayJob::Batch(j) => j.dest.0,
@@ -193,17 +213,12 @@ pub fn spawn(
                 warn!(target: "relay", chain, "destination chain not configured here: not relaying");
                 continue;
             };
+            let (store, metrics, consumed) = (store.clone(), metrics.clone(), consumed.clone());
             match job {
-                RelayJob::Mint(job) => {
-                    tokio::spawn(relay_one(job, name, dest, store.clone(), metrics.clone(), consumed.clone()))
-                }
-                RelayJob::Batch(job) => {
-                    tokio::spawn(relay_batch(job, name, dest, store.clone(), metrics.clone(), consumed.clone()))
-                }
+                RelayJob::Mint(job) => running.spawn(relay_one(job, name, dest, store, metrics, consumed)),
+                RelayJob::Batch(job) => running.spawn(relay_batch(job, name, dest, store, metrics, consumed)),
             };
         }
-        // Every sender is gone: the node is stopping.
-        Ok(())
     });
     Ok(tx)
 }

@@ -1,8 +1,9 @@
 //! The daemon's long-lived tasks, each spawned under a name and supervised: the run
 //! loop waits on [`Tasks::exited`] beside its other inputs, and the first critical task
 //! to end (return, error or panic) stops the node with that task's name and reason.
-//! (Short-lived work, such as one mint's relay or one request's retries, is spawned
-//! plainly: it ends by design.)
+//! (Work that ends by design is not here: the relay dispatcher owns its relay jobs
+//! and reports one that panics; a request's few seconds of retries and a catch-up
+//! request are spawned plainly.)
 
 use futures::FutureExt;
 use std::{future::Future, panic::AssertUnwindSafe};

@@ -8,20 +8,24 @@ use crate::common::{EvmChain, Setup, Validator, dkg_all, tail};
 use alloy::primitives::{Address, B256, U256};
 use bitcoin::Amount;
 use bitcoincore_rpc::RpcApi;
-use btcfi_chain_adapters::evm::bindings::{IBridge, IWrappedBTC};
+use btcfi_chain_adapters::evm::bindings::{IBridge, IBridge::IBridgeErrors, IWrappedBTC};
 use btcfi_signer::{
     evm::mint_message,
     frost_secp256k1::{Identifier, Secp256K1Sha256},
     session::{Attempt, SessionId, coordinator},
 };
-use btcfi_testkit::{Anvil, Bitcoind, Miner, contracts::deploy_bridge, wait_until};
+use btcfi_testkit::{
+    Anvil, Bitcoind, Miner,
+    contracts::{deploy_bridge, reverts},
+    wait_until,
+};
 use btcfi_types::{ChainId, DepositMemo, EventId, EvmAddress, TxHash};
 use std::{collections::BTreeSet, str::FromStr, sync::Arc, time::Duration};
 
 const PEG_OUT_FEE: u64 = 2_000;
 
 /// The bridge on `c` as anvil dev account `account`.
-fn as_account(c: &Chain, account: usize) -> IBridge::IBridgeInstance<impl alloy::providers::Provider + Clone> {
+fn as_account(c: &Chain, account: usize) -> IBridge::IBridgeInstance<alloy::providers::DynProvider> {
     IBridge::new(c.bridge, c.anvil.wallet_provider(account))
 }
 
@@ -289,18 +293,17 @@ async fn peg_in_mints_once_and_peg_out_is_paid_by_the_vault() {
     // The same attestation submitted again does not mint twice: the contract refuses it.
     let c = &net.chains[1];
     let bridge = as_account(c, 5);
-    let again = bridge
-        .mint(
-            B256::from(deposit.contract_id()),
-            user,
-            1_000_000,
-            U256::from_str(sig["rx"].as_str().unwrap()).unwrap(),
-            U256::from_str(sig["ry"].as_str().unwrap()).unwrap(),
-            U256::from_str(sig["z"].as_str().unwrap()).unwrap(),
-        )
-        .send()
-        .await;
-    assert!(again.is_err(), "a replayed mint must revert");
+    let event_id = B256::from(deposit.contract_id());
+    let again = bridge.mint(
+        event_id,
+        user,
+        1_000_000,
+        U256::from_str(sig["rx"].as_str().unwrap()).unwrap(),
+        U256::from_str(sig["ry"].as_str().unwrap()).unwrap(),
+        U256::from_str(sig["z"].as_str().unwrap()).unwrap(),
+    );
+    // Refused as a replay, not for any other reason (a bad signature, say).
+    reverts(again, IBridgeErrors::AlreadyConsumed(IBridge::AlreadyConsumed { eventId: event_id })).await;
     assert_eq!(net.balance(1, user).await, 1_000_000, "minted exactly once");
     let supply = IWrappedBTC::new(c.token, c.anvil.provider()).totalSupply().call().await.unwrap();
     assert_eq!(supply, U256::from(1_000_000u64));
@@ -422,6 +425,12 @@ async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt
         assert!(net.nodes[victim].metric("btcfi_signing_commitments_total", "key=\"evm\"") >= 1.0);
         // …and dies without a word.
         net.nodes[victim].kill();
+        // The commitment of the attempt it withheld its share from is on disk: the
+        // session's record, not any other (key checks commit too).
+        let log = net.nodes[victim].log();
+        let sid = withheld_session(&log).expect("the withholding line names its session");
+        let committed = committed_attempts(&net.nodes[victim], &sid);
+        assert!(!committed.is_empty(), "no durable commitment of session {sid} survived the kill");
         net.nodes[victim].fault = None;
         net.nodes[victim].start();
         // The session still completes: the coordinator excluded the silent signer.
@@ -445,14 +454,31 @@ async fn a_signer_killed_between_commitment_and_share_never_answers_that_attempt
             at_coord["mint"]["signers"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
         assert!(!signers.contains(&net.nodes[victim].peer_id.as_str()), "{at_coord}");
         assert_eq!(net.nodes[victim].metric("btcfi_signing_commitments_total", "key=\"evm\""), 0.0);
-        // The commitment record survived the crash: the line is printed at start only
-        // when the store holds commitments, and the victim's first start held none.
-        assert!(
-            net.nodes[victim].log().contains("commitments issued before the last restart"),
-            "the restarted victim resumed the session it had committed in"
-        );
         break;
     }
+}
+
+/// The session (its id's first 8 bytes, hex) of the last share a validator withheld,
+/// from its log line `session=SessionId(…)`.
+fn withheld_session(log: &str) -> Option<String> {
+    let line = log.lines().rev().find(|l| l.contains("withholding a signature share"))?;
+    let at = line.find("SessionId(")? + "SessionId(".len();
+    let hex: String = line[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+    (hex.len() == 16).then_some(hex)
+}
+
+/// The attempts of `evm` session `sid` (8-byte hex prefix) whose commitments `v` (stopped)
+/// holds as issued: `kind | session (32) | attempt (4)` keys in `signing_attempts`.
+fn committed_attempts(v: &Validator, sid: &str) -> Vec<u32> {
+    let store = btcfi_store::Store::open(v.home.path().join("data")).expect("open the stopped validator's store");
+    let kind = btcfi_node::keys::KeyKind::Evm.byte();
+    store
+        .scan_prefix(btcfi_store::Cf::SigningAttempts, &[kind])
+        .expect("scan")
+        .into_iter()
+        .filter(|(k, _)| k.len() == 37 && hex::encode(&k[1..9]) == sid)
+        .map(|(k, _)| u32::from_be_bytes(k[33..37].try_into().expect("4 bytes")))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

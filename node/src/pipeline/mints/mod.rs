@@ -291,11 +291,12 @@ impl Pipeline {
         }
         let chains: Vec<u64> = self.bridges.keys().copied().collect();
         for chain in chains {
-            let ready = self.bridge_keys.is_some() && self.bridge_not_ready(chain).is_none();
+            let why = self.bridge_not_ready(chain);
+            let ready = self.bridge_keys.is_some() && why.is_none();
             let before = self.mints.ready.insert(chain, ready);
             if before != Some(ready) {
                 if before == Some(true)
-                    && let Some(why) = self.bridge_not_ready(chain)
+                    && let Some(why) = why
                 {
                     warn!(target: "signing", chain, reason = %why, "mints to this bridge held back: it does not hold this epoch's key");
                 }
