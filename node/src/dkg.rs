@@ -260,7 +260,7 @@ pub async fn run(
     let epoch = cfg.node.epoch;
     let store = Store::open(home.join("data")).wrap_err("opening the database (is `btcfi-node run` running?)")?;
     for kind in [KeyKind::Evm, KeyKind::Btc] {
-        if keys::load(&store, kind, epoch)?.is_some() {
+        if crate::records::keys::load(&store, kind, epoch)?.is_some() {
             return Err(keys::KeyError::Exists { kind, epoch }.into());
         }
     }
@@ -408,7 +408,7 @@ pub async fn run(
                 keys::evm_record(passphrase, epoch, &ek, &ep)?,
                 keys::btc_record(passphrase, epoch, cfg.bitcoin.network, &bk, &bp)?,
             ];
-            keys::store_all(&store, &records)?;
+            crate::records::keys::store_all(&store, &records)?;
             Ok(records)
         }
         Err(reason) => {

@@ -15,7 +15,7 @@ use btcfi_signer::{
     evm::{self},
     frost_secp256k1 as fe, frost_secp256k1_tr as ft,
 };
-use btcfi_store::{Batch, Cf, Store, StoreError};
+use btcfi_store::StoreError;
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
     aead::{Aead, Payload},
@@ -239,13 +239,6 @@ pub struct KeyCheck {
     pub verified_ms: u64,
 }
 
-fn record_key(kind: KeyKind, epoch: u64) -> Vec<u8> {
-    format!("{kind}/{epoch:020}").into_bytes()
-}
-fn check_key(kind: KeyKind, epoch: u64) -> Vec<u8> {
-    format!("{kind}/{epoch:020}/check").into_bytes()
-}
-
 /// The message every validator signs with a fresh key before using it.
 pub fn test_message(kind: KeyKind, epoch: u64, group_key: &str) -> Vec<u8> {
     use sha2::Digest;
@@ -257,36 +250,7 @@ pub fn test_message(kind: KeyKind, epoch: u64, group_key: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// The record of `(kind, epoch)`, if any.
-pub fn load(store: &Store, kind: KeyKind, epoch: u64) -> Result<Option<StoredKey>, KeyError> {
-    Ok(store.get_json(Cf::Keys, record_key(kind, epoch))?)
-}
-
-/// Whether the key passed its test signature.
-pub fn check(store: &Store, kind: KeyKind, epoch: u64) -> Result<Option<KeyCheck>, KeyError> {
-    Ok(store.get_json(Cf::Keys, check_key(kind, epoch))?)
-}
-
-/// Marks the key usable.
-pub fn mark_usable(store: &Store, kind: KeyKind, epoch: u64, check: &KeyCheck) -> Result<(), KeyError> {
-    let mut b = Batch::new();
-    b.put_json(Cf::Keys, check_key(kind, epoch), check)?;
-    store.commit(b)?;
-    Ok(())
-}
-
-/// Stores both keys of an epoch in one batch; refuses to overwrite.
-pub fn store_all(store: &Store, keys: &[StoredKey]) -> Result<(), KeyError> {
-    let mut b = Batch::new();
-    for k in keys {
-        if store.get(Cf::Keys, record_key(k.kind, k.epoch))?.is_some() {
-            return Err(KeyError::Exists { kind: k.kind, epoch: k.epoch });
-        }
-        b.put_json(Cf::Keys, record_key(k.kind, k.epoch), k)?;
-    }
-    store.commit(b)?;
-    Ok(())
-}
+// Stored and read back by `crate::records::keys`.
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -349,14 +313,9 @@ pub struct Opened<C: frost_core::Ciphersuite> {
     pub record: StoredKey,
 }
 
-/// Opens the `(kind, epoch)` key with `passphrase`.
-pub fn open_key<C: frost_core::Ciphersuite>(
-    store: &Store,
-    kind: KeyKind,
-    epoch: u64,
-    passphrase: &str,
-) -> Result<Opened<C>, KeyError> {
-    let record = load(store, kind, epoch)?.ok_or(KeyError::Missing { kind, epoch })?;
+/// Opens the stored key `record` with `passphrase`.
+pub fn open_key<C: frost_core::Ciphersuite>(record: StoredKey, passphrase: &str) -> Result<Opened<C>, KeyError> {
+    let (kind, epoch) = (record.kind, record.epoch);
     let secret = open(passphrase, kind, epoch, &record.sealed_key_package)?;
     let corrupt = |detail: String| KeyError::Corrupt { kind, epoch, detail };
     let key_package = frost_core::keys::KeyPackage::<C>::deserialize(&secret).map_err(|e| corrupt(e.to_string()))?;

@@ -21,7 +21,6 @@ pub mod pipeline;
 pub mod records;
 pub mod run;
 pub mod signing;
-pub mod state;
 pub mod tasks;
 pub mod validators;
 

@@ -11,12 +11,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use crate::metrics::Metrics;
+pub use crate::records::{RelayOutcome, RelayRecord};
 use btcfi_chain_adapters::evm::{
     BatchMintRequest, EvmChainConfig, EvmDestination, MintRequest, MintSubmission, TxStatus,
 };
-use btcfi_store::{Batch, Cf, Store};
+use btcfi_store::Store;
 use btcfi_types::{ChainId, EventId};
-use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tokio::{
     sync::{Mutex, mpsc},
@@ -24,83 +24,9 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-/// What became of this node's relay of a mint (stored and served as its snake_case
-/// name, which is also the `outcome` label of `btcfi_relay_submissions_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RelayOutcome {
-    /// Sent; not mined yet.
-    Submitted,
-    /// The bridge had consumed the event already (another validator's mint).
-    AlreadyConsumed,
-    /// Mined and reverted (another validator's mint came first).
-    Reverted,
-    /// The submission failed; retried.
-    Failed,
-    /// This node's submission mined.
-    Mined,
-    /// The event left the canonical chain past finality: never relayed.
-    Reorged,
-}
-
-impl RelayOutcome {
-    /// Every outcome a submission is counted under (`mined` is not a submission).
-    pub const COUNTED: [RelayOutcome; 5] = [
-        RelayOutcome::Submitted,
-        RelayOutcome::Failed,
-        RelayOutcome::Reverted,
-        RelayOutcome::AlreadyConsumed,
-        RelayOutcome::Reorged,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayOutcome::Submitted => "submitted",
-            RelayOutcome::AlreadyConsumed => "already_consumed",
-            RelayOutcome::Reverted => "reverted",
-            RelayOutcome::Failed => "failed",
-            RelayOutcome::Mined => "mined",
-            RelayOutcome::Reorged => "reorged",
-        }
-    }
-
-    /// Whether the mint is on chain (by this node or another): nothing left to relay.
-    pub fn is_final(self) -> bool {
-        matches!(self, RelayOutcome::Mined | RelayOutcome::AlreadyConsumed | RelayOutcome::Reverted)
-    }
-}
-
-/// What this node did with a mint, as stored under `relay/` + event id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RelayRecord {
-    pub chain_id: u64,
-    pub outcome: RelayOutcome,
-    pub tx_hash: Option<String>,
-    pub detail: Option<String>,
-    pub at_ms: u64,
-}
-
-impl RelayRecord {
-    fn new(chain_id: u64, outcome: RelayOutcome, tx_hash: Option<[u8; 32]>, detail: Option<String>) -> Self {
-        RelayRecord {
-            chain_id,
-            outcome,
-            tx_hash: tx_hash.map(|h| format!("0x{}", hex::encode(h))),
-            detail,
-            at_ms: now_ms(),
-        }
-    }
-}
-
 /// Stores `r` as the relay record of each of `events`, in one write.
 fn save_records(store: &Store, events: &[EventId], r: &RelayRecord) {
-    let mut b = Batch::new();
-    for e in events {
-        if b.put_json(Cf::SigningAttempts, relay_key(e), r).is_err() {
-            return;
-        }
-    }
-    if let Err(e) = store.commit(b) {
+    if let Err(e) = crate::records::put_relays(store, events, r) {
         warn!(target: "relay", error = %e, "cannot store the relay record");
     }
 }
@@ -108,18 +34,12 @@ fn save_records(store: &Store, events: &[EventId], r: &RelayRecord) {
 /// Whether `event` is stored as reorged out past finality (read before every
 /// submission: the store is the truth).
 fn is_reorged(store: &Store, event: &EventId) -> bool {
-    matches!(crate::state::get_event(store, event), Ok(Some(r)) if r.reorged.is_some())
+    matches!(crate::records::get_event(store, event), Ok(Some(r)) if r.reorged.is_some())
 }
 
 /// Whether this node's own submission for `event` mined (a record to keep).
 fn mined_here(store: &Store, event: &EventId) -> bool {
-    matches!(store.get_json::<RelayRecord>(Cf::SigningAttempts, relay_key(event)), Ok(Some(r)) if r.outcome == RelayOutcome::Mined)
-}
-
-pub fn relay_key(event: &EventId) -> Vec<u8> {
-    let mut k = b"relay/".to_vec();
-    k.extend_from_slice(&event.to_bytes());
-    k
+    matches!(crate::records::get_relay(store, event), Ok(Some(r)) if r.outcome == RelayOutcome::Mined)
 }
 
 /// A mint to submit after `delay`.
@@ -143,10 +63,6 @@ pub struct BatchJob {
 pub enum RelayJob {
     Mint(MintJob),
     Batch(BatchJob),
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Where the relayer reports mints consumed by their bridge (dropped when full: the

@@ -46,7 +46,8 @@ pub enum Cf {
     NetworkCertificates,
     /// Equivocation and signing-culprit evidence.
     Evidence,
-    /// Signing attempts ("commitment issued" records).
+    /// The signing side: "commitment issued" records and signing rounds, signed mints
+    /// and batches, and relay records (the node's `records` module has the keys).
     SigningAttempts,
     /// Bitcoin releases (peg-out transactions) and their state.
     Releases,

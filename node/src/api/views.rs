@@ -3,8 +3,8 @@
 //! "absent" are left out when they do not apply, fields marked "null" are always there.
 
 use super::{ApiError, ApiState};
-use crate::records::{ReleaseStatus, SignedRecord, UnpayableRecord};
-use crate::relay::{RelayOutcome, RelayRecord};
+use crate::records::{RelayOutcome, RelayRecord};
+use crate::records::{ReleaseStatus, SignedRecord};
 use btcfi_chain_adapters::{BlockRef, ChainEvent, Rejected};
 use btcfi_consensus::{ValidatorIndex, persist::PeerVoteRecord};
 use btcfi_store::Cf;
@@ -426,8 +426,8 @@ pub enum DepositResponse {
 /// Everything known about one event, as the API shows it (`detail`: with its
 /// certificate).
 pub(super) fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Option<EventView>, ApiError> {
-    let stored = crate::state::get_event(&s.store, id)?;
-    let certified = crate::state::get_certified(&s.store, id)?;
+    let stored = crate::records::get_event(&s.store, id)?;
+    let certified = crate::records::get_certified(&s.store, id)?;
     let Some(stored) = stored else {
         return Ok(certified.map(|c| EventView {
             digest: Some(c.certificate.digest.to_string()),
@@ -504,9 +504,9 @@ pub(super) fn event_view(s: &ApiState, id: &EventId, detail: bool) -> Result<Opt
         v.status = EventStatus::Signed;
         v.signature = Some(Some(SignatureView { rx: sig.rx.clone(), ry: sig.ry.clone(), z: sig.z.clone() }));
         v.mint = Some((&sig).into());
-        v.relay = s.store.get_json::<RelayRecord>(Cf::SigningAttempts, crate::relay::relay_key(id))?.map(Into::into);
+        v.relay = crate::records::get_relay(&s.store, id)?.map(Into::into);
     }
-    if let Some(u) = s.store.get_json::<UnpayableRecord>(Cf::Releases, crate::records::unpayable_key(id))? {
+    if let Some(u) = crate::records::get_unpayable(&s.store, id)? {
         v.status = EventStatus::Unpayable;
         v.unpayable_reason = Some(u.reason);
     }

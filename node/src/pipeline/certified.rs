@@ -57,11 +57,11 @@ impl Pipeline {
     /// Keeps a certified peg-out out of every release from now on, with the reason (in
     /// the store, for the API and across restarts).
     pub(super) fn set_apart(&mut self, event: EventId, reason: String) -> eyre::Result<()> {
-        if self.store.get(Cf::Releases, unpayable_key(&event))?.is_none() {
+        if crate::records::get_unpayable(&self.store, &event)?.is_none() {
             error!(target: "release", %event, %reason, "certified peg-out can never be paid: left out of every release");
             self.metrics.releases.with_label_values(&["unpayable"]).inc();
             let mut b = Batch::new();
-            b.put_json(Cf::Releases, unpayable_key(&event), &crate::records::UnpayableRecord { reason })?;
+            crate::records::put_unpayable(&mut b, &event, &reason)?;
             self.store.commit(b)?;
         }
         Ok(())

@@ -33,7 +33,7 @@ use btcfi_signer::{
     btc as btcsig, evm::EvmSignature, frost_secp256k1::Secp256K1Sha256 as Evm,
     frost_secp256k1_tr::Secp256K1Sha256TR as Btc, session::SessionConfig,
 };
-use btcfi_store::{Batch, Cf, Store};
+use btcfi_store::{Batch, Store};
 use btcfi_types::{Attestation, AttestationKind, ChainId, EventId, EvmAddress, Sats, TxHash};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -208,7 +208,7 @@ impl Pipeline {
         let (evm, btc) = (evm.map(|(_, s)| s), btc.map(|(_, s)| s));
         let mut usable = BTreeSet::new();
         for kind in group_keys.keys() {
-            if keys::check(&store, *kind, epoch)?.is_some() {
+            if crate::records::keys::check(&store, *kind, epoch)?.is_some() {
                 usable.insert(*kind);
                 metrics.key_usable.with_label_values(&[kind.as_str()]).set(1);
             }
@@ -241,10 +241,7 @@ impl Pipeline {
             }
             Err(_) => (None, None),
         };
-        let mut spends = Vec::new();
-        for (_, raw) in store.scan_prefix(Cf::Releases, ONCHAIN_PREFIX)? {
-            spends.push(serde_json::from_slice::<VaultSpend>(&raw)?);
-        }
+        let spends = crate::records::vault_spends(&store)?;
         let policy = Policy {
             dust_relay_sat_per_kvb: cfg.release.dust_relay_sat_per_kvb,
             max_fee_multiple: cfg.release.max_fee_multiple,
@@ -258,7 +255,6 @@ impl Pipeline {
         };
         let (book, owed) = releases::Book::open(cfg, &store, &policy, me, n)?;
         let (mints, mints_owed) = mints::Mints::open(cfg, &store, me, n)?;
-        info!(target: "release", "releases are decided by the release book");
         let mut t = Self {
             store,
             metrics,
@@ -300,7 +296,7 @@ impl Pipeline {
         };
         t.book_actions(owed)?;
         t.book_catch_up(&spends)?;
-        if let Some((x, y)) = keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
+        if let Some((x, y)) = crate::records::keys::load(&t.store, KeyKind::Evm, epoch)?.and_then(|k| k.evm_xy)
             && !cfg.evm.is_empty()
         {
             let parse = |v: &str| {
@@ -335,7 +331,7 @@ impl Pipeline {
             self.mint_input(btcfi_mint::Input::Reorged(*e))?;
         }
         self.reorged = reorged;
-        for rec in crate::state::all_certified(&self.store)? {
+        for rec in crate::records::all_certified(&self.store)? {
             self.take_certified(&rec.attestation)?;
         }
         self.update_pending_gauge();
@@ -349,7 +345,7 @@ impl Pipeline {
         if self.reorged.remove(&event) {
             let again = self.mint_input(btcfi_mint::Input::Final(event)).and_then(|()| {
                 self.book_input(release::book::Input::Final(event))?;
-                match crate::state::get_certified(&self.store, &event)? {
+                match crate::records::get_certified(&self.store, &event)? {
                     Some(rec) => self.take_certified(&rec.attestation),
                     None => Ok(()),
                 }

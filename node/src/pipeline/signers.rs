@@ -20,12 +20,12 @@ pub(super) struct SuiteOpener<'a> {
 impl SuiteOpener<'_> {
     /// The suite of `kind` with its group key, or `None` (with a warning) before the DKG.
     pub(super) fn suite<C: frost_core::Ciphersuite>(&self, kind: KeyKind) -> eyre::Result<Option<(String, Suite<C>)>> {
-        if keys::load(self.store, kind, self.epoch)?.is_none() {
+        let Some(record) = crate::records::keys::load(self.store, kind, self.epoch)? else {
             warn!(target: "signing", key = %kind, epoch = self.epoch, "no key for this epoch: signing disabled until `btcfi-node dkg` has run");
             return Ok(None);
-        }
+        };
         let passphrase = self.passphrase.ok_or(keys::KeyError::NoPassphrase)?;
-        let k = keys::open_key::<C>(self.store, kind, self.epoch, passphrase)?;
+        let k = keys::open_key::<C>(record, passphrase)?;
         let config = SessionConfig {
             key_package: k.key_package,
             public_key_package: k.public_key_package,
@@ -142,7 +142,7 @@ impl Pipeline {
                     signature: hex::encode(signature),
                     verified_ms: now_ms(),
                 };
-                keys::mark_usable(&self.store, kind, self.epoch, &check)?;
+                crate::records::keys::mark_usable(&self.store, kind, self.epoch, &check)?;
                 self.usable.insert(kind);
                 self.metrics.key_usable.with_label_values(&[kind.as_str()]).set(1);
                 info!(target: "signing", key = %kind, epoch = self.epoch, "key verified by a test signature: usable");

@@ -5,12 +5,11 @@
 use super::{Core, Ctx, now_ms};
 use crate::{
     api::{ChainStatus, StatusSnapshot},
-    records,
-    state::{self, StoredEvent},
+    records::{self, StoredEvent},
 };
 use btcfi_chain_adapters::{ChainEvent, ChainHeads, ChainSource, Checkpoint, Inclusion, VaultSpend};
 use btcfi_consensus::Input;
-use btcfi_store::{Batch, Cf, Store};
+use btcfi_store::Batch;
 use btcfi_types::ChainId;
 use eyre::WrapErr;
 use std::{
@@ -38,14 +37,6 @@ pub(super) struct Extra {
     pub(super) vault: Option<(u64, usize)>,
     pub(super) utxos: Option<Vec<btcfi_chain_adapters::bitcoin::VaultUtxo>>,
     pub(super) endpoints: Vec<btcfi_chain_adapters::evm::EndpointHealth>,
-}
-
-fn cursor_key(chain: ChainId) -> [u8; 8] {
-    chain.0.to_be_bytes()
-}
-
-pub(super) fn load_checkpoint(store: &Store, chain: ChainId) -> eyre::Result<Option<Checkpoint>> {
-    Ok(store.get_json(Cf::Cursors, cursor_key(chain))?)
 }
 
 /// Polls one chain forever, sending each non-empty result (and heads for metrics).
@@ -177,17 +168,17 @@ pub(super) async fn on_chain(
         let rec = match ev {
             // The vault's own spends: the payments ledger, not events to attest.
             ChainEvent::VaultSpend(spend) => {
-                batch.put_json(Cf::Releases, records::onchain_key(&spend.txid), spend)?;
+                records::put_vault_spend(&mut batch, spend)?;
                 continue;
             }
             ChainEvent::Reorged { id, .. } if id.chain == ChainId::BITCOIN && id.index == VaultSpend::EVENT_INDEX => {
                 error!(target: "chain::reorg", chain = %u.name, txid = %id.tx, "a final vault spend left the canonical chain");
-                batch.delete(Cf::Releases, records::onchain_key(&id.tx));
+                records::delete_vault_spend(&mut batch, &id.tx);
                 continue;
             }
             ChainEvent::Reorged { id, block } => {
                 error!(target: "chain::reorg", chain = %u.name, event = %id, height = block.height, "an event reported final left the canonical chain");
-                match state::get_event(&ctx.store, id)? {
+                match records::get_event(&ctx.store, id)? {
                     Some(mut r) => {
                         r.reorged = Some(*block);
                         r
@@ -197,9 +188,9 @@ pub(super) async fn on_chain(
             }
             other => StoredEvent { event: other.clone(), reorged: None },
         };
-        batch.put_json(Cf::Events, ev.id().to_bytes(), &rec)?;
+        records::put_event(&mut batch, &rec)?;
     }
-    batch.put_json(Cf::Cursors, cursor_key(u.chain), &cp)?;
+    records::put_checkpoint(&mut batch, u.chain, &cp)?;
     ctx.store.commit(batch).wrap_err("persisting chain events")?;
     // Observations of one poll: fed together (one persist, votes gossiped in batches).
     let mut observed = Vec::new();

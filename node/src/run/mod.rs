@@ -13,7 +13,7 @@ use crate::{
     keys::{self, KeyKind},
     metrics::Metrics,
     pipeline::{Faults, Pipeline},
-    state,
+    records,
     tasks::Tasks,
     validators::ValidatorSet,
 };
@@ -36,7 +36,8 @@ use tracing::{error, info, warn};
 
 mod chains;
 
-use chains::{ChainUpdate, Extra, chain_task, load_checkpoint, on_chain};
+use chains::{ChainUpdate, Extra, chain_task, on_chain};
+use records::load_checkpoint;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -79,7 +80,7 @@ impl Ctx {
             match action {
                 Action::Persist(delta) => {
                     let mut batch = Batch::new();
-                    state::add_delta(&self.store, &mut batch, &delta)?;
+                    records::add_delta(&self.store, &mut batch, &delta)?;
                     // A failed write stops the node: nothing may leave before it is durable.
                     self.store.commit(batch).wrap_err("persisting a consensus transition")?;
                 }
@@ -199,7 +200,7 @@ pub async fn run(cfg: NodeConfig, home: &Path, shutdown: impl Future<Output = ()
 
 /// The vault address of the epoch's `btc` key, checked against (or filling) the config.
 fn vault_from_key(cfg: &mut NodeConfig, store: &Store) -> eyre::Result<()> {
-    let key = keys::load(store, KeyKind::Btc, cfg.node.epoch)?;
+    let key = crate::records::keys::load(store, KeyKind::Btc, cfg.node.epoch)?;
     match (key.and_then(|k| k.vault_address), cfg.bitcoin.vault_address.is_empty()) {
         (Some(a), true) => cfg.bitcoin.vault_address = a,
         (Some(a), false) if a != cfg.bitcoin.vault_address => {
@@ -241,7 +242,7 @@ pub async fn run_with(
 
     let mut core_cfg = CoreConfig::new(Epoch(cfg.node.epoch), n, own_index);
     cfg.consensus.apply(&mut core_cfg);
-    let persisted = state::load_consensus(&store)?;
+    let persisted = records::load_consensus(&store)?;
     let mut core =
         Consensus::restore(core_cfg, IdentitySigner(keypair.clone()), SetVerifier::new(&peers)?, &persisted)?;
     info!(target: "node", peer_id = %me, index = own_index.0, validators = n, quorum = core.quorum(), "consensus restored");
@@ -340,7 +341,7 @@ pub async fn run_with(
         pipeline,
         vote_budget: BTreeMap::new(),
     };
-    let events = state::load_events(&store)?;
+    let events = records::load_events(&store)?;
     // Events reorged out past finality are never acted on, whatever else is stored.
     let reorged = events.iter().filter(|r| r.reorged.is_some()).map(|r| r.event.id()).collect();
     ctx.pipeline.resume(reorged)?;

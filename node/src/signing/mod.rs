@@ -26,7 +26,7 @@
 
 use crate::{keys::KeyKind, metrics::Metrics, validators::identifier};
 use btcfi_signer::session::{Action, Attempt, CommitmentIssued, Input, Message, Session, SessionConfig, SessionId};
-use btcfi_store::{Batch, Cf, Store};
+use btcfi_store::{Batch, Store};
 use btcfi_types::EventId;
 use frost_core::{Ciphersuite, Identifier, Signature, round2::SignatureShare};
 use serde::{Deserialize, Serialize};
@@ -213,13 +213,6 @@ impl<C: Ciphersuite> std::fmt::Debug for Suite<C> {
     }
 }
 
-fn issued_key(kind: KeyKind, r: &CommitmentIssued) -> Vec<u8> {
-    let mut k = vec![kind.byte()];
-    k.extend_from_slice(&r.session.0);
-    k.extend_from_slice(&r.attempt.0.to_be_bytes());
-    k
-}
-
 fn session_of<C: Ciphersuite>(m: &Message<C>) -> SessionId {
     match m {
         Message::Commitment { session, .. }
@@ -258,15 +251,7 @@ impl<C: Ciphersuite> Suite<C> {
         metrics: Metrics,
         max_in_flight: usize,
     ) -> eyre::Result<Self> {
-        let mut issued = BTreeSet::new();
-        for (k, _) in store.scan_prefix(Cf::SigningAttempts, &[kind.byte()])? {
-            // `kind | session (32) | attempt (4, BE)`, as `issued_key` writes it.
-            let session = k.get(1..33).and_then(|b| <[u8; 32]>::try_from(b).ok());
-            let attempt = k.get(33..37).and_then(|b| <[u8; 4]>::try_from(b).ok());
-            if let (37, Some(s), Some(a)) = (k.len(), session, attempt) {
-                issued.insert(CommitmentIssued { session: SessionId(s), attempt: Attempt(u32::from_be_bytes(a)) });
-            }
-        }
+        let issued = crate::records::signing::issued(store, kind)?;
         let signers = (0..n).map(identifier::<C>).collect::<eyre::Result<_>>()?;
         let tag = match kind {
             KeyKind::Evm => TAG_EVM,
@@ -513,13 +498,6 @@ impl<C: Ciphersuite> Suite<C> {
                 info!(target: "signing", key = %self.kind, session = ?sid, purpose = ?slot.purpose, "signing session abandoned");
             }
         }
-    }
-
-    fn round_key(&self, message: &[u8]) -> Vec<u8> {
-        let mut k = b"round/".to_vec();
-        k.push(self.kind.byte());
-        k.extend_from_slice(message);
-        k
     }
 
     fn sid_of(&self, message: &[u8], round: u32) -> SessionId {

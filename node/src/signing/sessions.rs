@@ -23,10 +23,7 @@ impl<C: Ciphersuite> Suite<C> {
             warn!(target: "signing", ?purpose, "TEST FAULT: taking no part in signing a mint");
             return Ok(vec![]);
         }
-        let mut round = match store.get(Cf::SigningAttempts, self.round_key(&message))? {
-            Some(b) => <[u8; 4]>::try_from(b.as_slice()).map(u32::from_be_bytes).unwrap_or(0),
-            None => 0,
-        };
+        let mut round = crate::records::signing::round(store, self.kind, &message)?;
         // A message abandoned here (a batch given up, then proposed again with the same
         // mints) never restarts a session it ran: its commitments are spent, and peers
         // that gave it up too would wait in its first attempt for commitments nobody
@@ -64,12 +61,12 @@ impl<C: Ciphersuite> Suite<C> {
     /// round's id, with the messages parked for it.
     pub(super) fn start_round(&mut self, message: &[u8], round: u32, now_ms: u64) -> eyre::Result<Vec<Effect>> {
         let sids: Vec<SessionId> = (0..=round).map(|r| self.sid_of(message, r)).collect();
-        let key = self.round_key(message);
+        let kind = self.kind;
         let Some(w) = self.wanted.get_mut(message) else { return Ok(vec![]) };
         let mut persisted = Vec::new();
         if round > 0 {
             let mut b = Batch::new();
-            b.put(Cf::SigningAttempts, key, round.to_be_bytes());
+            crate::records::signing::put_round(&mut b, kind, message, round);
             persisted.push(Effect::Persist(b));
         }
         let left: Vec<SessionId> = w.sids.clone();
@@ -420,7 +417,7 @@ impl<C: Ciphersuite> Suite<C> {
             match a {
                 Action::Persist(rec) => {
                     let mut b = Batch::new();
-                    b.put(Cf::SigningAttempts, issued_key(kind, &rec), []);
+                    crate::records::signing::put_issued(&mut b, kind, &rec);
                     // Durable before the commitment leaves (the effects are carried out
                     // in order); a failed write stops the node.
                     out.push(Effect::Persist(b));
@@ -473,21 +470,17 @@ impl<C: Ciphersuite> Suite<C> {
                     let culprit = self.index(&ev.culprit);
                     self.metrics.signing_culprits.with_label_values(&[kind.as_str()]).inc();
                     warn!(target: "signing::evidence", key = %kind, session = ?sid, attempt = ev.attempt.0, culprit = ?culprit, "invalid signature share: signer excluded, evidence recorded");
-                    let mut key = format!("sign/{kind}/").into_bytes();
-                    key.extend_from_slice(&sid.0);
-                    key.extend_from_slice(&ev.attempt.0.to_be_bytes());
-                    key.extend_from_slice(&(culprit.unwrap_or(usize::MAX) as u64).to_be_bytes());
-                    let record = serde_json::json!({
-                        "kind": "invalid_signature_share",
-                        "key": kind.as_str(),
-                        "session": hex::encode(sid.0),
-                        "attempt": ev.attempt.0,
-                        "culprit": culprit,
-                        "share": hex::encode(ev.share.serialize()),
-                        "signing_package": ev.package.serialize().ok().map(hex::encode),
-                    });
+                    let record = crate::records::signing::ShareEvidence {
+                        kind: "invalid_signature_share".to_owned(),
+                        key: kind.as_str().to_owned(),
+                        session: hex::encode(sid.0),
+                        attempt: ev.attempt.0,
+                        culprit,
+                        share: hex::encode(ev.share.serialize()),
+                        signing_package: ev.package.serialize().ok().map(hex::encode),
+                    };
                     let mut b = Batch::new();
-                    b.put_json(Cf::Evidence, key, &record)?;
+                    crate::records::signing::put_share_evidence(&mut b, kind, &sid, &record)?;
                     out.push(Effect::Persist(b));
                 }
                 Action::Done(signature) => {

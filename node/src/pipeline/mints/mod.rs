@@ -62,18 +62,16 @@ impl Mints {
             ..Config::new(n, me, bridges.clone())
         };
         let mut state = Persisted::default();
-        for rec in crate::state::all_certified(store)? {
+        for rec in crate::records::all_certified(store)? {
             if let Some(r) = btcfi_mint::MintRequest::of(&rec.attestation) {
                 state.apply(&Change::Certified(r));
             }
         }
         // A relay record this version cannot read is no reason to stop: at worst its
         // batch is relayed again, and the bridge refuses what it consumed.
-        for (k, raw) in store.scan_prefix(Cf::SigningAttempts, b"relay/")? {
+        for (event, rec) in crate::records::all_relays(store)? {
             // (A batch's reverted submission is no proof that its mints are on chain.)
-            let final_ = serde_json::from_slice::<relay::RelayRecord>(&raw)
-                .is_ok_and(|r| matches!(r.outcome, relay::RelayOutcome::Mined | relay::RelayOutcome::AlreadyConsumed));
-            if final_ && let Some(event) = k.get(b"relay/".len()..).and_then(|b| EventId::from_bytes(b).ok()) {
+            if rec.is_some_and(|r| matches!(r.outcome, RelayOutcome::Mined | RelayOutcome::AlreadyConsumed)) {
                 state.apply(&Change::Consumed(event));
             }
         }
@@ -98,13 +96,7 @@ impl Mints {
 /// second mint: the bridge consumes each event id once.
 fn import_signed_records(store: &Store, bridges: &BTreeMap<u64, Address>, state: &mut Persisted) -> eyre::Result<()> {
     let mut by_message: BTreeMap<String, (u64, Vec<Leaf>, SignedRecord)> = BTreeMap::new();
-    for (k, raw) in store.scan_prefix(Cf::SigningAttempts, b"sig/")? {
-        let (Some(event), Ok(rec)) = (
-            k.get(b"sig/".len()..).and_then(|b| EventId::from_bytes(b).ok()),
-            serde_json::from_slice::<SignedRecord>(&raw),
-        ) else {
-            continue;
-        };
+    for (event, rec) in crate::records::all_signed(store)? {
         let mut recipient = [0u8; 20];
         if hex::decode_to_slice(rec.recipient.trim_start_matches("0x"), &mut recipient).is_err() {
             continue;
@@ -196,8 +188,7 @@ impl Pipeline {
         let (signers, attempt) = std::mem::take(&mut self.mints.signed_by);
         let root = proposal.root();
         let many = proposal.leaves.len() > 1;
-        let mut batch = Batch::new();
-        batch.put_json(Cf::SigningAttempts, mintsig_key(&message), &MintSigRecord::of(&proposal, &signature))?;
+        let mut leaves = Vec::new();
         for (leaf, proof) in proposal.leaves.iter().zip(proposal.proofs()) {
             if self.reorged.contains(&leaf.event) {
                 continue;
@@ -221,12 +212,16 @@ impl Pipeline {
                     leaves: proposal.leaves.len(),
                 }),
             };
-            batch.put_json(Cf::SigningAttempts, signed_key(&leaf.event), &record)?;
-            if let Some(at) = self.finalized_at.remove(&leaf.event) {
+            leaves.push((leaf.event, record));
+        }
+        let mut batch = Batch::new();
+        crate::records::put_signed_batch(&mut batch, &message, &proposal, &signature, &leaves)?;
+        self.store.commit(batch)?;
+        for (event, _) in &leaves {
+            if let Some(at) = self.finalized_at.remove(event) {
                 self.metrics.finality_to_signature.observe(at.elapsed().as_secs_f64());
             }
         }
-        self.store.commit(batch)?;
         info!(target: "signing", chain = proposal.chain, mints = proposal.leaves.len(), root = %hex::encode(root), "batch of mints signed");
         Ok(())
     }

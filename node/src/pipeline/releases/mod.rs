@@ -105,8 +105,7 @@ impl Book {
         // waits until they are done.
         if changes.is_empty() {
             let mut in_flight = Vec::new();
-            for (_, raw) in store.scan_prefix(Cf::Releases, b"rel/")? {
-                let rec: ReleaseRecord = serde_json::from_slice(&raw)?;
+            for rec in crate::records::all_releases(store)? {
                 if matches!(rec.status, ReleaseStatus::Signing | ReleaseStatus::Broadcast | ReleaseStatus::Replaced) {
                     in_flight.push(rec.txid);
                 }
@@ -216,11 +215,7 @@ impl Pipeline {
 
     /// The status the API's record of release `txid` says (signing without one).
     fn book_status(&self, txid: &Txid) -> ReleaseStatus {
-        self.store
-            .get_json::<ReleaseRecord>(Cf::Releases, release_key(txid))
-            .ok()
-            .flatten()
-            .map_or(ReleaseStatus::Signing, |r| r.status)
+        crate::records::get_release(&self.store, txid).ok().flatten().map_or(ReleaseStatus::Signing, |r| r.status)
     }
 
     /// The book's releases in flight by status, and the peg-outs it saw paid, for the
@@ -369,7 +364,7 @@ impl Pipeline {
         let seq = self.book.next;
         self.book.next = seq.saturating_add(1);
         let mut batch = Batch::new();
-        batch.put_json(Cf::Releases, crate::records::book_key(seq), &crate::records::BookChange::of(change))?;
+        crate::records::put_book_change(&mut batch, seq, change)?;
         let conflicting: Vec<Txid> = match change {
             Change::Live { txid, proposal, .. } => {
                 // The live releases it conflicts with may still confirm instead.
@@ -384,7 +379,7 @@ impl Pipeline {
             _ => Vec::new(),
         };
         let load = |txid: &Txid| -> eyre::Result<Option<ReleaseRecord>> {
-            Ok(self.store.get_json::<ReleaseRecord>(Cf::Releases, release_key(txid))?)
+            Ok(crate::records::get_release(&self.store, txid)?)
         };
         let ledger::Update { records, fees_paid, confirmed, dropped, payable_again } =
             ledger::update(change, load, &conflicting, self.confirmations, self.policy.peg_out_fee)?;
@@ -392,7 +387,7 @@ impl Pipeline {
             info!(target: "release", %txid, payouts, "release final on chain: peg-outs paid");
         }
         for event in &payable_again {
-            batch.delete(Cf::Releases, unpayable_key(event));
+            crate::records::clear_unpayable(&mut batch, event);
         }
         for r in &records {
             put_release(&self.store, &mut batch, r)?;
@@ -400,11 +395,7 @@ impl Pipeline {
         if let Change::SetApart { event, reason, .. } = change {
             // Shown by the API as unpayable, with the reason.
             warn!(target: "release", %event, %reason, "peg-out set apart: left out of every release until it is put to the policy again");
-            batch.put_json(
-                Cf::Releases,
-                unpayable_key(event),
-                &crate::records::UnpayableRecord { reason: reason.clone() },
-            )?;
+            crate::records::put_unpayable(&mut batch, event, reason)?;
         }
         self.store.commit(batch)?;
         self.metrics.vault_fees_paid.inc_by(fees_paid);
@@ -433,12 +424,12 @@ impl Pipeline {
         self.asked.broadcasts.remove(&txid);
         let accepted = match sent {
             Broadcast::Done => {
-                if let Some(mut r) = self.store.get_json::<ReleaseRecord>(Cf::Releases, release_key(&txid))?
+                if let Some(mut r) = crate::records::get_release(&self.store, &txid)?
                     && r.broadcast_ms.is_none()
                 {
                     r.broadcast_ms = Some(now_ms());
                     let mut b = Batch::new();
-                    b.put_json(Cf::Releases, release_key(&txid), &r)?;
+                    put_release(&self.store, &mut b, &r)?;
                     self.store.commit(b)?;
                     self.metrics.releases.with_label_values(&["broadcast"]).inc();
                     info!(target: "release", %txid, "release broadcast");

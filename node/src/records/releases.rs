@@ -1,105 +1,12 @@
-//! The store schema of what the signing side keeps: signed mints, releases and their
-//! indexes, the chain's payments ledger, and the keys each lives under.
-
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+//! Releases: the API's release records (`rel/`, `paying/`, `unpayable/`), the release
+//! book's change log (`book/`) and the chain's payments ledger (`onchain/`), all in
+//! the `releases` column family.
 
 use bitcoin::Txid;
-use btcfi_store::{Cf, Store};
+use btcfi_chain_adapters::VaultSpend;
+use btcfi_store::{Batch, Cf, Store, StoreError};
 use btcfi_types::{EventId, TxHash};
 use serde::{Deserialize, Serialize};
-
-/// A signed mint, stored under `sig/` + event id and served by the API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SignedRecord {
-    pub chain_id: u64,
-    pub bridge: String,
-    pub contract_event_id: String,
-    pub recipient: String,
-    pub amount_sats: u64,
-    /// The 32-byte message the contract verifies (`mintMessage`).
-    pub message: String,
-    pub rx: String,
-    pub ry: String,
-    pub z: String,
-    /// Validators eligible in the attempt that produced the signature.
-    pub signers: Vec<String>,
-    pub attempt: u32,
-    pub signed_at_ms: u64,
-    /// Signed as part of a batch: `message` is then the batch message and (rx, ry, z)
-    /// its signature, and this leaf mints with its proof under the root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<BatchRef>,
-}
-
-/// Where a batch-signed mint sits in its batch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BatchRef {
-    /// `0x` + the Merkle root the group key signed.
-    pub root: String,
-    /// The leaf's proof, bottom up (`0x` + 32 bytes each).
-    pub proof: Vec<String>,
-    /// Mints in the batch.
-    pub leaves: usize,
-}
-
-pub fn signed_key(event: &EventId) -> Vec<u8> {
-    let mut k = b"sig/".to_vec();
-    k.extend_from_slice(&event.to_bytes());
-    k
-}
-
-/// Prefix of the mint book's signed batches: `mintsig/` + the 32-byte message.
-pub(crate) const MINTSIG_PREFIX: &[u8] = b"mintsig/";
-
-/// Key of the signed batch whose group-key message is `message`.
-pub(crate) fn mintsig_key(message: &[u8]) -> Vec<u8> {
-    [MINTSIG_PREFIX, message].concat()
-}
-
-/// A batch of mints the group key signed, as the mint book persists it
-/// ([`btcfi_mint::Change::Signed`]): the proposal in its wire form and the signature's
-/// words, in hex. The mint book is restored from these, the certified attestations and
-/// the relay records; the API serves each mint's [`SignedRecord`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MintSigRecord {
-    pub proposal: String,
-    pub rx: String,
-    pub ry: String,
-    pub z: String,
-}
-
-impl MintSigRecord {
-    pub fn of(proposal: &btcfi_mint::BatchProposal, s: &btcfi_signer::evm::EvmSignature) -> Self {
-        let word = |w: alloy::primitives::U256| hex::encode(w.to_be_bytes::<32>());
-        Self { proposal: hex::encode(proposal.encode()), rx: word(s.rx), ry: word(s.ry), z: word(s.z) }
-    }
-
-    /// The batch and its signature; an error names what does not decode.
-    pub fn decode(&self) -> eyre::Result<(btcfi_mint::BatchProposal, btcfi_signer::evm::EvmSignature)> {
-        let proposal = btcfi_mint::BatchProposal::decode(&hex::decode(&self.proposal)?)
-            .map_err(|e| eyre::eyre!("signed batch record proposal: {e}"))?;
-        let word = |h: &str| -> eyre::Result<alloy::primitives::U256> {
-            let mut b = [0u8; 32];
-            hex::decode_to_slice(h, &mut b).map_err(|e| eyre::eyre!("signed batch record word {h}: {e}"))?;
-            Ok(alloy::primitives::U256::from_be_bytes(b))
-        };
-        Ok((proposal, btcfi_signer::evm::EvmSignature { rx: word(&self.rx)?, ry: word(&self.ry)?, z: word(&self.z)? }))
-    }
-}
-
-/// Every batch of mints signed here, by message (what the mint book restores from).
-pub fn mint_signatures(
-    store: &Store,
-) -> eyre::Result<Vec<(Vec<u8>, btcfi_mint::BatchProposal, btcfi_signer::evm::EvmSignature)>> {
-    let mut out = Vec::new();
-    for (k, raw) in store.scan_prefix(Cf::SigningAttempts, MINTSIG_PREFIX)? {
-        let message = k.get(MINTSIG_PREFIX.len()..).unwrap_or_default().to_vec();
-        let rec: MintSigRecord = serde_json::from_slice(&raw)?;
-        let (proposal, signature) = rec.decode()?;
-        out.push((message, proposal, signature));
-    }
-    Ok(out)
-}
 
 /// Where a release stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -194,16 +101,16 @@ pub struct UnpayableRecord {
 }
 
 /// Key of the [`UnpayableRecord`] of a certified peg-out.
-pub fn unpayable_key(event: &EventId) -> Vec<u8> {
+fn unpayable_key(event: &EventId) -> Vec<u8> {
     let mut k = b"unpayable/".to_vec();
     k.extend_from_slice(&event.to_bytes());
     k
 }
 
-pub(crate) const ONCHAIN_PREFIX: &[u8] = b"onchain/";
+const ONCHAIN_PREFIX: &[u8] = b"onchain/";
 
 /// Key of a vault spend at depth (the chain's payments ledger), by txid.
-pub fn onchain_key(txid: &TxHash) -> Vec<u8> {
+fn onchain_key(txid: &TxHash) -> Vec<u8> {
     let mut k = ONCHAIN_PREFIX.to_vec();
     k.extend_from_slice(&txid.0);
     k
@@ -217,13 +124,13 @@ pub(crate) fn internal_order(txid: &TxHash) -> [u8; 32] {
 }
 
 /// Key of the list of releases (txids) that pay `event`.
-pub(crate) fn paying_key(event: &EventId) -> Vec<u8> {
+fn paying_key(event: &EventId) -> Vec<u8> {
     let mut k = b"paying/".to_vec();
     k.extend_from_slice(&event.to_bytes());
     k
 }
 
-pub(crate) fn release_key(txid: &Txid) -> Vec<u8> {
+fn release_key(txid: &Txid) -> Vec<u8> {
     let mut k = b"rel/".to_vec();
     k.extend_from_slice(txid.to_string().as_bytes());
     k
@@ -256,10 +163,10 @@ pub fn release_of(store: &Store, event: &EventId) -> eyre::Result<Option<Release
 /// Where the release book's changes are logged, in order: `book/` + sequence (u64 BE),
 /// in the `releases` column family. [`crate::release::book::ReleaseBook::restore`]
 /// replays them at start.
-pub(crate) const BOOK_PREFIX: &[u8] = b"book/";
+const BOOK_PREFIX: &[u8] = b"book/";
 
 /// Key of the release book's `seq`-th change.
-pub(crate) fn book_key(seq: u64) -> Vec<u8> {
+fn book_key(seq: u64) -> Vec<u8> {
     let mut k = BOOK_PREFIX.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -388,6 +295,56 @@ pub fn book_changes(store: &Store) -> eyre::Result<Vec<(u64, crate::release::boo
     Ok(out)
 }
 
+/// The record of release `txid`, if this node holds one.
+pub fn get_release(store: &Store, txid: &Txid) -> Result<Option<ReleaseRecord>, StoreError> {
+    store.get_json(Cf::Releases, release_key(txid))
+}
+
+/// Every release record this node holds.
+pub fn all_releases(store: &Store) -> Result<Vec<ReleaseRecord>, StoreError> {
+    super::consensus::all(store, Cf::Releases, b"rel/")
+}
+
+/// Marks certified peg-out `event` as one no release pays (now, or until it is put to
+/// the relay policy again), with the reason the API shows.
+pub fn put_unpayable(batch: &mut Batch, event: &EventId, reason: &str) -> Result<(), StoreError> {
+    batch.put_json(Cf::Releases, unpayable_key(event), &UnpayableRecord { reason: reason.to_owned() })?;
+    Ok(())
+}
+
+/// Clears the mark [`put_unpayable`] wrote: a release pays `event` again.
+pub fn clear_unpayable(batch: &mut Batch, event: &EventId) {
+    batch.delete(Cf::Releases, unpayable_key(event));
+}
+
+/// Why certified peg-out `event` is not paid, if it is marked so.
+pub fn get_unpayable(store: &Store, event: &EventId) -> Result<Option<UnpayableRecord>, StoreError> {
+    store.get_json(Cf::Releases, unpayable_key(event))
+}
+
+/// Logs change `seq` of the release book.
+pub fn put_book_change(batch: &mut Batch, seq: u64, change: &crate::release::book::Change) -> Result<(), StoreError> {
+    batch.put_json(Cf::Releases, book_key(seq), &BookChange::of(change))?;
+    Ok(())
+}
+
+/// Records a vault spend at depth in the chain's payments ledger.
+pub fn put_vault_spend(batch: &mut Batch, spend: &VaultSpend) -> Result<(), StoreError> {
+    batch.put_json(Cf::Releases, onchain_key(&spend.txid), spend)?;
+    Ok(())
+}
+
+/// Takes the vault spend `txid` out of the payments ledger (a reorg took it out of the
+/// chain).
+pub fn delete_vault_spend(batch: &mut Batch, txid: &TxHash) {
+    batch.delete(Cf::Releases, onchain_key(txid));
+}
+
+/// The chain's payments ledger: every vault spend at depth.
+pub fn vault_spends(store: &Store) -> Result<Vec<VaultSpend>, StoreError> {
+    super::consensus::all(store, Cf::Releases, ONCHAIN_PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,33 +402,6 @@ mod tests {
         assert_eq!(seqs, (0..changes.len() as u64).map(|i| i * 300).collect::<Vec<_>>());
         let back: Vec<Change> = back.into_iter().map(|(_, c)| c).collect();
         assert_eq!(back, changes);
-    }
-
-    /// A signed batch reads back as it was written, from a real store; a corrupt one is
-    /// an error naming it.
-    #[test]
-    fn a_signed_batch_reads_back_as_it_was_written() {
-        use btcfi_mint::{BatchProposal, Leaf};
-        use btcfi_types::{EvmAddress, TxHash};
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("store");
-        let leaf = |i: u8| Leaf {
-            event: EventId::new(ChainId::BITCOIN, TxHash([i; 32]), 0),
-            recipient: EvmAddress([i; 20]),
-            amount: Sats(u64::from(i)),
-        };
-        let p = BatchProposal::new(5, vec![leaf(1), leaf(2)]);
-        let sig = btcfi_signer::evm::EvmSignature {
-            rx: alloy::primitives::U256::from(7u8),
-            ry: alloy::primitives::U256::MAX,
-            z: alloy::primitives::U256::from(9u8),
-        };
-        let mut b = btcfi_store::Batch::new();
-        b.put_json(Cf::SigningAttempts, mintsig_key(&[3; 32]), &MintSigRecord::of(&p, &sig)).expect("put");
-        store.commit(b).expect("commit");
-        assert_eq!(mint_signatures(&store).expect("read"), vec![(vec![3; 32], p, sig)]);
-        let bad = MintSigRecord { proposal: "00".into(), rx: String::new(), ry: String::new(), z: String::new() };
-        assert!(bad.decode().expect_err("refused").to_string().contains("signed batch record"));
     }
 
     /// A stored change that does not decode is an error naming it, not a panic.

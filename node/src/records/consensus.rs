@@ -1,14 +1,15 @@
-//! The node's records in the store: consensus deltas as batches, and the state the
-//! consensus core is restored from.
+//! The consensus core's durable state: own votes (`observations`), peers' votes
+//! (`votes`, by event and validator), equivocation evidence (`evidence`, `eq/`),
+//! certified attestations (`attestations`) and peers' certificates for events not
+//! seen here (`network_certificates`), each keyed by event id. Written as the core's
+//! deltas, one batch per transition; read back whole at start.
 
-use btcfi_chain_adapters::{BlockRef, ChainEvent};
 use btcfi_consensus::{
     PersistedState, StateDelta, ValidatorIndex,
     persist::{CertifiedRecord, Change, NetworkCertificateRecord, OwnVoteRecord, PeerVoteRecord},
 };
 use btcfi_store::{Batch, Cf, Store, StoreError};
 use btcfi_types::EventId;
-use serde::{Deserialize, Serialize};
 
 fn vote_key(event: &EventId, v: ValidatorIndex) -> Vec<u8> {
     let mut k = event.to_bytes().to_vec();
@@ -51,7 +52,7 @@ pub fn add_delta(store: &Store, batch: &mut Batch, delta: &StateDelta) -> Result
     Ok(())
 }
 
-fn all<T: serde::de::DeserializeOwned>(store: &Store, cf: Cf, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+pub(super) fn all<T: serde::de::DeserializeOwned>(store: &Store, cf: Cf, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
     store
         .scan_prefix(cf, prefix)?
         .into_iter()
@@ -82,25 +83,8 @@ pub fn load_consensus(store: &Store) -> Result<PersistedState, StoreError> {
     Ok(s)
 }
 
-/// A chain event as stored with its adapter's checkpoint; `reorged` is set when its
-/// block later left the canonical chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub event: ChainEvent,
-    pub reorged: Option<BlockRef>,
-}
-
-/// Chain events the adapters reported, as stored with their checkpoints.
-pub fn load_events(store: &Store) -> Result<Vec<StoredEvent>, StoreError> {
-    all(store, Cf::Events, b"")
-}
-
 pub fn get_certified(store: &Store, id: &EventId) -> Result<Option<CertifiedRecord>, StoreError> {
     store.get_json(Cf::Attestations, id.to_bytes())
-}
-
-pub fn get_event(store: &Store, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
-    store.get_json(Cf::Events, id.to_bytes())
 }
 
 pub fn all_certified(store: &Store) -> Result<Vec<CertifiedRecord>, StoreError> {
