@@ -3,8 +3,9 @@
 //! (a conflicting transaction must pay more in all and per vbyte), and reorgs of the
 //! blocks not yet at depth (their transactions back to the mempool, or lost).
 //!
-//! A vault spend is reported to the validators once it is `DEPTH` blocks deep; no reorg
-//! reaches that deep, so what was reported stays.
+//! A vault spend is reported to the validators once it is `DEPTH` blocks deep. A reorg
+//! takes out up to `DEPTH - 1` blocks at once, every block not yet at depth, never one
+//! that is: what was reported stays.
 
 use bitcoin::{
     Amount, OutPoint, ScriptBuf, Transaction, TxOut, Txid, XOnlyPublicKey,
@@ -15,7 +16,7 @@ use btcfi_types::Sats;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Confirmations at which a vault spend (or a UTXO) counts.
-pub const DEPTH: usize = 2;
+pub const DEPTH: usize = 3;
 /// What each peg-out pays the vault's fees with: it is paid its amount less this.
 pub const PEG_OUT_FEE: u64 = 2_000;
 /// The fee rates the validators may pay, sat/vB.
@@ -216,21 +217,25 @@ impl Chain {
         fresh
     }
 
-    /// A reorg of the tip (not yet at depth): its transactions go back to the mempool
-    /// unless `lose` (a mempool that forgot them: the validators broadcast again).
-    pub fn reorg_tip(&mut self, lose: bool) -> bool {
+    /// A reorg of the `blocks` top blocks, or of as many as are not at depth yet: their
+    /// transactions go back to the mempool unless `lose` (a mempool that forgot them:
+    /// the validators broadcast again). How many blocks it took out.
+    pub fn reorg(&mut self, blocks: usize, lose: bool) -> usize {
+        let mut taken = 0;
         // Never a block that reached depth (what was reported stays).
-        if self.blocks.len() <= self.reported {
-            return false;
-        }
-        let Some(tip) = self.blocks.pop() else { return false };
-        self.reorgs += 1;
-        if !lose {
-            for tx in tip {
-                self.mempool.insert(tx.compute_txid(), tx);
+        while taken < blocks && self.blocks.len() > self.reported {
+            let Some(tip) = self.blocks.pop() else { break };
+            taken += 1;
+            if !lose {
+                for tx in tip {
+                    self.mempool.insert(tx.compute_txid(), tx);
+                }
             }
         }
-        true
+        if taken > 0 {
+            self.reorgs += 1;
+        }
+        taken
     }
 }
 

@@ -9,8 +9,8 @@
 //! past finality after they were certified); one bridge contract per EVM chain that
 //! consumes each event id once and verifies the group signature with the contract's
 //! equation; and a Bitcoin chain ([`bitcoin::Chain`]) whose mempool checks every
-//! key-path signature, standardness and replace-by-fee, and whose tip is reorged now and
-//! then.
+//! key-path signature, standardness and replace-by-fee, and whose blocks not yet at depth
+//! are reorged now and then, one or more at once.
 //!
 //! Faults, all drawn from the seed:
 //! - the bus drops, delays (so reorders) and duplicates messages, and partitions the
@@ -137,7 +137,7 @@ pub struct Report {
     /// Vault spends that reached depth, and what they paid in fees.
     pub releases: u64,
     pub vault_fees: u64,
-    /// Mempool refusals and replacements, reorgs of the tip.
+    /// Mempool refusals and replacements, reorgs of the blocks not at depth.
     pub btc_refused: u64,
     pub btc_replaced: u64,
     pub btc_reorgs: u64,
@@ -615,12 +615,15 @@ impl World {
             }
             Ev::Block => {
                 self.at(now + BLOCK_MS, Ev::Block);
-                // While the faults last, a tip is now and then reorged out (its
-                // transactions back to the mempool, or forgotten by it).
+                // While the faults last, the blocks not yet at depth are now and then
+                // reorged out, one or more at once (their transactions back to the
+                // mempool, or forgotten by it).
                 if now < self.heal_at && self.rng.gen_bool(0.15) {
                     let lose = self.rng.gen_bool(0.5);
-                    if self.btc.reorg_tip(lose) {
-                        self.trace(9, 0, &[u8::from(lose)]);
+                    let blocks = self.rng.gen_range(1..crate::bitcoin::DEPTH);
+                    let taken = self.btc.reorg(blocks, lose);
+                    if taken > 0 {
+                        self.trace(9, 0, &[u8::from(lose), taken as u8]);
                         self.report.btc_reorgs += 1;
                         return;
                     }
