@@ -347,6 +347,11 @@ pub struct MintBook {
     not_ready: BTreeSet<u64>,
     /// No proposal of this node's own before this (just restarted).
     quiet_until: Millis,
+    /// When each peer was last told signatures ([`Action::TellSigned`]): at most once
+    /// per `resend_ms`, so that a peer sending signed proposals in a loop gets one
+    /// answer per period, not one per proposal (each answer is up to
+    /// `MAX_SIGNED_PER_NOTE` batches).
+    told: BTreeMap<usize, Millis>,
     #[cfg(feature = "canary")]
     canary: Option<Canary>,
 }
@@ -370,6 +375,7 @@ impl MintBook {
             key_usable: true,
             not_ready: BTreeSet::new(),
             quiet_until: 0,
+            told: BTreeMap::new(),
             #[cfg(feature = "canary")]
             canary: None,
         }
@@ -428,9 +434,13 @@ impl MintBook {
                     out.push(Action::Refused { from, refusal: Refusal::OutsideSet(proposer) });
                 } else if self.check(proposer, &proposal) == Err(Refusal::AllSigned) {
                     // The sender is behind: it gets the signatures instead.
-                    let signed = self.signatures_covering(&proposal);
-                    if from != self.config.me && from < self.config.validators && !signed.is_empty() {
-                        out.push(Action::TellSigned { to: from, signed });
+                    let due = self.told.get(&from).is_none_or(|at| now.saturating_sub(*at) >= self.config.resend_ms);
+                    if from != self.config.me && from < self.config.validators && due {
+                        let signed = self.signatures_covering(&proposal);
+                        if !signed.is_empty() {
+                            self.told.insert(from, now);
+                            out.push(Action::TellSigned { to: from, signed });
+                        }
                     }
                 } else {
                     self.on_proposal(proposer, proposal, now, &mut out);
@@ -1000,6 +1010,11 @@ mod tests {
             _ => None,
         });
         assert_eq!(told, Some((3, vec![(signed.clone(), signature)])), "{out:?}");
+        // Sent again at once (a loop, or a flood): answered once per resend period.
+        let again = Input::Proposal { from: 3, proposer: 1, proposal: late.clone() };
+        let tells = |out: &[Action]| out.iter().filter(|a| matches!(a, Action::TellSigned { .. })).count();
+        assert_eq!(tells(&b.handle(again.clone(), 31)), 0, "told once per period");
+        assert_eq!(tells(&b.handle(again.clone(), 30 + b.config.resend_ms)), 1, "and again after it");
         let mut lagging = book(1);
         assert!(lagging.handle(Input::Learned { proposal: signed.clone(), signature }, 0).is_empty(), "nothing known");
         lagging.handle(Input::Certified(request(1, 100)), 0);
