@@ -29,18 +29,28 @@ fn main() {
             delivered as f64 / seeds as f64
         );
     }
-    let mut largest = 0;
-    let mut n = 16u16;
-    while n <= max_n {
+    // One seed at n: whether it ran, and passed, in under 10 s.
+    let under_10s = |n: u16| {
         let started = Instant::now();
         let r = run(&Setup { seed: 1, n, canary: None });
         let secs = started.elapsed().as_secs_f64();
         println!("n={n:>3}: one seed in {secs:.2} s, {} messages delivered, ok={}", r.delivered, r.ok());
-        if secs >= 10.0 || !r.ok() {
+        secs < 10.0 && r.ok()
+    };
+    let mut largest = 0;
+    let mut n = 16u16;
+    while n <= max_n {
+        if !under_10s(n) {
             break;
         }
         largest = n;
         n = if n < 64 { n * 2 } else { n + 32 };
+    }
+    // Between the last n that made it and the first that did not, to within 4.
+    let mut too_big = n;
+    while largest > 0 && too_big.saturating_sub(largest) > 4 {
+        let mid = largest + (too_big - largest) / 2;
+        if under_10s(mid) { largest = mid } else { too_big = mid }
     }
     println!("largest n with a seed under 10 s: {largest}");
     for f in &failed {
