@@ -310,7 +310,7 @@ struct Checking {
 }
 
 /// A live release as persisted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Held {
     proposer: usize,
     proposal: Proposal,
@@ -321,7 +321,7 @@ struct Held {
 
 /// What [`ReleaseBook::restore`] reads back: the result of applying every persisted
 /// [`Change`] in order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Persisted {
     live: BTreeMap<Txid, Held>,
     spends: InFlight,
@@ -332,6 +332,39 @@ pub struct Persisted {
 }
 
 impl Persisted {
+    /// The shortest log this state is rebuilt from: applied in order to an empty
+    /// [`Persisted`], it gives this one back. The history that led here (releases that
+    /// expired, were dropped or confirmed, each step of a live one) is left out; what
+    /// stays is every vault spend at depth, each one out of the chain and still in
+    /// flight, every live release as it stands, and every reorged and set-apart peg-out.
+    pub fn compacted(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for r in self.spends.values() {
+            out.push(Change::Spent { spend: r.spend.clone(), paid: r.paid.clone(), tx: r.tx.clone() });
+        }
+        // One out of the chain conflicts with no spend at depth and with no other one
+        // out of the chain (either would have voided it), so each goes back as it went:
+        // at depth, then out.
+        for r in self.unconfirmed.values() {
+            out.push(Change::Spent { spend: r.spend.clone(), paid: r.paid.clone(), tx: r.tx.clone() });
+            out.push(Change::Unspent { txid: r.spend.txid });
+        }
+        for (txid, h) in &self.live {
+            out.push(Change::Live { txid: *txid, proposer: h.proposer, proposal: h.proposal.clone(), at: h.at });
+            if h.shared {
+                out.push(Change::Shared { txid: *txid });
+            }
+            if let Some(signatures) = &h.signatures {
+                out.push(Change::Signed { txid: *txid, signatures: signatures.clone() });
+            }
+        }
+        out.extend(self.reorged.iter().map(|e| Change::Reorged(*e)));
+        for (event, (reason, until)) in &self.apart {
+            out.push(Change::SetApart { event: *event, reason: reason.clone(), until: *until });
+        }
+        out
+    }
+
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::Live { txid, proposer, proposal, at } => {
@@ -382,7 +415,7 @@ fn conflicts(a: &Spend, b: &Spend) -> bool {
 
 /// A vault spend as recorded: the peg-outs it paid, and its signed transaction if
 /// this node holds it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Recorded {
     spend: Spend,
     paid: Vec<EventId>,
@@ -2062,6 +2095,63 @@ mod tests {
         for t in 0..8 {
             assert!(proposals(&books[1].handle(Input::Tick, turn_of(1, at + 40_000 + t * 1_000))).is_empty());
         }
+    }
+
+    /// A log compacted gives back the state the whole log gave: through live releases
+    /// shared to and signed, expiries, a spend at depth, one reorged out and another
+    /// confirmed in its place, a spend out of the chain still in flight, reorged,
+    /// un-reorged and set-apart peg-outs; and the book restored from it owes the same.
+    #[test]
+    fn a_compacted_log_restores_the_same_book() {
+        let mut b = books().remove(0);
+        let at = turn_of(0, 10_000);
+        let mut log: Vec<Change> = Vec::new();
+        let take = |acts: Vec<Action>, log: &mut Vec<Change>| {
+            log.extend(acts.into_iter().filter_map(|a| if let Action::Persist(c) = a { Some(c) } else { None }));
+        };
+        take(b.handle(Input::Tick, at), &mut log);
+        let p = b.live().map(|(_, _, p)| p.clone()).next().expect("proposed");
+        take(b.handle(Input::Shared { txid: p.txid() }, at + 5), &mut log);
+        let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
+        take(b.handle(Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] }, at + 10), &mut log);
+        take(b.handle(Input::VaultSpend(Spend::of(&p.tx, &vault())), at + 20), &mut log);
+        take(b.handle(Input::SpendReorged { txid: p.txid() }, at + 30), &mut log);
+        // Another spend, unrelated, at depth; a peg-out reorged away, one set apart.
+        let mut other = p.tx.clone();
+        other.input[0].previous_output.vout = 7;
+        take(b.handle(Input::VaultSpend(Spend::of(&other, &vault())), at + 40), &mut log);
+        take(b.handle(Input::Reorged(payout(3).event), at + 50), &mut log);
+        log.push(Change::SetApart { event: payout(2).event, reason: "dust".into(), until: at + 99 });
+        log.push(Change::Reorged(payout(9).event));
+        log.push(Change::Unreorged(payout(9).event));
+        // And a release that came and expired.
+        let mut gone = p.clone();
+        gone.tx.lock_time = bitcoin::absolute::LockTime::from_consensus(1);
+        log.push(Change::Live { txid: gone.txid(), proposer: 2, proposal: gone.clone(), at: at + 60 });
+        log.push(Change::Expired { txid: gone.txid() });
+        // And one live still: shared to, then signed.
+        let mut kept = p.clone();
+        kept.tx.lock_time = bitcoin::absolute::LockTime::from_consensus(2);
+        log.push(Change::Live { txid: kept.txid(), proposer: 1, proposal: kept.clone(), at: at + 70 });
+        log.push(Change::Shared { txid: kept.txid() });
+        log.push(Change::Signed { txid: kept.txid(), signatures: vec![sig; kept.tx.input.len()] });
+        let mut whole = Persisted::default();
+        for c in &log {
+            whole.apply(c);
+        }
+        let compacted = whole.compacted();
+        assert!(compacted.len() < log.len(), "{} changes, compacted to {}", log.len(), compacted.len());
+        assert!(!whole.live.is_empty() && !whole.unconfirmed.is_empty() && !whole.spends.is_empty(), "{whole:?}");
+        let mut back = Persisted::default();
+        for c in &compacted {
+            back.apply(c);
+        }
+        assert_eq!(back, whole, "the compacted log gives back the same state");
+        assert_eq!(back.compacted(), compacted, "compacting is idempotent");
+        let later = at + 100_000;
+        let (_, owed_whole) = ReleaseBook::restore(config(0), &whole, later);
+        let (_, owed_back) = ReleaseBook::restore(config(0), &back, later);
+        assert_eq!(owed_back, owed_whole);
     }
 
     /// A burn reorged away past finality and final again (the same burn in the new

@@ -44,9 +44,9 @@ impl ApiClient {
     }
 
     /// A counter or gauge from `/metrics`, summed over its label sets matching `filter`
-    /// (0 when none has been counted yet). An API that does not answer, or exports no
-    /// such family, fails the test: a dead node, or a misspelt name, must not pass an
-    /// `== 0.0`.
+    /// (0 when none has been counted yet). An API that does not answer, a family it
+    /// does not export, or a label in `filter` that no series of it has, fails the
+    /// test: a dead node, or a misspelt name, must not pass an `== 0.0`.
     pub fn metric(&self, name: &str, filter: &str) -> f64 {
         let m = self.get("/metrics").unwrap_or_else(|| panic!("port {}: /metrics did not answer", self.port));
         let text = m.as_str().unwrap_or_else(|| panic!("port {}: /metrics is not text", self.port)).to_owned();
@@ -65,12 +65,22 @@ pub fn metric_in(text: &str, name: &str, filter: &str) -> Result<f64, String> {
     if !text.lines().any(|l| l.starts_with("# TYPE ") && l.split_whitespace().nth(2) == Some(family)) {
         return Err(format!("/metrics exports no metric family {family}"));
     }
-    Ok(text
+    let series: Vec<&str> = text
         .lines()
-        .filter(|l| {
-            l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-                && l.contains(filter)
-        })
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .collect();
+    // A label the filter names must exist on the family (a misspelt label, or a family
+    // without it, is an error, not 0); a value no series has yet reads 0.
+    for label in filter.split(',').filter_map(|p| p.split_once('=')).map(|(k, _)| k.trim()) {
+        if !label.is_empty()
+            && !series.iter().any(|l| l.contains(&format!("{{{label}=")) || l.contains(&format!(",{label}=")))
+        {
+            return Err(format!("no series of {name} has a label {label}"));
+        }
+    }
+    Ok(series
+        .iter()
+        .filter(|l| l.contains(filter))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum())
 }
@@ -88,5 +98,7 @@ mod tests {
         assert_eq!(metric_in(PAGE, "btcfi_sign_seconds_count", ""), Ok(4.0));
         assert!(metric_in(PAGE, "btcfi_signd_total", "").is_err(), "a misspelt name read as 0");
         assert!(metric_in("", "btcfi_signed_total", "").is_err(), "an empty page read as 0");
+        assert_eq!(metric_in(PAGE, "btcfi_signed_total", "key=\"none\""), Ok(0.0), "a value not counted yet");
+        assert!(metric_in(PAGE, "btcfi_signed_total", "kye=\"evm\"").is_err(), "a misspelt label read as 0");
     }
 }

@@ -295,6 +295,22 @@ pub fn book_changes(store: &Store) -> eyre::Result<Vec<(u64, crate::release::boo
     Ok(out)
 }
 
+/// Replaces the release book's log (`old`: the sequences it holds) with `changes`,
+/// logged from sequence 0, in one synced write (a crash leaves the old log or the new,
+/// never a mix). Returns the next sequence to log.
+pub fn rewrite_book(store: &Store, old: &[u64], changes: &[crate::release::book::Change]) -> Result<u64, StoreError> {
+    let mut b = Batch::new();
+    for seq in old {
+        b.delete(Cf::Releases, book_key(*seq));
+    }
+    // After the deletes, in the same batch: a put of a sequence deleted above stands.
+    for (seq, c) in (0u64..).zip(changes) {
+        b.put_json(Cf::Releases, book_key(seq), &BookChange::of(c))?;
+    }
+    store.commit(b)?;
+    Ok(changes.len() as u64)
+}
+
 /// The record of release `txid`, if this node holds one.
 pub fn get_release(store: &Store, txid: &Txid) -> Result<Option<ReleaseRecord>, StoreError> {
     store.get_json(Cf::Releases, release_key(txid))
@@ -402,6 +418,25 @@ mod tests {
         assert_eq!(seqs, (0..changes.len() as u64).map(|i| i * 300).collect::<Vec<_>>());
         let back: Vec<Change> = back.into_iter().map(|(_, c)| c).collect();
         assert_eq!(back, changes);
+    }
+
+    /// A rewritten log reads back as the changes it was given, in order, and nothing of
+    /// the old log is left, however long it was.
+    #[test]
+    fn a_rewritten_book_log_holds_only_its_new_changes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let event = |i: u8| EventId::new(ChainId(31337), TxHash([i; 32]), 0);
+        let mut b = btcfi_store::Batch::new();
+        for i in 0..300u64 {
+            put_book_change(&mut b, i, &Change::Reorged(event((i % 200) as u8))).expect("put");
+        }
+        store.commit(b).expect("commit");
+        let old: Vec<u64> = book_changes(&store).expect("read").into_iter().map(|(s, _)| s).collect();
+        let new = vec![Change::Reorged(event(1)), Change::Unreorged(event(2))];
+        assert_eq!(rewrite_book(&store, &old, &new).expect("rewrite"), 2);
+        let back = book_changes(&store).expect("read back");
+        assert_eq!(back, vec![(0, new[0].clone()), (1, new[1].clone())]);
     }
 
     /// A stored change that does not decode is an error naming it, not a panic.

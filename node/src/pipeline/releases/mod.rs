@@ -20,6 +20,10 @@ pub(crate) mod driver;
 mod faults;
 mod ledger;
 
+/// The release book's log is rewritten at start as the changes its state is rebuilt
+/// from once it holds at least twice those and this many more.
+const COMPACT_SLACK: usize = 256;
+
 /// Longest one bitcoind call of the release path may take (in the driver's task).
 pub(in crate::pipeline) const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -117,7 +121,7 @@ impl Book {
                 );
             }
         }
-        let next = changes.last().map_or(0, |(seq, _)| seq.saturating_add(1));
+        let mut next = changes.last().map_or(0, |(seq, _)| seq.saturating_add(1));
         let (book, owed) = if changes.is_empty() {
             // Nothing is judged before the chain view says it caught up.
             let mut fresh = ReleaseBook::new(config);
@@ -129,6 +133,9 @@ impl Book {
                 persisted.apply(c);
             }
             info!(target: "release", changes = changes.len(), "release book restored from its log");
+            if let Some(n) = compact(store, &changes, &persisted)? {
+                next = n;
+            }
             ReleaseBook::restore(config, &persisted, now_ms())
         };
         let book = Self {
@@ -143,6 +150,20 @@ impl Book {
         };
         Ok((book, owed))
     }
+}
+
+/// The log grows by every step of every release; what the book is rebuilt from is much
+/// less. Once the log (`changes`, which gave `persisted`) is far longer than that, it is
+/// rewritten as that; the next sequence to log, if it was.
+fn compact(store: &Store, changes: &[(u64, Change)], persisted: &Persisted) -> eyre::Result<Option<u64>> {
+    let compacted = persisted.compacted();
+    if compacted.is_empty() || changes.len() < 2 * compacted.len() + COMPACT_SLACK {
+        return Ok(None);
+    }
+    let old: Vec<u64> = changes.iter().map(|(seq, _)| *seq).collect();
+    let next = crate::records::rewrite_book(store, &old, &compacted)?;
+    info!(target: "release", from = changes.len(), to = compacted.len(), "release book log compacted");
+    Ok(Some(next))
 }
 
 impl Pipeline {
@@ -508,5 +529,46 @@ impl Pipeline {
         self.book_synced()?;
         self.book_input(Input::Tick)?;
         self.book_faults()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btcfi_types::TxHash;
+
+    /// A long log is rewritten as its compacted form, which rebuilds the same state; a
+    /// short one is left as it is.
+    #[test]
+    fn a_long_book_log_is_compacted_and_restores_the_same_state() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let event = |i: u8| EventId::new(ChainId(31337), TxHash([i; 32]), 0);
+        // A peg-out reorged away and final again, over and over: a long log, a short state.
+        let mut log = Vec::new();
+        for i in 0..200u8 {
+            log.push(Change::Reorged(event(i)));
+            log.push(Change::Unreorged(event(i)));
+        }
+        log.push(Change::Reorged(event(7)));
+        let mut b = Batch::new();
+        for (seq, c) in (0u64..).zip(&log) {
+            crate::records::put_book_change(&mut b, seq, c).expect("put");
+        }
+        store.commit(b).expect("commit");
+        let changes = crate::records::book_changes(&store).expect("read");
+        let mut persisted = Persisted::default();
+        for (_, c) in &changes {
+            persisted.apply(c);
+        }
+        assert_eq!(compact(&store, &changes, &persisted).expect("compact"), Some(1));
+        let back = crate::records::book_changes(&store).expect("read back");
+        assert_eq!(back, vec![(0, Change::Reorged(event(7)))]);
+        let mut again = Persisted::default();
+        for (_, c) in &back {
+            again.apply(c);
+        }
+        assert_eq!(again, persisted);
+        assert_eq!(compact(&store, &back, &again).expect("compact"), None, "short: left as it is");
     }
 }
