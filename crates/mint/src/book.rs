@@ -549,6 +549,11 @@ impl MintBook {
         &self.config
     }
 
+    /// The events this book holds as reorged past finality.
+    pub fn reorged(&self) -> impl Iterator<Item = &EventId> {
+        self.reorged.iter()
+    }
+
     /// Whether the event was reorged out past finality.
     pub fn is_reorged(&self, event: &EventId) -> bool {
         self.reorged.contains(event)

@@ -231,6 +231,10 @@ pub enum Change {
     Reorged(EventId),
     /// ... and is final again: payable once more.
     Unreorged(EventId),
+    /// A peg-out reorged away while a release paying it that this node gave a share to
+    /// (or signed) was live: that release may still confirm (a deeper reorg of what
+    /// replaced it), so the peg-out is never payable again here, final again or not.
+    Pinned(EventId),
     /// A certified peg-out that the relay policy refuses to pay: left out of every
     /// release until `until`, then put to the policy again.
     SetApart { event: EventId, reason: String, until: Millis },
@@ -328,6 +332,7 @@ pub struct Persisted {
     /// Spends that left the chain and may confirm again.
     unconfirmed: InFlight,
     reorged: BTreeSet<EventId>,
+    pinned: BTreeSet<EventId>,
     apart: BTreeMap<EventId, (String, Millis)>,
 }
 
@@ -359,6 +364,7 @@ impl Persisted {
             }
         }
         out.extend(self.reorged.iter().map(|e| Change::Reorged(*e)));
+        out.extend(self.pinned.iter().map(|e| Change::Pinned(*e)));
         for (event, (reason, until)) in &self.apart {
             out.push(Change::SetApart { event: *event, reason: reason.clone(), until: *until });
         }
@@ -400,6 +406,9 @@ impl Persisted {
             }
             Change::Unreorged(e) => {
                 self.reorged.remove(e);
+            }
+            Change::Pinned(e) => {
+                self.pinned.insert(*e);
             }
             Change::SetApart { event, reason, until } => {
                 self.apart.insert(*event, (reason.clone(), *until));
@@ -503,6 +512,8 @@ pub struct ReleaseBook {
     /// When each certified peg-out was first seen here (the batching pace).
     seen_at: BTreeMap<EventId, Millis>,
     reorged: BTreeSet<EventId>,
+    /// Reorged peg-outs never payable again ([`Change::Pinned`]).
+    pinned: BTreeSet<EventId>,
     live: BTreeMap<Txid, LiveRelease>,
     /// Vault spends at depth: the peg-outs each paid (those of a release held here).
     spends: InFlight,
@@ -558,6 +569,7 @@ impl ReleaseBook {
             certified: BTreeMap::new(),
             seen_at: BTreeMap::new(),
             reorged: BTreeSet::new(),
+            pinned: BTreeSet::new(),
             live: BTreeMap::new(),
             spends: BTreeMap::new(),
             unconfirmed: BTreeMap::new(),
@@ -592,6 +604,7 @@ impl ReleaseBook {
         let mut out = Vec::new();
         book.spends = persisted.spends.clone();
         book.reorged = persisted.reorged.clone();
+        book.pinned = persisted.pinned.clone();
         book.apart = persisted.apart.clone();
         book.unconfirmed = persisted.unconfirmed.clone();
         let spent: BTreeSet<OutPoint> = persisted.spends.values().flat_map(|s| s.spend.spent.iter().copied()).collect();
@@ -689,7 +702,10 @@ impl ReleaseBook {
             }
             Input::Reorged(e) => self.on_reorged(e, now, &mut out),
             Input::Final(e) => {
-                if self.reorged.remove(&e) {
+                // A release paying it was shared to here before the reorg: it may yet
+                // confirm, so another never pays it (quorum intersection: any t signers
+                // of a second payment include an honest one that pinned it).
+                if !self.pinned.contains(&e) && self.reorged.remove(&e) {
                     out.push(Action::Persist(Change::Unreorged(e)));
                     // Paid by a release once more, unless one paying it still may
                     // confirm (the lock on what live and in-flight releases pay holds).
@@ -1269,6 +1285,11 @@ impl ReleaseBook {
         }
         // Durable, so that a restart does not sign again what pays it.
         out.push(Action::Persist(Change::Reorged(e)));
+        if self.live.values().any(|l| l.proposal.payouts.contains(&e) && (l.shared || l.signatures.is_some()))
+            && self.pinned.insert(e)
+        {
+            out.push(Action::Persist(Change::Pinned(e)));
+        }
         // Each live release not yet on chain that pays it is withdrawn: the same
         // transaction on every honest validator. One still unsigned is no longer signed
         // here (it stays held: its inputs are the withdrawal's).
@@ -1626,7 +1647,6 @@ impl ReleaseBook {
         }
     }
 
-    /// Releases this node holds that may still confirm, by txid, with their proposer.
     /// The certified peg-outs this book may still pay (not reorged away; those set
     /// apart by the relay policy included), each with when it was first seen here.
     /// Paid ones stay: [`Self::paid_events`] says which.
@@ -1637,6 +1657,22 @@ impl ReleaseBook {
             .map(|(e, p)| (p, self.seen_at.get(e).copied().unwrap_or(0)))
     }
 
+    /// Whether reorged peg-out `event` stays unpaid even once final again
+    /// ([`Change::Pinned`]).
+    pub fn is_pinned(&self, event: &EventId) -> bool {
+        self.pinned.contains(event)
+    }
+
+    /// Whether `event` is set apart by the relay policy for now ([`Change::SetApart`]).
+    pub fn is_set_apart(&self, event: &EventId) -> bool {
+        self.apart.contains_key(event)
+    }
+
+    /// Reorged peg-outs this book holds (final again ones are told by [`Input::Final`]).
+    pub fn reorged(&self) -> impl Iterator<Item = &EventId> {
+        self.reorged.iter()
+    }
+
     /// When certified peg-out `event` was first seen here, if this book may pay it.
     pub fn certified_at(&self, event: &EventId) -> Option<Millis> {
         if self.reorged.contains(event) || !self.certified.contains_key(event) {
@@ -1645,6 +1681,7 @@ impl ReleaseBook {
         Some(self.seen_at.get(event).copied().unwrap_or(0))
     }
 
+    /// Releases this node holds that may still confirm, by txid, with their proposer.
     pub fn live(&self) -> impl Iterator<Item = (&Txid, usize, &Proposal)> {
         self.live.iter().map(|(t, l)| (t, l.proposer, &l.proposal))
     }
@@ -2206,6 +2243,31 @@ mod tests {
             .flat_map(|t| proposals(&restored.handle(Input::Tick, turn_of(1, at + 80_000 + t * 1_000))))
             .collect();
         assert!(after.iter().any(|p| p.payouts == vec![gone]), "the un-reorg is durable: {after:?}");
+    }
+
+    /// A peg-out reorged away while a release paying it was shared to here is never
+    /// paid again, even once final again: that release may yet confirm (a deeper reorg
+    /// of its withdrawal). Durably.
+    #[test]
+    fn a_peg_out_reorged_away_after_a_share_is_never_paid_again() {
+        let mut b = books().remove(1);
+        let at = turn_of(1, 10_000);
+        let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
+        let gone = p.payouts[0];
+        let mut persisted = Persisted::default();
+        let mut acts = b.handle(Input::Shared { txid: p.txid() }, at + 10);
+        acts.extend(b.handle(Input::Reorged(gone), at + 20));
+        assert!(acts.contains(&Action::Persist(Change::Pinned(gone))), "{acts:?}");
+        for a in &acts {
+            if let Action::Persist(c) = a {
+                persisted.apply(c);
+            }
+        }
+        assert!(b.handle(Input::Final(gone), at + 30).is_empty(), "stays reorged");
+        assert!(b.is_pinned(&gone) && b.certified_at(&gone).is_none());
+        let (mut restored, _) = ReleaseBook::restore(config(1), &persisted, at + 40);
+        assert!(restored.handle(Input::Final(gone), at + 50).is_empty(), "after a restart too");
+        assert!(restored.is_pinned(&gone));
     }
 
     #[test]

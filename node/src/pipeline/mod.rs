@@ -167,6 +167,24 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// Of the events the books hold as reorged (`held`), those the store holds as final
+/// again: not among the events it marks reorged (`stored_reorged`), and stored unmarked
+/// (`stored_final`). A crash after the chain's write of such an event and before the
+/// books' leaves exactly these.
+fn final_again(
+    held: impl IntoIterator<Item = EventId>,
+    stored_reorged: &BTreeSet<EventId>,
+    stored_final: impl Fn(&EventId) -> eyre::Result<bool>,
+) -> eyre::Result<BTreeSet<EventId>> {
+    let mut out = BTreeSet::new();
+    for e in held {
+        if !stored_reorged.contains(&e) && stored_final(&e)? {
+            out.insert(e);
+        }
+    }
+    Ok(out)
+}
+
 impl Pipeline {
     /// Opens the epoch's keys (if any) with `passphrase` and prepares signing.
     #[allow(clippy::too_many_arguments)]
@@ -330,6 +348,19 @@ impl Pipeline {
             self.book_input(release::book::Input::Reorged(*e))?;
             self.mint_input(btcfi_mint::Input::Reorged(*e))?;
         }
+        // One the books still hold as reorged that the store no longer marks so was
+        // final again just before a crash (the chain's write landed, the books' did
+        // not): they are told now, or it would never be paid or minted.
+        let held: Vec<EventId> = self.book_reorged().into_iter().chain(self.mints.book.reorged().copied()).collect();
+        let store = Arc::clone(&self.store);
+        let stored_final = |e: &EventId| -> eyre::Result<bool> {
+            Ok(matches!(crate::records::get_event(&store, e)?, Some(r) if r.reorged.is_none()))
+        };
+        for e in final_again(held, &reorged, stored_final)? {
+            info!(target: "signing", event = %e, "final again before the last stop: taken up again");
+            self.book_input(release::book::Input::Final(e))?;
+            self.mint_input(btcfi_mint::Input::Final(e))?;
+        }
         self.reorged = reorged;
         for rec in crate::records::all_certified(&self.store)? {
             self.take_certified(&rec.attestation)?;
@@ -343,6 +374,9 @@ impl Pipeline {
         // Reported final again (the same burn or deposit in the new chain): it stands,
         // and what it was certified for is taken up again.
         if self.reorged.remove(&event) {
+            if self.pegout_pinned(&event) {
+                warn!(target: "release", %event, "final again, but a release paying it was signed before the reorg and may still confirm: no other release pays it");
+            }
             let again = self.mint_input(btcfi_mint::Input::Final(event)).and_then(|()| {
                 self.book_input(release::book::Input::Final(event))?;
                 match crate::records::get_certified(&self.store, &event)? {
@@ -455,5 +489,22 @@ impl Pipeline {
             self.book_tick()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btcfi_types::TxHash;
+
+    /// What the books hold as reorged and the store no longer does is told final again;
+    /// what the store still marks reorged, or does not hold, is not.
+    #[test]
+    fn an_event_final_again_before_a_crash_is_taken_up_again() {
+        let e = |i: u8| EventId::new(ChainId(31337), TxHash([i; 32]), 0);
+        let stored_reorged = BTreeSet::from([e(1)]);
+        let stored = |x: &EventId| Ok(*x != e(3));
+        let again = final_again([e(1), e(2), e(3), e(2)], &stored_reorged, stored).expect("read");
+        assert_eq!(again, BTreeSet::from([e(2)]));
     }
 }

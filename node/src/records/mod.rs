@@ -23,7 +23,7 @@
 //! | `releases` | `paying/`, event id | txids of the releases paying it | [`releases`] |
 //! | `releases` | `unpayable/`, event id | [`UnpayableRecord`] | [`releases`] |
 //! | `releases` | `book/`, sequence (u64 BE) | [`BookChange`] | [`releases`] |
-//! | `releases` | `onchain/`, txid (internal order) | a vault spend at depth | [`releases`] |
+//! | `releases` | `onchain/`, txid (display order) | a vault spend at depth | [`releases`] |
 //!
 //! `meta` holds the store's schema version, written by `btcfi-store` itself.
 

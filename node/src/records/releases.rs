@@ -186,6 +186,7 @@ pub enum BookChange {
     Unspent { txid: String },
     Reorged { event: EventId },
     Unreorged { event: EventId },
+    Pinned { event: EventId },
     SetApart { event: EventId, reason: String, until: u64 },
 }
 
@@ -217,6 +218,7 @@ impl BookChange {
             C::Unspent { txid } => Self::Unspent { txid: txid.to_string() },
             C::Reorged(event) => Self::Reorged { event: *event },
             C::Unreorged(event) => Self::Unreorged { event: *event },
+            C::Pinned(event) => Self::Pinned { event: *event },
             C::SetApart { event, reason, until } => {
                 Self::SetApart { event: *event, reason: reason.clone(), until: *until }
             }
@@ -273,6 +275,7 @@ impl BookChange {
             Self::Unspent { txid: t } => C::Unspent { txid: txid(t)? },
             Self::Reorged { event } => C::Reorged(*event),
             Self::Unreorged { event } => C::Unreorged(*event),
+            Self::Pinned { event } => C::Pinned(*event),
             Self::SetApart { event, reason, until } => {
                 C::SetApart { event: *event, reason: reason.clone(), until: *until }
             }
@@ -403,6 +406,7 @@ mod tests {
             Change::Expired { txid },
             Change::Reorged(event),
             Change::Unreorged(event),
+            Change::Pinned(event),
             Change::SetApart { event, reason: "dust".into(), until: 99 },
         ];
         let dir = tempfile::tempdir().expect("dir");

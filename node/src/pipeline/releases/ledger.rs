@@ -97,7 +97,11 @@ pub(super) fn update(
                 u.records.push(r);
             }
         }
-        Change::Shared { .. } | Change::Reorged(_) | Change::Unreorged(_) | Change::SetApart { .. } => {}
+        Change::Shared { .. }
+        | Change::Reorged(_)
+        | Change::Unreorged(_)
+        | Change::Pinned(_)
+        | Change::SetApart { .. } => {}
     }
     Ok(u)
 }

@@ -191,8 +191,22 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The peg-outs the release book holds as reorged and may pay once final again.
+    pub(in crate::pipeline) fn book_reorged(&self) -> Vec<EventId> {
+        self.book.book.reorged().filter(|e| !self.book.book.is_pinned(e)).copied().collect()
+    }
+
+    /// Whether reorged peg-out `event` stays unpaid even once final again.
+    pub(in crate::pipeline) fn pegout_pinned(&self, event: &EventId) -> bool {
+        self.book.book.is_pinned(event)
+    }
+
     /// When certified peg-out `event` was first seen here (ms), if the book may pay it.
+    /// (Not one set apart by the relay policy: it waits for the policy, not a release.)
     pub(in crate::pipeline) fn pegout_certified_at(&self, event: &EventId) -> Option<u64> {
+        if self.book.book.is_set_apart(event) {
+            return None;
+        }
         self.book.book.certified_at(event)
     }
 
@@ -407,7 +421,8 @@ impl Pipeline {
         if let Some((txid, payouts)) = confirmed {
             info!(target: "release", %txid, payouts, "release final on chain: peg-outs paid");
         }
-        for event in &payable_again {
+        // (A withdrawal may still pay one the policy set apart: its mark stays.)
+        for event in payable_again.iter().filter(|e| !self.book.book.is_set_apart(e)) {
             crate::records::clear_unpayable(&mut batch, event);
         }
         for r in &records {
