@@ -1651,10 +1651,7 @@ impl ReleaseBook {
     /// apart by the relay policy included), each with when it was first seen here.
     /// Paid ones stay: [`Self::paid_events`] says which.
     pub fn certified(&self) -> impl Iterator<Item = (&Payout, Millis)> {
-        self.certified
-            .iter()
-            .filter(|(e, _)| !self.reorged.contains(e))
-            .map(|(e, p)| (p, self.seen_at.get(e).copied().unwrap_or(0)))
+        self.certified.keys().filter_map(|e| self.certified_payout(e))
     }
 
     /// Whether reorged peg-out `event` stays unpaid even once final again
@@ -1673,12 +1670,14 @@ impl ReleaseBook {
         self.reorged.iter()
     }
 
-    /// When certified peg-out `event` was first seen here, if this book may pay it.
-    pub fn certified_at(&self, event: &EventId) -> Option<Millis> {
-        if self.reorged.contains(event) || !self.certified.contains_key(event) {
+    /// Certified peg-out `event`, and when it was first seen here, if this book may pay
+    /// it (one of [`Self::certified`]).
+    pub fn certified_payout(&self, event: &EventId) -> Option<(&Payout, Millis)> {
+        if self.reorged.contains(event) {
             return None;
         }
-        Some(self.seen_at.get(event).copied().unwrap_or(0))
+        let p = self.certified.get(event)?;
+        Some((p, self.seen_at.get(event).copied().unwrap_or(0)))
     }
 
     /// Releases this node holds that may still confirm, by txid, with their proposer.
@@ -1774,6 +1773,15 @@ mod tests {
 
     fn signs(actions: &[Action]) -> bool {
         actions.iter().any(|a| matches!(a, Action::Sign { .. }))
+    }
+
+    /// Applies what `acts` persist to `disk`, as a driver writes them.
+    fn persist(disk: &mut Persisted, acts: &[Action]) {
+        for a in acts {
+            if let Action::Persist(c) = a {
+                disk.apply(c);
+            }
+        }
     }
 
     /// The middle of validator `v`'s turn, after `from`.
@@ -2201,17 +2209,10 @@ mod tests {
         let p = proposals(&b.handle(Input::Tick, at)).pop().expect("proposed");
         let gone = p.payouts[0];
         let mut persisted = Persisted::default();
-        let log = |acts: &[Action], persisted: &mut Persisted| {
-            for a in acts {
-                if let Action::Persist(c) = a {
-                    persisted.apply(c);
-                }
-            }
-        };
-        log(&b.handle(Input::Reorged(gone), at + 20), &mut persisted);
+        persist(&mut persisted, &b.handle(Input::Reorged(gone), at + 20));
         let w = b.live().map(|(_, _, l)| l.clone()).find(|l| !l.payouts.contains(&gone)).expect("withdrawal");
         let acts = b.handle(Input::VaultSpend(Spend::of(&w.tx, &vault())), at + 30_000);
-        log(&acts, &mut persisted);
+        persist(&mut persisted, &acts);
         // The withdrawal's change is the vault's UTXO now.
         let change: BTreeMap<OutPoint, Sats> =
             w.tx.output
@@ -2227,7 +2228,7 @@ mod tests {
         assert!(b.handle(Input::Final(payout(3).event), at + 50_000).is_empty(), "never reorged: nothing");
         let acts = b.handle(Input::Final(gone), at + 50_000);
         assert_eq!(acts.first(), Some(&Action::Persist(Change::Unreorged(gone))), "{acts:?}");
-        log(&acts, &mut persisted);
+        persist(&mut persisted, &acts);
         let again: Vec<Proposal> =
             (0..8).flat_map(|t| proposals(&b.handle(Input::Tick, turn_of(1, at + 60_000 + t * 1_000)))).collect();
         assert!(again.iter().any(|p| p.payouts == vec![gone]), "final again, paid: {again:?}");
@@ -2258,13 +2259,9 @@ mod tests {
         let mut acts = b.handle(Input::Shared { txid: p.txid() }, at + 10);
         acts.extend(b.handle(Input::Reorged(gone), at + 20));
         assert!(acts.contains(&Action::Persist(Change::Pinned(gone))), "{acts:?}");
-        for a in &acts {
-            if let Action::Persist(c) = a {
-                persisted.apply(c);
-            }
-        }
+        persist(&mut persisted, &acts);
         assert!(b.handle(Input::Final(gone), at + 30).is_empty(), "stays reorged");
-        assert!(b.is_pinned(&gone) && b.certified_at(&gone).is_none());
+        assert!(b.is_pinned(&gone) && b.certified_payout(&gone).is_none());
         let (mut restored, _) = ReleaseBook::restore(config(1), &persisted, at + 40);
         assert!(restored.handle(Input::Final(gone), at + 50).is_empty(), "after a restart too");
         assert!(restored.is_pinned(&gone));
@@ -2456,11 +2453,7 @@ mod tests {
         let p = proposals(&books()[0].handle(Input::Tick, at)).pop().expect("proposed");
         let mut persisted = Persisted::default();
         let keep = |acts: Vec<Action>, persisted: &mut Persisted| {
-            for a in &acts {
-                if let Action::Persist(c) = a {
-                    persisted.apply(c);
-                }
-            }
+            persist(persisted, &acts);
             acts
         };
         assert!(signs(&keep(b.handle(Input::Proposal { from: 0, proposal: p.clone() }, at + 10), &mut persisted)));
@@ -2485,11 +2478,7 @@ mod tests {
         let mut persisted = Persisted::default();
         let acts = b.handle(Input::Tick, at);
         let p = proposals(&acts).pop().expect("proposed");
-        for a in &acts {
-            if let Action::Persist(c) = a {
-                persisted.apply(c);
-            }
-        }
+        persist(&mut persisted, &acts);
         // A conflicting spend of the same input confirms; only its first write lands.
         let mut other = p.tx.clone();
         other.output.truncate(1);
@@ -2511,11 +2500,7 @@ mod tests {
         let mut b = books().remove(0);
         let at = turn_of(0, 10_000);
         let mut persisted = Persisted::default();
-        for a in b.handle(Input::Tick, at) {
-            if let Action::Persist(c) = a {
-                persisted.apply(&c);
-            }
-        }
+        persist(&mut persisted, &b.handle(Input::Tick, at));
         let (mut restored, owed) = ReleaseBook::restore(config(0), &persisted, at + 5);
         assert_eq!(restored.live().count(), 1);
         assert!(owed.is_empty(), "nothing before the chain view is back: {owed:?}");
@@ -2586,19 +2571,12 @@ mod tests {
         let sig = schnorr::Signature::from_slice(&[1; 64]).expect("sig");
         b.handle(Input::Signed { txid: p.txid(), signatures: vec![sig; p.tx.input.len()] }, at + 10);
         let mut disk = Persisted::default();
-        let record = |acts: &[Action], disk: &mut Persisted| {
-            for a in acts {
-                if let Action::Persist(c) = a {
-                    disk.apply(c);
-                }
-            }
-        };
         let spent = b.handle(Input::VaultSpend(Spend::of(&p.tx, &vault())), at + 20_000);
-        record(&spent, &mut disk);
+        persist(&mut disk, &spent);
         assert_eq!(b.paid_events().len(), 3);
 
         let acts = b.handle(Input::SpendReorged { txid: p.txid() }, at + 30_000);
-        record(&acts, &mut disk);
+        persist(&mut disk, &acts);
         assert!(acts.iter().any(|a| matches!(a, Action::Broadcast(tx) if tx.compute_txid() == p.txid())), "{acts:?}");
         assert_eq!(b.paid_events().len(), 3, "its peg-outs are still paid: {:?}", b.paid_events());
         // Its inputs come back to the UTXO set: no turn of anyone's pays its peg-outs again.
@@ -2658,7 +2636,7 @@ mod tests {
         let change = OutPoint { txid: conflicting.compute_txid(), vout: 0 };
         other.insert(change, Sats(4_000_000));
         let acts = restored.handle(Input::VaultSpend(Spend::of(&conflicting, &vault())), at + 900_000);
-        record(&acts, &mut disk);
+        persist(&mut disk, &acts);
         restored.handle(Input::Utxos(other), at + 900_001);
         assert!(restored.paid_events().is_empty(), "{:?}", restored.paid_events());
         let mut repaid = Vec::new();
@@ -2752,11 +2730,7 @@ mod tests {
 
     fn step(b: &mut ReleaseBook, disk: &mut Persisted, input: Input, now: Millis) -> Vec<Action> {
         let acts = b.handle(input, now);
-        for a in &acts {
-            if let Action::Persist(c) = a {
-                disk.apply(c);
-            }
-        }
+        persist(disk, &acts);
         acts
     }
 

@@ -352,9 +352,8 @@ impl Pipeline {
         // final again just before a crash (the chain's write landed, the books' did
         // not): they are told now, or it would never be paid or minted.
         let held: Vec<EventId> = self.book_reorged().into_iter().chain(self.mints.book.reorged().copied()).collect();
-        let store = Arc::clone(&self.store);
         let stored_final = |e: &EventId| -> eyre::Result<bool> {
-            Ok(matches!(crate::records::get_event(&store, e)?, Some(r) if r.reorged.is_none()))
+            Ok(matches!(crate::records::get_event(&self.store, e)?, Some(r) if r.reorged.is_none()))
         };
         for e in final_again(held, &reorged, stored_final)? {
             info!(target: "signing", event = %e, "final again before the last stop: taken up again");

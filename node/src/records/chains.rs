@@ -2,7 +2,7 @@
 //! BE) and the events its adapter reported (`events`, by event id), in one batch per
 //! poll, so that none is lost on a crash.
 
-use super::consensus::all;
+use super::all;
 use btcfi_chain_adapters::{BlockRef, ChainEvent, Checkpoint};
 use btcfi_store::{Batch, Cf, Store, StoreError};
 use btcfi_types::{ChainId, EventId};

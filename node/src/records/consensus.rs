@@ -4,6 +4,7 @@
 //! seen here (`network_certificates`), each keyed by event id. Written as the core's
 //! deltas, one batch per transition; read back whole at start.
 
+use super::all;
 use btcfi_consensus::{
     PersistedState, StateDelta, ValidatorIndex,
     persist::{CertifiedRecord, Change, NetworkCertificateRecord, OwnVoteRecord, PeerVoteRecord},
@@ -50,16 +51,6 @@ pub fn add_delta(store: &Store, batch: &mut Batch, delta: &StateDelta) -> Result
         }
     }
     Ok(())
-}
-
-pub(super) fn all<T: serde::de::DeserializeOwned>(store: &Store, cf: Cf, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
-    store
-        .scan_prefix(cf, prefix)?
-        .into_iter()
-        .map(|(_, v)| {
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt { cf: cf.name(), detail: e.to_string() })
-        })
-        .collect()
 }
 
 /// Reads back everything the consensus core persisted.

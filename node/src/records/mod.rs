@@ -41,6 +41,23 @@ pub use consensus::*;
 pub use mints::*;
 pub use releases::*;
 
+/// Every value under `prefix` in `cf`, in key order; one that does not decode is a
+/// [`StoreError::Corrupt`] naming the column family.
+fn all<T: serde::de::DeserializeOwned>(
+    store: &btcfi_store::Store,
+    cf: btcfi_store::Cf,
+    prefix: &[u8],
+) -> Result<Vec<T>, btcfi_store::StoreError> {
+    store
+        .scan_prefix(cf, prefix)?
+        .into_iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(&v)
+                .map_err(|e| btcfi_store::StoreError::Corrupt { cf: cf.name(), detail: e.to_string() })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};

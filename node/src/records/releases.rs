@@ -321,7 +321,7 @@ pub fn get_release(store: &Store, txid: &Txid) -> Result<Option<ReleaseRecord>, 
 
 /// Every release record this node holds.
 pub fn all_releases(store: &Store) -> Result<Vec<ReleaseRecord>, StoreError> {
-    super::consensus::all(store, Cf::Releases, b"rel/")
+    super::all(store, Cf::Releases, b"rel/")
 }
 
 /// Marks certified peg-out `event` as one no release pays (now, or until it is put to
@@ -361,7 +361,7 @@ pub fn delete_vault_spend(batch: &mut Batch, txid: &TxHash) {
 
 /// The chain's payments ledger: every vault spend at depth.
 pub fn vault_spends(store: &Store) -> Result<Vec<VaultSpend>, StoreError> {
-    super::consensus::all(store, Cf::Releases, ONCHAIN_PREFIX)
+    super::all(store, Cf::Releases, ONCHAIN_PREFIX)
 }
 
 #[cfg(test)]

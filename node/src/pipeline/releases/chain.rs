@@ -130,7 +130,7 @@ impl Pipeline {
         if !self.reorged.insert(event) {
             return Ok(());
         }
-        let pegout = self.book.book.certified_at(&event).is_some();
+        let pegout = self.book.book.certified_payout(&event).is_some();
         self.book_input(Input::Reorged(event))?;
         // A batch being signed with it is given up, its other mints batched again.
         self.mint_input(btcfi_mint::Input::Reorged(event))?;

@@ -71,11 +71,8 @@ impl Pipeline {
                 let (_, free) = self.book_unpaid(true);
                 let used: BTreeSet<OutPoint> = p.tx.input.iter().map(|i| i.previous_output).collect();
                 let rest: Vec<(OutPoint, Sats)> = free.into_iter().filter(|(op, _)| !used.contains(op)).collect();
-                let payouts: Option<Vec<Payout>> = p
-                    .payouts
-                    .iter()
-                    .map(|e| self.book.book.certified().find(|(c, _)| c.event == *e).map(|(c, _)| c.clone()))
-                    .collect();
+                let payouts: Option<Vec<Payout>> =
+                    p.payouts.iter().map(|e| self.book.book.certified_payout(e).map(|(c, _)| c.clone())).collect();
                 let twin = release::build(&rest, &payouts?, p.fee_rate(), &self.policy).ok()?;
                 self.send_split(p, &twin);
                 Some(())

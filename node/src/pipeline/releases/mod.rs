@@ -207,7 +207,7 @@ impl Pipeline {
         if self.book.book.is_set_apart(event) {
             return None;
         }
-        self.book.book.certified_at(event)
+        self.book.book.certified_payout(event).map(|(_, at)| at)
     }
 
     /// The live release of the book paying `event`, for the API's `explain` (the newest
